@@ -1,0 +1,1 @@
+"""Named deterministic image transforms and the random training pipeline."""

@@ -1,0 +1,237 @@
+"""The catalog: one SQL database (SQLite by default) describing every stored image.
+
+Catalog row id == vector id in the FAISS store, so search needs no side table.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+LOG = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ImageRow(Base):
+    """One stored image: an original, or a variant made from one (``parent_id``, ``transform``)."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    stored_path: Mapped[str] = mapped_column(String)  # relative to the image store
+    source: Mapped[str] = mapped_column(String)  # original path or URL
+    page_url: Mapped[str | None] = mapped_column(String, default=None)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(String(16))
+    bytes: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL"), default=None, index=True
+    )
+    transform: Mapped[str | None] = mapped_column(String, default=None)
+    meta: Mapped[dict | None] = mapped_column(JSON, default=None)  # alt text, tags, crawl ids
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "sha256": self.sha256,
+            "path": self.stored_path,
+            "source": self.source,
+            "page_url": self.page_url,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "bytes": self.bytes,
+            "parent_id": self.parent_id,
+            "transform": self.transform,
+            "meta": self.meta,
+            "added_at": self.added_at.isoformat() if self.added_at else None,
+        }
+
+
+class IndexRecord(Base):
+    """What the saved vector index holds; written only after the index file is durable."""
+
+    __tablename__ = "index_record"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version: Mapped[str] = mapped_column(String)
+    dim: Mapped[int] = mapped_column(Integer)
+    index_type: Mapped[str] = mapped_column(String)
+    vector_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ThresholdRecord(Base):
+    """Verdict thresholds of one model version (defaults until calibrated)."""
+
+    __tablename__ = "thresholds"
+
+    model_version: Mapped[str] = mapped_column(String, primary_key=True)
+    duplicate: Mapped[float]
+    similar: Mapped[float]
+    source: Mapped[str] = mapped_column(String, default="default")
+    details: Mapped[str | None] = mapped_column(String, default=None)  # JSON text
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get WAL, foreign keys and a busy timeout."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
+
+
+class Catalog:
+    """Rows of images, the index record and thresholds, over one engine URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session that commits on success and rolls back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # images -------------------------------------------------------------------------------
+
+    @staticmethod
+    def find_sha256(session: Session, sha256: str) -> ImageRow | None:
+        return session.scalar(select(ImageRow).where(ImageRow.sha256 == sha256))
+
+    def add_image(self, session: Session, **columns: object) -> tuple[ImageRow, bool]:
+        """Insert an image row unless its sha256 is known; returns (row, created)."""
+        existing = self.find_sha256(session, columns["sha256"])
+        if existing is not None:
+            return existing, False
+        row = ImageRow(**columns)
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:  # another writer stored the same bytes first
+            existing = self.find_sha256(session, columns["sha256"])
+            if existing is None:
+                raise
+            return existing, False
+        return row, True
+
+    def get(self, image_id: int) -> ImageRow | None:
+        with self.session() as session:
+            return session.get(ImageRow, image_id)
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        with self.session() as session:
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))
+            return {row.id: row for row in rows}
+
+    def by_sha256(self, sha256: str) -> ImageRow | None:
+        with self.session() as session:
+            return self.find_sha256(session, sha256)
+
+    def known_sha256(self) -> set[str]:
+        with self.session() as session:
+            return set(session.scalars(select(ImageRow.sha256)))
+
+    def ids(self) -> np.ndarray:
+        """All image ids, sorted, as int64."""
+        with self.session() as session:
+            ids = session.scalars(select(ImageRow.id).order_by(ImageRow.id)).all()
+        return np.asarray(ids, dtype=np.int64)
+
+    def count(self) -> int:
+        with self.session() as session:
+            return session.scalar(select(func.count()).select_from(ImageRow)) or 0
+
+    def delete(self, image_id: int) -> ImageRow | None:
+        """Delete one row (its variants keep existing, parent set to NULL); returns it."""
+        with self.session() as session:
+            row = session.get(ImageRow, image_id)
+            if row is not None:
+                session.execute(delete(ImageRow).where(ImageRow.id == image_id))
+            return row
+
+    # index record and thresholds ----------------------------------------------------------
+
+    def index_record(self) -> IndexRecord | None:
+        with self.session() as session:
+            return session.get(IndexRecord, 1)
+
+    def set_index_record(self, model_version: str, dim: int, index_type: str, count: int) -> None:
+        with self.session() as session:
+            record = session.get(IndexRecord, 1) or IndexRecord(id=1)
+            record.model_version, record.dim = model_version, dim
+            record.index_type, record.vector_count = index_type, count
+            record.updated_at = utcnow()
+            session.add(record)
+
+    def thresholds(self, model_version: str) -> ThresholdRecord | None:
+        with self.session() as session:
+            return session.get(ThresholdRecord, model_version)
+
+    def set_thresholds(
+        self,
+        model_version: str,
+        duplicate: float,
+        similar: float,
+        source: str,
+        details: dict | None = None,
+    ) -> None:
+        with self.session() as session:
+            record = session.get(ThresholdRecord, model_version) or ThresholdRecord(
+                model_version=model_version
+            )
+            record.duplicate, record.similar, record.source = duplicate, similar, source
+            record.details = json.dumps(details) if details else None
+            record.updated_at = utcnow()
+            session.add(record)

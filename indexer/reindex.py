@@ -1,0 +1,200 @@
+"""``twice reindex``: folders in, vectors out; incremental, resumable, crash-safe.
+
+Two passes share one embedding loop:
+1. pending: catalogued images without a vector (a killed run, new augment variants, a new
+   model version) are embedded from the image store;
+2. new files: files under the given paths whose sha256 is unknown are decoded once (in
+   DataLoader workers), stored, catalogued and embedded.
+The index is saved every ``checkpoint_seconds`` and at the end; a killed run loses at most
+the vectors since the last save, and those rows are pending for the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from model import Embedder, iter_batches
+
+from .imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
+from .store import Indexer
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class ReindexSummary:
+    added: int = 0
+    already: int = 0
+    embedded_pending: int = 0
+    orphans_removed: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    rebuilt: bool = False
+    vectors: int = 0
+    model_version: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "skipped": dict(self.skipped)}
+
+    def lines(self) -> list[str]:
+        skipped = sum(self.skipped.values())
+        reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
+        rate = (self.added + self.embedded_pending) / self.seconds if self.seconds else 0.0
+        return [
+            f"added {self.added}, already indexed {self.already}, skipped {skipped}"
+            + (f" ({reasons})" if reasons else ""),
+            f"embedded {self.embedded_pending} pending catalog images"
+            + (" (new model version: full re-embed)" if self.rebuilt else ""),
+            f"index: {self.vectors} vectors, model {self.model_version}",
+            f"took {self.seconds:.1f}s ({rate:.1f} images/s)",
+        ]
+
+
+class NewFiles(Dataset):
+    """Files to index: hashed in the worker; unknown ones decoded and preprocessed there too."""
+
+    def __init__(self, paths: list[Path], known_sha256: set[str], preprocess, options) -> None:
+        self.paths, self.known, self.preprocess, self.options = paths, known_sha256, preprocess, options
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        path = str(self.paths[i])
+        try:
+            data = read_file_bytes(path, self.options.max_image_bytes)
+            sha = sha256_bytes(data)
+            if sha in self.known:
+                return {"path": path, "known": True}
+            decoded = decode_image(data, path, self.options.max_image_bytes, self.options.max_image_pixels)
+            return {"path": path, "data": data, "decoded": decoded, "tensor": self.preprocess(decoded.image)}
+        except ImageError as exc:
+            return {"path": path, "error": exc}
+
+
+class StoredImages(Dataset):
+    """Catalogued images read back from the image store, for pending embeddings."""
+
+    def __init__(self, rows: list[tuple[int, Path]], preprocess, options) -> None:
+        self.rows, self.preprocess, self.options = rows, preprocess, options
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        image_id, path = self.rows[i]
+        try:
+            decoded = decode_image(
+                read_file_bytes(path, self.options.max_image_bytes),
+                str(path),
+                self.options.max_image_bytes,
+                self.options.max_image_pixels,
+            )
+            return {"id": image_id, "tensor": self.preprocess(decoded.image)}
+        except ImageError as exc:
+            return {"id": image_id, "path": str(path), "error": exc}
+
+
+class Checkpointer:
+    """Saves the index when enough time has passed since the last save."""
+
+    def __init__(self, indexer: Indexer, seconds: float) -> None:
+        self.indexer, self.seconds, self.last = indexer, seconds, time.monotonic()
+
+    def maybe_save(self) -> None:
+        if time.monotonic() - self.last >= self.seconds:
+            self.save()
+
+    def save(self) -> None:
+        self.indexer.save()
+        self.last = time.monotonic()
+
+
+def reindex(
+    paths: list[str | Path], options, embedder: Embedder, progress: bool = True
+) -> ReindexSummary:
+    """Bring the index up to date with the catalog and the given files and folders."""
+    started = time.monotonic()
+    files = list(iter_image_files(paths))
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    summary = ReindexSummary(rebuilt=indexer.rebuilding, model_version=embedder.version)
+    checkpointer = Checkpointer(indexer, options.checkpoint_seconds)
+    try:
+        summary.orphans_removed = indexer.drop_orphans()
+        _embed_pending(indexer, embedder, options, summary, checkpointer, progress)
+        _add_new_files(indexer, embedder, options, files, summary, checkpointer, progress)
+        checkpointer.save()
+        summary.vectors = len(indexer.vectors)
+    finally:
+        indexer.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _embed_pending(indexer, embedder, options, summary, checkpointer, progress) -> None:
+    pending = indexer.pending_ids()
+    if not len(pending):
+        return
+    rows = indexer.catalog.get_many(pending.tolist())
+    items = [(i, indexer.store.path(rows[i].stored_path)) for i in sorted(rows)]
+    dataset = StoredImages(items, embedder.preprocess, options)
+    bar = tqdm(total=len(items), desc="embedding catalog", unit="img", disable=not progress)
+    for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
+        good = []
+        for item in batch:
+            if "error" in item:
+                summary.skipped[item["error"].reason] += 1
+                LOG.warning("skipped catalog image %d: %s", item["id"], item["error"])
+            else:
+                good.append(item)
+        if good:
+            ids = np.array([item["id"] for item in good], dtype=np.int64)
+            indexer.add_vectors(ids, embedder.embed_tensors(torch.stack([g["tensor"] for g in good])))
+            summary.embedded_pending += len(good)
+        bar.update(len(batch))
+        checkpointer.maybe_save()
+    bar.close()
+
+
+def _add_new_files(indexer, embedder, options, files, summary, checkpointer, progress) -> None:
+    if not files:
+        return
+    dataset = NewFiles(files, indexer.catalog.known_sha256(), embedder.preprocess, options)
+    bar = tqdm(total=len(files), desc="indexing files", unit="img", disable=not progress)
+    for batch in iter_batches(dataset, options.batch_size, _workers(options, len(files))):
+        ids, tensors = [], []
+        with indexer.catalog.session() as session:
+            for item in batch:
+                if "error" in item:
+                    summary.skipped[item["error"].reason] += 1
+                    LOG.warning("skipped %s", item["error"])
+                    continue
+                if item.get("known"):
+                    summary.already += 1
+                    continue
+                row, created = indexer.add_decoded(session, item["data"], item["decoded"], item["path"])
+                if not created:  # the same bytes twice in this run
+                    summary.already += 1
+                    continue
+                ids.append(row.id)
+                tensors.append(item["tensor"])
+        if ids:
+            indexer.add_vectors(np.array(ids, dtype=np.int64), embedder.embed_tensors(torch.stack(tensors)))
+            summary.added += len(ids)
+        bar.update(len(batch))
+        bar.set_postfix(added=summary.added, skipped=sum(summary.skipped.values()))
+        checkpointer.maybe_save()
+    bar.close()
+
+
+def _workers(options, n: int) -> int:
+    return 0 if n < 2 * options.batch_size else options.workers

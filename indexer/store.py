@@ -1,0 +1,148 @@
+"""The writer's view of one data directory: catalog + image files + vector index.
+
+Every write path (reindex, augment, crawler, API uploads, deletes) goes through ``Indexer``
+so that the three stay consistent:
+
+- image bytes are written (atomically) before the catalog row that points at them;
+- catalog rows may exist without a vector (pending): the next reindex embeds them;
+- vectors whose catalog row is gone (orphans) are removed by the next reindex;
+- the catalog's index record is written only after the index file is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .catalog import Catalog, ImageRow
+from .files import ImageStore
+from .imageio import DecodedImage, decode_image
+from .vectors import IndexFileError, VectorIndex
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Added:
+    """Outcome of adding one image: its row and whether it is new."""
+
+    row: ImageRow
+    created: bool
+    decoded: DecodedImage
+
+
+class Indexer:
+    """Catalog, image store and vector index of one data directory, for one model version."""
+
+    def __init__(self, options, model_version: str, dim: int) -> None:
+        self.options = options
+        self.catalog = Catalog(options.catalog_url)
+        self.store = ImageStore(options.images_dir)
+        self.index_path = Path(options.index_path)
+        self.model_version = model_version
+        self.dim = dim
+        self.vectors, self.rebuilding = self._open_vectors()
+        self._lock = threading.RLock()
+
+    def _open_vectors(self) -> tuple[VectorIndex, bool]:
+        fresh = VectorIndex(self.model_version, self.dim, flat_limit=self.options.flat_limit)
+        if not self.index_path.exists():
+            return fresh, False
+        header = VectorIndex.read_header(self.index_path)
+        if header["model_version"] != self.model_version or header["dim"] != self.dim:
+            LOG.warning(
+                "index %s was built by model %s; the current model is %s: every image will be"
+                " re-embedded",
+                self.index_path,
+                header["model_version"],
+                self.model_version,
+            )
+            return fresh, True
+        return VectorIndex.load(self.index_path, self.model_version, self.dim), False
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # adding -------------------------------------------------------------------------------
+
+    def decode(self, data: bytes, source: str) -> DecodedImage:
+        return decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
+
+    def add_decoded(
+        self, session, data: bytes, decoded: DecodedImage, source: str, **columns: object
+    ) -> tuple[ImageRow, bool]:
+        """Store bytes and insert the catalog row inside ``session`` (no vector yet)."""
+        known = self.catalog.find_sha256(session, decoded.sha256)
+        if known is not None:
+            return known, False
+        stored = self.store.put(data, decoded.sha256, decoded.format)
+        return self.catalog.add_image(
+            session,
+            sha256=decoded.sha256,
+            stored_path=stored,
+            source=source,
+            width=decoded.width,
+            height=decoded.height,
+            format=decoded.format,
+            bytes=decoded.nbytes,
+            **columns,
+        )
+
+    def add_bytes(self, data: bytes, source: str, **columns: object) -> Added:
+        """Decode, store and catalogue one image; raises ``ImageError`` for bad input."""
+        decoded = self.decode(data, source)
+        with self._lock, self.catalog.session() as session:
+            row, created = self.add_decoded(session, data, decoded, source, **columns)
+        return Added(row, created, decoded)
+
+    def add_vectors(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        with self._lock:
+            self.vectors.add(ids, xb)
+
+    # removing -----------------------------------------------------------------------------
+
+    def remove(self, image_id: int) -> ImageRow | None:
+        """Delete an image: catalog row first (an orphan vector is harmless), then vector, file."""
+        with self._lock:
+            row = self.catalog.delete(image_id)
+            if row is None:
+                return None
+            self.vectors.remove([image_id])
+            self.save()
+            self.store.remove(row.stored_path)
+            return row
+
+    # consistency --------------------------------------------------------------------------
+
+    def pending_ids(self) -> np.ndarray:
+        """Catalogued images that have no vector yet."""
+        return np.setdiff1d(self.catalog.ids(), self.vectors.ids(), assume_unique=True)
+
+    def drop_orphans(self) -> int:
+        """Remove vectors whose catalog row no longer exists."""
+        orphans = np.setdiff1d(self.vectors.ids(), self.catalog.ids(), assume_unique=True)
+        if len(orphans):
+            LOG.info("removing %d vectors with no catalog row", len(orphans))
+            self.vectors.remove(orphans)
+        return len(orphans)
+
+    def save(self) -> None:
+        """Make the index durable, then record what it holds in the catalog."""
+        with self._lock:
+            self.vectors.save(self.index_path)
+            self.rebuilding = False
+            self.catalog.set_index_record(
+                self.model_version, self.dim, self.vectors.index_type, len(self.vectors)
+            )
+
+
+def load_vectors_for_search(options, model_version: str, dim: int) -> VectorIndex:
+    """The saved index for searching; clear errors when it is missing or from another model."""
+    path = Path(options.index_path)
+    if not path.exists():
+        raise IndexFileError(f"{path}: no index yet; run `twice reindex FOLDER` first")
+    return VectorIndex.load(path, model_version, dim)

@@ -1,0 +1,21 @@
+"""The embedding model: VGG-16 trunk + GeM + linear head, weights loading, batch embedding."""
+
+from .embedder import Embedder, Preprocess, iter_batches, pick_device, pick_precision
+from .network import ARCHS, EmbeddingNet, GeM
+from .weights import CheckpointError, WeightsInfo, build_network, load_checkpoint, save_checkpoint
+
+__all__ = [
+    "ARCHS",
+    "CheckpointError",
+    "Embedder",
+    "EmbeddingNet",
+    "GeM",
+    "Preprocess",
+    "WeightsInfo",
+    "build_network",
+    "iter_batches",
+    "load_checkpoint",
+    "pick_device",
+    "pick_precision",
+    "save_checkpoint",
+]

@@ -1,0 +1,160 @@
+"""Batch embedding on CPU or CUDA: preprocessing, precision choice, the model version."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from .network import EmbeddingNet
+from .weights import WeightsInfo, build_network
+
+LOG = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Any change to Preprocess must change this id: it is part of the model version.
+PREPROCESS_ID = "squash-bilinear-imagenet-v1"
+
+
+class Preprocess:
+    """RGB PIL image -> normalised (3, size, size) float tensor.
+
+    The whole image is resized to a square (no crop): squashing commutes with 90° rotations
+    and flips, so a rotated copy becomes exactly the rotated tensor of its original.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resized = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        array = np.asarray(resized, dtype=np.float32) / 255.0
+        tensor = torch.from_numpy(array).permute(2, 0, 1)
+        return (tensor - self.mean) / self.std
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch sees no CUDA GPU")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 bf16: without them bf16 autocast is several times slower than fp32."""
+    cpu = torch.cpu
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for inference, or None for plain fp32."""
+    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if requested != "auto":
+        if requested not in choices:
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {requested!r}")
+        return choices[requested]
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def model_version(arch: str, dim: int, image_size: int, weights: WeightsInfo) -> str:
+    """Changes whenever the weights, the architecture or the preprocessing change."""
+    key = f"{arch}|{dim}|{image_size}|{PREPROCESS_ID}|{weights.digest}"
+    return f"{arch}-d{dim}-s{image_size}-{weights.source}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+@dataclass
+class Embedder:
+    """A network in eval mode plus everything needed to turn images into vectors."""
+
+    net: EmbeddingNet
+    weights: WeightsInfo
+    image_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None = None
+
+    def __post_init__(self) -> None:
+        self.net.eval().to(self.device)
+        if self.device.type == "cpu":
+            self.net.to(memory_format=torch.channels_last)
+        self.preprocess = Preprocess(self.image_size)
+        self.version = model_version(self.net.arch, self.net.dim, self.image_size, self.weights)
+
+    @classmethod
+    def from_options(cls, options) -> Embedder:
+        """Build from a ``twice.options.Options``; a checkpoint's own input size wins."""
+        net, weights = build_network(
+            options.arch, options.embed_dim, options.checkpoint or None, options.allow_download
+        )
+        device = pick_device(options.device)
+        size = weights.image_size or options.image_size
+        return cls(net, weights, size, device, pick_precision(device, options.precision))
+
+    @property
+    def dim(self) -> int:
+        return self.net.dim
+
+    def describe(self) -> dict:
+        return {
+            "version": self.version,
+            "arch": self.net.arch,
+            "dim": self.dim,
+            "image_size": self.image_size,
+            "weights": self.weights.source,
+            "device": str(self.device),
+            "precision": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "fp32",
+        }
+
+    @torch.inference_mode()
+    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
+        """(N,3,S,S) preprocessed tensors -> (N, dim) float32 unit vectors."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cpu":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        enabled = self.autocast_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
+            out = self.net(batch)
+        return out.float().cpu().numpy()
+
+    def embed_images(self, images: Iterable[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Embed PIL images in the calling process (queries, small batches)."""
+        tensors = [self.preprocess(image) for image in images]
+        if not tensors:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        chunks = [
+            self.embed_tensors(torch.stack(tensors[i : i + batch_size]))
+            for i in range(0, len(tensors), batch_size)
+        ]
+        return np.concatenate(chunks)
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # decode workers must not fight the network for cores
+
+
+def iter_batches(dataset: Dataset, batch_size: int, workers: int) -> Iterator[list]:
+    """Batches of dataset items (lists, uncollated) decoded in worker processes."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+    )
+    yield from loader

@@ -1,0 +1,161 @@
+"""Where the network's weights come from, in order of preference, and checkpoint files.
+
+1. an explicit checkpoint path (a twice checkpoint, or a torchvision VGG-16 state dict);
+2. the checkpoint shipped with twice (``model/weights/``), when present;
+3. torchvision's ImageNet weights, from its cache or downloaded when allowed;
+4. a seeded random initialisation, with a loud warning that says how to do better.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchvision
+
+from .network import EmbeddingNet
+
+LOG = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "twice-embedder"
+CHECKPOINT_FORMAT_VERSION = 1
+SHIPPED_CHECKPOINT = Path(__file__).parent / "weights" / "twice-vgg16.pt"
+HEAD_SEED = 0
+IMAGENET_WEIGHTS = {
+    "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
+    "vgg16_bn": torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing or not usable; the message names the file."""
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a network's weights came from: ``source`` is checkpoint, shipped, imagenet or random."""
+
+    source: str
+    digest: str  # identifies the exact weights; part of the model version
+    image_size: int | None = None  # the size a checkpoint was trained at
+    meta: dict = field(default_factory=dict)
+
+
+def build_network(
+    arch: str, dim: int, checkpoint: str | Path | None = None, allow_download: bool = True
+) -> tuple[EmbeddingNet, WeightsInfo]:
+    """The network with the best weights available (see the module docstring)."""
+    if checkpoint:
+        return load_checkpoint(checkpoint, arch, dim)
+    if SHIPPED_CHECKPOINT.exists():
+        net, info = load_checkpoint(SHIPPED_CHECKPOINT, arch, dim)
+        return net, WeightsInfo("shipped", info.digest, info.image_size, info.meta)
+    net = _seeded_network(arch, dim)
+    state = imagenet_state_dict(arch, allow_download)
+    if state is not None:
+        _load_trunk(net, state)
+        return net, WeightsInfo("imagenet", f"{IMAGENET_WEIGHTS[arch].url}|head{HEAD_SEED}")
+    LOG.warning(
+        "NO TRAINED WEIGHTS: twice is using a randomly initialised %s. Duplicates of the same"
+        " bytes and light edits are still found, but similarity scores are weak. Fix: pass"
+        " --checkpoint PATH (a twice checkpoint from `twice train`, or torchvision's"
+        " vgg16-397923af.pth), or put that file in %s/checkpoints/ so torchvision finds it.",
+        arch,
+        torch.hub.get_dir(),
+    )
+    return net, WeightsInfo("random", f"random|seed{HEAD_SEED}")
+
+
+def imagenet_state_dict(arch: str, allow_download: bool) -> dict | None:
+    """torchvision's ImageNet weights from its cache, or downloaded; None when unavailable."""
+    weights = IMAGENET_WEIGHTS[arch]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        if cached.exists():
+            return torch.load(cached, map_location="cpu", weights_only=True)
+        if allow_download:
+            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints "Downloading: ..."
+                return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # no network, a proxy page, a bad cache file: fall back
+        LOG.info("ImageNet weights for %s unavailable: %s", arch, exc)
+    return None
+
+
+def save_checkpoint(
+    net: EmbeddingNet, path: str | Path, image_size: int, meta: dict | None = None, half: bool = True
+) -> Path:
+    """Save trunk + pooling + head (fp16 by default) with what is needed to rebuild the net."""
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "arch": net.arch,
+            "dim": net.dim,
+            "image_size": image_size,
+            "state_dict": state,
+            "meta": meta or {},
+        },
+        tmp,
+    )
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, arch: str = "vgg16", dim: int = 256
+) -> tuple[EmbeddingNet, WeightsInfo]:
+    """Load a twice checkpoint, or a torchvision VGG-16 state dict (trunk only, seeded head)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    digest = file_sha256(path)
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
+    if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
+        net = EmbeddingNet(blob["arch"], blob["dim"])
+        state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the network ({exc})") from exc
+        return net, WeightsInfo("checkpoint", digest, blob.get("image_size"), blob.get("meta", {}))
+    if isinstance(blob, dict) and "features.0.weight" in blob:
+        net = _seeded_network(arch, dim)
+        _load_trunk(net, blob, path)
+        return net, WeightsInfo("checkpoint", f"{digest}|head{HEAD_SEED}")
+    raise CheckpointError(f"{path}: neither a twice checkpoint nor a torchvision VGG state dict")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _seeded_network(arch: str, dim: int) -> EmbeddingNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_SEED)
+        return EmbeddingNet(arch, dim)
+
+
+def _load_trunk(net: EmbeddingNet, state: dict, path: Path | None = None) -> None:
+    """Copy torchvision ``features.*`` weights into the trunk (which lacks the last pool)."""
+    trunk = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    try:
+        net.trunk.load_state_dict(trunk)
+    except RuntimeError as exc:
+        where = f"{path}: " if path else ""
+        raise CheckpointError(f"{where}VGG weights do not fit {net.arch} ({exc})") from exc

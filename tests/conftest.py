@@ -1,0 +1,43 @@
+"""Shared fixtures: small real models, real SQLite files in tmp dirs, real images."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from model import Embedder  # noqa: E402
+from twice.options import Options  # noqa: E402
+
+# 64 px keeps the real VGG-16 code path fast enough for the suite.
+TEST_IMAGE_SIZE = 64
+
+
+def make_options(data_dir: Path, **overrides) -> Options:
+    base = Options(
+        data_dir=data_dir,
+        image_size=TEST_IMAGE_SIZE,
+        batch_size=8,
+        workers=0,
+        allow_download=False,
+        device="cpu",
+        checkpoint_seconds=0.0,
+    )
+    return base.with_overrides(**overrides)
+
+
+@pytest.fixture
+def options(tmp_path: Path) -> Options:
+    return make_options(tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Embedder:
+    logging.getLogger("model.weights").setLevel(logging.ERROR)
+    return Embedder.from_options(make_options(Path("unused")))

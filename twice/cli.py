@@ -1,0 +1,80 @@
+"""The ``twice`` command: global options, logging, and one subcommand per stage.
+
+Each subcommand lives beside the code it drives, in a module with
+``register(subparsers) -> None`` that adds a parser whose ``func(args, options) -> int``
+does the work; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .options import Options
+
+COMMAND_MODULES = (
+    "twice.commands",
+)
+
+LOG = logging.getLogger("twice")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twice",
+        description="Duplicate-aware image search: index folders, find copies and near-copies.",
+    )
+    parser.add_argument("--version", action="version", version=f"twice {__version__}")
+    parser.add_argument(
+        "--data-dir",
+        help="where the catalog, index, images and models live (env TWICE_DATA_DIR, default index_data/)",
+    )
+    parser.add_argument("--checkpoint", help="model checkpoint to load (env TWICE_CHECKPOINT)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    return Options.from_env().with_overrides(
+        data_dir=args.data_dir, checkpoint=args.checkpoint, device=args.device
+    )
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose < 2:  # third-party chatter
+        for noisy in ("PIL", "urllib3", "faiss.loader"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    configure_logging(args.verbose, args.quiet)
+    try:
+        options = options_from_args(args)
+        return int(args.func(args, options) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:
+        if args.verbose:
+            LOG.exception("failed")
+        print(f"twice {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

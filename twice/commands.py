@@ -1,0 +1,103 @@
+"""Core subcommands: reindex, search, status."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from indexer import Catalog, VectorIndex, reindex
+from model import Embedder
+from search import SearchEngine
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "reindex",
+        help="index image files and folders (incremental, resumable)",
+        description="Walk the given files and folders, add new images (by sha256) to the"
+        " catalog and the vector index, and embed any catalogued image that has no vector yet.",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (none: catalog only)")
+    p.add_argument("--batch-size", type=int, help="images per embedding batch (default 32)")
+    p.add_argument("--workers", type=int, help="decode worker processes")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_reindex)
+
+    p = subparsers.add_parser(
+        "search",
+        help="find the nearest indexed images to a query image",
+        description="Embed IMAGE, return its top-k neighbours with a score and a verdict each.",
+    )
+    p.add_argument("image", metavar="IMAGE", help="query image file")
+    p.add_argument("-k", type=int, default=10, help="how many results (1..100, default 10)")
+    p.add_argument("--json", action="store_true", help="print the full response as JSON")
+    p.set_defaults(func=run_search)
+
+    p = subparsers.add_parser("status", help="what the data directory holds")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_status)
+
+
+def run_reindex(args, options) -> int:
+    options = options.with_overrides(batch_size=args.batch_size, workers=args.workers)
+    embedder = Embedder.from_options(options)
+    summary = reindex(args.paths, options, embedder, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print("\n".join(summary.lines()))
+    return 0
+
+
+def run_search(args, options) -> int:
+    embedder = Embedder.from_options(options)
+    engine = SearchEngine.open(options, embedder)
+    try:
+        response = engine.search_file(args.image, args.k)
+    finally:
+        engine.close()
+    if args.json:
+        print(json.dumps(response, indent=2))
+    else:
+        print_results(response)
+    return 0
+
+
+def print_results(response: dict, out=sys.stdout) -> None:
+    query = response["query"]
+    print(f"query {query['source']} ({query['width']}x{query['height']} {query['format']})", file=out)
+    if not response["results"]:
+        print("  no indexed images", file=out)
+    for rank, hit in enumerate(response["results"], 1):
+        variant = f"  [{hit['transform']} of #{hit['parent_id']}]" if hit["transform"] else ""
+        exact = "  (same bytes)" if hit["exact"] else ""
+        print(
+            f"{rank:>3}. {hit['score']:.4f}  {hit['verdict']:<9}  #{hit['id']:<6} {hit['source']}{variant}{exact}",
+            file=out,
+        )
+    t = response["thresholds"]
+    print(
+        f"model {response['model']}; duplicate >= {t['duplicate']}, similar >= {t['similar']}"
+        f" ({t['source']}); {response['took_ms']:.0f} ms",
+        file=out,
+    )
+
+
+def run_status(args, options) -> int:
+    catalog = Catalog(options.catalog_url)
+    try:
+        record = catalog.index_record()
+        status = {
+            "data_dir": str(options.data_dir),
+            "images": catalog.count(),
+            "index": VectorIndex.read_header(options.index_path) if options.index_path.exists() else None,
+            "index_record_updated": record.updated_at.isoformat() if record else None,
+        }
+    finally:
+        catalog.close()
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        for key, value in status.items():
+            print(f"{key}: {value}")
+    return 0
