@@ -62,8 +62,9 @@ class ReindexSummary:
 class NewFiles(Dataset):
     """Files to index: hashed in the worker; unknown ones decoded and preprocessed there too."""
 
-    def __init__(self, paths: list[Path], known_sha256: set[str], preprocess, options) -> None:
-        self.paths, self.known, self.preprocess, self.options = paths, known_sha256, preprocess, options
+    def __init__(self, paths: list[Path], known_sha256: set[str], embedder: Embedder, options) -> None:
+        self.paths, self.known, self.options = paths, known_sha256, options
+        self.preprocess, self.draft_side = embedder.preprocess, embedder.draft_side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -75,7 +76,9 @@ class NewFiles(Dataset):
             sha = sha256_bytes(data)
             if sha in self.known:
                 return {"path": path, "known": True}
-            decoded = decode_image(data, path, self.options.max_image_bytes, self.options.max_image_pixels)
+            decoded = decode_image(
+                data, path, self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
+            )
             return {"path": path, "data": data, "decoded": decoded, "tensor": self.preprocess(decoded.image)}
         except ImageError as exc:
             return {"path": path, "error": exc}
@@ -84,8 +87,9 @@ class NewFiles(Dataset):
 class StoredImages(Dataset):
     """Catalogued images read back from the image store, for pending embeddings."""
 
-    def __init__(self, rows: list[tuple[int, Path]], preprocess, options) -> None:
-        self.rows, self.preprocess, self.options = rows, preprocess, options
+    def __init__(self, rows: list[tuple[int, Path]], embedder: Embedder, options) -> None:
+        self.rows, self.options = rows, options
+        self.preprocess, self.draft_side = embedder.preprocess, embedder.draft_side
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -98,6 +102,7 @@ class StoredImages(Dataset):
                 str(path),
                 self.options.max_image_bytes,
                 self.options.max_image_pixels,
+                self.draft_side,
             )
             return {"id": image_id, "tensor": self.preprocess(decoded.image)}
         except ImageError as exc:
@@ -119,9 +124,7 @@ class Checkpointer:
         self.last = time.monotonic()
 
 
-def reindex(
-    paths: list[str | Path], options, embedder: Embedder, progress: bool = True
-) -> ReindexSummary:
+def reindex(paths: list[str | Path], options, embedder: Embedder, progress: bool = True) -> ReindexSummary:
     """Bring the index up to date with the catalog and the given files and folders."""
     started = time.monotonic()
     files = list(iter_image_files(paths))
@@ -146,7 +149,7 @@ def _embed_pending(indexer, embedder, options, summary, checkpointer, progress) 
         return
     rows = indexer.catalog.get_many(pending.tolist())
     items = [(i, indexer.store.path(rows[i].stored_path)) for i in sorted(rows)]
-    dataset = StoredImages(items, embedder.preprocess, options)
+    dataset = StoredImages(items, embedder, options)
     bar = tqdm(total=len(items), desc="embedding catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
         good = []
@@ -168,7 +171,7 @@ def _embed_pending(indexer, embedder, options, summary, checkpointer, progress) 
 def _add_new_files(indexer, embedder, options, files, summary, checkpointer, progress) -> None:
     if not files:
         return
-    dataset = NewFiles(files, indexer.catalog.known_sha256(), embedder.preprocess, options)
+    dataset = NewFiles(files, indexer.catalog.known_sha256(), embedder, options)
     bar = tqdm(total=len(files), desc="indexing files", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(files))):
         ids, tensors = [], []

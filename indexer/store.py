@@ -55,8 +55,7 @@ class Indexer:
         header = VectorIndex.read_header(self.index_path)
         if header["model_version"] != self.model_version or header["dim"] != self.dim:
             LOG.warning(
-                "index %s was built by model %s; the current model is %s: every image will be"
-                " re-embedded",
+                "index %s was built by model %s; the current model is %s: every image will be re-embedded",
                 self.index_path,
                 header["model_version"],
                 self.model_version,
@@ -69,8 +68,10 @@ class Indexer:
 
     # adding -------------------------------------------------------------------------------
 
-    def decode(self, data: bytes, source: str) -> DecodedImage:
-        return decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
+    def decode(self, data: bytes, source: str, draft_side: int | None = None) -> DecodedImage:
+        return decode_image(
+            data, source, self.options.max_image_bytes, self.options.max_image_pixels, draft_side
+        )
 
     def add_decoded(
         self, session, data: bytes, decoded: DecodedImage, source: str, **columns: object
@@ -92,9 +93,12 @@ class Indexer:
             **columns,
         )
 
-    def add_bytes(self, data: bytes, source: str, **columns: object) -> Added:
-        """Decode, store and catalogue one image; raises ``ImageError`` for bad input."""
-        decoded = self.decode(data, source)
+    def add_bytes(self, data: bytes, source: str, draft_side: int | None = None, **columns: object) -> Added:
+        """Decode, store and catalogue one image; raises ``ImageError`` for bad input.
+
+        Pass the embedder's ``draft_side`` when ``Added.decoded.image`` will be embedded.
+        """
+        decoded = self.decode(data, source, draft_side)
         with self._lock, self.catalog.session() as session:
             row, created = self.add_decoded(session, data, decoded, source, **columns)
         return Added(row, created, decoded)

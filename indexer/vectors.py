@@ -181,7 +181,7 @@ class VectorIndex:
             start = handle.read(len(MAGIC) + 8)
             if len(start) < len(MAGIC) + 8 or not start.startswith(MAGIC):
                 raise IndexFileError(f"{path}: not a twice index file")
-            _version, head_len = struct.unpack("<II", start[len(MAGIC):])
+            _version, head_len = struct.unpack("<II", start[len(MAGIC) :])
             return json.loads(handle.read(head_len))
 
     def to_gpu(self) -> bool:
@@ -266,7 +266,7 @@ def _split_file(path: Path, blob: bytes) -> tuple[dict, bytes]:
     fixed = len(MAGIC) + 8
     if len(blob) < fixed or not blob.startswith(MAGIC):
         raise IndexFileError(f"{path}: not a twice index file (bad magic or too short)")
-    version, head_len = struct.unpack("<II", blob[len(MAGIC):fixed])
+    version, head_len = struct.unpack("<II", blob[len(MAGIC) : fixed])
     if version != FILE_VERSION:
         raise IndexFileError(f"{path}: index file version {version}, this twice reads {FILE_VERSION}")
     try:

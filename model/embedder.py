@@ -20,7 +20,7 @@ LOG = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Any change to Preprocess must change this id: it is part of the model version.
-PREPROCESS_ID = "squash-bilinear-imagenet-v1"
+PREPROCESS_ID = "jpegdraft2x-squash-bilinear-imagenet-v1"
 
 
 class Preprocess:
@@ -92,6 +92,8 @@ class Embedder:
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
         self.preprocess = Preprocess(self.image_size)
+        # JPEGs may be decoded at reduced size, down to twice the input size (see decode_image).
+        self.draft_side = 2 * self.image_size
         self.version = model_version(self.net.arch, self.net.dim, self.image_size, self.weights)
 
     @classmethod

@@ -21,7 +21,9 @@ MAX_K = 100
 class SearchEngine:
     """Answers top-k queries against one catalog + index with one embedder."""
 
-    def __init__(self, options, catalog: Catalog, vectors: VectorIndex, embedder, thresholds: Thresholds) -> None:
+    def __init__(
+        self, options, catalog: Catalog, vectors: VectorIndex, embedder, thresholds: Thresholds
+    ) -> None:
         self.options = options
         self.catalog = catalog
         self.vectors = vectors
@@ -44,7 +46,13 @@ class SearchEngine:
         return self.search_bytes(data, k, source=str(path))
 
     def search_bytes(self, data: bytes, k: int = 10, source: str = "<upload>") -> dict:
-        decoded = decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
+        decoded = decode_image(
+            data,
+            source,
+            self.options.max_image_bytes,
+            self.options.max_image_pixels,
+            self.embedder.draft_side,
+        )
         return self.search_decoded(decoded, k, source)
 
     def search_decoded(self, decoded: DecodedImage, k: int = 10, source: str = "<upload>") -> dict:
@@ -54,7 +62,7 @@ class SearchEngine:
         query = self.embedder.embed_images([decoded.image])
         D, I = self.vectors.search(query, k + 1)
         exact = self.catalog.by_sha256(decoded.sha256)
-        hits = [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
+        hits = [(int(i), float(d)) for d, i in zip(D[0], I[0], strict=True) if i >= 0]
         if exact is not None:
             hits = [(exact.id, 1.0)] + [(i, d) for i, d in hits if i != exact.id]
         hits = hits[:k]

@@ -15,9 +15,7 @@ import sys
 from . import __version__
 from .options import Options
 
-COMMAND_MODULES = (
-    "twice.commands",
-)
+COMMAND_MODULES = ("twice.commands",)
 
 LOG = logging.getLogger("twice")
 
@@ -35,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", help="model checkpoint to load (env TWICE_CHECKPOINT)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

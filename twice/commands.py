@@ -71,10 +71,8 @@ def print_results(response: dict, out=sys.stdout) -> None:
     for rank, hit in enumerate(response["results"], 1):
         variant = f"  [{hit['transform']} of #{hit['parent_id']}]" if hit["transform"] else ""
         exact = "  (same bytes)" if hit["exact"] else ""
-        print(
-            f"{rank:>3}. {hit['score']:.4f}  {hit['verdict']:<9}  #{hit['id']:<6} {hit['source']}{variant}{exact}",
-            file=out,
-        )
+        score = f"{hit['score']:.4f}  {hit['verdict']:<9}"
+        print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}{exact}", file=out)
     t = response["thresholds"]
     print(
         f"model {response['model']}; duplicate >= {t['duplicate']}, similar >= {t['similar']}"
