@@ -1,0 +1,120 @@
+"""The embedder: weights loading order, checkpoints, versions, output, precision."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from conftest import make_options
+from imagegen import make_image
+from model import CheckpointError, Embedder, build_network, load_checkpoint, save_checkpoint
+from model.embedder import Preprocess, pick_precision
+
+
+def test_embeddings_are_unit_vectors_of_the_configured_dimension(embedder):
+    xb = embedder.embed_images([make_image(i) for i in range(3)])
+    assert xb.shape == (3, 256) and xb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-5)
+
+
+def test_same_pixels_give_the_same_vector(embedder):
+    image = make_image(7)
+    a, b = embedder.embed_images([image, image.copy()])
+    assert float(a @ b) > 0.9999
+
+
+def test_squash_preprocessing_commutes_with_rotation():
+    image = make_image(8, (96, 72))
+    preprocess = Preprocess(32)
+    rotated = preprocess(image.transpose(Image.Transpose.ROTATE_270))  # 90° clockwise
+    expected = torch.rot90(preprocess(image), k=-1, dims=(1, 2))
+    torch.testing.assert_close(rotated, expected, atol=0.05, rtol=0)
+
+
+def test_checkpoint_round_trip_restores_the_same_embeddings(tmp_path, embedder):
+    path = save_checkpoint(embedder.net, tmp_path / "ckpt.pt", image_size=64, meta={"steps": 3}, half=False)
+    options = make_options(tmp_path, checkpoint=str(path))
+    loaded = Embedder.from_options(options)
+    assert loaded.weights.source == "checkpoint" and loaded.weights.meta == {"steps": 3}
+    images = [make_image(i) for i in range(2)]
+    np.testing.assert_allclose(loaded.embed_images(images), embedder.embed_images(images), atol=1e-5)
+    assert loaded.version != embedder.version  # different weights source, different version
+
+
+def test_fp16_checkpoint_keeps_quality(tmp_path, embedder):
+    path = save_checkpoint(embedder.net, tmp_path / "half.pt", image_size=64)
+    net, info = load_checkpoint(path)
+    half = Embedder(net, info, 64, torch.device("cpu"))
+    images = [make_image(i) for i in range(4)]
+    cos = (half.embed_images(images) * embedder.embed_images(images)).sum(axis=1)
+    assert cos.min() > 0.999
+
+
+def test_torchvision_state_dict_loads_into_the_trunk(tmp_path):
+    torch.manual_seed(3)
+    vgg = torchvision.models.vgg16()
+    path = tmp_path / "vgg16-local.pth"
+    torch.save(vgg.state_dict(), path)
+    net, info = build_network("vgg16", 128, checkpoint=path)
+    torch.testing.assert_close(net.trunk[0].weight, vgg.features[0].weight)
+    assert info.source == "checkpoint" and net.dim == 128
+
+
+def test_cached_imagenet_weights_are_used(tmp_path, monkeypatch):
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(4)
+    vgg = torchvision.models.vgg16()
+    torch.save(vgg.state_dict(), hub / "checkpoints" / "vgg16-397923af.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    net, info = build_network("vgg16", 64, allow_download=False)
+    assert info.source == "imagenet"
+    torch.testing.assert_close(net.trunk[28].weight, vgg.features[28].weight)
+
+
+def test_random_fallback_warns_loudly(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="model.weights"):
+        _, info = build_network("vgg16", 64, allow_download=False)
+    assert info.source == "random"
+    assert "NO TRAINED WEIGHTS" in caplog.text and "--checkpoint" in caplog.text
+
+
+def test_bad_checkpoints_are_refused_with_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match="nothere.pt: checkpoint file not found"):
+        load_checkpoint(tmp_path / "nothere.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt: not a readable"):
+        load_checkpoint(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CheckpointError, match="other.pt: neither"):
+        load_checkpoint(other)
+
+
+def test_model_version_changes_with_input_size(tmp_path):
+    small = Embedder.from_options(make_options(tmp_path, image_size=64))
+    large = Embedder.from_options(make_options(tmp_path, image_size=96))
+    assert small.version != large.version and "-s64-" in small.version
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert pick_precision(cpu, "fp32") is None
+    assert pick_precision(cpu, "bf16") is torch.bfloat16
+    assert pick_precision(torch.device("cuda"), "auto") is torch.float16
+    with pytest.raises(ValueError, match="precision must be"):
+        pick_precision(cpu, "int4")
+
+
+def test_bf16_autocast_keeps_embeddings_close(embedder):
+    images = [make_image(i) for i in range(2)]
+    bf16 = Embedder(embedder.net, embedder.weights, 64, torch.device("cpu"), torch.bfloat16)
+    cos = (bf16.embed_images(images) * embedder.embed_images(images)).sum(axis=1)
+    assert cos.min() > 0.99

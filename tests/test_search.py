@@ -1,0 +1,88 @@
+"""Search from the command line: JSON shape, exact matches, verdicts, clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imagegen import image_bytes, make_image, write_images
+from indexer import IndexFileError, IndexMismatchError, reindex
+from model import Embedder
+from search import SearchEngine, Thresholds
+from twice.cli import main
+
+CLI_ENV = {
+    "TWICE_IMAGE_SIZE": "64",
+    "TWICE_WORKERS": "0",
+    "TWICE_ALLOW_DOWNLOAD": "0",
+    "TWICE_DEVICE": "cpu",
+}
+
+
+@pytest.fixture
+def cli_env(monkeypatch, tmp_path):
+    for key, value in CLI_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TWICE_DATA_DIR", str(tmp_path / "data"))
+    return tmp_path
+
+
+def test_cli_reindex_then_search_json(cli_env, capsys):
+    paths = write_images(cli_env / "in", 6)
+    assert main(["-q", "reindex", str(cli_env / "in")]) == 0
+    capsys.readouterr()
+    assert main(["-q", "search", str(paths[2]), "-k", "3", "--json"]) == 0
+    response = json.loads(capsys.readouterr().out)
+    assert set(response) >= {"query", "results", "model", "thresholds", "took_ms"}
+    top = response["results"][0]
+    assert top["source"] == str(paths[2]) and top["exact"] and top["score"] == 1.0
+    assert top["verdict"] == "duplicate"
+    assert len(response["results"]) == 3
+    assert {"id", "path", "score", "verdict", "width", "height", "parent_id", "transform"} <= set(top)
+    assert len({hit["id"] for hit in response["results"]}) == 3
+
+
+def test_cli_search_refuses_bad_input_with_nonzero_exit(cli_env, capsys):
+    write_images(cli_env / "in", 2)
+    main(["-q", "reindex", str(cli_env / "in")])
+    bad = cli_env / "bad.jpg"
+    bad.write_bytes(b"not an image at all")
+    assert main(["-q", "search", str(bad)]) == 1
+    assert "bad.jpg: not an image" in capsys.readouterr().err
+    assert main(["-q", "search", str(cli_env / "missing.png")]) == 1
+    assert main(["-q", "search", str(cli_env / "in" / "img_0000.png"), "-k", "0"]) == 1
+    assert "k must be an integer from 1 to 100" in capsys.readouterr().err
+
+
+def test_search_before_any_reindex_says_what_to_do(cli_env, capsys):
+    query = cli_env / "q.png"
+    query.write_bytes(image_bytes(make_image(1)))
+    assert main(["-q", "search", str(query)]) == 1
+    assert "run `twice reindex" in capsys.readouterr().err
+
+
+def test_search_refuses_an_index_of_another_model(tmp_path, options, embedder):
+    write_images(tmp_path / "in", 3)
+    reindex([tmp_path / "in"], options, embedder, progress=False)
+    other = Embedder.from_options(options.with_overrides(image_size=80))
+    with pytest.raises(IndexMismatchError, match="twice reindex"):
+        SearchEngine.open(options, other)
+    with pytest.raises(IndexFileError, match="no index yet"):
+        SearchEngine.open(options.with_overrides(data_dir=tmp_path / "empty"), embedder)
+
+
+def test_verdicts_follow_thresholds(tmp_path, options, embedder):
+    paths = write_images(tmp_path / "in", 4)
+    reindex([tmp_path / "in"], options, embedder, progress=False)
+    engine = SearchEngine.open(options, embedder)
+    engine.thresholds = Thresholds(duplicate=1.0, similar=-1.0)
+    response = engine.search_bytes(paths[0].read_bytes(), k=4)
+    verdicts = [hit["verdict"] for hit in response["results"]]
+    assert verdicts == ["duplicate", "similar", "similar", "similar"]
+    engine.close()
+    with pytest.raises(ValueError, match="similar <= duplicate"):
+        Thresholds(duplicate=0.5, similar=0.7)
+    assert Thresholds(0.9, 0.7).verdict(0.95) == "duplicate"
+    assert Thresholds(0.9, 0.7).verdict(0.8) == "similar"
+    assert Thresholds(0.9, 0.7).verdict(0.2) == "different"

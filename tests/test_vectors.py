@@ -1,0 +1,120 @@
+"""The FAISS store against a brute-force numpy oracle, plus persistence and damage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from indexer import IndexFileError, IndexMismatchError, VectorIndex
+
+
+def unit_vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute_force(ids: np.ndarray, xb: np.ndarray, xq: np.ndarray, k: int) -> np.ndarray:
+    scores = xq @ xb.T
+    return ids[np.argsort(-scores, axis=1, kind="stable")[:, :k]]
+
+
+def test_flat_search_matches_brute_force_after_add_and_remove():
+    xb = unit_vectors(300)
+    ids = np.arange(1000, 1300)
+    index = VectorIndex("m1", 16)
+    index.add(ids, xb)
+    drop = ids[::3]
+    assert index.remove(drop) == len(drop)
+    assert index.remove([999_999]) == 0
+    keep = ~np.isin(ids, drop)
+    xq = unit_vectors(20, seed=1)
+    _, found = index.search(xq, 5)
+    np.testing.assert_array_equal(found, brute_force(ids[keep], xb[keep], xq, 5))
+    np.testing.assert_array_equal(index.ids(), ids[keep])
+
+
+def test_adding_an_existing_id_replaces_its_vector():
+    xb = unit_vectors(4)
+    index = VectorIndex("m1", 16)
+    index.add(np.array([1, 2]), xb[:2])
+    index.add(np.array([2]), xb[2:3])
+    assert len(index) == 2
+    ids, stored = index.vectors()
+    np.testing.assert_array_equal(ids, [1, 2])
+    np.testing.assert_allclose(stored[1], xb[2])
+
+
+def test_switches_to_ivf_above_flat_limit_and_keeps_every_vector(tmp_path):
+    xb = unit_vectors(3000, seed=2)
+    ids = np.arange(3000) + 7
+    index = VectorIndex("m1", 16, flat_limit=1000, nprobe=64)
+    index.add(ids[:900], xb[:900])
+    assert index.kind == "flat"
+    index.add(ids[900:], xb[900:])
+    assert index.kind == "ivf"
+    stored_ids, stored = index.vectors()
+    np.testing.assert_array_equal(stored_ids, ids)
+    np.testing.assert_allclose(stored, xb)
+    # every vector finds itself; nprobe covers all lists here, so search is exact
+    _, found = index.search(xb[:50], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[:50])
+    index.remove(ids[:10])
+    index.save(tmp_path / "ivf.twice")
+    loaded = VectorIndex.load(tmp_path / "ivf.twice", "m1", 16)
+    assert loaded.kind == "ivf" and len(loaded) == 2990
+    _, found = loaded.search(xb[10:20], 1)
+    np.testing.assert_array_equal(found[:, 0], ids[10:20])
+
+
+def test_save_load_round_trip(tmp_path):
+    xb = unit_vectors(50)
+    index = VectorIndex("model-a", 16)
+    index.add(np.arange(50), xb)
+    path = tmp_path / "index" / "vectors.twice"
+    index.save(path)
+    loaded = VectorIndex.load(path, "model-a", 16)
+    assert (loaded.model_version, loaded.dim, len(loaded)) == ("model-a", 16, 50)
+    np.testing.assert_array_equal(loaded.search(xb, 3)[1], index.search(xb, 3)[1])
+    assert VectorIndex.read_header(path)["count"] == 50
+    assert not [p for p in path.parent.iterdir() if p.name != path.name], "temporary files left behind"
+
+
+def test_truncated_index_file_is_an_error_naming_the_file(tmp_path):
+    path = tmp_path / "vectors.twice"
+    index = VectorIndex("m1", 16)
+    index.add(np.arange(20), unit_vectors(20))
+    index.save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(IndexFileError, match="vectors.twice.*truncated"):
+        VectorIndex.load(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(IndexFileError, match="vectors.twice.*not a twice index"):
+        VectorIndex.load(path)
+
+
+def test_refuses_other_model_versions_and_dimensions(tmp_path):
+    path = tmp_path / "vectors.twice"
+    index = VectorIndex("model-a", 16)
+    index.add(np.arange(3), unit_vectors(3))
+    index.save(path)
+    with pytest.raises(IndexMismatchError, match="model-a, not model-b"):
+        VectorIndex.load(path, "model-b", 16)
+    with pytest.raises(IndexMismatchError, match="16-d"):
+        VectorIndex.load(path, "model-a", 32)
+    with pytest.raises(IndexMismatchError, match="do not fit a 16-d index"):
+        index.add(np.arange(3), unit_vectors(3, d=8))
+    with pytest.raises(IndexMismatchError):
+        index.search(unit_vectors(1, d=8), 1)
+
+
+def test_search_edge_cases():
+    index = VectorIndex("m1", 16)
+    D, I = index.search(unit_vectors(2), 3)
+    assert (I == -1).all()
+    index.add(np.array([5]), unit_vectors(1))
+    assert index.search(unit_vectors(1), 10)[1].tolist() == [[5]]
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search(unit_vectors(1), 0)
+    with pytest.raises(ValueError, match="duplicate ids"):
+        index.add(np.array([1, 1]), unit_vectors(2))
