@@ -1,0 +1,197 @@
+"""``twice serve``: the search service (api.py) under gunicorn, and the settings gunicorn.conf.py uses.
+
+Each worker process loads one model and one index (after the fork, so nothing heavy is shared
+by accident) and answers requests from a few threads. ``kill -HUP <master pid>`` reloads
+gracefully: new workers start, old ones finish their requests and exit. A finished
+``twice reindex`` needs no reload at all: workers pick up the new index file by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from gunicorn.app.base import BaseApplication
+
+from .options import Options
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+def default_web_workers(cores: int | None = None) -> int:
+    """Worker processes: each holds a model and runs it on several cores, so about cores/4, 1..4."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(4, cores // 4))
+
+
+def default_threads(cores: int | None = None) -> int:
+    """Threads per worker: requests spend time in I/O and FAISS as well as in the network."""
+    cores = cores or os.cpu_count() or 1
+    return max(2, min(8, cores))
+
+
+def gunicorn_settings(
+    options: Options,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    workers: int | None = None,
+    threads: int | None = None,
+    log_dir: str | Path | None = None,
+) -> dict:
+    """gunicorn settings for the service; ``log_dir='-'`` logs to stderr instead of files."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+    workers = default_web_workers() if workers is None else workers
+    threads = default_threads() if threads is None else threads
+    for name, value in (("workers", workers), ("threads", threads)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if log_dir is None:
+        log_dir = Path(options.data_dir) / "logs"
+    if str(log_dir) == "-":
+        access_log, error_log, pidfile = "-", "-", None
+    else:
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        access_log, error_log = str(log_dir / "access.log"), str(log_dir / "error.log")
+        pidfile = str(log_dir / "gunicorn.pid")
+    return {
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        # The first request of a worker may wait for the model: generous worker timeout.
+        "timeout": 120,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "accesslog": access_log,
+        "errorlog": error_log,
+        "loglevel": "info",
+        "pidfile": pidfile,
+        "proc_name": "twice",
+        "preload_app": False,  # one model per worker, loaded after the fork
+        "post_fork": post_fork,
+        "post_worker_init": post_worker_init,
+    }
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> dict:
+    """Settings for ``gunicorn api:app`` from ``TWICE_*`` variables (used by gunicorn.conf.py).
+
+    ``TWICE_BIND`` (host:port, default 127.0.0.1:8000), ``TWICE_WEB_WORKERS``,
+    ``TWICE_WEB_THREADS``, ``TWICE_LOG_DIR`` (default <data_dir>/logs, ``-`` for stderr).
+    """
+    environ = os.environ if environ is None else environ
+    options = Options.from_env(environ)
+    host, _, port = environ.get("TWICE_BIND", f"{DEFAULT_HOST}:{DEFAULT_PORT}").rpartition(":")
+    if not port.isdecimal():
+        raise ValueError(f"TWICE_BIND must be host:port, got {environ.get('TWICE_BIND')!r}")
+    return gunicorn_settings(
+        options,
+        host=host.strip("[]") or DEFAULT_HOST,
+        port=int(port),
+        workers=_env_int(environ, "TWICE_WEB_WORKERS"),
+        threads=_env_int(environ, "TWICE_WEB_THREADS"),
+        log_dir=environ.get("TWICE_LOG_DIR") or None,
+    )
+
+
+def _env_int(environ, name: str) -> int | None:
+    raw = environ.get(name)
+    if not raw:
+        return None
+    if not raw.strip().isdecimal():
+        raise ValueError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+# gunicorn hooks ------------------------------------------------------------------------------
+
+
+def post_fork(server, worker) -> None:
+    """Share the cores between workers: torch would otherwise give every worker all of them."""
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, server.cfg.workers)))
+
+
+def post_worker_init(worker) -> None:
+    """Load the model and index before the worker takes requests."""
+    import api
+
+    try:
+        api.warm_up(worker.wsgi)
+    except Exception:  # the service answers 503 and retries on the next request
+        worker.log.exception("twice: warm-up failed")
+
+
+# the command ---------------------------------------------------------------------------------
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the search service (HTTP JSON API and web page) under gunicorn",
+        description="Serve POST /search, POST /images, GET /images/<id>, /health, /stats,"
+        " /openapi.json and the web page at / with gunicorn. Workers pick up a finished"
+        " `twice reindex` without a restart; `kill -HUP <pid>` reloads gracefully.",
+    )
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--workers", type=int, help="worker processes, each with its own model (default: cores/4)")
+    p.add_argument("--threads", type=int, help="threads per worker (default: cores, 2..8)")
+    p.add_argument(
+        "--log-dir",
+        help="folder for access.log, error.log and gunicorn.pid (default DATA_DIR/logs; '-' for stderr)",
+    )
+    p.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let {\"url\": ...} fetch from loopback and private addresses (env TWICE_ALLOW_PRIVATE_URLS)",
+    )
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args, options: Options) -> int:
+    settings = gunicorn_settings(options, args.host, args.port, args.workers, args.threads, args.log_dir)
+    allow_private = args.allow_private_urls or (
+        os.environ.get("TWICE_ALLOW_PRIVATE_URLS", "").lower() in TRUE_WORDS
+    )
+    if not Path(options.index_path).exists():
+        LOG.warning(
+            "no index at %s yet: searches answer 503 until `twice reindex` or POST /images",
+            options.index_path,
+        )
+    where = "stderr" if settings["accesslog"] == "-" else str(Path(settings["accesslog"]).parent)
+    print(
+        f"twice: serving {options.data_dir} on http://{args.host}:{args.port}/ with"
+        f" {settings['workers']} worker(s) x {settings['threads']} threads; logs: {where}",
+        file=sys.stderr,
+        flush=True,
+    )
+    ServeApplication(options, settings, allow_private).run()
+    return 0
+
+
+class ServeApplication(BaseApplication):
+    """gunicorn running ``api.create_app(options)`` in each worker."""
+
+    def __init__(self, options: Options, settings: dict, allow_private_urls: bool) -> None:
+        self.options, self.settings, self.allow_private_urls = options, settings, allow_private_urls
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.settings.items():
+            if value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        import api  # in the worker, after the fork
+
+        return api.create_app(self.options, allow_private_urls=self.allow_private_urls)
