@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .options import Options
 
-COMMAND_MODULES = ("twice.commands", "augment.commands", "twice.serve", "search.commands")
+COMMAND_MODULES = ("twice.commands", "augment.commands", "twice.serve", "search.commands", "crawler.commands")
 
 LOG = logging.getLogger("twice")
 

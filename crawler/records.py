@@ -1,0 +1,197 @@
+"""Crawl records, in the catalog's database: one row per crawl, one per URL it touched.
+
+A crawl is identified by its listing (start URL and pagination, or search term) and its
+filters; running the same command again finds the same crawl and skips every page and
+image already done. Transient failures (timeouts, 5xx, rate limits) are tried again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from datetime import datetime
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, func, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from indexer import Catalog
+from indexer.catalog import Base, utcnow
+
+LOG = logging.getLogger(__name__)
+
+# URL states. DONE ones are skipped when a crawl resumes; "failed" ones are tried again.
+STORED, DUPLICATE, REFUSED, FAILED, DONE = "stored", "duplicate", "refused", "failed", "done"
+FINAL_STATES = frozenset({STORED, DUPLICATE, REFUSED, DONE})
+
+
+class CrawlRecord(Base):
+    """One crawl: what it lists, when it ran, what it found."""
+
+    __tablename__ = "crawls"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(String(40), index=True)
+    listing: Mapped[dict] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    pages: Mapped[int] = mapped_column(Integer, default=0)
+    found: Mapped[int] = mapped_column(Integer, default=0)
+    downloaded: Mapped[int] = mapped_column(Integer, default=0)
+    duplicates: Mapped[int] = mapped_column(Integer, default=0)
+    refused: Mapped[dict] = mapped_column(JSON, default=dict)  # reason -> count
+    failed: Mapped[dict] = mapped_column(JSON, default=dict)  # reason -> count (retried on resume)
+    last_run: Mapped[dict | None] = mapped_column(JSON, default=None)
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "listing": self.listing,
+            "status": self.status,
+            "runs": self.runs,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "pages": self.pages,
+            "found": self.found,
+            "downloaded": self.downloaded,
+            "duplicates": self.duplicates,
+            "refused": self.refused,
+            "failed": self.failed,
+        }
+
+
+class CrawlUrl(Base):
+    """One page or image URL of a crawl and what became of it."""
+
+    __tablename__ = "crawl_urls"
+    __table_args__ = (UniqueConstraint("crawl_id", "kind", "url"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    crawl_id: Mapped[int] = mapped_column(ForeignKey("crawls.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))  # page | image
+    url: Mapped[str] = mapped_column(String)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    detail: Mapped[str | None] = mapped_column(String, default=None)
+    image_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL"), default=None, index=True
+    )
+    page_url: Mapped[str | None] = mapped_column(String, default=None)  # images: where found
+    next_url: Mapped[str | None] = mapped_column(String, default=None)  # pages: the next page
+    page_number: Mapped[int | None] = mapped_column(Integer, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+def crawl_key(identity: dict) -> str:
+    return hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+class CrawlLog:
+    """Reads and writes the records of one crawl; every write commits at once."""
+
+    def __init__(self, catalog: Catalog, crawl_id: int) -> None:
+        self.catalog = catalog
+        self.crawl_id = crawl_id
+
+    @classmethod
+    def open(cls, catalog: Catalog, identity: dict, fresh: bool = False) -> tuple[CrawlLog, bool]:
+        """The latest crawl of ``identity`` (resumed), or a new one; returns (log, resumed)."""
+        Base.metadata.create_all(catalog.engine, tables=[CrawlRecord.__table__, CrawlUrl.__table__])
+        key = crawl_key(identity)
+        with catalog.session() as session:
+            record = None
+            if not fresh:
+                record = session.scalar(
+                    select(CrawlRecord).where(CrawlRecord.key == key).order_by(CrawlRecord.id.desc())
+                )
+            resumed = record is not None
+            if record is None:
+                record = CrawlRecord(key=key, listing=identity, refused={}, failed={})
+                session.add(record)
+            record.status, record.runs, record.finished_at = "running", (record.runs or 0) + 1, None
+            session.flush()
+            return cls(catalog, record.id), resumed
+
+    def get(self, kind: str, url: str) -> CrawlUrl | None:
+        with self.catalog.session() as session:
+            return session.scalar(
+                select(CrawlUrl).where(
+                    CrawlUrl.crawl_id == self.crawl_id, CrawlUrl.kind == kind, CrawlUrl.url == url
+                )
+            )
+
+    def is_done(self, kind: str, url: str) -> bool:
+        row = self.get(kind, url)
+        return row is not None and row.state in FINAL_STATES
+
+    def record(self, kind: str, url: str, state: str, **columns: object) -> None:
+        """Insert or update what became of ``url``."""
+        with self.catalog.session() as session:
+            row = session.scalar(
+                select(CrawlUrl).where(
+                    CrawlUrl.crawl_id == self.crawl_id, CrawlUrl.kind == kind, CrawlUrl.url == url
+                )
+            )
+            if row is None:
+                row = CrawlUrl(crawl_id=self.crawl_id, kind=kind, url=url, attempts=0)
+                session.add(row)
+            row.state, row.attempts, row.updated_at = state, (row.attempts or 0) + 1, utcnow()
+            row.reason = row.detail = None
+            for name, value in columns.items():
+                setattr(row, name, value)
+
+    def image_ids(self) -> list[int]:
+        """Catalog ids of the images this crawl stored or found already stored."""
+        with self.catalog.session() as session:
+            ids = session.scalars(
+                select(CrawlUrl.image_id).where(
+                    CrawlUrl.crawl_id == self.crawl_id,
+                    CrawlUrl.kind == "image",
+                    CrawlUrl.image_id.is_not(None),
+                )
+            )
+            return sorted(set(ids))
+
+    def totals(self) -> dict:
+        """Counts over every run of this crawl, from its URL records."""
+        with self.catalog.session() as session:
+            rows = session.execute(
+                select(CrawlUrl.kind, CrawlUrl.state, CrawlUrl.reason, func.count())
+                .where(CrawlUrl.crawl_id == self.crawl_id)
+                .group_by(CrawlUrl.kind, CrawlUrl.state, CrawlUrl.reason)
+            ).all()
+        totals = {"pages": 0, "found": 0, "downloaded": 0, "duplicates": 0}
+        refused, failed = Counter(), Counter()
+        for kind, state, reason, n in rows:
+            if kind == "page":
+                totals["pages"] += n if state == DONE else 0
+            else:
+                totals["found"] += n
+                totals["downloaded"] += n if state == STORED else 0
+                totals["duplicates"] += n if state == DUPLICATE else 0
+            if state == REFUSED:
+                refused[reason] += n
+            elif state == FAILED:
+                failed[reason] += n
+        return {**totals, "refused": dict(refused), "failed": dict(failed)}
+
+    def finish(self, status: str, last_run: dict) -> CrawlRecord:
+        """Close this run: status, end time, totals and this run's own summary."""
+        totals = self.totals()
+        with self.catalog.session() as session:
+            record = session.get(CrawlRecord, self.crawl_id)
+            record.status, record.finished_at, record.last_run = status, utcnow(), last_run
+            for name, value in totals.items():
+                setattr(record, name, value)
+            return record
+
+
+def list_crawls(catalog: Catalog, limit: int = 20) -> list[CrawlRecord]:
+    """The most recent crawls, newest first."""
+    Base.metadata.create_all(catalog.engine, tables=[CrawlRecord.__table__, CrawlUrl.__table__])
+    with catalog.session() as session:
+        return list(session.scalars(select(CrawlRecord).order_by(CrawlRecord.id.desc()).limit(limit)))
