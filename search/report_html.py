@@ -1,0 +1,217 @@
+"""The duplicate report as one self-contained HTML page.
+
+Thumbnails are embedded as small base64 JPEGs; each one links to the stored image file
+(relative to the page, so the data directory and the page can move together). One table row
+per group, the original first; the column headers sort by group size and score.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+from PIL import Image
+
+from indexer import ImageError, load_image
+
+LOG = logging.getLogger(__name__)
+
+THUMB_PX = 120
+THUMB_QUALITY = 75
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em;margin:0 0 .3em} .facts{margin:.2em 0;color:#444}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}
+th.sort{cursor:pointer;user-select:none;white-space:nowrap} th.sort:hover{background:#eef}
+.members{display:flex;flex-wrap:wrap;gap:8px}
+.card{width:140px;border:1px solid #ccc;border-radius:6px;padding:4px;background:#fff;font-size:12px}
+.card.original{border:2px solid #2a6}
+.card img,.noimg{width:130px;height:100px;object-fit:contain;background:#eee;display:block}
+.noimg{display:flex;align-items:center;justify-content:center;color:#888}
+.badge{display:inline-block;border-radius:8px;padding:0 6px;font-size:11px;color:#fff;margin-right:3px}
+.original-b{background:#2a6}.duplicate{background:#c33}.similar{background:#d80}.different{background:#888}
+.variant-b{background:#57c}.change{background:#639}
+.src{word-break:break-all;color:#555} .num{font-variant-numeric:tabular-nums}
+"""
+
+SCRIPT = """
+function sortGroups(key, th){
+  const body=document.getElementById('groups-body');
+  const rows=[...body.querySelectorAll('tr.group')];
+  const desc=th.dataset.dir!=='desc'; th.dataset.dir=desc?'desc':'asc';
+  rows.sort((a,b)=>(parseFloat(a.dataset[key])-parseFloat(b.dataset[key]))*(desc?-1:1));
+  rows.forEach(r=>body.appendChild(r));
+}
+"""
+
+
+def report_html(report: dict, out_path: Path | None = None) -> str:
+    """The whole page; links to stored images are relative to ``out_path``'s folder."""
+    thumbs = Thumbnails()
+    base = Path(out_path).resolve().parent if out_path is not None else None
+    rows = "\n".join(group_row(g, thumbs, base) for g in report["groups"])
+    if thumbs.failed:
+        LOG.warning("%d images could not be read for thumbnails", thumbs.failed)
+    empty = '<tr><td colspan="5">No duplicate groups at this threshold.</td></tr>'
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>twice duplicate report</title>
+<style>{STYLE}</style><script>{SCRIPT}</script></head>
+<body>
+{header(report)}
+<table id="groups">
+<thead><tr><th class="sort" id="sort-group" onclick="sortGroups('group',this)">#</th>
+<th class="sort" id="sort-size" onclick="sortGroups('size',this)">size &#x21C5;</th>
+<th class="sort" id="sort-score" onclick="sortGroups('score',this)">best score &#x21C5;</th>
+<th>change</th><th>images (original first)</th></tr></thead>
+<tbody id="groups-body">
+{rows or empty}
+</tbody></table>
+{recall_section(report)}
+</body></html>
+"""
+
+
+def header(report: dict) -> str:
+    s, r, t = report["summary"], report["recall"], report["thresholds"]
+    facts = [
+        f"{s['images']} images &middot; {s['pairs']} pairs at score &ge; {report['threshold']:.4f}"
+        f" &middot; model <code>{escape(report['model'])}</code>"
+        f" &middot; index {escape(report['index']['type'])}",
+        f"{s['groups']} duplicate groups: {s['groups_listed']} listed, {s['variant_only_groups']}"
+        f" made only of known variants ({s['variant_only_images']} images, summarised"
+        f"{'' if report['include_variants'] else '; list them with --include-variants'})",
+        f'<span id="recall-line">Recall check: {r["recovered"]}/{r["total"]}'
+        " known variant pairs recovered</span>",
+        f"Verdicts: duplicate &ge; {t['duplicate']}, similar &ge; {t['similar']} ({escape(t['source'])})."
+        f" Original = {escape(report['original_rule'])}.",
+    ]
+    c = report.get("changes")
+    if c:
+        facts.append(
+            f"Since the last report ({escape(c['since'])}): {c['images_added']} images added,"
+            f" {c['new_groups']} new groups, {c['grown_groups']} grown, {c['changed_groups']} changed,"
+            f" {c['gone_groups']} gone."
+        )
+    if report.get("pagination"):
+        p = report["pagination"]
+        facts.append(f"Page {p['page']} of {p['pages']} ({p['total_groups']} groups).")
+    lines = "\n".join(f'<p class="facts">{f}</p>' for f in facts)
+    return f'<h1>Duplicate report</h1>\n<p class="facts">{escape(report["generated_at"])}</p>\n{lines}'
+
+
+def group_row(group: dict, thumbs: Thumbnails, base: Path | None) -> str:
+    score = group["max_score"] if group["max_score"] is not None else 0.0
+    change = f'<span class="badge change">{escape(group["change"])}</span>' if group.get("change") else ""
+    hidden = (
+        f'<div class="src">+{group["hidden_variants"]} known variants not shown</div>'
+        if group["hidden_variants"]
+        else ""
+    )
+    cards = "".join(member_card(m, thumbs, base) for m in group["members"])
+    return (
+        f'<tr class="group" id="group-{group["group"]}" data-group="{group["group"]}"'
+        f' data-size="{group["size"]}" data-score="{score:.6f}">'
+        f'<td class="num"><a href="#group-{group["group"]}">{group["group"]}</a></td>'
+        f'<td class="num">{group["size"]}</td><td class="num">{score:.4f}</td><td>{change}</td>'
+        f'<td><div class="members">{cards}</div>{hidden}</td></tr>'
+    )
+
+
+def member_card(member: dict, thumbs: Thumbnails, base: Path | None) -> str:
+    role = member["role"]
+    badges = f'<span class="badge {role}-b">{role}</span>' if role != "duplicate" else ""
+    if role != "original":
+        badges += f'<span class="badge {member["verdict"]}">{member["verdict"]}</span>'
+    data = thumbs.get(member["id"], member["path"])
+    alt = escape(f"image {member['id']}")
+    picture = (
+        f'<img src="data:image/jpeg;base64,{data}" alt="{alt}">'
+        if data
+        else '<div class="noimg">no preview</div>'
+    )
+    link = file_link(member["path"], base)
+    transform = (
+        f" &middot; {escape(member['transform'])} of #{member['parent_id']}" if member["transform"] else ""
+    )
+    return (
+        f'<div class="card {role}"><a href="{escape(link)}">{picture}</a>{badges}'
+        f'<div class="num">#{member["id"]} &middot; {member["score"]:.4f}</div>'
+        f'<div class="num">{member["width"]}&times;{member["height"]}'
+        f" {escape(member['format'] or '')}{transform}</div>"
+        f"{source_html(member)}</div>"
+    )
+
+
+def source_html(member: dict) -> str:
+    source = member["source"] or ""
+    shown = escape(source if len(source) <= 80 else "…" + source[-79:])
+    if source.startswith(("http://", "https://")):
+        html = f'<div class="src"><a href="{escape(source)}">{shown}</a></div>'
+    else:
+        html = f'<div class="src">{shown}</div>'
+    if member.get("page_url"):
+        html += f'<div class="src"><a href="{escape(member["page_url"])}">page</a></div>'
+    return html
+
+
+def file_link(path: str, base: Path | None) -> str:
+    """A link to a stored image: relative to the page's folder when there is one."""
+    target = Path(path).resolve()
+    if base is not None:
+        try:
+            return quote(Path(os.path.relpath(target, base)).as_posix())
+        except ValueError:  # another drive on Windows
+            pass
+    return target.as_uri()
+
+
+def recall_section(report: dict) -> str:
+    r = report["recall"]
+    rows = "".join(
+        f'<tr><td>{escape(t)}</td><td class="num">{v["recovered"]}/{v["total"]}</td></tr>'
+        for t, v in r["by_transform"].items()
+    )
+    missed = "".join(
+        f"<li>#{m['id']} ({escape(m['transform'] or 'unknown')} of #{m['parent_id']}):"
+        f" score {m['score']:.4f}</li>"
+        for m in r["missed"]
+    )
+    more = f"<p>{r['missed_total']} missed in all.</p>" if r["missed_total"] > len(r["missed"]) else ""
+    return (
+        f'<h2 id="recall">Known variant pairs</h2>'
+        f"<p>{r['recovered']}/{r['total']} recovered at the report threshold.</p>"
+        f"<table><thead><tr><th>transform</th><th>recovered</th></tr></thead><tbody>{rows}</tbody></table>"
+        + (f"<h3>Missed</h3><ul>{missed}</ul>{more}" if missed else "")
+    )
+
+
+class Thumbnails:
+    """Base64 JPEG thumbnails, made once per image id."""
+
+    def __init__(self, size: int = THUMB_PX) -> None:
+        self.size, self.cache, self.failed = size, {}, 0
+
+    def get(self, image_id: int, path: str) -> str | None:
+        if image_id not in self.cache:
+            self.cache[image_id] = self._make(path)
+        return self.cache[image_id]
+
+    def _make(self, path: str) -> str | None:
+        try:
+            image = load_image(path).image
+        except (ImageError, OSError) as exc:
+            self.failed += 1
+            LOG.debug("no thumbnail for %s: %s", path, exc)
+            return None
+        image.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="JPEG", quality=THUMB_QUALITY)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
