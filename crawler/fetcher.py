@@ -109,7 +109,7 @@ def open_checked_socket(conn: HTTPConnection, policy: AddressPolicy) -> socket.s
         reason = policy.refusal(address)
         if reason is not None:
             # Any refused address refuses the host: a resolver may hand out the other one next.
-            raise Refused(reason, f"{conn.scheme}://{conn.host}:{port}", f"{conn.host} resolves to {address}")
+            raise Refused(reason, f"{conn.host}:{port}", f"{conn.host} resolves to {address}")
     error: OSError | None = None
     for address in dict.fromkeys(addresses):
         try:
@@ -272,6 +272,8 @@ class Fetcher:
             try:
                 self.requests += 1
                 response = self.session.get(url, stream=True, timeout=config.timeout, allow_redirects=False)
+            except Refused as exc:  # from the guarded connection: name the URL, not the socket
+                raise Refused(exc.reason, url, exc.detail) from None
             except requests.Timeout as exc:
                 reason, detail = "timeout", str(exc)
             except requests.ConnectionError as exc:

@@ -25,6 +25,7 @@ LOG = logging.getLogger(__name__)
 class _Rules:
     parser: RobotFileParser | None = None
     refusal: Refused | None = None
+    delay: float | None = None
 
 
 class RobotsCache:
@@ -55,8 +56,7 @@ class RobotsCache:
         rules = self._rules_for(url)
         if rules.parser is None:
             return None
-        delay = rules.parser.crawl_delay(self.agent)
-        return float(delay) if delay is not None else None
+        return rules.delay
 
     def _rules_for(self, url: str) -> _Rules:
         key = origin(url)
@@ -81,9 +81,43 @@ class RobotsCache:
         else:
             parser.parse(text.splitlines())
         LOG.debug("%s/robots.txt: status %d, %d rule groups", key, status, len(parser.entries))
-        return _Rules(parser=parser)
+        delay = parse_crawl_delay(text, self.agent) if status < 400 else None
+        return _Rules(parser=parser, delay=delay)
 
 
 def origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme.lower()}://{parts.netloc.rsplit('@', 1)[-1].lower()}"
+
+
+def parse_crawl_delay(text: str, agent: str) -> float | None:
+    """The Crawl-delay of the group for ``agent`` (else ``*``), decimals allowed.
+
+    ``RobotFileParser.crawl_delay`` reads whole seconds only and drops "0.5".
+    """
+    delays: dict[str, float] = {}
+    group: list[str] = []
+    in_agents = False
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if ":" not in line:
+            continue
+        field, value = (part.strip() for part in line.split(":", 1))
+        field = field.lower()
+        if field == "user-agent":
+            group = (group if in_agents else []) + [value.lower()]
+            in_agents = True
+            continue
+        in_agents = False
+        if field == "crawl-delay":
+            try:
+                seconds = float(value)
+            except ValueError:
+                continue
+            for name in group:
+                delays.setdefault(name, seconds)
+    agent = agent.lower()
+    for name, seconds in delays.items():
+        if name != "*" and name in agent:
+            return seconds
+    return delays.get("*")
