@@ -1,0 +1,106 @@
+"""The seeded random pipeline: reproducible, built from the registry, honest about its specs."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from augment import DEFAULT_STEPS, RandomAugment, Step, apply_transforms, parse_transform
+from imagegen import make_image
+
+
+def test_same_seed_same_views_different_seed_different_views():
+    image = make_image(0, (64, 48))
+    a, b, c = RandomAugment(seed=7), RandomAugment(seed=7), RandomAugment(seed=8)
+    views_a = [a.view(image) for _ in range(6)]
+    views_b = [b.view(image) for _ in range(6)]
+    specs_c = [c.sample_specs() for _ in range(6)]
+    for (img_a, specs_a), (img_b, specs_b) in zip(views_a, views_b, strict=True):
+        assert specs_a == specs_b
+        np.testing.assert_array_equal(np.asarray(img_a), np.asarray(img_b))
+    assert [s for _, s in views_a] != specs_c
+    assert len({tuple(s) for _, s in views_a}) > 1  # successive views differ
+
+
+def test_reseed_restarts_the_sequence():
+    aug = RandomAugment(seed=3)
+    first = [aug.sample_specs() for _ in range(4)]
+    aug.reseed(3)
+    assert [aug.sample_specs() for _ in range(4)] == first
+
+
+def test_recorded_specs_reproduce_the_view_exactly():
+    image = make_image(1, (64, 48))
+    aug = RandomAugment(seed=11)
+    for _ in range(8):
+        view, specs = aug.view(image)
+        assert isinstance(view, Image.Image) and view.mode == "RGB"
+        for spec in specs:
+            assert parse_transform(spec).canonical == spec  # canonical, from the registry
+        np.testing.assert_array_equal(np.asarray(view), np.asarray(apply_transforms(image, specs)))
+
+
+def test_call_returns_a_pil_image_that_differs_from_the_input():
+    image = make_image(2, (64, 48))
+    aug = RandomAugment(seed=0)
+    for _ in range(5):
+        view = aug(image)
+        assert isinstance(view, Image.Image)
+        assert view.size != image.size or not np.array_equal(np.asarray(view), np.asarray(image))
+
+
+def test_step_probabilities_are_respected():
+    aug = RandomAugment(seed=5)
+    n = 2000
+    counts = Counter(spec.split(":")[0] for _ in range(n) for spec in aug.sample_specs())
+    for step in DEFAULT_STEPS:
+        assert abs(counts[step.name] / n - step.p) < 0.05, step
+
+
+def test_parameters_stay_inside_their_ranges():
+    steps = (Step("bright", 1.0, 20, 40), Step("blur", 1.0, 0.5, 1.0), Step("rotate", 1.0, choices=(180,)),
+             Step("crop", 1.0, 0.6, 0.7))
+    aug = RandomAugment(seed=1, steps=steps)
+    seen = set()
+    for _ in range(200):
+        specs = [parse_transform(s) for s in aug.sample_specs()]
+        bright, blur, rotate, crop = specs
+        assert 20 <= bright.values[0] <= 40
+        assert 0.5 <= blur.values[0] <= 1.0
+        assert rotate.values == (180,)
+        assert 0.6 <= crop.values[0] <= 0.7 and crop.values[1] >= 0  # a seeded crop position
+        seen.add(bright.values[0])
+    assert min(seen) == 20 and max(seen) == 40  # integer ranges include both ends
+
+
+def test_max_ops_and_at_least_one():
+    aug = RandomAugment(seed=2, steps=[Step(name, 0.9) for name in ("mirror", "flip", "gray")], max_ops=2)
+    assert all(1 <= len(aug.sample_specs()) <= 2 for _ in range(100))
+    rare = RandomAugment(seed=2, steps=[Step("mirror", 0.01)])
+    assert all(rare.sample_specs() == ["mirror"] for _ in range(20))
+    allow_empty = RandomAugment(seed=2, steps=[Step("mirror", 0.01)], at_least_one=False)
+    assert [] in [allow_empty.sample_specs() for _ in range(20)]
+    never = RandomAugment(seed=2, steps=[Step("mirror", 0.0), Step("flip", 1.0)])
+    assert all(never.sample_specs() == ["flip"] for _ in range(20))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Step("spin"), r"unknown transform 'spin'; valid transforms: rotate"),
+        (lambda: Step("bright", 1.5), r"probability must be in 0\.\.1, not 1\.5"),
+        (lambda: Step("bright", 0.5, 10, 300), r"amount must be in 1\.\.255"),
+        (lambda: Step("bright", 0.5, 50, 10), r"need low <= high"),
+        (lambda: Step("mirror", 0.5, 1, 2), r"takes no parameter"),
+        (lambda: Step("rotate", 0.5, choices=(45,)), r"must be one of 90\|180\|270"),
+        (lambda: RandomAugment(steps=()), r"at least one step"),
+        (lambda: RandomAugment(max_ops=0), r"max_ops must be >= 1"),
+        (lambda: RandomAugment(steps=[Step("mirror", 0.0)]), r"probability > 0"),
+    ],
+)
+def test_bad_pipeline_settings_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
