@@ -24,7 +24,7 @@ from indexer.imageio import sha256_bytes
 from .fetcher import FetchConfig, Fetched, Fetcher
 from .listings import Listing
 from .parse import ImageLink
-from .records import DONE, DUPLICATE, FAILED, REFUSED, STORED, CrawlLog
+from .records import DONE, DUPLICATE, FAILED, PARTIAL, REFUSED, STORED, CrawlLog
 from .safety import Refused
 
 LOG = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ class Crawler:
             url = self._page(url, number)
             if self.summary.stopped:
                 return
-            if url is None:
+            if url is None and number < self.config.pages:
                 self.summary.stopped = f"no page after page {number}"
                 return
         self.summary.stopped = f"{self.config.pages} page{'s' if self.config.pages > 1 else ''} done"
@@ -196,13 +196,16 @@ class Crawler:
         self.summary.placeholders += page.placeholders
         self.summary.found += len(page.images)
         self._bar_status(page=number)
+        failed_before = sum(self.summary.failed.values())
         for link in page.images:
             if self.config.limit is not None and self.summary.downloaded >= self.config.limit:
                 self.summary.stopped = f"limit of {self.config.limit} new images reached"
                 return None  # this page stays not done: a resumed crawl finishes it
-            self._image(link, fetched.url)
+            self._image(link, self.listing.public_url(fetched.url))
+        # a page with failed images is read again on resume, to retry them
+        state = PARTIAL if sum(self.summary.failed.values()) > failed_before else DONE
         next_public = self.listing.public_url(page.next_url) if page.next_url else None
-        self.log.record("page", public, DONE, next_url=next_public, page_number=number)
+        self.log.record("page", public, state, next_url=next_public, page_number=number)
         if self.config.limit is not None and self.summary.downloaded >= self.config.limit:
             self.summary.stopped = f"limit of {self.config.limit} new images reached"
         return page.next_url

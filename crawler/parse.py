@@ -23,7 +23,7 @@ SRC_ATTRS = ("data-lazy-src", "data-src", "data-original", "src")
 # Known blank images of lazy loaders (blank.gif, spacer.gif, 1x1.png, placeholder.svg, ...).
 PLACEHOLDER_NAME = re.compile(
     r"^(blank|spacer|pixel|1x1|transparent|clear|empty|placeholder|lazy|lazyload|loading|dummy)"
-    r"([-_.@]?\w*)?\.(gif|png|jpe?g|svg|webp)$",
+    r"([-_.@]\w*)?\.(gif|png|jpe?g|svg|webp)$",
     re.IGNORECASE,
 )
 PLACEHOLDER_SCHEMES = ("data:", "about:", "blob:")

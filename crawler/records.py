@@ -21,8 +21,10 @@ from indexer.catalog import Base, utcnow
 
 LOG = logging.getLogger(__name__)
 
-# URL states. DONE ones are skipped when a crawl resumes; "failed" ones are tried again.
-STORED, DUPLICATE, REFUSED, FAILED, DONE = "stored", "duplicate", "refused", "failed", "done"
+# URL states. Final ones are skipped when a crawl resumes; "failed" images are tried again,
+# and so are "partial" pages (read, but some of their images failed).
+STORED, DUPLICATE, REFUSED, FAILED = "stored", "duplicate", "refused", "failed"
+DONE, PARTIAL = "done", "partial"
 FINAL_STATES = frozenset({STORED, DUPLICATE, REFUSED, DONE})
 
 
@@ -168,7 +170,7 @@ class CrawlLog:
         refused, failed = Counter(), Counter()
         for kind, state, reason, n in rows:
             if kind == "page":
-                totals["pages"] += n if state == DONE else 0
+                totals["pages"] += n if state in (DONE, PARTIAL) else 0
             else:
                 totals["found"] += n
                 totals["downloaded"] += n if state == STORED else 0
