@@ -55,13 +55,13 @@ def gunicorn_settings(
     if log_dir is None:
         log_dir = Path(options.data_dir) / "logs"
     if str(log_dir) == "-":
-        access_log, error_log, pidfile = "-", "-", None
+        access_log, error_log, pidfile, control = "-", "-", None, None
     else:
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         access_log, error_log = str(log_dir / "access.log"), str(log_dir / "error.log")
-        pidfile = str(log_dir / "gunicorn.pid")
-    return {
+        pidfile, control = str(log_dir / "gunicorn.pid"), str(log_dir / "gunicorn.ctl")
+    return supported_settings({
         "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
         "workers": workers,
         "threads": threads,
@@ -78,7 +78,19 @@ def gunicorn_settings(
         "preload_app": False,  # one model per worker, loaded after the fork
         "post_fork": post_fork,
         "post_worker_init": post_worker_init,
-    }
+        # gunicorn >= 24 opens a control socket, by default one path per user: two servers
+        # would share it. Keep it beside the logs, or off when logging to stderr.
+        "control_socket": control,
+        "control_socket_disable": control is None,
+    })
+
+
+def supported_settings(settings: dict) -> dict:
+    """Drop unset values and settings this gunicorn does not know (pyproject allows >= 22)."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    known = {setting.name for setting in KNOWN_SETTINGS}
+    return {name: value for name, value in settings.items() if name in known and value is not None}
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> dict:
@@ -188,8 +200,7 @@ class ServeApplication(BaseApplication):
 
     def load_config(self) -> None:
         for key, value in self.settings.items():
-            if value is not None:
-                self.cfg.set(key, value)
+            self.cfg.set(key, value)
 
     def load(self):
         import api  # in the worker, after the fork
