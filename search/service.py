@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import fcntl
 import io
-import ipaddress
 import logging
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import numpy as np
-import requests
 from PIL import Image
 from sqlalchemy import func, select
 
+from crawler import AddressPolicy, FetchConfig, Fetcher, Refused
 from indexer import (
     Catalog,
     ImageError,
@@ -52,7 +49,7 @@ DEFAULT_FETCH_TIMEOUT = 10.0
 MAX_REDIRECTS = 5
 THUMB_SIZES = (16, 1024)  # smallest and largest thumbnail side a client may ask for
 THRESHOLDS_TTL = 30.0  # seconds between re-reads of the calibrated thresholds
-USER_AGENT = "twice-search/0.1 (+https://github.com/twice)"
+USER_AGENT = "twice-search/0.1 (image search service; fetches one URL a user submitted)"
 
 
 class ServiceError(Exception):
@@ -105,37 +102,19 @@ class FileStamp:
 
 # safe fetching -------------------------------------------------------------------------------
 
-
-def check_url(url: str, allow_private: bool = False) -> None:
-    """Refuse anything but http(s) URLs to public addresses (unless ``allow_private``)."""
-    if not isinstance(url, str) or not url:
-        raise UrlRefused(f"url must be a non-empty string, got {url!r}")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise UrlRefused(f"{url!r}: only http and https URLs can be fetched")
-    try:
-        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise UrlRefused(f"{url!r}: bad host or port ({exc})") from None
-    if not host:
-        raise UrlRefused(f"{url!r}: no host name")
-    if allow_private:
-        return
-    for address in resolve(host, port, url):
-        if not address.is_global or address.is_multicast:
-            raise UrlRefused(
-                f"{url!r}: {host} resolves to {address}, a private, loopback, link-local or"
-                " reserved address (set TWICE_ALLOW_PRIVATE_URLS=1 to allow)"
-            )
-
-
-def resolve(host: str, port: int, url: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise FetchFailed(f"{url!r}: cannot resolve {host} ({exc})") from None
-    # An IPv6 scope id ("fe80::1%eth0") is not part of the address itself.
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+# crawler.Refused reasons that mean "the caller's URL is not allowed" (HTTP 400).
+REFUSED_URL_REASONS = frozenset(
+    {
+        "bad_url",
+        "scheme",
+        "proxy",
+        "metadata_address",
+        "loopback_address",
+        "link_local_address",
+        "private_address",
+        "reserved_address",
+    }
+)
 
 
 def fetch_url(
@@ -143,58 +122,46 @@ def fetch_url(
     max_bytes: int,
     timeout: float = DEFAULT_FETCH_TIMEOUT,
     allow_private: bool = False,
-    session: requests.Session | None = None,
 ) -> bytes:
-    """GET one image URL safely: http(s) only, every redirect re-checked, a byte cap, a deadline.
+    """GET one image URL with the crawler's guarded fetcher, for one user request.
 
-    Raises ``UrlRefused`` (caller's URL not allowed), ``FetchFailed`` (network or HTTP error)
-    or ``ImageError('too_large')``. Note: the address is checked before requests resolves the
-    name again, so a DNS answer that changes in between (rebinding) is not caught.
+    http(s) only, every redirect hop and every resolved address checked (private, loopback
+    and link-local refused unless ``allow_private``; cloud metadata always), a byte cap and a
+    time cap; no retries, no politeness delay, no robots.txt (a person asked for this URL).
+    Raises ``UrlRefused`` (400), ``FetchFailed`` (422) or ``ImageError`` (too_large: 413,
+    not_image: 415 for a body that is declared as something else).
     """
-    http = session or requests.Session()
-    deadline = time.monotonic() + 3 * timeout
-    current = url
+    if not isinstance(url, str) or not url.strip():
+        raise UrlRefused(f"url must be a non-empty string, got {url!r}")
+    config = FetchConfig(
+        delay=0.0,
+        timeout=timeout,
+        max_seconds=3 * timeout,
+        retries=0,
+        max_redirects=MAX_REDIRECTS,
+        max_image_bytes=max_bytes,
+        user_agent=USER_AGENT,
+        policy=AddressPolicy(allow_private=allow_private),
+    )
     try:
-        for _ in range(MAX_REDIRECTS + 1):
-            check_url(current, allow_private)
-            try:
-                response = http.get(
-                    current,
-                    stream=True,
-                    timeout=timeout,
-                    allow_redirects=False,
-                    headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
-                )
-            except requests.RequestException as exc:
-                raise FetchFailed(f"{current!r}: {type(exc).__name__}: {exc}") from None
-            with response:
-                if response.is_redirect and response.headers.get("Location"):
-                    current = urljoin(current, response.headers["Location"])
-                    continue
-                if response.status_code != 200:
-                    raise FetchFailed(f"{current!r}: HTTP {response.status_code}")
-                return _read_capped(response, current, max_bytes, deadline)
-        raise FetchFailed(f"{url!r}: more than {MAX_REDIRECTS} redirects")
-    finally:
-        if session is None:
-            http.close()
+        with Fetcher(config) as fetcher:
+            return fetcher.get(url, kind="image", robots=False).content
+    except Refused as exc:
+        raise fetch_error(exc) from None
 
 
-def _read_capped(response: requests.Response, url: str, max_bytes: int, deadline: float) -> bytes:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise ImageError("too_large", url, f"{declared} > {max_bytes} bytes")
-    buffer = io.BytesIO()
-    try:
-        for chunk in response.iter_content(64 * 1024):
-            buffer.write(chunk)
-            if buffer.tell() > max_bytes:
-                raise ImageError("too_large", url, f"more than {max_bytes} bytes")
-            if time.monotonic() > deadline:  # a server dripping bytes slowly
-                raise FetchFailed(f"{url!r}: download took too long")
-    except requests.RequestException as exc:
-        raise FetchFailed(f"{url!r}: {type(exc).__name__}: {exc}") from None
-    return buffer.getvalue()
+def fetch_error(exc: Refused) -> Exception:
+    """The service error for a refused or failed fetch."""
+    if exc.reason in REFUSED_URL_REASONS:
+        hint = "" if exc.reason in ("bad_url", "scheme", "proxy", "metadata_address") else (
+            " (the server allows it with TWICE_ALLOW_PRIVATE_URLS=1)"
+        )
+        return UrlRefused(f"{exc}{hint}")
+    if exc.reason == "too_large":
+        return ImageError("too_large", exc.url, exc.detail)
+    if exc.reason == "content_type":
+        return ImageError("not_image", exc.url, exc.detail)
+    return FetchFailed(str(exc))
 
 
 # the service ---------------------------------------------------------------------------------
@@ -531,6 +498,5 @@ __all__ = [
     "ServiceError",
     "UrlRefused",
     "check_id",
-    "check_url",
     "fetch_url",
 ]

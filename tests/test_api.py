@@ -358,7 +358,7 @@ def web(tmp_path, shared):
 def test_url_search_refuses_loopback_by_default(shared, web):
     client, _, _ = shared
     response = client.post("/search", json={"url": f"{web}/img_0002.png"})
-    assert_error(response, 400, "url_refused", "127.0.0.1")
+    assert_error(response, 400, "url_refused", "127.0.0.1", "TWICE_ALLOW_PRIVATE_URLS")
 
 
 def test_url_search_and_add_when_private_urls_are_allowed(shared, web, embedder):
