@@ -52,7 +52,8 @@ class AugmentSummary:
         return {**self.__dict__, "added": dict(self.added), "skipped": dict(self.skipped),
                 "total_added": self.total_added}
 
-    def lines(self) -> list[str]:
+    def lines(self, hint: bool = True) -> list[str]:
+        """Human summary; with ``hint``, a last line saying what to run next (when there is one)."""
         per = ", ".join(f"{n} {spec}" for spec, n in sorted(self.added.items()))
         skipped = sum(self.skipped.values())
         reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
@@ -64,6 +65,8 @@ class AugmentSummary:
             + (f"; {self.bounded} large originals bounded" if self.bounded else ""),
             f"took {self.seconds:.1f}s",
         ]
+        if not hint:
+            return lines
         if not self.originals:
             lines.append("no originals in the catalog yet: add images with `twice reindex FOLDER` first")
         elif self.total_added:

@@ -113,6 +113,8 @@ def test_library_call_limited_to_ids(options):
     finally:
         indexer.close()
     assert summary.originals == 1 and summary.added == {"mirror": 1}
+    assert summary.lines()[-1] == "run `twice reindex` to embed the 1 new variants"
+    assert summary.lines(hint=False)[-1].startswith("took ")
     assert [r.parent_id for r in all_rows(options) if r.parent_id] == [ids[1]]
 
 
