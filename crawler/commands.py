@@ -10,7 +10,7 @@ import logging
 from .crawl import CrawlConfig, CrawlSummary, crawl, open_indexer
 from .fetcher import FetchConfig
 from .listings import HtmlListing, pixabay_listing
-from .records import CrawlLog, list_crawls
+from .records import CrawlLog, get_crawl, list_crawls
 from .safety import AddressPolicy
 
 LOG = logging.getLogger(__name__)
@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--transforms", help="with --augment: transform specs (default rotate,mirror,bright,dark)")
     p.add_argument("--index", action="store_true", help="then embed every pending catalog image (reindex)")
     p.add_argument("--list", action="store_true", help="list recent crawls and exit")
+    p.add_argument(
+        "--refused", type=int, metavar="ID", help="list crawl ID's refused and failed URLs and exit"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_crawl)
 
@@ -123,6 +126,8 @@ def build_config(args, options) -> CrawlConfig:
 def run_crawl(args, options) -> int:
     if args.list:
         return print_crawls(options, args.json)
+    if args.refused is not None:
+        return print_refused(options, args.refused, args.json)
     if args.transforms and not args.augment:
         raise ValueError("--transforms is only used with --augment")
     listing = build_listing(args)
@@ -185,6 +190,29 @@ def print_crawls(options, as_json: bool) -> int:
             f"#{r['id']:<4} {r['status']:<11} runs {r['runs']}  pages {r['pages']}  found {r['found']}"
             f"  stored {r['downloaded']}  dup {r['duplicates']}  refused {refused}  {source}"
         )
+    return 0
+
+
+def print_refused(options, crawl_id: int, as_json: bool) -> int:
+    from indexer import Catalog
+
+    catalog = Catalog(options.catalog_url)
+    try:
+        if get_crawl(catalog, crawl_id) is None:
+            raise ValueError(f"no crawl #{crawl_id} (see `twice crawl --list`)")
+        rows = [
+            {"kind": r.kind, "url": r.url, "state": r.state, "reason": r.reason, "detail": r.detail}
+            for r in CrawlLog(catalog, crawl_id).problems()
+        ]
+    finally:
+        catalog.close()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"crawl #{crawl_id}: nothing refused")
+    for r in rows:
+        print(f"{r['reason']:<20} {r['state']:<8} {r['kind']:<5} {r['url']}  {r['detail'] or ''}".rstrip())
     return 0
 
 

@@ -267,7 +267,8 @@ class Crawler:
         state = FAILED if exc.transient else REFUSED
         (self.summary.failed if exc.transient else self.summary.refused)[exc.reason] += 1
         self.log.record(kind, url, state, reason=exc.reason, detail=exc.detail[:500], **columns)
-        LOG.info("%s %s: %s", kind, state, exc)
+        # per-URL detail is in the crawl records (`twice crawl --refused ID`); the log stays quiet
+        LOG.debug("%s %s: %s", kind, state, exc)
 
     def _bar_status(self, **extra: object) -> None:
         if self._bar is not None and not self._bar.disable:

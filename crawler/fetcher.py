@@ -239,8 +239,14 @@ class Fetcher:
         hops: list[str] = []
         current = url
         while True:
-            self._check_hop(current, check, robots)
-            response = self._request(current)
+            try:
+                self._check_hop(current, check, robots)
+                response = self._request(current)
+            except Refused as exc:
+                if not hops:
+                    raise
+                detail = f"redirected to {redact_url(current)}: {exc.detail}"
+                raise Refused(exc.reason, url, detail, exc.transient) from None
             location = response.headers.get("Location")
             if response.status_code not in REDIRECT_STATUSES or not location:
                 break

@@ -158,6 +158,17 @@ class CrawlLog:
             )
             return sorted(set(ids))
 
+    def problems(self) -> list[CrawlUrl]:
+        """The refused and failed URLs of this crawl, by reason."""
+        with self.catalog.session() as session:
+            return list(
+                session.scalars(
+                    select(CrawlUrl)
+                    .where(CrawlUrl.crawl_id == self.crawl_id, CrawlUrl.state.in_((REFUSED, FAILED)))
+                    .order_by(CrawlUrl.reason, CrawlUrl.id)
+                )
+            )
+
     def totals(self) -> dict:
         """Counts over every run of this crawl, from its URL records."""
         with self.catalog.session() as session:
@@ -190,6 +201,12 @@ class CrawlLog:
             for name, value in totals.items():
                 setattr(record, name, value)
             return record
+
+
+def get_crawl(catalog: Catalog, crawl_id: int) -> CrawlRecord | None:
+    Base.metadata.create_all(catalog.engine, tables=[CrawlRecord.__table__, CrawlUrl.__table__])
+    with catalog.session() as session:
+        return session.get(CrawlRecord, crawl_id)
 
 
 def list_crawls(catalog: Catalog, limit: int = 20) -> list[CrawlRecord]:

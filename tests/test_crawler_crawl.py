@@ -207,7 +207,7 @@ def test_crawl_stores_every_real_image_once_and_refuses_the_rest(site, crawl_opt
         log = CrawlLog(catalog, summary.crawl_id)
         meta = log.get("image", site.url("/img/meta.png"))
         assert meta.state == "refused" and meta.reason == "metadata_address"
-        assert "169.254.169.254" in meta.detail
+        assert meta.detail.startswith("redirected to http://169.254.169.254/latest/meta-data/")
         bomb = log.get("image", site.url("/img/bomb.png"))
         assert bomb.reason == "bomb" and "2000x2000" in bomb.detail
         assert log.get("page", site.url("/search/cats/?pagi=3")).state == "partial"  # slow.png failed
@@ -350,14 +350,19 @@ def test_cli_crawl_augment_index_then_search_finds_rotated_copy(site, cli_env, c
     assert top["score"] > 0.999
 
 
-def test_cli_list_shows_crawls(site, cli_env, capsys):
+def test_cli_list_and_refused_show_crawl_records(site, cli_env, capsys):
     site.add_image("/a.png", 1)
-    site.add("/list", page([item('src="/a.png"')]))
+    site.add("/list", page([item('src="/a.png"'), item('src="/gone.png"')]))
     assert main(["-q", "--data-dir", str(cli_env), "crawl", site.url("/list"), "--allow-private", *FAST]) == 0
     capsys.readouterr()
     assert main(["-q", "--data-dir", str(cli_env), "crawl", "--list"]) == 0
     listed = capsys.readouterr().out
-    assert "#1" in listed and "stored 1" in listed and site.url("/list") in listed
+    assert "#1" in listed and "stored 1" in listed and "refused 1" in listed and site.url("/list") in listed
+    assert main(["-q", "--data-dir", str(cli_env), "crawl", "--refused", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("http_404") and site.url("/gone.png") in lines[0]
+    assert main(["-q", "--data-dir", str(cli_env), "crawl", "--refused", "7"]) == 1
+    assert "no crawl #7" in capsys.readouterr().err
 
 
 # the Pixabay shortcut --------------------------------------------------------------------

@@ -172,6 +172,7 @@ def test_redirect_into_refused_target(site, location, reason):
     with Fetcher(fast_fetch()) as fetcher:
         error = refusal(fetcher, site.url("/jump"))
     assert error.reason == reason
+    assert error.url == site.url("/jump") and error.detail.startswith("redirected to ")
     assert site.paths() == ["/robots.txt", "/jump"]
 
 
@@ -202,9 +203,11 @@ def test_429_then_200_waits_for_retry_after(site):
     data = site.add_image("/img.png", 3)
     site.add_handler(
         "/busy.png",
-        lambda n: Reply(429, b"slow down", "text/plain", headers={"Retry-After": "1"})
-        if n == 1
-        else Reply(200, data, "image/png"),
+        lambda n: (
+            Reply(429, b"slow down", "text/plain", headers={"Retry-After": "1"})
+            if n == 1
+            else Reply(200, data, "image/png")
+        ),
     )
     with Fetcher(fast_fetch()) as fetcher:
         fetched = fetcher.get(site.url("/busy.png"), "image")
