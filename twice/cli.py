@@ -15,7 +15,14 @@ import sys
 from . import __version__
 from .options import Options
 
-COMMAND_MODULES = ("twice.commands", "augment.commands", "twice.serve", "search.commands", "crawler.commands")
+COMMAND_MODULES = (
+    "twice.commands",
+    "twice.demo",
+    "augment.commands",
+    "twice.serve",
+    "search.commands",
+    "crawler.commands",
+)
 
 LOG = logging.getLogger("twice")
 
