@@ -27,7 +27,7 @@ class Options:
     checkpoint: str = ""  # empty: shipped checkpoint, then ImageNet weights, then random
     arch: str = "vgg16"
     embed_dim: int = 256
-    image_size: int = 224
+    image_size: int = 128  # a shipped or given checkpoint brings its own size
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32
