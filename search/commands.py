@@ -41,6 +41,7 @@ def register(subparsers) -> None:
         default="knn",
         help="pair search: k-NN with a cut-off (default) or range search",
     )
+    p.add_argument("--nprobe", type=int, help="IVF lists searched per image when the index is approximate")
     p.add_argument("--full", action="store_true", help="recompute every pair instead of reusing cached ones")
     p.add_argument(
         "--no-record", action="store_true", help="do not remember this report for the next 'what changed'"
@@ -72,6 +73,7 @@ def run_report(args, options) -> int:
         incremental=not args.full,
         record=not args.no_record,
         progress=not args.quiet,
+        nprobe=args.nprobe,
     )
     to_stdout = args.output == "-"
     out_path = None if to_stdout else Path(args.output or default_output(options, fmt))
@@ -107,7 +109,9 @@ def run_bench(args, options) -> int:
     results = []
     for n in parse_sizes(args.bench):
         for kind in kinds:
-            result = run_benchmark(n, kind, dim=args.bench_dim, method=args.method, workdir=options.data_dir)
+            result = run_benchmark(
+                n, kind, dim=args.bench_dim, method=args.method, workdir=options.data_dir, nprobe=args.nprobe
+            )
             results.append(result)
             print(bench_row(result), flush=True)
     out = Path(options.reports_dir) / f"bench-{datetime.now():%Y%m%d-%H%M%S}.json"
@@ -118,9 +122,11 @@ def run_bench(args, options) -> int:
 
 def bench_row(r: dict) -> str:
     full, inc = r["full"], r["incremental"]
+    grow = full["peak_rss_mb"] - full["rss_before_mb"]
+    kind = r["index"] if r["nprobe"] is None else f"{r['index']}/nprobe={r['nprobe']}"
     return (
-        f"n={r['n']:>8} {r['index']:<4} {r['method']:<5} full {full['seconds']:>7.2f}s"
-        f" peak {full['peak_rss_mb']:>7.0f} MB groups {full['groups_found']:>6}"
-        f" all found {full['found_all']}; +{r['grow']['added']} incremental {inc['seconds']:>6.2f}s"
-        f" peak {inc['peak_rss_mb']:>7.0f} MB all found {inc['found_all']}; recall {full['recall']}"
+        f"n={r['n']:>8} {kind:<4} {r['method']:<5} full {full['seconds']:>7.2f}s"
+        f" peak {full['peak_rss_mb']:>6.0f} MB (+{grow:.0f} over imports) groups {full['groups_found']:>6}"
+        f" all found {full['found_all']}; +{r['grow']['added']} vectors: incremental {inc['seconds']:>6.2f}s"
+        f" all found {inc['found_all']}; recall {full['recall']}"
     )

@@ -120,6 +120,7 @@ class DuplicateScan:
     groups: list[list[int]]
     cache: dict = field(default_factory=dict)
     pending: int = 0  # catalog rows without a vector
+    nprobe: int = 0
     seconds: float = 0.0
 
     def vector(self, image_id: int) -> np.ndarray:
@@ -134,12 +135,17 @@ def scan_duplicates(
     method: str = "knn",
     incremental: bool = True,
     progress: bool = False,
+    nprobe: int | None = None,
 ) -> DuplicateScan:
     """Pairs at or above ``threshold`` (default: the model's duplicate threshold) and groups."""
     started = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     vectors = load_index(options, model_version)
+    if nprobe is not None:
+        if not isinstance(nprobe, int) or nprobe < 1:
+            raise ValueError(f"nprobe must be an integer >= 1, got {nprobe!r}")
+        vectors.nprobe = nprobe  # only an IVF index reads it
     thresholds = thresholds_for(catalog, vectors.model_version)
     cut = check_threshold(thresholds.duplicate if threshold is None else threshold)
     ids, xb = vectors.vectors()
@@ -165,6 +171,7 @@ def scan_duplicates(
         groups=group_pairs(a, b),
         cache=cache,
         pending=max(0, len(keys[0]) - len(ids)),
+        nprobe=vectors.nprobe,
         seconds=time.perf_counter() - started,
     )
 
@@ -500,18 +507,22 @@ def build_report(
     incremental: bool = True,
     record: bool = False,
     progress: bool = False,
+    nprobe: int | None = None,
 ) -> dict:
     """The duplicate report as a JSON-ready dict (see the module docstring).
 
     ``model_version``: refuse an index of another model (None: whatever the index holds).
     ``page``/``per_page``: return one page of listed groups (1-based; both or neither).
     ``record``: remember this report's groups, so the next one says what changed.
+    ``nprobe``: inverted lists visited per query when the index is IVF (default: the index's).
     """
     started = time.perf_counter()
     page, per_page = check_page(page, per_page)
     catalog = open_catalog(options)
     try:
-        scan = scan_duplicates(options, catalog, model_version, threshold, method, incremental, progress)
+        scan = scan_duplicates(
+            options, catalog, model_version, threshold, method, incremental, progress, nprobe
+        )
         report = assemble(scan, catalog, options, include_variants)
         if record:
             record_run(catalog, scan, report)
@@ -543,7 +554,11 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
     return {
         "generated_at": utcnow().isoformat(),
         "model": scan.model_version,
-        "index": {"type": scan.index_type, "approximate": scan.index_type.startswith("IVF")},
+        "index": {
+            "type": scan.index_type,
+            "approximate": scan.index_type.startswith("IVF"),
+            "nprobe": scan.nprobe if scan.index_type.startswith("IVF") else None,
+        },
         "threshold": scan.threshold,
         "thresholds": scan.thresholds.to_dict(),
         "original_rule": ORIGINAL_RULE,
@@ -677,7 +692,12 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(
             f"since the last report ({c['since']}): {c['images_added']} images added,"
             f" {c['new_groups']} new groups, {c['grown_groups']} grown, {c['changed_groups']} changed,"
-            f" {c['gone_groups']} gone"
+            f" {c['unchanged_groups']} unchanged, {c['gone_groups']} gone"
+        )
+    if report["index"]["approximate"]:
+        lines.append(
+            f"approximate index (nprobe {report['index']['nprobe']}): a few pairs may be missed;"
+            " raise --nprobe to search more of it"
         )
     cache = report["cache"]
     how = "all pairs computed" if cache["full"] else f"{cache['reused_pairs']} cached pairs reused"
@@ -698,6 +718,7 @@ def run_benchmark(
     method: str = "knn",
     workdir: str | Path | None = None,
     seed: int = 0,
+    nprobe: int | None = None,
 ) -> dict:
     """Time and peak memory of a full and an incremental report on ``n`` synthetic vectors.
 
@@ -705,26 +726,51 @@ def run_benchmark(
     variants) go into a real catalog and saved index; each stage runs in a fresh process so
     that its peak RSS is its own. ``found_all`` says whether the groups equal the planted ones.
     """
-    import multiprocessing
     import tempfile
 
     if index_kind not in ("flat", "ivf"):
         raise ValueError(f"index_kind must be 'flat' or 'ivf', got {index_kind!r}")
     groups = max(1, n // 100) if groups is None else groups
-    context = multiprocessing.get_context("spawn")
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=workdir, prefix="twice-bench-") as tmp:
-        result = {"n": n, "dim": dim, "index": index_kind, "method": method, "planted_groups": groups}
+        result = {
+            "n": n,
+            "dim": dim,
+            "index": index_kind,
+            "method": method,
+            "nprobe": nprobe,
+            "planted_groups": groups,
+        }
         stages = [
             ("setup", _bench_setup, (tmp, n, dim, index_kind, groups, seed)),
-            ("full", _bench_report, (tmp, method, False)),
+            ("full", _bench_report, (tmp, method, False, nprobe)),
             ("grow", _bench_grow, (tmp, max(1, n // 100), seed + 1)),
-            ("incremental", _bench_report, (tmp, method, True)),
+            ("incremental", _bench_report, (tmp, method, True, nprobe)),
         ]
         for name, target, args in stages:
-            with context.Pool(1) as pool:
-                result[name] = pool.apply(target, args)
+            result[name] = _in_fresh_process(target.__name__, args)
             LOG.info("bench n=%d %s %s: %s", n, index_kind, name, result[name])
     return result
+
+
+def _in_fresh_process(function: str, args: tuple) -> dict:
+    """Run ``search.report.<function>(*args)`` in a new interpreter; its peak RSS is its own."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from search import report\n"
+        "result = getattr(report, sys.argv[1])(*json.loads(sys.argv[2]))\n"
+        "sys.stdout.write(json.dumps(result))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, function, json.dumps(args)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark stage {function} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout)
 
 
 def _bench_options(folder: str):
@@ -829,11 +875,11 @@ def _bench_grow(folder: str, m: int, seed: int) -> dict:
     return {"seconds": round(time.perf_counter() - started, 2), "added": m}
 
 
-def _bench_report(folder: str, method: str, incremental: bool) -> dict:
+def _bench_report(folder: str, method: str, incremental: bool, nprobe: int | None) -> dict:
     baseline = _peak_rss_mb()
     options = _bench_options(folder)
     started = time.perf_counter()
-    report = build_report(options, method=method, incremental=incremental, record=True)
+    report = build_report(options, method=method, incremental=incremental, record=True, nprobe=nprobe)
     seconds = time.perf_counter() - started
     peak = _peak_rss_mb()
     catalog = open_catalog(options)

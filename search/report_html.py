@@ -32,12 +32,12 @@ th,td{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:lef
 th.sort{cursor:pointer;user-select:none;white-space:nowrap} th.sort:hover{background:#eef}
 .members{display:flex;flex-wrap:wrap;gap:8px}
 .card{width:140px;border:1px solid #ccc;border-radius:6px;padding:4px;background:#fff;font-size:12px}
-.card.original{border:2px solid #2a6}
+.card.role-original{border:2px solid #2a6}
 .card img,.noimg{width:130px;height:100px;object-fit:contain;background:#eee;display:block}
 .noimg{display:flex;align-items:center;justify-content:center;color:#888}
 .badge{display:inline-block;border-radius:8px;padding:0 6px;font-size:11px;color:#fff;margin-right:3px}
-.original-b{background:#2a6}.duplicate{background:#c33}.similar{background:#d80}.different{background:#888}
-.variant-b{background:#57c}.change{background:#639}
+.b-original{background:#2a6}.b-duplicate{background:#c33}.b-similar{background:#d80}
+.b-different{background:#888}.b-variant{background:#57c}.b-change{background:#639}
 .src{word-break:break-all;color:#555} .num{font-variant-numeric:tabular-nums}
 """
 
@@ -98,7 +98,7 @@ def header(report: dict) -> str:
         facts.append(
             f"Since the last report ({escape(c['since'])}): {c['images_added']} images added,"
             f" {c['new_groups']} new groups, {c['grown_groups']} grown, {c['changed_groups']} changed,"
-            f" {c['gone_groups']} gone."
+            f" {c['unchanged_groups']} unchanged, {c['gone_groups']} gone."
         )
     if report.get("pagination"):
         p = report["pagination"]
@@ -109,7 +109,7 @@ def header(report: dict) -> str:
 
 def group_row(group: dict, thumbs: Thumbnails, base: Path | None) -> str:
     score = group["max_score"] if group["max_score"] is not None else 0.0
-    change = f'<span class="badge change">{escape(group["change"])}</span>' if group.get("change") else ""
+    change = f'<span class="badge b-change">{escape(group["change"])}</span>' if group.get("change") else ""
     hidden = (
         f'<div class="src">+{group["hidden_variants"]} known variants not shown</div>'
         if group["hidden_variants"]
@@ -127,9 +127,9 @@ def group_row(group: dict, thumbs: Thumbnails, base: Path | None) -> str:
 
 def member_card(member: dict, thumbs: Thumbnails, base: Path | None) -> str:
     role = member["role"]
-    badges = f'<span class="badge {role}-b">{role}</span>' if role != "duplicate" else ""
+    badges = f'<span class="badge b-{role}">{role}</span>' if role != "duplicate" else ""
     if role != "original":
-        badges += f'<span class="badge {member["verdict"]}">{member["verdict"]}</span>'
+        badges += f'<span class="badge b-{member["verdict"]}">{member["verdict"]}</span>'
     data = thumbs.get(member["id"], member["path"])
     alt = escape(f"image {member['id']}")
     picture = (
@@ -142,7 +142,7 @@ def member_card(member: dict, thumbs: Thumbnails, base: Path | None) -> str:
         f" &middot; {escape(member['transform'])} of #{member['parent_id']}" if member["transform"] else ""
     )
     return (
-        f'<div class="card {role}"><a href="{escape(link)}">{picture}</a>{badges}'
+        f'<div class="card role-{role}"><a href="{escape(link)}">{picture}</a>{badges}'
         f'<div class="num">#{member["id"]} &middot; {member["score"]:.4f}</div>'
         f'<div class="num">{member["width"]}&times;{member["height"]}'
         f" {escape(member['format'] or '')}{transform}</div>"
