@@ -280,6 +280,8 @@ class Fetcher:
                 response = self.session.get(url, stream=True, timeout=config.timeout, allow_redirects=False)
             except Refused as exc:  # from the guarded connection: name the URL, not the socket
                 raise Refused(exc.reason, url, exc.detail) from None
+            except requests.exceptions.SSLError as exc:  # a bad certificate will not get better
+                raise Refused("tls", url, str(exc)) from None
             except requests.Timeout as exc:
                 reason, detail = "timeout", str(exc)
             except requests.ConnectionError as exc:

@@ -68,7 +68,7 @@ class RobotsCache:
         try:
             status, text = self._fetch(key)
         except Refused as exc:
-            if exc.reason in ADDRESS_REASONS:
+            if exc.reason in ADDRESS_REASONS or exc.reason in ("tls", "proxy"):
                 # the site itself would get the same answer: say so, not "robots"
                 return _Rules(refusal=exc)
             LOG.warning("%s/robots.txt unreachable (%s): not crawling that site", key, exc.reason)

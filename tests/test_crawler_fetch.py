@@ -4,10 +4,11 @@ with Retry-After, robots.txt, byte caps, content types, timeouts."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 
 import pytest
-from test_crawler_site import LOCAL_ONLY, Reply, Site, fast_fetch
+from test_crawler_site import LOCAL_ONLY, Reply, Site, fast_fetch, make_certificate
 
 from crawler import AddressPolicy, Fetcher, Refused, check_url, classify_address, redact_url
 from crawler.fetcher import parse_retry_after
@@ -124,6 +125,8 @@ def test_loopback_site_refused_without_permission(site, host):
         ("http://169.254.169.254/latest/meta-data/", "metadata_address"),
         ("http://[fd00:ec2::254]/latest/", "metadata_address"),
         ("http://0.0.0.0:80/", "reserved_address"),
+        ("https://10.0.0.1/a.png", "private_address"),
+        ("https://[::1]:8443/a.png", "loopback_address"),
     ],
 )
 def test_private_targets_refused_before_connecting(url, reason):
@@ -141,6 +144,37 @@ def test_allowed_network_is_fetched_and_user_agent_sent(site):
     assert fetched.content == data and fetched.content_type == "image/png"
     assert site.headers("/a.png")[0]["User-Agent"].startswith("twice-crawler/")
     assert site.count("/robots.txt") == 1  # asked first (404 here: everything allowed)
+
+
+def test_hostname_judged_by_its_resolved_address(monkeypatch):
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):  # an innocent-looking name pointing at the metadata service
+        return real("169.254.169.254" if host == "innocent.example" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with Fetcher(fast_fetch(policy=AddressPolicy(allow_private=True))) as fetcher:
+        error = refusal(fetcher, "https://innocent.example/cat.jpg")
+    assert error.reason == "metadata_address" and "resolves to 169.254.169.254" in error.detail
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+def test_https_through_the_guard_keeps_certificate_checks(tmp_path, host):
+    cert, key = make_certificate(tmp_path)
+    with Site(tls=(cert, key)) as secure, Fetcher(fast_fetch()) as fetcher:
+        data = secure.add_image("/a.png", 1)
+        fetcher.session.verify = str(cert)
+        url = secure.url("/a.png").replace("127.0.0.1", host)
+        assert fetcher.get(url, "image").content == data
+
+
+def test_https_certificate_for_another_name_refused(tmp_path):
+    cert, key = make_certificate(tmp_path, "DNS:other.example")
+    with Site(tls=(cert, key)) as secure, Fetcher(fast_fetch()) as fetcher:
+        secure.add_image("/a.png", 1)
+        fetcher.session.verify = str(cert)
+        error = refusal(fetcher, secure.url("/a.png"))
+    assert error.reason == "tls" and secure.paths() == []  # not even robots.txt was read
 
 
 # redirects ---------------------------------------------------------------------------------

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 import requests
@@ -49,17 +52,23 @@ class Hit:
 class Site:
     """Routes (path with query -> Reply or handler) served by a threaded HTTP server."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate, key) files to serve https instead of http."""
         self.routes: dict[str, Reply | Callable[[int], Reply]] = {}
         self.hits: list[Hit] = []
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.server.daemon_threads = True
+        self.scheme = "https" if tls else "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*map(str, tls))
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def add(self, path: str, body: bytes | str = b"", **reply: object) -> str:
         """Serve ``body`` at ``path``; returns the full URL."""
@@ -147,6 +156,21 @@ def fast_fetch(**overrides) -> FetchConfig:
     values = dict(delay=0.0, timeout=2.0, retries=1, backoff=0.05, max_retry_after=5.0, policy=LOCAL_ONLY)
     values.update(overrides)
     return FetchConfig(**values)
+
+
+def make_certificate(folder: Path, names: str = "DNS:localhost,IP:127.0.0.1") -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (openssl CLI); skips the test without openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = [
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+        "-nodes", "-days", "1", "-subj", "/CN=twice-test", "-addext", f"subjectAltName={names}",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=30)
+    except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot make a test certificate with openssl: {exc}")
+    return cert, key
 
 
 @pytest.fixture
