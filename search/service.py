@@ -83,6 +83,10 @@ class NotReady(ServiceError):
     status, code = 503, "index_not_ready"
 
 
+class ModelNotReady(NotReady):
+    code = "model_not_ready"
+
+
 @dataclass(frozen=True)
 class FileStamp:
     """Identity of one version of a file: a rename changes the inode, a rewrite mtime or size."""
@@ -205,14 +209,21 @@ class SearchService:
         with self._open_lock:
             if not self._opened:
                 if self._embedder is None:
-                    from model import Embedder  # torch import and weights: only when serving
-
-                    self._embedder = Embedder.from_options(self.options)
+                    self._embedder = self._build_embedder()
                 self._catalog = Catalog(self.options.catalog_url)
                 with self._write_lock:
                     self._load(FileStamp.of(self.index_path))
                 self._opened = True
         return self
+
+    def _build_embedder(self):
+        from model import Embedder  # torch and the weights: only when serving
+
+        try:
+            return Embedder.from_options(self.options)
+        except Exception as exc:  # any failure here means "not ready", never a crash loop
+            LOG.exception("cannot load the model")
+            raise ModelNotReady(f"the model cannot be loaded: {exc}") from exc
 
     def close(self) -> None:
         with self._write_lock:
@@ -492,6 +503,7 @@ __all__ = [
     "BadRequest",
     "FetchFailed",
     "FileStamp",
+    "ModelNotReady",
     "NotFound",
     "NotReady",
     "SearchService",

@@ -416,6 +416,13 @@ def test_no_index_yet_is_503_until_the_first_upload(tmp_path, embedder):
     assert client.post("/search", data=upload(data)).get_json()["results"][0]["exact"]
 
 
+def test_a_model_that_cannot_load_is_503(tmp_path):
+    options = make_options(tmp_path / "data", checkpoint=str(tmp_path / "missing.pt"))
+    client = api.create_app(options).test_client()
+    assert_error(client.get("/health"), 503, "model_not_ready", "missing.pt")
+    assert_error(client.post("/search", data=upload(b"x")), 503, "model_not_ready")
+
+
 def test_index_of_another_model_is_503_and_left_alone(tmp_path, embedder):
     options = make_options(tmp_path / "data")
     other = VectorIndex("some-other-model", embedder.dim)
