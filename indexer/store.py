@@ -45,8 +45,23 @@ class Indexer:
         self.index_path = Path(options.index_path)
         self.model_version = model_version
         self.dim = dim
-        self.vectors, self.rebuilding = self._open_vectors()
+        self._vectors: VectorIndex | None = None
+        self._rebuilding = False
         self._lock = threading.RLock()
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The vector index, loaded on first use (catalog-only work never pays for it)."""
+        with self._lock:
+            if self._vectors is None:
+                self._vectors, self._rebuilding = self._open_vectors()
+            return self._vectors
+
+    @property
+    def rebuilding(self) -> bool:
+        """True when the saved index is of another model version and is being rebuilt."""
+        _ = self.vectors
+        return self._rebuilding
 
     def _open_vectors(self) -> tuple[VectorIndex, bool]:
         fresh = VectorIndex(self.model_version, self.dim, flat_limit=self.options.flat_limit)
@@ -138,7 +153,7 @@ class Indexer:
         """Make the index durable, then record what it holds in the catalog."""
         with self._lock:
             self.vectors.save(self.index_path)
-            self.rebuilding = False
+            self._rebuilding = False
             self.catalog.set_index_record(
                 self.model_version, self.dim, self.vectors.index_type, len(self.vectors)
             )
