@@ -152,6 +152,9 @@ class Crawler:
             self._bar = tqdm(desc=f"crawl #{self.log.crawl_id}", unit="img", disable=not self.progress)
             self._pages()
             status = "finished"
+        except Exception:
+            status = "failed"  # KeyboardInterrupt stays "interrupted"; both resume next run
+            raise
         finally:
             self.summary.requests = self.fetcher.requests
             self.summary.seconds = time.monotonic() - started
