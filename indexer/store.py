@@ -11,8 +11,11 @@ so that the three stay consistent:
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import numpy as np
 from .catalog import Catalog, ImageRow
 from .files import ImageStore
 from .imageio import DecodedImage, decode_image
-from .vectors import IndexFileError, VectorIndex
+from .vectors import IndexFileError, IndexMismatchError, VectorIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class Indexer:
         self.dim = dim
         self._vectors: VectorIndex | None = None
         self._rebuilding = False
+        self._disk_stamp: tuple[int, int, int] | None = None
         self._lock = threading.RLock()
 
     @property
@@ -65,7 +69,8 @@ class Indexer:
 
     def _open_vectors(self) -> tuple[VectorIndex, bool]:
         fresh = VectorIndex(self.model_version, self.dim, flat_limit=self.options.flat_limit)
-        if not self.index_path.exists():
+        self._disk_stamp = file_stamp(self.index_path)  # before reading: a later change is seen
+        if self._disk_stamp is None:
             return fresh, False
         header = VectorIndex.read_header(self.index_path)
         if header["model_version"] != self.model_version or header["dim"] != self.dim:
@@ -150,13 +155,56 @@ class Indexer:
         return len(orphans)
 
     def save(self) -> None:
-        """Make the index durable, then record what it holds in the catalog."""
-        with self._lock:
+        """Make the index durable, then record what it holds in the catalog.
+
+        Several processes may write one data directory (a reindex, API workers): saves are
+        serialised by a file lock, and vectors another writer saved since this one read the
+        file are merged in first, so no writer's additions are lost.
+        """
+        with self._lock, self._file_lock():
+            self._merge_from_disk()
             self.vectors.save(self.index_path)
+            self._disk_stamp = file_stamp(self.index_path)
             self._rebuilding = False
             self.catalog.set_index_record(
                 self.model_version, self.dim, self.vectors.index_type, len(self.vectors)
             )
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        lock_path = self.index_path.with_name(self.index_path.name + ".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _merge_from_disk(self) -> None:
+        """Add vectors that another writer saved since we read the file (rows still catalogued)."""
+        if file_stamp(self.index_path) in (None, self._disk_stamp):
+            return
+        try:
+            other = VectorIndex.load(self.index_path, self.model_version, self.dim)
+        except (IndexFileError, IndexMismatchError) as exc:
+            LOG.warning("not merging %s (%s): it will be replaced", self.index_path, exc)
+            return
+        ids, xb = other.vectors()
+        missing = np.setdiff1d(ids, self.vectors.ids(), assume_unique=True)
+        live = np.intersect1d(missing, self.catalog.ids(), assume_unique=True)
+        if len(live):
+            LOG.info("merging %d vectors saved by another writer", len(live))
+            self.vectors.add(live, xb[np.searchsorted(ids, live)])
+
+
+def file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime_ns, size) of a file, None when absent: changes on every atomic replace."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def load_vectors_for_search(options, model_version: str, dim: int) -> VectorIndex:

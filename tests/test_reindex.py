@@ -14,7 +14,7 @@ import numpy as np
 
 from awkward import bad_images, good_images
 from conftest import ROOT, make_options
-from imagegen import write_images
+from imagegen import image_bytes, make_image, write_images
 from indexer import Catalog, Indexer, VectorIndex, reindex
 from model import Embedder
 
@@ -134,3 +134,16 @@ def test_reindex_killed_midway_resumes_to_the_same_final_state(tmp_path):
     assert killed.keys() == clean.keys()
     for sha in clean:
         np.testing.assert_allclose(killed[sha], clean[sha], atol=1e-5)
+
+
+def test_concurrent_writers_do_not_lose_each_others_vectors(tmp_path, options, embedder):
+    first = Indexer(options, embedder.version, embedder.dim)
+    second = Indexer(options, embedder.version, embedder.dim)
+    assert len(first.vectors) == len(second.vectors) == 0  # both read the (absent) file now
+    for writer, seed in ((second, 1), (first, 2)):
+        added = writer.add_bytes(image_bytes(make_image(seed)), f"upload-{seed}")
+        writer.add_vectors([added.row.id], embedder.embed_images([added.decoded.image]))
+        writer.save()
+    first.close()
+    second.close()
+    assert VectorIndex.load(options.index_path).ids().tolist() == [1, 2]
