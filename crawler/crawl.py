@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from indexer import ImageError, Indexer, VectorIndex
+from indexer import ImageError, Indexer
 from indexer.catalog import utcnow
 from indexer.imageio import sha256_bytes
 
@@ -105,16 +105,9 @@ def _counts(counter: Counter) -> str:
 
 
 def open_indexer(options) -> Indexer:
-    """An ``Indexer`` for adding catalog rows only (no vectors).
-
-    It is opened with the saved index's own model version so that nothing warns about or
-    plans a re-embed; the crawler never writes the index.
-    """
-    path = options.index_path
-    if path.exists():
-        header = VectorIndex.read_header(path)
-        return Indexer(options, header["model_version"], header["dim"])
-    return Indexer(options, "none", options.embed_dim)
+    """An ``Indexer`` for adding catalog rows only: the crawler never touches vectors, and
+    the Indexer loads the vector index lazily, so the model version given here is unused."""
+    return Indexer(options, "catalog-only", options.embed_dim)
 
 
 class Crawler:

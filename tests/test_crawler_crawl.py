@@ -457,3 +457,13 @@ def test_kill_mid_crawl_then_resume(site, cli_env):
     assert summary.resumed and summary.skipped_done == 2 and summary.downloaded == 3
     assert [site.count(f"/k/{i}.png") for i in range(4)] == [1, 1, 1, 1]
     assert len(catalog_rows(make_options(cli_env))) == 5
+
+
+def test_crawl_never_reads_the_vector_index(site, crawl_options):
+    """Crawling only adds catalog rows: even a damaged index file does not stop it."""
+    crawl_options.index_path.parent.mkdir(parents=True)
+    crawl_options.index_path.write_bytes(b"not an index")
+    site.add_image("/a.png", 1)
+    site.add("/list", page([item('src="/a.png"')]))
+    summary = crawl(crawl_options, HtmlListing(site.url("/list")), cat_config(pages=1))
+    assert summary.downloaded == 1 and crawl_options.index_path.read_bytes() == b"not an index"
