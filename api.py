@@ -9,7 +9,6 @@ reuses it across requests and threads. Every error is a JSON body
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from flask import Flask, Response, jsonify, request, send_file, send_from_directory
@@ -18,7 +17,6 @@ from werkzeug.exceptions import HTTPException
 from indexer import ImageError
 from search import MAX_K
 from search.service import (
-    DEFAULT_FETCH_TIMEOUT,
     THUMB_SIZES,
     BadRequest,
     SearchService,
@@ -29,7 +27,7 @@ from twice.options import Options
 
 LOG = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "twice" / "static"
 DEFAULT_K = 10
 DEFAULT_THUMB = 256
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image bytes
@@ -67,15 +65,14 @@ def create_app(
 ) -> Flask:
     """Build the Flask app. Cheap: the model and index load on the first request that needs them.
 
-    ``allow_private_urls`` (default: env ``TWICE_ALLOW_PRIVATE_URLS``) lets ``{"url": ...}``
+    ``allow_private_urls`` (default: ``options.allow_private_urls``) lets ``{"url": ...}``
     fetch from loopback and private networks; keep it off on a public service.
     """
     options = options or Options.from_env()
     if service is None:
         if allow_private_urls is None:
-            allow_private_urls = os.environ.get("TWICE_ALLOW_PRIVATE_URLS", "").lower() in TRUE_WORDS
-        timeout = float(os.environ.get("TWICE_FETCH_TIMEOUT") or DEFAULT_FETCH_TIMEOUT)
-        service = SearchService(options, embedder, allow_private_urls, timeout)
+            allow_private_urls = options.allow_private_urls
+        service = SearchService(options, embedder, allow_private_urls, options.fetch_timeout)
     app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
     app.config["MAX_CONTENT_LENGTH"] = options.max_image_bytes + MULTIPART_SLACK
     app.json.sort_keys = False
@@ -134,7 +131,7 @@ def parse_id(raw: object) -> int:
 def json_body() -> dict:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
-        raise BadRequest("the JSON body must be an object such as {\"url\": \"https://...\"} or {\"id\": 3}")
+        raise BadRequest('the JSON body must be an object such as {"url": "https://..."} or {"id": 3}')
     return body
 
 
@@ -188,14 +185,14 @@ def _register_routes(app: Flask) -> None:
             body = json_body()
             k = requested_k(body)
             if ("url" in body) == ("id" in body):
-                raise BadRequest("give exactly one of \"url\" or \"id\" in the JSON body")
+                raise BadRequest('give exactly one of "url" or "id" in the JSON body')
             if "url" in body:
                 response = service.search_url(body["url"], k)
             else:
                 response = service.search_id(parse_id(body["id"]), k)
         else:
             raise BadRequest(
-                f"send multipart/form-data with an 'image' file, or JSON {{\"url\"}} or {{\"id\"}};"
+                f'send multipart/form-data with an \'image\' file, or JSON {{"url"}} or {{"id"}};'
                 f" got content type {request.mimetype or 'none'!r}"
             )
         response["results"] = [with_links(hit) for hit in response["results"]]
@@ -207,7 +204,7 @@ def _register_routes(app: Flask) -> None:
             body = json_body()
             url = body.get("url")
             if not isinstance(url, str):
-                raise BadRequest(f"JSON body needs \"url\": a string, got {url!r}")
+                raise BadRequest(f'JSON body needs "url": a string, got {url!r}')
             data, source, page_url = service.fetch(url), url, body.get("page_url")
         else:
             data, name = uploaded_image()

@@ -37,6 +37,8 @@ class Options:
     max_image_pixels: int = 80_000_000
     flat_limit: int = 200_000  # above this many vectors the index becomes approximate
     checkpoint_seconds: float = 30.0  # reindex saves the index at least this often
+    allow_private_urls: bool = False  # let URL fetches reach loopback/private networks (tests, intranets)
+    fetch_timeout: float = 10.0  # seconds, for URL fetches by the API
 
     @property
     def catalog_url(self) -> str:

@@ -21,7 +21,6 @@ LOG = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-TRUE_WORDS = ("1", "true", "yes", "on")
 
 
 def default_web_workers(cores: int | None = None) -> int:
@@ -61,28 +60,30 @@ def gunicorn_settings(
         log_dir.mkdir(parents=True, exist_ok=True)
         access_log, error_log = str(log_dir / "access.log"), str(log_dir / "error.log")
         pidfile, control = str(log_dir / "gunicorn.pid"), str(log_dir / "gunicorn.ctl")
-    return supported_settings({
-        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
-        "workers": workers,
-        "threads": threads,
-        "worker_class": "gthread",
-        # The first request of a worker may wait for the model: generous worker timeout.
-        "timeout": 120,
-        "graceful_timeout": 30,
-        "keepalive": 5,
-        "accesslog": access_log,
-        "errorlog": error_log,
-        "loglevel": "info",
-        "pidfile": pidfile,
-        "proc_name": "twice",
-        "preload_app": False,  # one model per worker, loaded after the fork
-        "post_fork": post_fork,
-        "post_worker_init": post_worker_init,
-        # gunicorn >= 24 opens a control socket, by default one path per user: two servers
-        # would share it. Keep it beside the logs, or off when logging to stderr.
-        "control_socket": control,
-        "control_socket_disable": control is None,
-    })
+    return supported_settings(
+        {
+            "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+            "workers": workers,
+            "threads": threads,
+            "worker_class": "gthread",
+            # The first request of a worker may wait for the model: generous worker timeout.
+            "timeout": 120,
+            "graceful_timeout": 30,
+            "keepalive": 5,
+            "accesslog": access_log,
+            "errorlog": error_log,
+            "loglevel": "info",
+            "pidfile": pidfile,
+            "proc_name": "twice",
+            "preload_app": False,  # one model per worker, loaded after the fork
+            "post_fork": post_fork,
+            "post_worker_init": post_worker_init,
+            # gunicorn >= 24 opens a control socket, by default one path per user: two servers
+            # would share it. Keep it beside the logs, or off when logging to stderr.
+            "control_socket": control,
+            "control_socket_disable": control is None,
+        }
+    )
 
 
 def supported_settings(settings: dict) -> dict:
@@ -165,16 +166,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--allow-private-urls",
         action="store_true",
-        help="let {\"url\": ...} fetch from loopback and private addresses (env TWICE_ALLOW_PRIVATE_URLS)",
+        help='let {"url": ...} fetch from loopback and private addresses (env TWICE_ALLOW_PRIVATE_URLS)',
     )
     p.set_defaults(func=run_serve)
 
 
 def run_serve(args, options: Options) -> int:
     settings = gunicorn_settings(options, args.host, args.port, args.workers, args.threads, args.log_dir)
-    allow_private = args.allow_private_urls or (
-        os.environ.get("TWICE_ALLOW_PRIVATE_URLS", "").lower() in TRUE_WORDS
-    )
+    allow_private = args.allow_private_urls or options.allow_private_urls
     if not Path(options.index_path).exists():
         LOG.warning(
             "no index at %s yet: searches answer 503 until `twice reindex` or POST /images",
