@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import (
     JSON,
+    BigInteger,
     DateTime,
     ForeignKey,
     Integer,
@@ -23,10 +24,12 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 LOG = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ class ImageRow(Base):
     )
     transform: Mapped[str | None] = mapped_column(String, default=None)
     meta: Mapped[dict | None] = mapped_column(JSON, default=None)  # alt text, tags, crawl ids
+    # 64-bit DCT perceptual hash as a signed integer (search.hashing); NULL until computed.
+    phash: Mapped[int | None] = mapped_column(BigInteger, default=None)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     def to_dict(self) -> dict:
@@ -130,10 +135,28 @@ class Catalog:
         self.url = url
         self.engine = make_engine(url)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # create_all makes missing tables, never missing columns: catalogs written by older code
+    # get the newer nullable columns here (NULL until backfilled by the next reindex).
+    ADDED_COLUMNS = {"phash": "BIGINT"}
+
+    def _add_missing_columns(self) -> None:
+        present = {column["name"] for column in inspect(self.engine).get_columns("images")}
+        for name, sql_type in self.ADDED_COLUMNS.items():
+            if name in present:
+                continue
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(text(f"ALTER TABLE images ADD COLUMN {name} {sql_type}"))
+                LOG.info("catalog %s: added column images.%s", self.url, name)
+            except OperationalError:  # another process added it first
+                if name not in {c["name"] for c in inspect(self.engine).get_columns("images")}:
+                    raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -1,51 +1,79 @@
-"""The query path: image -> embedding -> FAISS top-k -> catalog rows -> verdicts."""
+"""The query path: exact bytes, perceptual hash and CNN evidence -> one verdict per result.
+
+Candidates come from three places: the catalog row with the same sha256, the stored hashes
+within the hash radius of any of the query's 8 dihedral views (``HashIndex``, no scan), and the
+FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``). Every
+candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
+``Thresholds.judge``; results are ranked by verdict, then by how many signals agree, then by
+hash distance, then by CNN score.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
+import torch
 
 from indexer import Catalog, DecodedImage, VectorIndex, decode_image, load_vectors_for_search
 from indexer.imageio import read_file_bytes
 
-from .verdicts import DUPLICATE, Thresholds, thresholds_for
+from .hashing import DIHEDRAL, HashIndex, HashMatch, dihedral_hashes, load_hashes
+from .verdicts import RANK, Judgement, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
 
 MAX_K = 100
+TTA_MODES = ("none", "d4")
+# Measured on the 2-core CPU (see the issue 7 report): d4 costs ~8x the CNN time per query and
+# the hash already finds turned and flipped copies, so it is off unless asked for.
+DEFAULT_TTA = "none"
 
 
 class SearchEngine:
     """Answers top-k queries against one catalog + index with one embedder."""
 
     def __init__(
-        self, options, catalog: Catalog, vectors: VectorIndex, embedder, thresholds: Thresholds
+        self,
+        options,
+        catalog: Catalog,
+        vectors: VectorIndex,
+        embedder,
+        thresholds: Thresholds,
+        tta: str = DEFAULT_TTA,
     ) -> None:
         self.options = options
         self.catalog = catalog
         self.vectors = vectors
         self.embedder = embedder
         self.thresholds = thresholds
+        self.tta = check_tta(tta)
+        self._hashes = HashIndex()
+        self._hashes_after = 0  # the highest catalog id already in self._hashes
+        self._hash_lock = threading.Lock()
 
     @classmethod
-    def open(cls, options, embedder) -> SearchEngine:
+    def open(cls, options, embedder, tta: str = DEFAULT_TTA) -> SearchEngine:
         """Load the saved index for ``embedder``'s model version (GPU when present)."""
         catalog = Catalog(options.catalog_url)
         vectors = load_vectors_for_search(options, embedder.version, embedder.dim)
         vectors.to_gpu()
-        return cls(options, catalog, vectors, embedder, thresholds_for(catalog, embedder.version))
+        return cls(options, catalog, vectors, embedder, thresholds_for(catalog, embedder.version), tta)
 
     def close(self) -> None:
         self.catalog.close()
 
-    def search_file(self, path: str | Path, k: int = 10) -> dict:
+    def search_file(self, path: str | Path, k: int = 10, tta: str | None = None) -> dict:
         data = read_file_bytes(path, self.options.max_image_bytes)
-        return self.search_bytes(data, k, source=str(path))
+        return self.search_bytes(data, k, source=str(path), tta=tta)
 
-    def search_bytes(self, data: bytes, k: int = 10, source: str = "<upload>") -> dict:
+    def search_bytes(
+        self, data: bytes, k: int = 10, source: str = "<upload>", tta: str | None = None
+    ) -> dict:
         decoded = decode_image(
             data,
             source,
@@ -53,25 +81,35 @@ class SearchEngine:
             self.options.max_image_pixels,
             self.embedder.draft_side,
         )
-        return self.search_decoded(decoded, k, source)
+        return self.search_decoded(decoded, k, source, tta)
 
-    def search_decoded(self, decoded: DecodedImage, k: int = 10, source: str = "<upload>") -> dict:
+    def search_decoded(
+        self, decoded: DecodedImage, k: int = 10, source: str = "<upload>", tta: str | None = None
+    ) -> dict:
         """Top-k neighbours of one decoded image, as the JSON-ready response."""
         k = check_k(k)
+        tta = check_tta(self.tta if tta is None else tta)
         started = time.perf_counter()
-        query = self.embedder.embed_images([decoded.image])
-        D, I = self.vectors.search(query, k + 1)
+        thresholds = self.thresholds  # one consistent set even if the service swaps it now
+        xq, views = self.embed_views(decoded.image, tta)
+        cnn = self._cnn_candidates(xq, k + 1)
         exact = self.catalog.by_sha256(decoded.sha256)
-        hits = [(int(i), float(d)) for d, i in zip(D[0], I[0], strict=True) if i >= 0]
-        if exact is not None:
-            hits = [(exact.id, 1.0)] + [(i, d) for i, d in hits if i != exact.id]
-        hits = hits[:k]
-        rows = self.catalog.get_many(i for i, _ in hits)
-        results = [
-            self._result(rows[i], score, exact is not None and i == exact.id)
-            for i, score in hits
-            if i in rows
-        ]
+        query_hashes = dihedral_hashes(decoded.image)
+        matches = self.hash_matches(query_hashes, thresholds.hash_radius)[: k + 1]
+        ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
+        cnn.update(self._cnn_scores(xq, ids - set(cnn)))
+        rows = self.catalog.get_many(ids)
+        by_hash = {m.id: m for m in matches}
+        results = []
+        for image_id in ids & set(rows):
+            is_exact = exact is not None and image_id == exact.id
+            # The same bytes embed the same; a row without a vector yet (pending) has no score.
+            scored = cnn.get(image_id, (1.0, 0) if is_exact else None)
+            score, view = scored if scored is not None else (-1.0, 0)
+            judgement = thresholds.judge(score, _distance(by_hash.get(image_id)), is_exact)
+            evidence = self._evidence(judgement, scored, views[view], by_hash.get(image_id), tta)
+            results.append(self._result(rows[image_id], score, judgement, evidence))
+        results.sort(key=_rank_key)
         return {
             "query": {
                 "source": source,
@@ -80,14 +118,110 @@ class SearchEngine:
                 "height": decoded.height,
                 "format": decoded.format,
                 "bytes": decoded.nbytes,
+                "phash": format(int(query_hashes[0]) & (2**64 - 1), "016x"),
             },
-            "results": results,
+            "results": results[:k],
             "model": self.embedder.version,
-            "thresholds": self.thresholds.to_dict(),
+            "thresholds": thresholds.to_dict(),
+            "tta": tta,
             "took_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 
-    def _result(self, row, score: float, exact: bool) -> dict:
+    # evidence -----------------------------------------------------------------------------
+
+    def embed_views(self, image, tta: str = "none") -> tuple[np.ndarray, tuple[str, ...]]:
+        """The query's embedding, or its 8 dihedral views' (``tta="d4"``), and their names.
+
+        Preprocessing squashes the whole image to a square, so a turned or flipped image's
+        tensor is the turned or flipped tensor: the views need one decode and one resize.
+        """
+        tensor = self.embedder.preprocess(image)
+        if check_tta(tta) == "none":
+            return self.embedder.embed_tensors(tensor[None]), DIHEDRAL[:1]
+        return self.embedder.embed_tensors(torch.stack(dihedral_tensors(tensor))), DIHEDRAL
+
+    def hash_matches(self, query_hashes: np.ndarray, radius: int) -> list[HashMatch]:
+        """Catalogued images within ``radius`` bits of any view of the query, nearest first."""
+        if radius < 0:
+            return []
+        with self._hash_lock:
+            self._refresh_hashes()
+            return self._hashes.search(query_hashes, radius)
+
+    def _refresh_hashes(self) -> None:
+        # Rows only ever get larger ids, so one indexed range query keeps the lookup current;
+        # rows deleted since are dropped when their catalog row is not found.
+        ids, hashes = load_hashes(self.catalog, self._hashes_after)
+        if len(ids):
+            self._hashes.add(ids, hashes)
+            self._hashes_after = int(ids.max())
+
+    def _cnn_candidates(self, xq: np.ndarray, k: int) -> dict[int, tuple[float, int]]:
+        """{id: (best score, view index)} over the FAISS top-k of every view."""
+        D, I = self.vectors.search(xq, k)
+        return self._cnn_best(D, I)
+
+    def _cnn_scores(self, xq: np.ndarray, ids: set[int]) -> dict[int, tuple[float, int]]:
+        """Scores of chosen ids (hash or exact candidates outside the top-k)."""
+        if not ids:
+            return {}
+        wanted = np.fromiter(sorted(ids), np.int64, len(ids))
+        selector = faiss.IDSelectorBatch(wanted)
+        index = self.vectors.index  # the CPU index: GPU indexes take no selector
+        ivf = faiss.try_extract_index_ivf(index)
+        params = (
+            faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nlist)
+            if ivf is not None
+            else faiss.SearchParameters(sel=selector)
+        )
+        with self.vectors._lock:  # the same lock VectorIndex.search takes
+            if len(self.vectors) == 0:
+                return {}
+            D, I = index.search(np.ascontiguousarray(xq, np.float32), len(wanted), params=params)
+        return self._cnn_best(D, I)
+
+    @staticmethod
+    def _cnn_best(D: np.ndarray, I: np.ndarray) -> dict[int, tuple[float, int]]:
+        """{id: (best score, view index)} from one (D, I) row per view."""
+        best: dict[int, tuple[float, int]] = {}
+        for view, (scores, ids) in enumerate(zip(D, I, strict=True)):
+            for score, image_id in zip(scores.tolist(), ids.tolist(), strict=True):
+                if image_id >= 0 and score > best.get(image_id, (-np.inf, 0))[0]:
+                    best[image_id] = (float(score), view)
+        return best
+
+    def _evidence(
+        self,
+        judgement: Judgement,
+        scored: tuple[float, int] | None,
+        view: str,
+        match: HashMatch | None,
+        tta: str,
+    ) -> dict:
+        cnn = None
+        if scored is not None:
+            cnn = {"score": round(float(np.clip(scored[0], -1.0, 1.0)), 6), "verdict": judgement.cnn}
+            if tta != "none":
+                cnn["view"] = view
+        hashed = None
+        if match is not None:
+            hashed = {
+                "distance": match.distance,
+                "bits": 64,
+                "transform": match.transform,
+                "verdict": judgement.hash,
+            }
+        transform = _matched_transform(judgement, match, view)
+        return {
+            "signals": judgement.signals,
+            "decided_by": judgement.decided_by,
+            "exact": judgement.exact,
+            "hash": hashed,
+            "cnn": cnn,
+            "transform": transform,
+        }
+
+    def _result(self, row, score: float, judgement: Judgement, evidence: dict) -> dict:
         score = float(np.clip(score, -1.0, 1.0))
         return {
             "id": row.id,
@@ -95,18 +229,68 @@ class SearchEngine:
             "source": row.source,
             "page_url": row.page_url,
             "score": round(score, 6),
-            "verdict": DUPLICATE if exact else self.thresholds.verdict(score),
-            "exact": exact,
+            "verdict": judgement.verdict,
+            "exact": judgement.exact,
             "width": row.width,
             "height": row.height,
             "format": row.format,
             "bytes": row.bytes,
             "parent_id": row.parent_id,
             "transform": row.transform,
+            "evidence": evidence,
         }
+
+
+def dihedral_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The (C, H, W) tensor in each ``DIHEDRAL`` view, in that order."""
+    transposed = tensor.transpose(1, 2)
+    return [
+        tensor,
+        torch.rot90(tensor, -1, dims=(1, 2)),  # clockwise
+        torch.rot90(tensor, 2, dims=(1, 2)),
+        torch.rot90(tensor, 1, dims=(1, 2)),
+        torch.flip(tensor, dims=(2,)),
+        torch.flip(tensor, dims=(1,)),
+        transposed,
+        torch.flip(transposed, dims=(1, 2)),
+    ]
+
+
+def _distance(match: HashMatch | None) -> int | None:
+    return None if match is None else match.distance
+
+
+def _matched_transform(judgement: Judgement, match: HashMatch | None, view: str) -> str | None:
+    """The dihedral map from query to result that the deciding signal saw, if not identity."""
+    if "hash" in judgement.decided_by and match is not None:
+        name = match.transform
+    elif "cnn" in judgement.decided_by:
+        name = view
+    else:
+        return None
+    return None if name == "identity" else name
+
+
+def _rank_key(result: dict) -> tuple:
+    evidence = result["evidence"]
+    fired_hash = evidence["hash"]["distance"] if "hash" in evidence["decided_by"] else 65
+    return (
+        not result["exact"],
+        RANK[result["verdict"]],
+        -len(evidence["decided_by"]),
+        fired_hash,
+        -result["score"],
+        result["id"],
+    )
 
 
 def check_k(k: int) -> int:
     if not isinstance(k, int | np.integer) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     return int(k)
+
+
+def check_tta(tta: str) -> str:
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    return tta

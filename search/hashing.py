@@ -1,0 +1,301 @@
+"""64-bit perceptual hashes (DCT pHash), their 8 dihedral variants, and a multi-index lookup.
+
+The hash is the classic pHash: grey, squash to 32x32, 2-D DCT-II, keep the 8x8 lowest
+frequencies, one bit per coefficient above their median. Squashing commutes with 90° turns
+and flips, and the DCT of a turned or flipped image is a sign/transposition pattern of the
+original's coefficients, so all 8 dihedral hashes of a query come from ONE decode and ONE DCT.
+
+Hashes are stored as signed 64-bit integers (SQLite's INTEGER); ``HashIndex`` finds every
+stored hash within a Hamming radius of any of the query's variants by multi-index hashing:
+the 64 bits are split into 4 bands of 16, and by pigeonhole a hash within radius ``r`` agrees
+with the query to within ``r // 4`` bits on at least one band, so probing each band's buckets
+with every value within ``r // 4`` bits finds them all without a scan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+
+from indexer.catalog import ImageRow
+
+LOG = logging.getLogger(__name__)
+
+HASH_BITS = 64
+DCT_SIDE = 32
+LOW_SIDE = 8
+BANDS = 4
+BAND_BITS = HASH_BITS // BANDS
+MAX_RADIUS = 4 * BANDS - 1  # 15: at most 3 differing bits per probed band
+
+# Names say what was done to the query to match the result ("rotate 90" is clockwise, as in
+# augment's ``rotate``). Index 0 is the untouched query.
+DIHEDRAL = (
+    "identity",
+    "rotate 90",
+    "rotate 180",
+    "rotate 270",
+    "mirror",
+    "flip",
+    "transpose",
+    "transverse",
+)
+PIL_DIHEDRAL = {
+    "identity": None,
+    "rotate 90": Image.Transpose.ROTATE_270,  # PIL turns counter-clockwise
+    "rotate 180": Image.Transpose.ROTATE_180,
+    "rotate 270": Image.Transpose.ROTATE_90,
+    "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
+    "flip": Image.Transpose.FLIP_TOP_BOTTOM,
+    "transpose": Image.Transpose.TRANSPOSE,
+    "transverse": Image.Transpose.TRANSVERSE,
+}
+
+
+def _dct_matrix(n: int, keep: int) -> np.ndarray:
+    """The first ``keep`` rows of the orthonormal DCT-II matrix of size ``n``."""
+    x = np.arange(n)
+    rows = np.cos(np.pi * (2 * x[None, :] + 1) * np.arange(keep)[:, None] / (2 * n))
+    rows[0] *= 1 / np.sqrt(2)
+    return rows * np.sqrt(2 / n)
+
+
+_DCT = _dct_matrix(DCT_SIDE, LOW_SIDE)
+_PARITY = np.arange(LOW_SIDE) % 2
+# C[v, u]: v the vertical and u the horizontal frequency. Mirroring x negates odd u,
+# flipping y negates odd v, transposing the image transposes C; every dihedral map is
+# one of these compositions: (transpose first?, sign of odd u, sign of odd v).
+_SIGNS_U = 1 - 2 * _PARITY[None, :]
+_SIGNS_V = 1 - 2 * _PARITY[:, None]
+_DIHEDRAL_OPS = {
+    "identity": (False, False, False),
+    "rotate 90": (True, True, False),
+    "rotate 180": (False, True, True),
+    "rotate 270": (True, False, True),
+    "mirror": (False, True, False),
+    "flip": (False, False, True),
+    "transpose": (True, False, False),
+    "transverse": (True, True, True),
+}
+
+
+def dihedral_image(image: Image.Image, name: str) -> Image.Image:
+    """``image`` turned or flipped as ``name`` says (one of ``DIHEDRAL``)."""
+    if name not in PIL_DIHEDRAL:
+        raise ValueError(f"unknown dihedral transform {name!r}; expected one of {', '.join(DIHEDRAL)}")
+    op = PIL_DIHEDRAL[name]
+    return image.copy() if op is None else image.transpose(op)
+
+
+def dct_coefficients(image: Image.Image) -> np.ndarray:
+    """The 8x8 lowest DCT coefficients of the image squashed to 32x32 grey."""
+    grey = image.convert("L").resize((DCT_SIDE, DCT_SIDE), Image.Resampling.LANCZOS)
+    pixels = np.asarray(grey, dtype=np.float64)
+    return _DCT @ pixels @ _DCT.T
+
+
+def dihedral_coefficients(coeffs: np.ndarray) -> np.ndarray:
+    """(8, 8, 8): the coefficients of each ``DIHEDRAL`` view, from the original's only."""
+    views = []
+    for name in DIHEDRAL:
+        transpose, odd_u, odd_v = _DIHEDRAL_OPS[name]
+        c = coeffs.T if transpose else coeffs
+        if odd_u:
+            c = c * _SIGNS_U
+        if odd_v:
+            c = c * _SIGNS_V
+        views.append(c)
+    return np.stack(views)
+
+
+def bits_to_hash(bits: np.ndarray) -> np.ndarray:
+    """(..., 8, 8) booleans -> (...) signed int64, the first coefficient in the top bit."""
+    packed = np.packbits(bits.reshape(*bits.shape[:-2], HASH_BITS).astype(np.uint8), axis=-1)
+    return packed.view(">u8")[..., 0].astype(np.uint64).view(np.int64)
+
+
+def hash_coefficients(coeffs: np.ndarray) -> np.ndarray:
+    """(..., 8, 8) coefficients -> (...) hashes: a bit per coefficient above the median."""
+    flat = coeffs.reshape(*coeffs.shape[:-2], HASH_BITS)
+    median = np.median(flat, axis=-1, keepdims=True)
+    return bits_to_hash((flat > median).reshape(coeffs.shape))
+
+
+def phash(image: Image.Image) -> int:
+    """The 64-bit pHash of ``image`` as a signed integer (what the catalog stores)."""
+    return int(hash_coefficients(dct_coefficients(image)))
+
+
+def dihedral_hashes(image: Image.Image) -> np.ndarray:
+    """(8,) int64: the pHash of each ``DIHEDRAL`` view of ``image``, from one DCT."""
+    return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
+
+
+def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+    """Bitwise Hamming distance between int64 hashes (broadcasting)."""
+    xor = np.bitwise_xor(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+    return np.bitwise_count(np.atleast_1d(xor).view(np.uint64)).reshape(xor.shape).astype(np.int64)
+
+
+def check_radius(radius: int) -> int:
+    if isinstance(radius, bool) or not isinstance(radius, int | np.integer) or not 0 <= radius <= MAX_RADIUS:
+        raise ValueError(f"hash radius must be an integer from 0 to {MAX_RADIUS}, got {radius!r}")
+    return int(radius)
+
+
+def _flip_masks(bits: int, max_flips: int) -> np.ndarray:
+    """Every ``bits``-bit value with at most ``max_flips`` bits set."""
+    masks = [0]
+    for flips in range(1, max_flips + 1):
+        masks += [sum(1 << b for b in chosen) for chosen in combinations(range(bits), flips)]
+    return np.asarray(masks, dtype=np.uint64)
+
+
+_MASKS = {r: _flip_masks(BAND_BITS, r) for r in range(MAX_RADIUS // BANDS + 1)}
+
+
+@dataclass(frozen=True)
+class HashMatch:
+    """A stored image whose hash is within the radius of one of the query's dihedral views."""
+
+    id: int
+    distance: int
+    transform: str  # one of DIHEDRAL: what turns the query into the match
+
+
+class HashIndex:
+    """Multi-index hashing over (id, hash) pairs: 4 bands of 16 bits, CSR buckets per band.
+
+    New hashes go to a small buffer that is scanned directly and merged into the buckets
+    when it grows, so adding one image does not rebuild the index.
+    """
+
+    MERGE_AT = 4096
+
+    def __init__(self, ids: Iterable[int] = (), hashes: Iterable[int] = ()) -> None:
+        self.ids = np.zeros(0, np.int64)
+        self.hashes = np.zeros(0, np.uint64)
+        self._extra_ids: list[np.ndarray] = []
+        self._extra_hashes: list[np.ndarray] = []
+        self._extra_count = 0
+        self._build(np.fromiter(ids, np.int64), np.fromiter(hashes, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.ids) + self._extra_count
+
+    def _build(self, ids: np.ndarray, hashes: np.ndarray) -> None:
+        if len(ids) != len(hashes):
+            raise ValueError(f"{len(ids)} ids for {len(hashes)} hashes")
+        self.ids, self.hashes = ids.astype(np.int64), hashes.astype(np.int64).view(np.uint64)
+        self._order, self._offsets = [], []
+        for band in range(BANDS):
+            keys = self._band(self.hashes, band)
+            order = np.argsort(keys, kind="stable")
+            self._order.append(order)
+            self._offsets.append(np.searchsorted(keys[order], np.arange((1 << BAND_BITS) + 1)))
+
+    @staticmethod
+    def _band(hashes: np.ndarray, band: int) -> np.ndarray:
+        return (hashes >> np.uint64(band * BAND_BITS)) & np.uint64((1 << BAND_BITS) - 1)
+
+    def add(self, ids: Iterable[int], hashes: Iterable[int]) -> None:
+        """Add (id, hash) pairs; an id added twice is found under both hashes until rebuilt."""
+        ids, hashes = np.fromiter(ids, np.int64), np.fromiter(hashes, np.int64)
+        if len(ids) != len(hashes):
+            raise ValueError(f"{len(ids)} ids for {len(hashes)} hashes")
+        if not len(ids):
+            return
+        self._extra_ids.append(ids)
+        self._extra_hashes.append(hashes.view(np.uint64))
+        self._extra_count += len(ids)
+        if self._extra_count >= self.MERGE_AT:
+            self._merge()
+
+    def _merge(self) -> None:
+        ids = np.concatenate([self.ids, *self._extra_ids])
+        hashes = np.concatenate([self.hashes, *self._extra_hashes]).view(np.int64)
+        self._extra_ids, self._extra_hashes, self._extra_count = [], [], 0
+        self._build(ids, hashes)
+
+    def _candidates(self, queries: np.ndarray, radius: int) -> np.ndarray:
+        """Positions in ``self.ids`` sharing a band (within radius // 4 bits) with a query."""
+        masks = _MASKS[radius // BANDS]
+        found = []
+        for band in range(BANDS):
+            probes = np.unique((self._band(queries, band)[:, None] ^ masks[None, :]).ravel())
+            offsets = self._offsets[band]
+            starts, ends = offsets[probes.astype(np.int64)], offsets[probes.astype(np.int64) + 1]
+            lengths = ends - starts
+            total = int(lengths.sum())
+            if not total:
+                continue
+            # Concatenated ranges [start, end) without a Python loop over buckets.
+            shift = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+            found.append(self._order[band][shift + np.arange(total)])
+        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+
+    def search(self, queries: np.ndarray | Iterable[int], radius: int) -> list[HashMatch]:
+        """Stored hashes within ``radius`` of any query view, nearest first, one per id.
+
+        ``queries`` are the 8 ``DIHEDRAL`` views of the query (``dihedral_hashes``); a shorter
+        array is read in ``DIHEDRAL`` order. Ties in distance prefer the earlier view.
+        """
+        radius = check_radius(radius)
+        queries = np.asarray(list(queries) if not isinstance(queries, np.ndarray) else queries, np.int64)
+        queries = queries.reshape(-1).view(np.uint64)
+        if len(queries) > len(DIHEDRAL):
+            raise ValueError(f"at most {len(DIHEDRAL)} query views, got {len(queries)}")
+        parts_ids, parts_hashes = [], []
+        if len(self.ids):
+            positions = self._candidates(queries, radius)
+            parts_ids.append(self.ids[positions])
+            parts_hashes.append(self.hashes[positions])
+        parts_ids += self._extra_ids
+        parts_hashes += self._extra_hashes
+        if not parts_ids:
+            return []
+        ids, hashes = np.concatenate(parts_ids), np.concatenate(parts_hashes)
+        distances = np.bitwise_count(hashes[:, None] ^ queries[None, :]).astype(np.int64)
+        view = distances.argmin(axis=1)
+        best = distances[np.arange(len(ids)), view]
+        keep = best <= radius
+        ids, best, view = ids[keep], best[keep], view[keep]
+        order = np.lexsort((view, best))
+        matches, seen = [], set()
+        for i in order:
+            image_id = int(ids[i])
+            if image_id not in seen:
+                seen.add(image_id)
+                matches.append(HashMatch(image_id, int(best[i]), DIHEDRAL[int(view[i])]))
+        return matches
+
+    def brute_force(self, queries: np.ndarray, radius: int) -> dict[int, int]:
+        """{id: best distance} by scanning everything; the oracle for tests."""
+        ids = np.concatenate([self.ids, *self._extra_ids])
+        hashes = np.concatenate([self.hashes, *self._extra_hashes])
+        q = np.asarray(queries, np.int64).reshape(-1).view(np.uint64)
+        best = np.bitwise_count(hashes[:, None] ^ q[None, :]).min(axis=1) if len(ids) else []
+        out: dict[int, int] = {}
+        for image_id, d in zip(ids.tolist(), np.asarray(best).tolist(), strict=True):
+            if d <= radius:
+                out[image_id] = min(d, out.get(image_id, d))
+        return out
+
+
+def load_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, hashes) of catalogued images with a hash and an id above ``after_id``."""
+    with catalog.session() as session:
+        rows = session.execute(
+            select(ImageRow.id, ImageRow.phash)
+            .where(ImageRow.phash.is_not(None), ImageRow.id > after_id)
+            .order_by(ImageRow.id)
+        ).all()
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    hashes = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+    return ids, hashes
