@@ -5,7 +5,8 @@ Two passes share one embedding loop:
    model version) are embedded from the image store;
 2. new files: files under the given paths whose sha256 is unknown are decoded once (in
    DataLoader workers), stored, catalogued and embedded.
-The index is saved every ``checkpoint_seconds`` and at the end; a killed run loses at most
+Rows catalogued before perceptual hashes existed get one computed from the image store (a
+third pass, once). The index is saved every ``checkpoint_seconds`` and at the end; a killed run loses at most
 the vectors since the last save, and those rows are pending for the next run.
 """
 
@@ -19,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sqlalchemy import select, update
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from model import Embedder, iter_batches
 
+from .catalog import ImageRow
 from .imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
-from .store import Indexer
+from .store import Indexer, image_phash
 
 LOG = logging.getLogger(__name__)
 
@@ -41,6 +44,7 @@ class ReindexSummary:
     vectors: int = 0
     model_version: str = ""
     seconds: float = 0.0
+    hashed: int = 0  # older rows given a perceptual hash
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "skipped": dict(self.skipped)}
@@ -55,6 +59,7 @@ class ReindexSummary:
             f"embedded {self.embedded_pending} pending catalog images"
             + (" (new model version: full re-embed)" if self.rebuilt else ""),
             f"index: {self.vectors} vectors, model {self.model_version}",
+            *([f"computed perceptual hashes of {self.hashed} older catalog images"] if self.hashed else []),
             f"took {self.seconds:.1f}s ({rate:.1f} images/s)",
         ]
 
@@ -79,7 +84,13 @@ class NewFiles(Dataset):
             decoded = decode_image(
                 data, path, self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
             )
-            return {"path": path, "data": data, "decoded": decoded, "tensor": self.preprocess(decoded.image)}
+            return {
+                "path": path,
+                "data": data,
+                "decoded": decoded,
+                "tensor": self.preprocess(decoded.image),
+                "phash": image_phash(decoded.image),  # here, in the worker, not in the main loop
+            }
         except ImageError as exc:
             return {"path": path, "error": exc}
 
@@ -135,6 +146,7 @@ def reindex(paths: list[str | Path], options, embedder: Embedder, progress: bool
         summary.orphans_removed = indexer.drop_orphans()
         _embed_pending(indexer, embedder, options, summary, checkpointer, progress)
         _add_new_files(indexer, embedder, options, files, summary, checkpointer, progress)
+        _backfill_hashes(indexer, embedder, options, summary, progress)
         checkpointer.save()
         summary.vectors = len(indexer.vectors)
     finally:
@@ -184,7 +196,9 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
                 if item.get("known"):
                     summary.already += 1
                     continue
-                row, created = indexer.add_decoded(session, item["data"], item["decoded"], item["path"])
+                row, created = indexer.add_decoded(
+                    session, item["data"], item["decoded"], item["path"], phash=item["phash"]
+                )
                 if not created:  # the same bytes twice in this run
                     summary.already += 1
                     continue
@@ -196,6 +210,47 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
         bar.update(len(batch))
         bar.set_postfix(added=summary.added, skipped=sum(summary.skipped.values()))
         checkpointer.maybe_save()
+    bar.close()
+
+
+class StoredHashes(StoredImages):
+    """Catalogued images read back from the image store, for their perceptual hash."""
+
+    def __getitem__(self, i: int) -> dict:
+        image_id, path = self.rows[i]
+        try:
+            data = read_file_bytes(path, self.options.max_image_bytes)
+            decoded = decode_image(
+                data, str(path), self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
+            )
+            return {"id": image_id, "phash": image_phash(decoded.image)}
+        except ImageError as exc:
+            return {"id": image_id, "path": str(path), "error": exc}
+
+
+def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
+    with indexer.catalog.session() as session:
+        rows = session.execute(
+            select(ImageRow.id, ImageRow.stored_path).where(ImageRow.phash.is_(None)).order_by(ImageRow.id)
+        ).all()
+    if not rows:
+        return
+    items = [(image_id, indexer.store.path(stored)) for image_id, stored in rows]
+    dataset = StoredHashes(items, embedder, options)
+    bar = tqdm(total=len(items), desc="hashing catalog", unit="img", disable=not progress)
+    for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
+        values = []
+        for item in batch:
+            if "error" in item:
+                summary.skipped[item["error"].reason] += 1
+                LOG.warning("cannot hash catalog image %d: %s", item["id"], item["error"])
+            else:
+                values.append({"id": item["id"], "phash": item["phash"]})
+        if values:
+            with indexer.catalog.session() as session:
+                session.execute(update(ImageRow), values)
+            summary.hashed += len(values)
+        bar.update(len(batch))
     bar.close()
 
 

@@ -96,10 +96,15 @@ class Indexer:
     def add_decoded(
         self, session, data: bytes, decoded: DecodedImage, source: str, **columns: object
     ) -> tuple[ImageRow, bool]:
-        """Store bytes and insert the catalog row inside ``session`` (no vector yet)."""
+        """Store bytes and insert the catalog row inside ``session`` (no vector yet).
+
+        The row's perceptual hash is computed here unless ``columns`` carries it (``phash``).
+        """
         known = self.catalog.find_sha256(session, decoded.sha256)
         if known is not None:
             return known, False
+        if columns.get("phash") is None:
+            columns["phash"] = image_phash(decoded.image)
         stored = self.store.put(data, decoded.sha256, decoded.format)
         return self.catalog.add_image(
             session,
@@ -205,6 +210,13 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def image_phash(image) -> int:
+    """The perceptual hash stored with every catalog row (see ``search.hashing``)."""
+    from search.hashing import phash  # search imports indexer: import at call time
+
+    return phash(image)
 
 
 def load_vectors_for_search(options, model_version: str, dim: int) -> VectorIndex:
