@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
+from torchvision.models import vgg
 
 ARCHS = ("vgg16", "vgg16_bn")
 TRUNK_CHANNELS = 512
+
+
+def vgg_features(batch_norm: bool) -> nn.Sequential:
+    """torchvision's VGG-16 conv layers with its own init, without building the 120M-parameter
+    classifier that ``torchvision.models.vgg16()`` would make and we would throw away."""
+    features = vgg.make_layers(vgg.cfgs["D"], batch_norm=batch_norm)
+    for module in features.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(module.bias, 0)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.constant_(module.weight, 1)
+            nn.init.constant_(module.bias, 0)
+    return features
 
 
 class GeM(nn.Module):
@@ -35,7 +49,7 @@ class EmbeddingNet(nn.Module):
         self.arch = arch
         self.dim = dim
         # The last max-pool would halve an already small map; GeM pools the conv5 map instead.
-        self.trunk = getattr(torchvision.models, arch)(weights=None).features[:-1]
+        self.trunk = vgg_features(batch_norm=arch.endswith("_bn"))[:-1]
         self.pool = GeM()
         self.head = nn.Linear(TRUNK_CHANNELS, dim)
 

@@ -26,6 +26,7 @@ CHECKPOINT_FORMAT = "twice-embedder"
 CHECKPOINT_FORMAT_VERSION = 1
 SHIPPED_CHECKPOINT = Path(__file__).parent / "weights" / "twice-vgg16.pt"
 HEAD_SEED = 0
+INIT_ID = "features-init-v2"  # part of every digest that involves seeded random weights
 IMAGENET_WEIGHTS = {
     "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
     "vgg16_bn": torchvision.models.VGG16_BN_Weights.IMAGENET1K_V1,
@@ -59,7 +60,7 @@ def build_network(
     state = imagenet_state_dict(arch, allow_download)
     if state is not None:
         _load_trunk(net, state)
-        return net, WeightsInfo("imagenet", f"{IMAGENET_WEIGHTS[arch].url}|head{HEAD_SEED}")
+        return net, WeightsInfo("imagenet", f"{IMAGENET_WEIGHTS[arch].url}|head{HEAD_SEED}|{INIT_ID}")
     LOG.warning(
         "NO TRAINED WEIGHTS: twice is using a randomly initialised %s. Duplicates of the same"
         " bytes and light edits are still found, but similarity scores are weak. Fix: pass"
@@ -68,7 +69,7 @@ def build_network(
         arch,
         torch.hub.get_dir(),
     )
-    return net, WeightsInfo("random", f"random|seed{HEAD_SEED}")
+    return net, WeightsInfo("random", f"random|seed{HEAD_SEED}|{INIT_ID}")
 
 
 def imagenet_state_dict(arch: str, allow_download: bool) -> dict | None:
@@ -133,7 +134,7 @@ def load_checkpoint(
     if isinstance(blob, dict) and "features.0.weight" in blob:
         net = _seeded_network(arch, dim)
         _load_trunk(net, blob, path)
-        return net, WeightsInfo("checkpoint", f"{digest}|head{HEAD_SEED}")
+        return net, WeightsInfo("checkpoint", f"{digest}|head{HEAD_SEED}|{INIT_ID}")
     raise CheckpointError(f"{path}: neither a twice checkpoint nor a torchvision VGG state dict")
 
 

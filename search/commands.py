@@ -77,7 +77,7 @@ def run_report(args, options) -> int:
     )
     to_stdout = args.output == "-"
     out_path = None if to_stdout else Path(args.output or default_output(options, fmt))
-    text = render(report, fmt, out_path)
+    text = render(report, fmt, out_path, progress=not args.quiet and fmt == "html")
     info = sys.stderr if to_stdout else sys.stdout
     if to_stdout:
         sys.stdout.write(text)

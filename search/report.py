@@ -301,17 +301,23 @@ def _load_cache(catalog: Catalog, model_version: str) -> dict | None:
 def _save_cache(catalog, vectors, cut, ids, keys, pairs) -> None:
     a, b, s = pairs
     with catalog.session() as session:
-        # Pairs of another model version can never be reused: a new model re-embeds all.
-        session.execute(delete(PairCache).where(PairCache.model_version != vectors.model_version))
-        row = session.get(PairCache, vectors.model_version) or PairCache(model_version=vectors.model_version)
-        row.threshold, row.index_type = float(cut), vectors.index_type
-        row.member_ids = np.ascontiguousarray(ids, np.int64).tobytes()
-        row.member_keys = np.ascontiguousarray(keys, np.int64).tobytes()
-        row.pair_a = np.ascontiguousarray(a, np.int64).tobytes()
-        row.pair_b = np.ascontiguousarray(b, np.int64).tobytes()
-        row.pair_score = np.ascontiguousarray(s, np.float32).tobytes()
-        row.updated_at = utcnow()
-        session.add(row)
+        # Delete, then insert: the write lock is taken by the first statement, so two
+        # reports saving at once queue up instead of racing to insert the same key.
+        # Pairs of another model version go too: a new model re-embeds everything.
+        session.execute(delete(PairCache))
+        session.add(
+            PairCache(
+                model_version=vectors.model_version,
+                threshold=float(cut),
+                index_type=vectors.index_type,
+                member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
+                member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
+                pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
+                pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
+                pair_score=np.ascontiguousarray(s, np.float32).tobytes(),
+                updated_at=utcnow(),
+            )
+        )
 
 
 # originals and variants ----------------------------------------------------------------------
@@ -649,7 +655,7 @@ def report_json(report: dict) -> str:
     return json.dumps(report, indent=2)
 
 
-def render(report: dict, fmt: str, out_path: Path | None = None) -> str:
+def render(report: dict, fmt: str, out_path: Path | None = None, progress: bool = False) -> str:
     """The report as text in ``fmt`` (html, json or csv); HTML links are relative to ``out_path``."""
     if fmt == "json":
         return report_json(report)
@@ -658,7 +664,7 @@ def render(report: dict, fmt: str, out_path: Path | None = None) -> str:
     if fmt == "html":
         from .report_html import report_html
 
-        return report_html(report, out_path)
+        return report_html(report, out_path, progress)
     raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from PIL import Image
+from tqdm import tqdm
 
 from indexer import ImageError, load_image
 
@@ -52,11 +53,12 @@ function sortGroups(key, th){
 """
 
 
-def report_html(report: dict, out_path: Path | None = None) -> str:
+def report_html(report: dict, out_path: Path | None = None, progress: bool = False) -> str:
     """The whole page; links to stored images are relative to ``out_path``'s folder."""
     thumbs = Thumbnails()
     base = Path(out_path).resolve().parent if out_path is not None else None
-    rows = "\n".join(group_row(g, thumbs, base) for g in report["groups"])
+    groups = tqdm(report["groups"], desc="thumbnails", unit="group", disable=not progress)
+    rows = "\n".join(group_row(g, thumbs, base) for g in groups)
     if thumbs.failed:
         LOG.warning("%d images could not be read for thumbnails", thumbs.failed)
     empty = '<tr><td colspan="5">No duplicate groups at this threshold.</td></tr>'

@@ -421,3 +421,25 @@ def test_cli_writes_each_format(collection, tmp_path, capsys):
 def test_cli_report_without_an_index_says_so(tmp_path, capsys):
     assert main(["--data-dir", str(tmp_path / "empty"), "report"]) == 1
     assert "no index yet; run `twice reindex FOLDER` first" in capsys.readouterr().err
+
+
+def test_two_reports_at_once_both_succeed_and_agree(collection):
+    # The API may serve two GET /duplicates while the pair cache is being rewritten.
+    import threading
+
+    planted = planted_collection(collection)
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(report_groups(build_report(collection.options, incremental=False)))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == [planted] * 3
+    assert build_report(collection.options)["cache"]["full"] is False
