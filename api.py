@@ -14,11 +14,12 @@ from pathlib import Path
 from flask import Flask, Response, jsonify, request, send_file, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from indexer import ImageError
-from search import MAX_K
+from indexer import ImageError, IndexFileError, IndexMismatchError
+from search import MAX_K, build_report
 from search.service import (
     THUMB_SIZES,
     BadRequest,
+    NotReady,
     SearchService,
     ServiceError,
     check_id,
@@ -108,6 +109,17 @@ def parse_int(name: str, raw: object, low: int, high: int) -> int:
         value = ascii_int(str(raw).strip(), digits=11)
     if value is None or not low <= value <= high:
         raise BadRequest(f"{name} must be an integer from {low} to {high}, got {raw!r}")
+    return value
+
+
+def parse_float(name: str, raw: str) -> float:
+    """A score threshold from a query string: a number from -1 to 1."""
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not -1.0 <= value <= 1.0:
+        raise BadRequest(f"{name} must be a number from -1 to 1, got {raw!r}")
     return value
 
 
@@ -250,6 +262,24 @@ def _register_routes(app: Flask) -> None:
     def stats():
         return jsonify(service.stats())
 
+    @app.get("/duplicates")
+    def duplicates():
+        args = request.args
+        try:
+            report = build_report(
+                service.options,
+                model_version=service.embedder.version,
+                threshold=parse_float("threshold", args["threshold"]) if "threshold" in args else None,
+                include_variants=args.get("include_variants", "").lower() in TRUE_WORDS,
+                page=parse_int("page", args.get("page", 1), 1, 10**9),
+                per_page=parse_int("per_page", args.get("per_page", 50), 1, 1000),
+            )
+        except (IndexFileError, IndexMismatchError) as exc:  # before ValueError: a subclass
+            raise NotReady(str(exc)) from exc
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        return jsonify(report)
+
     @app.get("/openapi.json")
     def openapi():
         return jsonify(openapi_document(request.host_url.rstrip("/")))
@@ -290,6 +320,10 @@ def _error_response(description: str) -> dict:
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
+
+
+def _query_parameter(name: str, schema: dict) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
 
 
 def _json_response(description: str, schema: str) -> dict:
@@ -613,6 +647,22 @@ def openapi_document(server_url: str = "") -> dict:
                     "responses": {
                         "200": _json_response("ready", "Health"),
                         "503": _json_response("no usable index yet", "Health"),
+                    },
+                }
+            },
+            "/duplicates": {
+                "get": {
+                    "summary": "Duplicate groups across the collection (the report's JSON), paginated",
+                    "parameters": [
+                        _query_parameter("threshold", {"type": "number", "minimum": -1, "maximum": 1}),
+                        _query_parameter("include_variants", {"type": "boolean"}),
+                        _query_parameter("page", {"type": "integer", "minimum": 1}),
+                        _query_parameter("per_page", {"type": "integer", "minimum": 1, "maximum": 1000}),
+                    ],
+                    "responses": {
+                        "200": {"description": "duplicate groups", "content": {"application/json": {}}},
+                        "400": _error_response("bad parameter"),
+                        "503": _error_response("no usable index yet"),
                     },
                 }
             },

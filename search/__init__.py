@@ -1,6 +1,7 @@
-"""Queries, verdicts and their thresholds; later: calibration and duplicate reports."""
+"""Queries, verdicts and their thresholds, calibration, and duplicate-group reports."""
 
 from .engine import MAX_K, SearchEngine, check_k
+from .report import build_report
 from .verdicts import DIFFERENT, DUPLICATE, SIMILAR, Thresholds, thresholds_for
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "SIMILAR",
     "SearchEngine",
     "Thresholds",
+    "build_report",
     "check_k",
     "thresholds_for",
 ]

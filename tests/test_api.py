@@ -527,3 +527,25 @@ def test_openapi_describes_every_route(shared):
     json.dumps(doc)  # plain JSON throughout
     refs = {m.group(1) for m in re.finditer(r'"#/components/schemas/(\w+)"', json.dumps(doc))}
     assert refs <= set(doc["components"]["schemas"])
+
+
+# duplicate report -----------------------------------------------------------------------------
+
+
+def test_duplicates_route_returns_the_report_paginated(fresh):
+    client, options, paths = fresh
+    same_pixels = image_bytes(Image.open(paths[3]), "PNG", compress_level=1)  # other bytes
+    added = client.post("/images", data=upload(same_pixels, "copy.png")).get_json()
+    original = image_id_of(options, paths[3])
+    body = client.get("/duplicates?threshold=0.99999&per_page=5").get_json()
+    assert [sorted(m["id"] for m in g["members"]) for g in body["groups"]] == [
+        sorted([original, added["id"]])
+    ]
+    assert body["pagination"]["page"] == 1 and body["pagination"]["per_page"] == 5
+    assert_error(client.get("/duplicates?threshold=2"), 400, "bad_request", "threshold")
+    assert_error(client.get("/duplicates?per_page=0"), 400, "bad_request", "per_page")
+
+
+def test_duplicates_route_without_an_index_is_503(tmp_path, embedder):
+    app = api.create_app(make_options(tmp_path / "empty"), embedder=embedder)
+    assert_error(app.test_client().get("/duplicates"), 503, "index_not_ready", "no index")
