@@ -137,10 +137,22 @@ def dihedral_hashes(image: Image.Image) -> np.ndarray:
     return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
 
 
+_BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (numpy >= 2 has it built in; a byte table otherwise)."""
+    values = np.asarray(values, dtype=np.uint64)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values).astype(np.int64)
+    as_bytes = np.ascontiguousarray(values).view(np.uint8).reshape(*values.shape, 8)
+    return _BYTE_BITS[as_bytes].sum(axis=-1, dtype=np.int64)
+
+
 def hamming(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
     """Bitwise Hamming distance between int64 hashes (broadcasting)."""
     xor = np.bitwise_xor(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
-    return np.bitwise_count(np.atleast_1d(xor).view(np.uint64)).reshape(xor.shape).astype(np.int64)
+    return popcount(np.atleast_1d(xor).view(np.uint64)).reshape(xor.shape)
 
 
 def check_radius(radius: int) -> int:
@@ -261,7 +273,7 @@ class HashIndex:
         if not parts_ids:
             return []
         ids, hashes = np.concatenate(parts_ids), np.concatenate(parts_hashes)
-        distances = np.bitwise_count(hashes[:, None] ^ queries[None, :]).astype(np.int64)
+        distances = popcount(hashes[:, None] ^ queries[None, :])
         view = distances.argmin(axis=1)
         best = distances[np.arange(len(ids)), view]
         keep = best <= radius
@@ -280,7 +292,7 @@ class HashIndex:
         ids = np.concatenate([self.ids, *self._extra_ids])
         hashes = np.concatenate([self.hashes, *self._extra_hashes])
         q = np.asarray(queries, np.int64).reshape(-1).view(np.uint64)
-        best = np.bitwise_count(hashes[:, None] ^ q[None, :]).min(axis=1) if len(ids) else []
+        best = popcount(hashes[:, None] ^ q[None, :]).min(axis=1) if len(ids) else []
         out: dict[int, int] = {}
         for image_id, d in zip(ids.tolist(), np.asarray(best).tolist(), strict=True):
             if d <= radius:

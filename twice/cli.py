@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "twice.serve",
     "search.commands",
     "crawler.commands",
+    "search.calibrate",
 )
 
 LOG = logging.getLogger("twice")

@@ -1,0 +1,556 @@
+"""``twice calibrate``: fit the verdict thresholds of a model version from known variant pairs.
+
+Positives are the catalog's known variant pairs (a row with ``parent_id`` and its parent).
+Negatives are pairs of images from different families (a family is an original and every
+variant made from it): for every sampled query image, the non-family images that search
+would actually put in front of it (its CNN top-k and its hash matches) plus a few random ones.
+Hard negatives make the fitted precision what a search user sees, not what random pairs see.
+
+Each pair has a CNN cosine score and a hash distance (best of the query's 8 dihedral views).
+The duplicate rule "hash distance <= h or CNN score >= t" is fitted for the highest recall
+whose precision on these pairs reaches the target (default 0.99); the similar rule likewise
+with a lower target, never stricter than the duplicate rule. When the CNN cannot separate the
+pairs (random weights score everything ~0.99) its duplicate threshold ends up at 1.0 and the
+hash decides alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from indexer import (
+    Catalog,
+    ImageError,
+    ImageRow,
+    ImageStore,
+    VectorIndex,
+    decode_image,
+    load_vectors_for_search,
+)
+from indexer.imageio import read_file_bytes
+
+from .hashing import MAX_RADIUS, HashIndex, dihedral_hashes, popcount
+from .verdicts import HASH_OFF, Thresholds
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_PRECISION = 0.99
+DEFAULT_SIMILAR_PRECISION = 0.90
+DEFAULT_PAIRS = 3000
+DEFAULT_K = 10
+DEFAULT_RANDOM = 5
+NO_HASH = 64 + 1  # distance of a pair where one side has no hash: never fires
+
+
+# fitting ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One rule "hash <= hash_max or cnn >= cnn_min" and how it does on the pairs."""
+
+    hash_max: int
+    cnn_min: float
+    precision: float
+    recall: float
+    true_positives: int
+    false_positives: int
+    target: float
+    target_met: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_precision(value: float, name: str = "precision") -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def _cuts(scores: np.ndarray, ceiling: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate CNN thresholds for descending ``scores`` and how many pairs each keeps.
+
+    The first cut is ``ceiling`` itself; the others fall halfway between distinct scores, so a
+    threshold never sits on a measured score.
+    """
+    above = int(np.sum(scores >= ceiling))
+    thresholds, kept = [ceiling], [above]
+    if above < len(scores):
+        below = scores[above:]
+        ends = np.flatnonzero(np.r_[below[:-1] > below[1:], True])
+        nxt = np.r_[below[1:], below[-1:] - 1e-6]
+        thresholds += ((below[ends] + nxt[ends]) / 2).tolist()
+        kept += (above + ends + 1).tolist()
+    return np.asarray(thresholds), np.asarray(kept)
+
+
+def curve(labels: np.ndarray, cnn: np.ndarray, dist: np.ndarray, hash_max: int, ceiling: float = 1.0):
+    """(thresholds, tp, fp) of "hash <= hash_max or cnn >= t" for every cut t <= ceiling."""
+    by_hash = dist <= hash_max
+    tp0, fp0 = int(np.sum(labels & by_hash)), int(np.sum(~labels & by_hash))
+    rest = ~by_hash
+    order = np.argsort(-cnn[rest], kind="stable")
+    scores, positive = cnn[rest][order], labels[rest][order]
+    thresholds, kept = _cuts(scores, ceiling)
+    tp_cum = np.r_[0, np.cumsum(positive)]
+    fp_cum = np.r_[0, np.cumsum(~positive)]
+    return thresholds, tp0 + tp_cum[kept], fp0 + fp_cum[kept]
+
+
+def fit_rule(
+    labels: np.ndarray,
+    cnn: np.ndarray,
+    dist: np.ndarray,
+    target: float,
+    hash_floor: int = HASH_OFF,
+    ceiling: float = 1.0,
+    max_radius: int = MAX_RADIUS,
+) -> OperatingPoint:
+    """The rule with the highest recall whose precision reaches ``target``.
+
+    ``hash_floor`` and ``ceiling`` keep the rule at least as loose as another (the similar
+    rule is never stricter than the duplicate rule). Ties in recall go to the smaller hash
+    radius, then the higher CNN threshold. When no rule reaches the target, the strictest
+    one is returned with ``target_met`` False.
+    """
+    labels = np.asarray(labels, bool)
+    cnn, dist = np.asarray(cnn, np.float64), np.asarray(dist, np.int64)
+    if not labels.any():
+        raise ValueError("no positive pairs to calibrate from")
+    target = check_precision(target)
+    positives = int(labels.sum())
+    best: OperatingPoint | None = None
+    for hash_max in range(hash_floor, max_radius + 1):
+        thresholds, tp, fp = curve(labels, cnn, dist, hash_max, ceiling)
+        fired = tp + fp
+        precision = np.where(fired > 0, tp / np.maximum(fired, 1), 1.0)
+        ok = np.flatnonzero(precision >= target)
+        if not len(ok):
+            continue
+        i = int(ok[np.argmax(tp[ok])])  # first index reaching the best recall: highest t
+        point = OperatingPoint(
+            hash_max, float(thresholds[i]), float(precision[i]), float(tp[i] / positives),
+            int(tp[i]), int(fp[i]), target, True,
+        )  # fmt: skip
+        if best is None or point.recall > best.recall:
+            best = point
+    if best is None:
+        thresholds, tp, fp = curve(labels, cnn, dist, hash_floor, ceiling)
+        fired = tp[0] + fp[0]
+        best = OperatingPoint(
+            hash_floor, float(ceiling), float(tp[0] / fired) if fired else 1.0, float(tp[0] / positives),
+            int(tp[0]), int(fp[0]), target, False,
+        )  # fmt: skip
+    return best
+
+
+@dataclass(frozen=True)
+class Fit:
+    duplicate: OperatingPoint
+    similar: OperatingPoint
+
+    def thresholds(self, source: str = "calibrated") -> Thresholds:
+        return Thresholds(
+            duplicate=self.duplicate.cnn_min,
+            similar=self.similar.cnn_min,
+            source=source,
+            hash_duplicate=self.duplicate.hash_max,
+            hash_similar=self.similar.hash_max,
+        )
+
+
+def fit_thresholds(
+    labels: np.ndarray,
+    cnn: np.ndarray,
+    dist: np.ndarray,
+    precision: float = DEFAULT_PRECISION,
+    similar_precision: float = DEFAULT_SIMILAR_PRECISION,
+) -> Fit:
+    """Fit the duplicate rule for ``precision``, then the similar rule around it."""
+    precision = check_precision(precision)
+    similar_precision = check_precision(similar_precision, "similar precision")
+    if similar_precision > precision:
+        raise ValueError(
+            f"similar precision {similar_precision} must not exceed duplicate precision {precision}"
+        )
+    duplicate = fit_rule(labels, cnn, dist, precision)
+    similar = fit_rule(
+        labels, cnn, dist, similar_precision, hash_floor=duplicate.hash_max, ceiling=duplicate.cnn_min
+    )
+    return Fit(duplicate, similar)
+
+
+# pairs from the catalog -----------------------------------------------------------------------
+
+
+@dataclass
+class Pairs:
+    """Scored pairs: label (known variant pair), CNN score, hash distance, variant transform."""
+
+    labels: np.ndarray
+    cnn: np.ndarray
+    dist: np.ndarray
+    transforms: list[str | None]
+    skipped: Counter = field(default_factory=Counter)
+    queries: int = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class QueryHashes(Dataset):
+    """Dihedral hashes of catalogued images, decoded from the image store (in workers)."""
+
+    def __init__(self, items: list[tuple[int, Path]], options) -> None:
+        self.items, self.options = items, options
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        image_id, path = self.items[i]
+        try:
+            data = read_file_bytes(path, self.options.max_image_bytes)
+            decoded = decode_image(
+                data,
+                str(path),
+                self.options.max_image_bytes,
+                self.options.max_image_pixels,
+                2 * self.options.image_size,  # what search decodes a query at
+            )
+            return {"id": image_id, "hashes": dihedral_hashes(decoded.image)}
+        except ImageError as exc:
+            return {"id": image_id, "error": exc}
+
+
+class CatalogView:
+    """Rows, families, vectors and hashes of one catalog + index, for pair scoring."""
+
+    def __init__(self, catalog: Catalog, vectors: VectorIndex) -> None:
+        with catalog.session() as session:
+            columns = (ImageRow.id, ImageRow.parent_id, ImageRow.transform, ImageRow.stored_path)
+            rows = session.execute(select(*columns, ImageRow.phash)).all()
+        self.parent = {r.id: r.parent_id for r in rows}
+        self.transform = {r.id: r.transform for r in rows}
+        self.stored = {r.id: r.stored_path for r in rows}
+        self.phash = {r.id: r.phash for r in rows if r.phash is not None}
+        self.ids, self.xb = vectors.vectors()
+        self.vectors = vectors
+        self._root: dict[int, int] = {}
+        self.hash_index = HashIndex(self.phash.keys(), self.phash.values())
+
+    def root(self, image_id: int) -> int:
+        """The original a row descends from (itself for an original)."""
+        seen, node = [], image_id
+        while node not in self._root:
+            parent = self.parent.get(node)
+            if parent is None or parent in seen or parent not in self.parent:
+                self._root[node] = node
+                break
+            seen.append(node)
+            node = parent
+        for n in seen:
+            self._root[n] = self._root[node]
+        return self._root[image_id]
+
+    def vector(self, ids: np.ndarray) -> np.ndarray:
+        return self.xb[np.searchsorted(self.ids, ids)]
+
+    def has_vector(self, image_id: int) -> bool:
+        i = np.searchsorted(self.ids, image_id)
+        return bool(i < len(self.ids) and self.ids[i] == image_id)
+
+
+def collect_pairs(
+    catalog: Catalog,
+    vectors: VectorIndex,
+    options,
+    pairs: int = DEFAULT_PAIRS,
+    k: int = DEFAULT_K,
+    randoms: int = DEFAULT_RANDOM,
+    seed: int = 0,
+    progress: bool = True,
+) -> Pairs:
+    """Score sampled known variant pairs and hard + random non-pairs of the catalog."""
+    from model import iter_batches  # torch's DataLoader, only for this batch job
+
+    view = CatalogView(catalog, vectors)
+    rng = np.random.default_rng(seed)
+    variants = [
+        i for i, p in view.parent.items() if p is not None and view.has_vector(i) and view.has_vector(p)
+    ]
+    if not variants:
+        raise ValueError(
+            "the catalog has no known variant pairs with vectors:"
+            " run `twice augment` and `twice reindex` first"
+        )
+    variants = sorted(rng.choice(variants, size=min(pairs, len(variants)), replace=False).tolist())
+    originals = [i for i in view.stored if view.parent.get(i) is None and view.has_vector(i)]
+    extra = rng.choice(originals, size=min(len(originals), max(1, len(variants) // 2)), replace=False)
+    queries = sorted(set(variants) | set(extra.tolist()))
+    store = ImageStore(options.images_dir)
+    dataset = QueryHashes([(i, store.path(view.stored[i])) for i in queries], options)
+    workers = options.workers if len(queries) >= 4 * options.batch_size else 0
+    result = _PairCollector(view, k, randoms, rng)
+    bar = tqdm(total=len(queries), desc="scoring pairs", unit="img", disable=not progress)
+    for batch in iter_batches(dataset, options.batch_size, workers):
+        good = [item for item in batch if "error" not in item]
+        for item in batch:
+            if "error" in item:
+                result.skipped[item["error"].reason] += 1
+                LOG.warning("skipped query image %d: %s", item["id"], item["error"])
+        if good:
+            result.add_batch([g["id"] for g in good], np.stack([g["hashes"] for g in good]))
+        bar.update(len(batch))
+    bar.close()
+    return result.pairs()
+
+
+class _PairCollector:
+    """Accumulates the positive and negative pairs of batches of query images."""
+
+    def __init__(self, view: CatalogView, k: int, randoms: int, rng: np.random.Generator) -> None:
+        self.view, self.k, self.randoms, self.rng = view, k, randoms, rng
+        self.left: list[int] = []
+        self.right: list[int] = []
+        self.labels: list[bool] = []
+        self.query_hashes: dict[int, np.ndarray] = {}
+        self.skipped: Counter = Counter()
+        self.all_ids = np.fromiter(view.stored, np.int64)
+        self.all_ids = self.all_ids[np.isin(self.all_ids, view.ids)]
+        self.family_size = Counter(view.root(i) for i in view.stored)
+
+    def add_batch(self, ids: list[int], hashes: np.ndarray) -> None:
+        view = self.view
+        xq = view.vector(np.asarray(ids, np.int64))
+        depth = min(len(view.ids), self.k + max(self.family_size[view.root(i)] for i in ids))
+        _, I = view.vectors.search(xq, depth)
+        for row, (image_id, qh) in enumerate(zip(ids, hashes, strict=True)):
+            self.query_hashes[image_id] = qh
+            root = view.root(image_id)
+            parent = view.parent.get(image_id)
+            if parent is not None and view.has_vector(parent):
+                self._add(image_id, parent, True)
+            others = [int(j) for j in I[row] if j >= 0 and view.root(int(j)) != root][: self.k]
+            matches = view.hash_index.search(qh, MAX_RADIUS)
+            others += [m.id for m in matches if view.root(m.id) != root][: self.k]
+            for j in self.rng.choice(self.all_ids, size=min(len(self.all_ids), self.randoms), replace=False):
+                if view.root(int(j)) != root:
+                    others.append(int(j))
+            for j in dict.fromkeys(others):
+                if view.has_vector(j):
+                    self._add(image_id, j, False)
+
+    def _add(self, query: int, other: int, label: bool) -> None:
+        self.left.append(query)
+        self.right.append(other)
+        self.labels.append(label)
+
+    def pairs(self) -> Pairs:
+        view = self.view
+        left, right = np.asarray(self.left, np.int64), np.asarray(self.right, np.int64)
+        cnn = np.einsum("ij,ij->i", view.vector(left), view.vector(right)) if len(left) else np.zeros(0)
+        dist = np.full(len(left), NO_HASH, np.int64)
+        for n, (a, b) in enumerate(zip(left.tolist(), right.tolist(), strict=True)):
+            stored = view.phash.get(b)
+            if stored is not None:
+                xor = self.query_hashes[a].view(np.uint64) ^ np.uint64(stored & (2**64 - 1))
+                dist[n] = int(popcount(xor).min())
+        pairs = zip(left.tolist(), self.labels, strict=True)
+        transforms = [view.transform.get(a) if label else None for a, label in pairs]
+        return Pairs(
+            np.asarray(self.labels, bool), cnn.astype(np.float64), dist, transforms, self.skipped,
+            len(self.query_hashes),
+        )  # fmt: skip
+
+
+# the command ----------------------------------------------------------------------------------
+
+
+def transform_name(spec: str | None) -> str:
+    """``bright:60`` -> ``bright``; variants of variants keep their last step."""
+    return (spec or "unknown").split(",")[-1].split(":")[0]
+
+
+def recall_by_transform(pairs: Pairs, point: OperatingPoint) -> dict[str, float]:
+    fired = (pairs.dist <= point.hash_max) | (pairs.cnn >= point.cnn_min)
+    totals, hits = Counter(), Counter()
+    for label, spec, hit in zip(pairs.labels, pairs.transforms, fired, strict=True):
+        if label:
+            name = transform_name(spec)
+            totals[name] += 1
+            hits[name] += bool(hit)
+    return {name: round(hits[name] / totals[name], 4) for name in sorted(totals)}
+
+
+def plot_curves(pairs: Pairs, fit: Fit, path: Path, title: str) -> Path:
+    """Precision/recall of the CNN alone, the hash alone and the combined rule, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers
+    import matplotlib.pyplot as plt
+
+    positives = max(int(pairs.labels.sum()), 1)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=110)
+    for label, hash_max in (("CNN alone", HASH_OFF), (f"hash <= {fit.duplicate.hash_max} or CNN", None)):
+        h = fit.duplicate.hash_max if hash_max is None else hash_max
+        _, tp, fp = curve(pairs.labels, pairs.cnn, pairs.dist, h)
+        ax.plot(tp / positives, tp / np.maximum(tp + fp, 1), label=label)
+    never = 1.0 + 1e-9  # a CNN threshold no score reaches
+    hash_points = [curve(pairs.labels, pairs.cnn, pairs.dist, h, never) for h in range(MAX_RADIUS + 1)]
+    tp = np.array([p[1][0] for p in hash_points])
+    fp = np.array([p[2][0] for p in hash_points])
+    ax.plot(tp / positives, tp / np.maximum(tp + fp, 1), "o-", ms=3, label="hash alone (0..15 bits)")
+    for name, point, marker in (("duplicate", fit.duplicate, "*"), ("similar", fit.similar, "s")):
+        ax.plot(point.recall, point.precision, marker, ms=12, label=f"{name}: {_rule_text(point)}")
+    ax.axhline(fit.duplicate.target, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="recall (known variant pairs)", ylabel="precision", title=title, xlim=(0, 1.02))
+    ax.set_ylim(min(0.5, ax.get_ylim()[0]), 1.01)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _rule_text(point: OperatingPoint) -> str:
+    parts = []
+    if point.hash_max >= 0:
+        parts.append(f"hash <= {point.hash_max}")
+    parts.append(f"CNN >= {point.cnn_min:.4f}")
+    return " or ".join(parts) + f" (P {point.precision:.3f}, R {point.recall:.3f})"
+
+
+@dataclass
+class Calibration:
+    model_version: str
+    fit: Fit
+    pairs: Pairs
+    plot: Path | None
+    stored: bool
+
+    def details(self) -> dict:
+        labels = self.pairs.labels
+        return {
+            "hash_duplicate": self.fit.duplicate.hash_max,
+            "hash_similar": self.fit.similar.hash_max,
+            "duplicate": self.fit.duplicate.to_dict(),
+            "similar": self.fit.similar.to_dict(),
+            "positives": int(labels.sum()),
+            "negatives": int((~labels).sum()),
+            "queries": self.pairs.queries,
+            "skipped": dict(self.pairs.skipped),
+            "recall_by_transform": recall_by_transform(self.pairs, self.fit.duplicate),
+            "plot": str(self.plot) if self.plot else None,
+            "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def lines(self) -> list[str]:
+        d, s = self.fit.duplicate, self.fit.similar
+        labels = self.pairs.labels
+        out = [
+            f"model {self.model_version}: {int(labels.sum())} known variant pairs,"
+            f" {int((~labels).sum())} non-pairs from {self.pairs.queries} query images",
+            f"duplicate: {_rule_text(d)}" + ("" if d.target_met else f"  (target {d.target} NOT reached)"),
+            f"similar:   {_rule_text(s)}" + ("" if s.target_met else f"  (target {s.target} NOT reached)"),
+            "duplicate recall by transform: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in recall_by_transform(self.pairs, d).items()),
+        ]
+        if self.plot:
+            out.append(f"precision/recall curves: {self.plot}")
+        out.append("thresholds stored" if self.stored else "dry run: thresholds NOT stored")
+        return out
+
+
+def calibrate(
+    options,
+    precision: float = DEFAULT_PRECISION,
+    similar_precision: float = DEFAULT_SIMILAR_PRECISION,
+    pairs: int = DEFAULT_PAIRS,
+    k: int = DEFAULT_K,
+    randoms: int = DEFAULT_RANDOM,
+    seed: int = 0,
+    plot: Path | None = None,
+    store: bool = True,
+    progress: bool = True,
+) -> Calibration:
+    """Fit and (unless ``store`` is False) store the thresholds of the indexed model version."""
+    precision = check_precision(precision)
+    similar_precision = check_precision(similar_precision, "similar precision")
+    if pairs < 1 or k < 1 or randoms < 0:
+        raise ValueError(f"pairs and k must be >= 1 and randoms >= 0, got {pairs}, {k}, {randoms}")
+    index_path = Path(options.index_path)
+    if not index_path.exists():
+        raise FileNotFoundError(f"{index_path}: no index yet; run `twice reindex` first")
+    header = VectorIndex.read_header(index_path)
+    version = header["model_version"]
+    vectors = load_vectors_for_search(options, version, header["dim"])
+    catalog = Catalog(options.catalog_url)
+    try:
+        scored = collect_pairs(catalog, vectors, options, pairs, k, randoms, seed, progress)
+        fit = fit_thresholds(scored.labels, scored.cnn, scored.dist, precision, similar_precision)
+        plot = plot or Path(options.reports_dir) / f"calibration-{version}.png"
+        plot_curves(scored, fit, plot, f"twice calibrate: {version}")
+        result = Calibration(version, fit, scored, plot, store)
+        if store:
+            t = fit.thresholds()
+            catalog.set_thresholds(version, t.duplicate, t.similar, "calibrated", result.details())
+    finally:
+        catalog.close()
+    return result
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit the duplicate/similar thresholds from known variant pairs",
+        description="Score the catalog's known variant pairs (rows made by `twice augment`) and"
+        " non-pairs (the other images search shows next to them, plus random ones) by CNN"
+        " cosine and perceptual-hash distance; fit 'hash <= h or CNN >= t' for the duplicate"
+        " verdict at the target precision and for the similar verdict at a lower one; store"
+        " them with the model version and write the precision/recall curves as a PNG.",
+    )
+    p.add_argument("--precision", type=float, default=DEFAULT_PRECISION, help="duplicate target (0.99)")
+    p.add_argument(
+        "--similar-precision", type=float, default=DEFAULT_SIMILAR_PRECISION, help="similar target (0.90)"
+    )
+    p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help="variant pairs sampled (3000)")
+    p.add_argument("-k", type=int, default=DEFAULT_K, help="hard negatives per query and signal (10)")
+    p.add_argument("--random", type=int, default=DEFAULT_RANDOM, help="random negatives per query (5)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--plot", metavar="PNG", help="where to write the curves (default DATA_DIR/reports/)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, but do not store")
+    p.add_argument("--json", action="store_true", help="print the details as JSON")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args, options) -> int:
+    result = calibrate(
+        options,
+        precision=args.precision,
+        similar_precision=args.similar_precision,
+        pairs=args.pairs,
+        k=args.k,
+        randoms=args.random,
+        seed=args.seed,
+        plot=Path(args.plot) if args.plot else None,
+        store=not args.dry_run,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps({"model": result.model_version, **result.details()}, indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return 0
