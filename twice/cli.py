@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "twice.serve",
     "search.commands",
     "crawler.commands",
+    "bench.commands",
     "search.calibrate",
 )
 

@@ -1,0 +1,211 @@
+"""``twice bench setup | quality | speed``: the figures the README quotes, from one command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from .quality import QualityConfig, run_quality
+from .results import RESULTS_DIR, command_line, write_results
+from .sources import APT_SOURCES, DEFAULT_SOURCES, DEFAULT_TRANSFORMS, ensure_apt_sources
+from .speed import SpeedConfig, run_speed
+
+LOG = logging.getLogger(__name__)
+
+QUICK_IMAGE_SIZE = 64  # --quick: the real code paths at a size two cores run in seconds
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="measure quality and speed (results in bench/results/)",
+        description="Reproducible figures: `bench quality` (recall per transform, duplicate"
+        " precision/recall, against a random-init VGG-16 and imagededup's PHash) and `bench speed`"
+        " (model, reindex, query latency, FAISS). --quick is a smoke test sized for CI.",
+    )
+    sub = p.add_subparsers(dest="bench_command", metavar="KIND", required=True)
+
+    s = sub.add_parser(
+        "setup", help="install the Debian image sources (apt-get, as root) and check the extras"
+    )
+    s.set_defaults(func=run_setup)
+
+    q = sub.add_parser("quality", help="recall@k per transform and duplicate precision/recall, side by side")
+    _common(q)
+    q.add_argument("--originals", type=int, help="indexed originals whose copies are queried (default 100)")
+    q.add_argument("--distractors", type=int, help="indexed images never queried (default 200)")
+    q.add_argument("--negatives", type=int, help="never-indexed query images (default 100)")
+    q.add_argument("--sources", help=f"comma-separated sources (default {','.join(DEFAULT_SOURCES)})")
+    q.add_argument(
+        "--transforms", help=f"comma-separated transform specs (default {','.join(DEFAULT_TRANSFORMS)})"
+    )
+    q.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="also evaluate this checkpoint (repeatable)",
+    )
+    q.add_argument(
+        "--search-variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,KEY=VALUE]",
+        help="also run the current model with these search_file() options (repeatable)",
+    )
+    q.add_argument("--no-random-init", action="store_true", help="skip the random-init VGG-16")
+    q.add_argument("--no-phash", action="store_true", help="skip imagededup's PHash")
+    q.add_argument("--no-install", action="store_true", help="never apt-get missing Debian sources")
+    q.add_argument("--seed", type=int, default=0, help="seed of every choice in the set (default 0)")
+    q.set_defaults(func=run_quality_command)
+
+    sp = sub.add_parser("speed", help="forward rate, reindex throughput, query latency, FAISS speed/recall")
+    _common(sp)
+    sp.add_argument("--parts", help="comma-separated subset of forward,reindex,query,faiss (default all)")
+    sp.add_argument("--faiss-sizes", help="comma-separated vector counts (default 10000,100000,1000000)")
+    sp.add_argument("--nprobe", help="comma-separated IVF nprobe values (default 1,4,16,64,256)")
+    sp.add_argument(
+        "--faiss-data", choices=["clustered", "uniform"], help="synthetic vectors (default clustered)"
+    )
+    sp.add_argument(
+        "--bf16",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="bf16 autocast rows: auto = only on CPUs with fast bf16 (default)",
+    )
+    sp.add_argument("--repeat", type=int, help="timed forward passes per setting (default 2)")
+    sp.add_argument("--queries", type=int, help="latency queries per path (default 20)")
+    sp.add_argument("--reindex-images", type=int, help="JPEG files to reindex (default 64)")
+    sp.add_argument("--no-http", action="store_true", help="skip the `twice serve` latency")
+    sp.set_defaults(func=run_speed_command)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke-test sizes, {QUICK_IMAGE_SIZE} px input, minutes on 2 cores",
+    )
+    p.add_argument(
+        "--image-size", type=int, help="model input size (default: the configured one; --quick: 64)"
+    )
+    p.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help=f"where results go (default {RESULTS_DIR})"
+    )
+    p.add_argument(
+        "--work-dir", type=Path, help="keep the benchmark's files here (default: a temporary folder)"
+    )
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _ints(name: str, text: str | None) -> tuple[int, ...] | None:
+    items = _csv(text)
+    if items is None:
+        return None
+    try:
+        values = tuple(int(t.replace("_", "")) for t in items)
+    except ValueError:
+        raise ValueError(f"--{name} takes comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ValueError(f"--{name} values must be at least 1, got {text!r}")
+    return values
+
+
+def parse_variant(text: str) -> dict:
+    """``tta=d4,phash=on`` -> {"tta": "d4", "phash": "on"}."""
+    pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+    if not pairs or any(len(pair) != 2 or not pair[0].strip() for pair in pairs):
+        raise ValueError(f"--search-variant takes KEY=VALUE[,KEY=VALUE], got {text!r}")
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _bench_options(args, options):
+    size = args.image_size or (QUICK_IMAGE_SIZE if args.quick else None)
+    if size is not None and size < 32:
+        raise ValueError(f"--image-size must be at least 32, got {size}")
+    return options.with_overrides(image_size=size)
+
+
+def _given(**values) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _kind(args) -> str:
+    return f"{args.bench_command}-quick" if args.quick else args.bench_command
+
+
+def run_setup(args, options) -> int:
+    notes = ensure_apt_sources(tuple(APT_SOURCES), install=True)
+    for name, note in notes.items():
+        print(f"{name} ({APT_SOURCES[name][0]}): {note}")
+    for module, what in (
+        ("skimage", "scikit-image"),
+        ("matplotlib", "matplotlib"),
+        ("imagededup", "imagededup"),
+    ):
+        try:
+            __import__(module)
+            print(f"{what}: installed")
+        except ImportError:
+            print(f"{what}: missing; pip install -e '.[bench]'")
+    return 0
+
+
+def run_quality_command(args, options) -> int:
+    options = _bench_options(args, options)
+    values = _given(
+        originals=args.originals,
+        distractors=args.distractors,
+        negatives=args.negatives,
+        sources=_csv(args.sources),
+        transforms=_csv(args.transforms),
+        work_dir=args.work_dir,
+    )
+    values.update(
+        seed=args.seed,
+        checkpoints=tuple(args.model),
+        search_variants=tuple(parse_variant(v) for v in args.search_variant),
+        random_init=not args.no_random_init,
+        phash=not args.no_phash,
+        progress=not args.quiet,
+    )
+    if args.no_install:
+        values["install"] = False
+    config = QualityConfig.quick_config(**values) if args.quick else QualityConfig(**values)
+    kind = _kind(args)
+    payload, markdown = run_quality(
+        config, options, command_line(), plot_path=args.results_dir / f"{kind}.png"
+    )
+    json_path, md_path = write_results(kind, payload, markdown, args.results_dir)
+    print(markdown)
+    print(f"\nresults: {json_path}, {md_path}")
+    return 0
+
+
+def run_speed_command(args, options) -> int:
+    options = _bench_options(args, options)
+    values = _given(
+        parts=_csv(args.parts),
+        faiss_sizes=_ints("faiss-sizes", args.faiss_sizes),
+        nprobes=_ints("nprobe", args.nprobe),
+        faiss_data=args.faiss_data,
+        repeat=args.repeat,
+        queries=args.queries,
+        reindex_images=args.reindex_images,
+        work_dir=args.work_dir,
+    )
+    values.update(bf16=args.bf16, http=not args.no_http, progress=not args.quiet)
+    for name in ("repeat", "queries", "reindex_images"):
+        if name in values and values[name] < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
+    config = SpeedConfig.quick_config(**values) if args.quick else SpeedConfig(**values)
+    kind = _kind(args)
+    payload, markdown = run_speed(config, options, command_line())
+    json_path, md_path = write_results(kind, payload, markdown, args.results_dir)
+    print(markdown)
+    print(f"\nresults: {json_path}, {md_path}")
+    return 0

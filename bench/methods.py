@@ -1,0 +1,169 @@
+"""The competitors of ``bench quality``: twice's models through the real index and search
+path, and imagededup's PHash as its users run it (and with the query's 8 dihedral variants)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from indexer import reindex
+from model import Embedder, EmbeddingNet, WeightsInfo, pick_device, pick_precision
+from search import SearchEngine
+
+from .metrics import Hit
+
+LOG = logging.getLogger(__name__)
+
+PHASH_BITS = 64
+PHASH_THRESHOLD = 10  # imagededup's default max_distance_threshold for find_duplicates
+
+
+def random_embedder(options) -> Embedder:
+    """A seeded random-init VGG-16 (the same weights twice falls back to without any)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # model.weights' HEAD_SEED: same version id as the fallback
+        net = EmbeddingNet(options.arch, options.embed_dim)
+    device = pick_device(options.device)
+    info = WeightsInfo("random", "random|seed0")
+    return Embedder(net, info, options.image_size, device, pick_precision(device, options.precision))
+
+
+class EmbeddingMethod:
+    """A twice model: ``twice reindex`` of the indexed files, ``SearchEngine.search_file`` per query.
+
+    ``search_kwargs`` are passed to ``search_file`` as they are, so search variants (test-time
+    augmentation, hash evidence) can be compared once the engine accepts them.
+    """
+
+    def __init__(self, name: str, options, embedder: Embedder, search_kwargs: dict | None = None) -> None:
+        self.name, self.options, self.embedder = name, options, embedder
+        self.search_kwargs = dict(search_kwargs or {})
+        self.engine: SearchEngine | None = None
+        self.threshold: float | None = None
+
+    def describe(self) -> str:
+        d = self.embedder.describe()
+        extra = "".join(f", {k}={v}" for k, v in self.search_kwargs.items())
+        return f"twice {d['arch']} ({d['weights']} weights) at {d['image_size']} px, {d['precision']}{extra}"
+
+    def index(self, paths: list[Path], workdir: Path, progress: bool = False) -> None:
+        options = self.options.with_overrides(data_dir=workdir)
+        summary = reindex(paths, options, self.embedder, progress=progress)
+        if summary.skipped:
+            LOG.warning("%s: reindex skipped %s", self.name, dict(summary.skipped))
+        self.engine = SearchEngine.open(options, self.embedder)
+        self.threshold = self.engine.thresholds.duplicate
+
+    def query_many(self, paths: list[Path], k: int, progress: bool = False) -> list[list[Hit]]:
+        return [
+            self.query(p, k) for p in tqdm(paths, desc=f"{self.name} queries", unit="q", disable=not progress)
+        ]
+
+    def query(self, path: Path, k: int) -> list[Hit]:
+        if self.engine is None:
+            raise RuntimeError(f"{self.name}: query before index")
+        try:
+            response = self.engine.search_file(path, k, **self.search_kwargs)
+        except TypeError as exc:
+            raise ValueError(
+                f"search variant {self.search_kwargs} not supported by this twice: {exc}"
+            ) from exc
+        return [
+            Hit(Path(r["source"]), float(r["score"]), r["verdict"] == "duplicate")
+            for r in response["results"]
+        ]
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+def dihedral_variants(image: Image.Image) -> list[Image.Image]:
+    """The 8 symmetries of the square: 4 rotations, each with and without a mirror."""
+    rotations = [image, *(image.rotate(angle, expand=True) for angle in (90, 180, 270))]
+    return rotations + [r.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for r in rotations]
+
+
+def hash_bits(hashes: list[str]) -> np.ndarray:
+    """imagededup's 16-hex-digit hashes -> (N, 64) bits."""
+    raw = np.array([int(h, 16) for h in hashes], dtype=np.uint64).astype(">u8")
+    return np.unpackbits(raw.view(np.uint8).reshape(-1, 8), axis=1).astype(bool)
+
+
+class PHashMethod:
+    """imagededup's PHash: ``encode_images`` of each indexed folder, ``find_duplicates`` for the
+    duplicate verdict (its default threshold of 10 bits), Hamming distance for the ranking.
+    With ``dihedral`` the query is hashed in its 8 dihedral variants and the closest counts."""
+
+    def __init__(self, dihedral: bool = False, threshold: int = PHASH_THRESHOLD) -> None:
+        from imagededup.methods import PHash  # a bench extra: import only when asked for
+
+        self.phasher = PHash(verbose=False)
+        self.dihedral, self.threshold_bits = dihedral, threshold
+        self.name = "phash-d4" if dihedral else "phash"
+        self.threshold = 1 - threshold / PHASH_BITS
+        self.keys: list[Path] = []
+        self.bits = np.zeros((0, PHASH_BITS), bool)
+        self.encodings: dict[str, str] = {}
+
+    def describe(self) -> str:
+        how = "query in 8 dihedral variants, closest wins" if self.dihedral else "as its users run it"
+        return f"imagededup PHash, duplicate at <= {self.threshold_bits} bits, {how}"
+
+    def index(self, paths: list[Path], workdir: Path, progress: bool = False) -> None:
+        wanted = {str(p.resolve()) for p in paths}
+        self.encodings = {k: c for k, c in self._encode_folders(paths).items() if k in wanted and c}
+        self.keys = [Path(k) for k in self.encodings]
+        self.bits = hash_bits(list(self.encodings.values()))
+
+    def query_many(self, paths: list[Path], k: int, progress: bool = False) -> list[list[Hit]]:
+        if self.dihedral:
+            bar = tqdm(paths, desc=f"{self.name} queries", unit="q", disable=not progress)
+            return [self._query_dihedral(p, k) for p in bar]
+        codes = self._encode_folders(paths)
+        duplicates = self._library_duplicates(codes)
+        answers = []
+        for path in paths:
+            key = str(path.resolve())
+            distance = self._distances(codes[key]) if codes.get(key) else np.full(len(self.keys), PHASH_BITS)
+            flagged = np.array([str(p) in duplicates.get(key, ()) for p in self.keys], dtype=bool)
+            answers.append(self._ranked(distance, flagged, k))
+        return answers
+
+    def _query_dihedral(self, path: Path, k: int) -> list[Hit]:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+        codes = [self.phasher.encode_image(image_array=np.asarray(v)) for v in dihedral_variants(image)]
+        distance = np.min([self._distances(c) for c in codes if c], axis=0)
+        return self._ranked(distance, distance <= self.threshold_bits, k)
+
+    def _ranked(self, distance: np.ndarray, flagged: np.ndarray, k: int) -> list[Hit]:
+        order = np.argsort(distance, kind="stable")[:k]
+        return [Hit(self.keys[i], 1 - float(distance[i]) / PHASH_BITS, bool(flagged[i])) for i in order]
+
+    def _encode_folders(self, paths: list[Path]) -> dict[str, str]:
+        codes = {}
+        for folder in sorted({p.parent for p in paths}):
+            for name, code in self.phasher.encode_images(image_dir=str(folder), num_enc_workers=1).items():
+                codes[str((folder / name).resolve())] = code
+        return codes
+
+    def _distances(self, code: str) -> np.ndarray:
+        return (self.bits != hash_bits([code])[0]).sum(axis=1)
+
+    def _library_duplicates(self, queries: dict[str, str]) -> dict[str, set[str]]:
+        """imagededup's own find_duplicates over indexed + query hashes, once for all queries."""
+        found = self.phasher.find_duplicates(
+            encoding_map={**self.encodings, **{k: c for k, c in queries.items() if c}},
+            max_distance_threshold=self.threshold_bits,
+            scores=True,
+        )
+        return {key: {name for name, _d in found.get(key, [])} for key in queries}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,249 @@
+"""``twice bench quality``: recall@k per transform, duplicate precision/recall, score plots."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from model import Embedder
+
+from .machine import machine_facts
+from .methods import EmbeddingMethod, PHashMethod, random_embedder
+from .metrics import MethodScores, outcome_of, summarise
+from .results import markdown_table, stamp_lines
+from .sources import DEFAULT_SOURCES, DEFAULT_TRANSFORMS, BenchSet, build_bench_set
+
+LOG = logging.getLogger(__name__)
+
+K = 5  # recall@1 and recall@5 need the top 5
+
+
+@dataclass
+class QualityConfig:
+    """Sizes and competitors of one quality run; ``quick()`` is the CI smoke-test size."""
+
+    originals: int = 100
+    distractors: int = 200
+    negatives: int = 100
+    seed: int = 0
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    transforms: tuple[str, ...] = DEFAULT_TRANSFORMS
+    checkpoints: tuple[str, ...] = ()  # extra models; the current model and random init always run
+    search_variants: tuple[dict, ...] = ()  # search_file kwargs to try with the current model
+    random_init: bool = True
+    phash: bool = True
+    install: bool = True  # apt-get the Debian sources when missing
+    work_dir: Path | None = None  # None: a temporary folder, removed afterwards
+    progress: bool = True
+    quick: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick_config(cls, **overrides) -> QualityConfig:
+        base = cls(
+            originals=8,
+            distractors=8,
+            negatives=8,
+            sources=("synthetic", "skimage"),
+            install=False,
+            quick=True,
+        )
+        return base.__class__(**{**asdict(base), **overrides})
+
+
+def make_methods(config: QualityConfig, options) -> list:
+    """The competitors, in table order; a competitor that cannot run is a note, not an error."""
+    current = Embedder.from_options(options)
+    methods: list = [EmbeddingMethod(f"current ({current.weights.source})", options, current)]
+    for kwargs in config.search_variants:
+        label = ",".join(f"{k}={v}" for k, v in kwargs.items())
+        methods.append(EmbeddingMethod(f"current + {label}", options, current, kwargs))
+    for path in config.checkpoints:
+        embedder = Embedder.from_options(options.with_overrides(checkpoint=str(path)))
+        methods.append(EmbeddingMethod(f"checkpoint {Path(path).name}", options, embedder))
+    if config.random_init:
+        if current.weights.source == "random":
+            config.notes.append("random-init VGG-16 not run separately: the current model IS the random init")
+        else:
+            methods.append(EmbeddingMethod("random-init", options, random_embedder(options)))
+    if config.phash:
+        try:
+            methods += [PHashMethod(dihedral=False), PHashMethod(dihedral=True)]
+        except ImportError as exc:
+            config.notes.append(f"PHash skipped: imagededup not installed ({exc}); pip install -e '.[bench]'")
+    return methods
+
+
+def evaluate(method, bench_set: BenchSet, workdir: Path, progress: bool) -> MethodScores:
+    scores = MethodScores(method.name, method.describe())
+    started = time.perf_counter()
+    method.index(bench_set.indexed, workdir, progress)
+    scores.index_seconds = time.perf_counter() - started
+    scores.threshold = method.threshold
+    started = time.perf_counter()
+    answers = method.query_many([q.path for q in bench_set.queries], K, progress=progress)
+    scores.query_seconds = time.perf_counter() - started
+    scores.outcomes = [
+        outcome_of(q.transform, q.original, hits) for q, hits in zip(bench_set.queries, answers, strict=True)
+    ]
+    method.close()
+    LOG.info(
+        "%s: index %.1fs, %d queries %.1fs",
+        method.name,
+        scores.index_seconds,
+        len(answers),
+        scores.query_seconds,
+    )
+    return scores
+
+
+def run_quality(
+    config: QualityConfig, options, command: str, plot_path: Path | None = None
+) -> tuple[dict, str]:
+    """Build the set, run every method, return (JSON payload, markdown)."""
+    work = Path(config.work_dir) if config.work_dir else Path(tempfile.mkdtemp(prefix="twice-bench-"))
+    try:
+        bench_set = build_bench_set(
+            work / "set",
+            config.originals,
+            config.distractors,
+            config.negatives,
+            config.seed,
+            config.sources,
+            config.transforms,
+            config.install,
+        )
+        methods = make_methods(config, options)
+        results = [
+            evaluate(m, bench_set, work / f"method-{i}", config.progress) for i, m in enumerate(methods)
+        ]
+    finally:
+        if config.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    payload = quality_payload(config, bench_set, results, command, methods[0].embedder.version)
+    if plot_path is not None:
+        payload["plot"] = plot_scores(results, plot_path)
+    return payload, quality_markdown(payload)
+
+
+def quality_payload(
+    config: QualityConfig, bench_set: BenchSet, results: list[MethodScores], command: str, model: str
+) -> dict:
+    return {
+        "kind": "quality",
+        "command": command,
+        "machine": machine_facts(),
+        "model": model,
+        "config": {k: v for k, v in asdict(config).items() if k not in ("notes", "progress")},
+        "set": {
+            "counts": bench_set.counts(),
+            "sources": bench_set.sources,
+            "transforms": bench_set.transforms,
+        },
+        "notes": config.notes,
+        "methods": [
+            {
+                "name": r.name,
+                "description": r.description,
+                "threshold": r.threshold,
+                "index_seconds": round(r.index_seconds, 2),
+                "query_ms": round(1000 * r.query_seconds / max(1, len(r.outcomes)), 2),
+                **summarise(r.outcomes),
+                "scores": {
+                    "positive": [o.top_score for o in r.outcomes if o.positive],
+                    "positive_right": [o.rank == 1 for o in r.outcomes if o.positive],
+                    "negative": [o.top_score for o in r.outcomes if not o.positive],
+                },
+            }
+            for r in results
+        ],
+    }
+
+
+def quality_markdown(payload: dict) -> str:
+    methods = payload["methods"]
+    counts = payload["set"]["counts"]
+    lines = ["## Quality: finding transformed copies", "", *stamp_lines(payload), ""]
+    lines.append(
+        f"Indexed {counts['originals']['total']} originals + {counts['distractors']['total']} distractors;"
+        f" queried {counts['queries'] - counts['negatives']['total']} transformed copies and"
+        f" {counts['negatives']['total']} never-indexed negatives. Sources: "
+        + "; ".join(f"{name}: {note}" for name, note in payload["set"]["sources"].items())
+        + "."
+    )
+    lines += ["", "Recall@1 / recall@5 per transform:", ""]
+    headers = ["transform", *[m["name"] for m in methods]]
+    rows = [
+        [t, *[_pair(m["per_transform"].get(t, {})) for m in methods]] for t in payload["set"]["transforms"]
+    ]
+    rows.append(["**all**", *[_pair(m) for m in methods]])
+    lines += [markdown_table(headers, rows), "", "Duplicate verdict (top answer called a duplicate):", ""]
+    headers = [
+        "method",
+        "threshold",
+        "precision",
+        "recall",
+        "negatives called duplicate",
+        "index s",
+        "ms/query",
+    ]
+    rows = [
+        [
+            m["name"],
+            m["threshold"],
+            m["duplicate"]["precision"],
+            m["duplicate"]["recall"],
+            f"{m['duplicate']['negatives_called_duplicate']} of {m['negatives']}",
+            m["index_seconds"],
+            m["query_ms"],
+        ]
+        for m in methods
+    ]
+    lines += [markdown_table(headers, rows), ""]
+    lines += [f"- {m['name']}: {m['description']}" for m in methods]
+    lines += [f"- note: {note}" for note in payload["notes"]]
+    if payload.get("plot"):
+        lines += ["", f"![top-1 score distributions]({Path(payload['plot']).name})"]
+    return "\n".join(lines)
+
+
+def _pair(figures: dict) -> str:
+    r1, r5 = figures.get("recall@1"), figures.get("recall@5")
+    return "–" if r1 is None else f"{r1:.2f} / {r5:.2f}"
+
+
+def plot_scores(results: list[MethodScores], path: Path) -> str | None:
+    """Histograms of top-1 scores: copies matched right, copies matched wrong, negatives."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        LOG.warning("matplotlib not installed: no score plot (pip install -e '.[bench]')")
+        return None
+    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 3.2), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        groups = {
+            "copy, right top-1": [o.top_score for o in r.outcomes if o.positive and o.rank == 1],
+            "copy, wrong top-1": [o.top_score for o in r.outcomes if o.positive and o.rank != 1],
+            "negative": [o.top_score for o in r.outcomes if not o.positive],
+        }
+        for label, values in groups.items():
+            values = [v for v in values if v is not None]
+            if values:
+                ax.hist(values, bins=30, alpha=0.55, label=f"{label} ({len(values)})")
+        if r.threshold is not None:
+            ax.axvline(r.threshold, color="k", linestyle="--", linewidth=1)
+        ax.set_title(r.name, fontsize=9)
+        ax.set_xlabel("top-1 score")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,605 @@
+"""``twice bench speed``: model forward rate, reindex throughput, query latency (in process and
+over HTTP) and FAISS search speed/recall, each with its peak memory, on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from augment import make_collection
+from indexer import VectorIndex, reindex
+from indexer.vectors import ivf_nlist
+from model import Embedder
+from model.embedder import cpu_has_fast_bf16
+from search import SearchEngine
+
+from .machine import MemoryProbe, machine_facts
+from .results import markdown_table, stamp_lines
+
+LOG = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class SpeedConfig:
+    """What to measure and how big; ``quick_config()`` is the CI smoke-test size."""
+
+    batch_sizes: tuple[int, ...] = (1, 32)
+    repeat: int = 2  # timed forward passes per setting (after one warm-up)
+    min_seconds: float = 5.0  # ... and at least this long
+    bf16: str = "auto"  # auto: only where the CPU has fast bf16 | always | never
+    reindex_images: int = 64
+    reindex_size: tuple[int, int] = (640, 480)
+    queries: int = 20
+    http: bool = True
+    faiss_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    faiss_dim: int = 256
+    faiss_queries: int = 1000
+    nprobes: tuple[int, ...] = (1, 4, 16, 64, 256)
+    faiss_data: str = "clustered"  # clustered | uniform
+    parts: tuple[str, ...] = ("forward", "reindex", "query", "faiss")
+    work_dir: Path | None = None
+    progress: bool = True
+    quick: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def quick_config(cls, **overrides) -> SpeedConfig:
+        base = cls(
+            repeat=1,
+            min_seconds=0.0,
+            reindex_images=12,
+            reindex_size=(160, 120),
+            queries=4,
+            faiss_sizes=(2_000, 10_000),
+            faiss_queries=100,
+            nprobes=(1, 8),
+            quick=True,
+        )
+        return cls(**{**asdict(base), **overrides})
+
+
+# model forward ------------------------------------------------------------------------------
+
+
+def forward_settings(
+    embedder: Embedder, bf16: str
+) -> tuple[list[tuple[str, str, torch.dtype | None]], list[str]]:
+    """(label, memory format, autocast dtype) per setting to time, and notes on what was left out."""
+    if embedder.device.type == "cuda":
+        return [("fp32", "contiguous", None), ("fp16 autocast", "contiguous", torch.float16)], []
+    settings = [("fp32", "contiguous", None), ("fp32 channels-last", "channels_last", None)]
+    fast = cpu_has_fast_bf16()
+    if bf16 == "always" or (bf16 == "auto" and fast):
+        settings.append(("bf16 autocast channels-last", "channels_last", torch.bfloat16))
+        return settings, [] if fast else [
+            "bf16 measured on a CPU without AVX-512-bf16/AMX: emulated, expect it far slower than fp32"
+        ]
+    return settings, [
+        "bf16 autocast skipped: this CPU has no AVX-512-bf16/AMX (bf16 would be emulated,"
+        " several times slower than fp32); `--bf16 always` measures it anyway"
+    ]
+
+
+@torch.inference_mode()
+def time_forward(
+    net: torch.nn.Module,
+    device: torch.device,
+    batch: int,
+    size: int,
+    memory: str,
+    dtype: torch.dtype | None,
+    repeat: int,
+    min_seconds: float,
+) -> dict:
+    fmt = torch.channels_last if memory == "channels_last" else torch.contiguous_format
+    net.to(memory_format=fmt)
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+    with MemoryProbe() as probe, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        net(x)  # warm-up: allocator, kernels, oneDNN primitive cache
+        _sync(device)
+        times = []
+        while len(times) < repeat or sum(times) < min_seconds:
+            started = time.perf_counter()
+            net(x)
+            _sync(device)
+            times.append(time.perf_counter() - started)
+    per_batch = float(np.median(times))
+    return {
+        "batch": batch,
+        "images_per_s": batch / per_batch,
+        "ms_per_batch": 1000 * per_batch,
+        "runs": len(times),
+        "peak_mib": probe.peak_mib,
+    }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_forward(embedder: Embedder, config: SpeedConfig) -> list[dict]:
+    settings, notes = forward_settings(embedder, config.bf16)
+    config.notes += notes
+    rows = []
+    for label, memory, dtype in settings:
+        for batch in config.batch_sizes:
+            LOG.info("forward: %s, batch %d", label, batch)
+            row = time_forward(
+                embedder.net,
+                embedder.device,
+                batch,
+                embedder.image_size,
+                memory,
+                dtype,
+                config.repeat,
+                config.min_seconds,
+            )
+            rows.append({"device": str(embedder.device), "setting": label, **row})
+    embedder.net.to(
+        memory_format=torch.channels_last if embedder.device.type == "cpu" else torch.contiguous_format
+    )
+    return rows
+
+
+def bare_rate(forward: list[dict], embedder: Embedder, batch: int) -> float | None:
+    """The forward rate of the setting the embedder itself uses, at ``batch`` (or the closest)."""
+    if embedder.device.type == "cuda":
+        label = "fp16 autocast" if embedder.autocast_dtype == torch.float16 else "fp32"
+    else:
+        label = (
+            "bf16 autocast channels-last"
+            if embedder.autocast_dtype == torch.bfloat16
+            else "fp32 channels-last"
+        )
+    rows = [r for r in forward if r["setting"] == label]
+    if not rows:
+        return None
+    return min(rows, key=lambda r: abs(r["batch"] - batch))["images_per_s"]
+
+
+# reindex and queries ------------------------------------------------------------------------
+
+
+def measure_reindex(options, embedder: Embedder, config: SpeedConfig, work: Path) -> tuple[dict, list[Path]]:
+    folder = work / "jpegs"
+    paths = make_collection(folder, config.reindex_images, seed=7, size=config.reindex_size)
+    with MemoryProbe() as probe:
+        summary = reindex([folder], options, embedder, progress=config.progress)
+    rate = summary.added / summary.seconds if summary.seconds else None
+    return {
+        "images": summary.added,
+        "size": f"{config.reindex_size[0]}x{config.reindex_size[1]} JPEG",
+        "seconds": summary.seconds,
+        "images_per_s": rate,
+        "batch_size": options.batch_size,
+        "workers": options.workers,
+        "peak_mib": probe.peak_mib,
+    }, paths
+
+
+def make_query_files(paths: list[Path], count: int, folder: Path) -> list[Path]:
+    """Re-encoded copies (JPEG quality 80) of indexed images: near-copies, never the same bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i in range(count):
+        source = paths[i % len(paths)]
+        target = folder / f"query-{i:04d}.jpg"
+        with Image.open(source) as image:
+            image.convert("RGB").save(target, format="JPEG", quality=80)
+        out.append(target)
+    return out
+
+
+def latency_figures(times_s: list[float]) -> dict:
+    ms = np.array(times_s) * 1000
+    return {
+        "n": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def measure_engine_latency(options, embedder: Embedder, queries: list[Path]) -> dict:
+    """``SearchEngine.search_file``, the path ``twice search`` takes, model and index loaded once."""
+    with MemoryProbe() as probe:
+        engine = SearchEngine.open(options, embedder)
+        try:
+            engine.search_file(queries[0], 10)  # warm-up
+            times = []
+            for path in queries:
+                started = time.perf_counter()
+                engine.search_file(path, 10)
+                times.append(time.perf_counter() - started)
+        finally:
+            engine.close()
+    return {**latency_figures(times), "peak_mib": probe.peak_mib}
+
+
+def measure_cli_process(options, query: Path) -> dict:
+    """One whole ``twice search`` process: start, load model and index, search, print."""
+    argv = [
+        sys.executable,
+        "-m",
+        "twice.cli",
+        "-q",
+        "--data-dir",
+        str(options.data_dir),
+        "search",
+        str(query),
+        "--json",
+    ]
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv, env=options_env(options), capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"twice search failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return {"seconds": seconds}
+
+
+def options_env(options) -> dict[str, str]:
+    """The environment that makes a child twice process see exactly these options."""
+    env = dict(os.environ)
+    for f in fields(options):
+        value = getattr(options, f.name)
+        env[f"TWICE_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(options, work: Path, timeout: float = 300.0):
+    """``twice serve`` (one worker) on a free 127.0.0.1 port; yields the base URL, then stops it."""
+    import requests
+
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "twice.cli",
+        "-q",
+        "--data-dir",
+        str(options.data_dir),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--log-dir",
+        str(work / "logs"),
+    ]
+    proc = subprocess.Popen(
+        argv, env=options_env(options), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"twice serve exited ({proc.returncode}): {proc.stderr.read().decode()[-500:]}"
+                )
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"twice serve did not become healthy within {timeout:.0f}s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure_http_latency(options, queries: list[Path], work: Path) -> dict:
+    import requests
+
+    with served(options, work) as url:
+        session = requests.Session()
+
+        def post(path: Path) -> None:
+            with open(path, "rb") as handle:
+                reply = session.post(
+                    f"{url}/search",
+                    files={"image": (path.name, handle, "image/jpeg")},
+                    data={"k": "10"},
+                    timeout=300,
+                )
+            if reply.status_code != 200:
+                raise RuntimeError(f"POST /search answered {reply.status_code}: {reply.text[:300]}")
+
+        post(queries[0])  # warm-up: the worker's first request
+        times = []
+        for path in queries:
+            started = time.perf_counter()
+            post(path)
+            times.append(time.perf_counter() - started)
+    return latency_figures(times)
+
+
+# FAISS ---------------------------------------------------------------------------------------
+
+
+def synthetic_vectors(
+    n: int, d: int, rng: np.random.Generator, kind: str, centres: np.ndarray | None
+) -> np.ndarray:
+    """Unit vectors: uniform on the sphere, or clustered like real embeddings (Gaussian blobs)."""
+    if kind == "uniform" or centres is None:
+        x = rng.standard_normal((n, d), dtype=np.float32)
+    else:
+        x = centres[rng.integers(0, len(centres), n)] + rng.standard_normal((n, d), dtype=np.float32) * 0.6
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
+def faiss_dataset(n: int, config: SpeedConfig, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    if config.faiss_data not in ("clustered", "uniform"):
+        raise ValueError(f"faiss data must be clustered or uniform, not {config.faiss_data!r}")
+    rng = np.random.default_rng(seed)
+    centres = (
+        rng.standard_normal((max(10, n // 100), config.faiss_dim), dtype=np.float32)
+        / np.sqrt(config.faiss_dim)
+        * 4
+    )
+    xb = synthetic_vectors(n, config.faiss_dim, rng, config.faiss_data, centres)
+    xq = synthetic_vectors(config.faiss_queries, config.faiss_dim, rng, config.faiss_data, centres)
+    return xb, xq
+
+
+def time_search(index: VectorIndex, xq: np.ndarray, k: int, singles: int) -> tuple[np.ndarray, dict]:
+    started = time.perf_counter()
+    _D, I = index.search(xq, k)
+    batch_s = time.perf_counter() - started
+    times = []
+    for q in xq[:singles]:
+        started = time.perf_counter()
+        index.search(q[None, :], k)
+        times.append(time.perf_counter() - started)
+    single = latency_figures(times)
+    return I, {
+        "qps_batch": len(xq) / batch_s,
+        "single_p50_ms": single["p50_ms"],
+        "single_p95_ms": single["p95_ms"],
+    }
+
+
+def recall_at_10(I: np.ndarray, gt: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / gt.shape[1] for a, b in zip(I, gt, strict=True)]))
+
+
+def measure_faiss_size(n: int, config: SpeedConfig, gpu: bool) -> list[dict]:
+    xb, xq = faiss_dataset(n, config)
+    ids = np.arange(n, dtype=np.int64)
+    singles = min(200, len(xq))
+    rows = []
+    with MemoryProbe() as probe:
+        started = time.perf_counter()
+        flat = VectorIndex("bench", config.faiss_dim, flat_limit=n)
+        flat.add(ids, xb)
+        build = time.perf_counter() - started
+        if gpu:
+            flat.to_gpu()
+        gt, figures = time_search(flat, xq, 10, singles)
+    rows.append(
+        {
+            "n": n,
+            "index": "IDMap2,Flat",
+            "nprobe": None,
+            "recall@10": 1.0,
+            "build_s": build,
+            "peak_mib": probe.peak_mib,
+            "gpu": gpu,
+            **figures,
+        }
+    )
+    del flat
+    gc.collect()
+    with MemoryProbe() as probe:
+        started = time.perf_counter()
+        ivf = VectorIndex("bench", config.faiss_dim, flat_limit=0)  # the first add converts to IVF
+        ivf.add(ids, xb)
+        build = time.perf_counter() - started
+        if gpu:
+            ivf.to_gpu()
+        for nprobe in config.nprobes:
+            if nprobe > ivf_nlist(n):
+                continue
+            ivf.nprobe = nprobe
+            if gpu:
+                ivf.to_gpu()  # rebuilds the GPU copy, which takes nprobe when it is made
+            I, figures = time_search(ivf, xq, 10, singles)
+            rows.append(
+                {
+                    "n": n,
+                    "index": ivf.index_type,
+                    "nprobe": nprobe,
+                    "recall@10": recall_at_10(I, gt),
+                    "build_s": build,
+                    "gpu": gpu,
+                    **figures,
+                }
+            )
+    for row in rows[1:]:
+        row["peak_mib"] = probe.peak_mib
+    del ivf, xb
+    gc.collect()
+    return rows
+
+
+def measure_faiss(config: SpeedConfig) -> list[dict]:
+    import faiss
+
+    rows = []
+    for gpu in [False] + ([True] if faiss.get_num_gpus() > 0 else []):
+        for n in config.faiss_sizes:
+            LOG.info("faiss: %d vectors%s", n, " on GPU" if gpu else "")
+            rows += measure_faiss_size(n, config, gpu)
+    return rows
+
+
+# the run --------------------------------------------------------------------------------------
+
+
+def run_speed(config: SpeedConfig, options, command: str) -> tuple[dict, str]:
+    """Measure every part in ``config.parts``; returns (JSON payload, markdown)."""
+    unknown = set(config.parts) - {"forward", "reindex", "query", "faiss"}
+    if unknown:
+        raise ValueError(
+            f"unknown speed part(s) {sorted(unknown)}; choose from forward, reindex, query, faiss"
+        )
+    work = Path(config.work_dir) if config.work_dir else Path(tempfile.mkdtemp(prefix="twice-bench-speed-"))
+    options = options.with_overrides(data_dir=work / "data")
+    payload: dict = {
+        "kind": "speed",
+        "command": command,
+        "machine": machine_facts(),
+        "config": {k: v for k, v in asdict(config).items() if k not in ("notes", "progress")},
+    }
+    try:
+        needs_model = {"forward", "reindex", "query"} & set(config.parts)
+        embedder = Embedder.from_options(options) if needs_model else None
+        if embedder is not None:
+            payload["model"] = embedder.version
+            payload["embedder"] = embedder.describe()
+        if "forward" in config.parts:
+            payload["forward"] = measure_forward(embedder, config)
+        if {"reindex", "query"} & set(config.parts):
+            payload["reindex"], paths = measure_reindex(options, embedder, config, work)
+            bare = bare_rate(payload.get("forward", []), embedder, options.batch_size)
+            rate = payload["reindex"]["images_per_s"]
+            payload["reindex"]["bare_images_per_s"] = bare
+            payload["reindex"]["ratio_to_bare"] = rate / bare if bare and rate else None
+        if "query" in config.parts:
+            queries = make_query_files(paths, config.queries, work / "queries")
+            payload["query"] = {
+                "engine": measure_engine_latency(options, embedder, queries),
+                "cli_process": measure_cli_process(options, queries[0]),
+            }
+            if config.http:
+                payload["query"]["http"] = measure_http_latency(options, queries, work)
+        if "faiss" in config.parts:
+            payload["faiss"] = measure_faiss(config)
+    finally:
+        if config.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    payload["notes"] = config.notes
+    return payload, speed_markdown(payload)
+
+
+def speed_markdown(payload: dict) -> str:
+    lines = ["## Speed", "", *stamp_lines(payload), ""]
+    if "forward" in payload:
+        e = payload["embedder"]
+        lines += [f"Model forward pass (bare network, {e['image_size']} px input, {e['device']}):", ""]
+        rows = [
+            [r["setting"], r["batch"], r["images_per_s"], r["ms_per_batch"], r["runs"], r["peak_mib"]]
+            for r in payload["forward"]
+        ]
+        lines += [
+            markdown_table(["setting", "batch", "images/s", "ms/batch", "runs", "peak MiB"], rows, 2),
+            "",
+        ]
+    if "reindex" in payload:
+        r = payload["reindex"]
+        lines += [
+            f"Reindex from {r['images']} {r['size']} files on disk (batch {r['batch_size']},"
+            f" {r['workers']} decode workers): **{_f(r['images_per_s'])} images/s**, "
+            f"{_f(r['ratio_to_bare'])} × the bare forward rate ({_f(r['bare_images_per_s'])} images/s);"
+            f" peak {r['peak_mib']} MiB.",
+            "",
+        ]
+    if "query" in payload:
+        q = payload["query"]
+        rows = [
+            [
+                "SearchEngine.search_file (in process)",
+                q["engine"]["n"],
+                q["engine"]["p50_ms"],
+                q["engine"]["p95_ms"],
+                q["engine"]["peak_mib"],
+            ]
+        ]
+        if "http" in q:
+            rows.append(
+                [
+                    "POST /search (twice serve, 1 worker)",
+                    q["http"]["n"],
+                    q["http"]["p50_ms"],
+                    q["http"]["p95_ms"],
+                    None,
+                ]
+            )
+        lines += ["Single-query latency, top-10, on the reindexed collection:", ""]
+        lines += [markdown_table(["path", "queries", "p50 ms", "p95 ms", "peak MiB"], rows, 1), ""]
+        lines += [
+            f"A whole `twice search` process (start, load model and index, search): "
+            f"{q['cli_process']['seconds']:.1f} s.",
+            "",
+        ]
+    if "faiss" in payload:
+        cfg = payload["config"]
+        lines += [
+            f"FAISS, {cfg['faiss_dim']}-d {cfg['faiss_data']} synthetic unit vectors,"
+            f" {cfg['faiss_queries']} queries, top-10, recall@10 against exact search:",
+            "",
+        ]
+        rows = [
+            [
+                f"{r['n']:,}",
+                r["index"] + (" (GPU)" if r["gpu"] else ""),
+                r["nprobe"],
+                r["recall@10"],
+                r["qps_batch"],
+                r["single_p50_ms"],
+                r["build_s"],
+                r["peak_mib"],
+            ]
+            for r in payload["faiss"]
+        ]
+        headers = [
+            "vectors",
+            "index",
+            "nprobe",
+            "recall@10",
+            "q/s (batch)",
+            "1-query p50 ms",
+            "build s",
+            "peak MiB",
+        ]
+        lines += [markdown_table(headers, rows, 3), ""]
+    lines += [f"- note: {note}" for note in payload.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _f(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
