@@ -30,6 +30,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("image", metavar="IMAGE", help="query image file")
     p.add_argument("-k", type=int, default=10, help="how many results (1..100, default 10)")
+    p.add_argument(
+        "--tta",
+        choices=["none", "d4"],
+        default="none",
+        help="d4: also embed the query's 8 turns/flips and keep each result's best score (8x CNN time)",
+    )
     p.add_argument("--json", action="store_true", help="print the full response as JSON")
     p.set_defaults(func=run_search)
 
@@ -53,7 +59,7 @@ def run_search(args, options) -> int:
     embedder = Embedder.from_options(options)
     engine = SearchEngine.open(options, embedder)
     try:
-        response = engine.search_file(args.image, args.k)
+        response = engine.search_file(args.image, args.k, tta=args.tta)
     finally:
         engine.close()
     if args.json:
