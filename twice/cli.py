@@ -22,8 +22,9 @@ COMMAND_MODULES = (
     "twice.serve",
     "search.commands",
     "crawler.commands",
-    "bench.commands",
     "search.calibrate",
+    "bench.commands",
+    "model.commands",
 )
 
 LOG = logging.getLogger("twice")

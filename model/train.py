@@ -1,0 +1,445 @@
+"""Train the embedding network: (image, augmented view) pairs, in-batch negatives, AdamW.
+
+A run lives in one folder (``<data_dir>/models/train/`` by default):
+
+- ``last.pt``: the full training state (model, optimizer, scheduler, step, history, RNG
+  states, config), written every epoch and when SIGINT/SIGTERM stops the run; ``--resume``
+  continues from it exactly (the data order and every view are functions of the seed, the
+  epoch and the image index, so nothing about the data needs saving);
+- ``model.pt``: the fp16 trunk + head checkpoint that ``--checkpoint`` and the embedder load;
+- ``history.json`` and ``curve.png``: loss per step, validation recall@1 per transform per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from augment import apply_transform
+
+from .embedder import Embedder, cpu_has_fast_bf16, pick_device
+from .losses import LOSSES, make_loss
+from .network import ARCHS, EmbeddingNet
+from .training_data import PairDataset, Sources, epoch_order, gather_paths, load_images, split_holdout
+from .weights import WeightsInfo, save_checkpoint
+
+LOG = logging.getLogger(__name__)
+
+STATE_FORMAT = "twice-train-state"
+# Validation queries: the original system's four, the other quarter turns and flips, and the
+# bench's harder edits. Each held-out original is the gallery; each transformed copy a query.
+VAL_TRANSFORMS = (
+    "rotate",
+    "rotate:180",
+    "rotate:270",
+    "mirror",
+    "flip",
+    "bright",
+    "dark",
+    "crop:0.8",
+    "tilt:10",
+    "jpeg:20",
+    "scale:0.5",
+    "gray",
+    "blur",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what a run computes (``out_dir``/``device``/``workers`` do not)."""
+
+    out_dir: Path = Path("index_data/models/train")
+    epochs: int = 10
+    steps_per_epoch: int = 0  # 0: one pass over the training images per epoch
+    batch: int = 32
+    size: int = 96
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: int = 50  # steps of linear warm-up before the cosine decay
+    loss: str = "infonce"
+    temperature: float = 0.1
+    margin: float = 0.2
+    arch: str = "vgg16_bn"
+    dim: int = 256
+    seed: int = 0
+    holdout: int = 120
+    device: str = "auto"
+    workers: int = 0
+    sources: Sources = field(default_factory=Sources)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch": self.batch >= 2,
+            "size": self.size >= 32,
+            "lr": self.lr > 0,
+            "warmup": self.warmup >= 0,
+            "steps_per_epoch": self.steps_per_epoch >= 0,
+            "holdout": self.holdout >= 0,
+            "workers": self.workers >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"train: bad {name} {getattr(self, name)!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["out_dir"] = str(self.out_dir)
+        data["sources"]["folders"] = [str(p) for p in self.sources.folders]
+        data["sources"]["names"] = list(self.sources.names)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        data = dict(data)
+        src = dict(data.pop("sources"))
+        src["folders"] = [Path(p) for p in src.get("folders", [])]
+        known = {f.name for f in fields(cls)}
+        config = cls(**{k: v for k, v in data.items() if k in known}, sources=Sources(**src))
+        config.out_dir = Path(config.out_dir)
+        return config
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1, then cosine decay to 1% at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def seeded_network(arch: str, dim: int, seed: int) -> EmbeddingNet:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return EmbeddingNet(arch, dim)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """fp16 (bf16 where supported) on CUDA; bf16 on CPUs with fast bf16; otherwise fp32."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def evaluate(
+    embedder: Embedder, images: Sequence[Image.Image], transforms: Sequence[str] = VAL_TRANSFORMS
+) -> dict[str, float]:
+    """recall@1 per transform: does each transformed copy find its own original first?
+
+    Also ``neg_cos``, the mean cosine between different originals: near 1 means collapse.
+    """
+    if len(images) < 2:
+        raise ValueError(f"evaluate needs at least 2 images, not {len(images)}")
+    xb = embedder.embed_images(images)
+    results: dict[str, float] = {}
+    for spec in transforms:
+        xq = embedder.embed_images([apply_transform(image, spec) for image in images])
+        hits = np.argmax(xq @ xb.T, axis=1) == np.arange(len(images))
+        results[spec] = float(hits.mean())
+    gram = xb @ xb.T
+    n = len(images)
+    results["neg_cos"] = float((gram.sum() - np.trace(gram)) / (n * (n - 1)))
+    return results
+
+
+class Trainer:
+    """One training run: build or resume, step, validate, checkpoint, export."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_images: list[Image.Image],
+        holdout_images: list[Image.Image],
+        data_summary: dict | None = None,
+    ) -> None:
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = autocast_dtype(self.device)
+        self.dataset = PairDataset(train_images, config.size, config.seed)
+        self.holdout = holdout_images
+        self.data_summary = data_summary or {}
+        self.steps_per_epoch = len(train_images) // config.batch
+        if config.steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.steps_per_epoch)
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch {config.batch} is larger than the {len(train_images)} training images")
+        self.total_steps = self.steps_per_epoch * config.epochs
+        self.net = seeded_network(config.arch, config.dim, config.seed).to(self.device)
+        if self.device.type == "cpu":
+            self.net.to(memory_format=torch.channels_last)
+        self.loss_fn = make_loss(config.loss, config.temperature, config.margin)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, config.warmup, self.total_steps)
+        )
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype is torch.float16)
+        self.step = 0
+        self.history: dict = {"steps": [], "epochs": []}
+        self.stop_signal: int | None = None
+
+    # state ------------------------------------------------------------------------------------
+
+    @property
+    def state_path(self) -> Path:
+        return self.config.out_dir / "last.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.config.out_dir / "model.pt"
+
+    def state_dict(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "config": self.config.to_json(),
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "data": self.data_summary,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.history = state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+
+    def save_state(self) -> Path:
+        self.config.out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_name("last.pt.tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(self.state_path)  # a kill mid-write leaves the previous state intact
+        return self.state_path
+
+    def export(self, path: str | Path | None = None) -> Path:
+        """The fp16 trunk + head checkpoint the embedder loads, with a model card in ``meta``."""
+        last = self.history["epochs"][-1] if self.history["epochs"] else {}
+        meta = {
+            "trained_by": "twice train",
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "config": self.config.to_json(),
+            "data": self.data_summary,
+            "validation": last.get("recall", {}),
+        }
+        return save_checkpoint(self.net, path or self.model_path, self.config.size, meta, half=True)
+
+    # training ---------------------------------------------------------------------------------
+
+    def train_step(self, anchors: torch.Tensor, positives: torch.Tensor) -> float:
+        """One optimizer step on a batch of pairs; returns the loss."""
+        self.net.train()
+        x = torch.cat([anchors, positives]).to(self.device, non_blocking=True)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = torch.arange(len(anchors), device=self.device).repeat(2)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            embeddings = self.net(x)
+        loss = self.loss_fn(embeddings.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def validate(self) -> dict[str, float]:
+        if len(self.holdout) < 2:
+            return {}
+        info = WeightsInfo("training", f"step{self.step}")
+        embedder = Embedder(self.net, info, self.config.size, self.device, self.dtype)
+        try:
+            return evaluate(embedder, self.holdout)
+        finally:
+            self.net.train()
+
+    def request_stop(self, signum: int = signal.SIGINT, _frame=None) -> None:
+        """Finish the current step, checkpoint, and return (the SIGINT/SIGTERM handler)."""
+        LOG.warning("signal %d: stopping after this step and saving %s", signum, self.state_path)
+        self.stop_signal = signum
+
+    def run(self, progress: bool = True, on_step: Callable[[Trainer], None] | None = None) -> str:
+        """Train to the end or to a stop signal; returns ``"finished"`` or ``"interrupted"``."""
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return self._run(progress, on_step)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _run(self, progress: bool, on_step) -> str:
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not progress)
+        with bar:
+            while self.step < self.total_steps:
+                epoch, done = divmod(self.step, self.steps_per_epoch)
+                if not self._run_epoch(epoch, done, bar, on_step):
+                    self.save_state()
+                    return "interrupted"
+                self._end_epoch(epoch)
+        return "finished"
+
+    def _run_epoch(self, epoch: int, done: int, bar: tqdm, on_step) -> bool:
+        self.dataset.epoch = epoch
+        batches = epoch_order(len(self.dataset), self.config.batch, self.config.seed, epoch)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=batches[done : self.steps_per_epoch],
+            num_workers=self.config.workers,
+            worker_init_fn=_worker_init if self.config.workers else None,
+        )
+        started, seen = time.perf_counter(), 0
+        for anchors, positives in loader:
+            loss = self.train_step(anchors, positives)
+            seen += 2 * len(anchors)
+            rate = seen / (time.perf_counter() - started)
+            self.history["steps"].append([self.step, loss, self.scheduler.get_last_lr()[0]])
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+            bar.update(1)
+            if on_step:
+                on_step(self)
+            if self.stop_signal is not None:
+                return False
+        return True
+
+    def _end_epoch(self, epoch: int) -> None:
+        started = time.perf_counter()
+        recall = self.validate()
+        losses = [loss for step, loss, _ in self.history["steps"] if step > epoch * self.steps_per_epoch]
+        entry = {
+            "epoch": epoch + 1,
+            "step": self.step,
+            "loss": float(np.mean(losses)) if losses else None,
+            "recall": recall,
+            "validate_s": round(time.perf_counter() - started, 1),
+            "time": time.time(),
+        }
+        self.history["epochs"].append(entry)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in recall.items())
+        LOG.info(
+            "epoch %d/%d step %d loss %.4f | %s",
+            epoch + 1,
+            self.config.epochs,
+            self.step,
+            entry["loss"] or 0,
+            shown,
+        )
+        self.save_state()
+        self.export()
+        write_history(self.history, self.config.out_dir)
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # augmentation workers must not fight the network for cores
+
+
+def write_history(history: dict, out_dir: Path) -> None:
+    """history.json plus curve.png (loss per step, recall@1 per transform per epoch)."""
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
+    try:
+        plot_curve(history, out_dir / "curve.png")
+    except ImportError:
+        LOG.warning("matplotlib is not installed: no curve.png (pip install matplotlib)")
+
+
+def plot_curve(history: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    steps = np.array([row[:2] for row in history["steps"]], dtype=float).reshape(-1, 2)
+    if len(steps):
+        left.plot(steps[:, 0], steps[:, 1], alpha=0.3, color="tab:blue", label="loss")
+        window = max(1, len(steps) // 50)
+        smooth = np.convolve(steps[:, 1], np.ones(window) / window, mode="valid")
+        left.plot(steps[window - 1 :, 0], smooth, color="tab:blue", label=f"mean of {window}")
+    left.set(xlabel="step", ylabel="training loss", title="loss")
+    left.legend()
+    epochs = history["epochs"]
+    for name in sorted({k for e in epochs for k in e["recall"]} - {"neg_cos"}):
+        right.plot(
+            [e["epoch"] for e in epochs], [e["recall"].get(name) for e in epochs], marker=".", label=name
+        )
+    right.set(xlabel="epoch", ylabel="recall@1", title="held-out recall@1 per transform", ylim=(0, 1.02))
+    if epochs:
+        right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+# building a run -----------------------------------------------------------------------------
+
+
+def prepare_data(config: TrainConfig, progress: bool = True) -> tuple[list, list, dict]:
+    """(train images, held-out images, summary) for a config; the same files give the same split."""
+    paths = gather_paths(config.sources, config.out_dir / "data")
+    images, counts = [], {}
+    for name, files in paths.items():
+        loaded = load_images(files, max_side=2 * config.size, progress=progress)
+        counts[name] = len(loaded)
+        images.extend(loaded)
+    if len(images) < config.holdout + config.batch:
+        raise ValueError(
+            f"only {len(images)} training images: need holdout {config.holdout} + batch {config.batch}"
+        )
+    train, holdout = split_holdout(images, config.holdout, config.seed)
+    summary = {"sources": counts, "train": len(train), "holdout": len(holdout)}
+    return train, holdout, summary
+
+
+def build_trainer(config: TrainConfig, resume: bool = False, progress: bool = True) -> Trainer:
+    """A new run, or the one saved in ``config.out_dir/last.pt`` when ``resume``.
+
+    On resume the saved config wins, except where the run's files live, the device and
+    the worker count, which do not change what is computed.
+    """
+    state = None
+    if resume:
+        path = config.out_dir / "last.pt"
+        if not path.is_file():
+            raise ValueError(f"nothing to resume: {path} not found")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path}: not a twice training state")
+        saved = TrainConfig.from_json(state["config"])
+        saved.out_dir, saved.device, saved.workers = config.out_dir, config.device, config.workers
+        config = saved
+    train, holdout, summary = prepare_data(config, progress)
+    if state is not None and state.get("data") and state["data"] != summary:
+        LOG.warning("training data changed since the run started: %s, now %s", state["data"], summary)
+    trainer = Trainer(config, train, holdout, summary)
+    if state is not None:
+        trainer.load_state_dict(state)
+        LOG.info("resumed %s at step %d of %d", config.out_dir, trainer.step, trainer.total_steps)
+    return trainer

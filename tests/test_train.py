@@ -1,0 +1,218 @@
+"""twice train on a tiny CPU configuration: steps, checkpoints, signals, exact resume, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_options
+from imagegen import make_image, write_images
+from model import Embedder
+from model.train import TrainConfig, Trainer, build_trainer, evaluate, lr_factor
+from model.training_data import (
+    PairDataset,
+    Sources,
+    epoch_order,
+    gather_paths,
+    load_images,
+    split_holdout,
+)
+from twice.cli import main
+
+SIZE = 32  # the smallest input VGG's four pools accept; keeps a step around a second on CPU
+
+
+def tiny_args(data: Path, out: Path) -> list[str]:
+    return [
+        "train", "--data", str(data), "--sources", "none", "--out", str(out), "--size", str(SIZE),
+        "--batch", "3", "--epochs", "2", "--steps-per-epoch", "2", "--holdout", "4", "--dim", "16",
+        "--warmup", "1", "--lr", "1e-3", "--device", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train-images")
+    write_images(root, 14)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(folder, tmp_path_factory) -> tuple[Path, int, str]:
+    """One whole tiny run through the CLI, as a user would start it."""
+    logging.getLogger("model.weights").setLevel(logging.ERROR)
+    out = tmp_path_factory.mktemp("run") / "a"
+    data_dir = out.parent / "data"
+    import contextlib
+    import io
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["-q", "--data-dir", str(data_dir), *tiny_args(folder, out)])
+    return out, code, printed.getvalue()
+
+
+def test_cli_run_trains_checkpoints_and_plots(uninterrupted):
+    out, code, printed = uninterrupted
+    assert code == 0, printed
+    assert "finished 4 steps" in printed and "rotate" in printed
+    for name in ("last.pt", "model.pt", "history.json", "curve.png"):
+        assert (out / name).stat().st_size > 0, name
+    history = json.loads((out / "history.json").read_text())
+    assert [e["step"] for e in history["epochs"]] == [2, 4]
+    assert [row[0] for row in history["steps"]] == [1, 2, 3, 4]
+    recall = history["epochs"][-1]["recall"]
+    assert {"rotate", "mirror", "bright", "dark", "crop:0.8", "jpeg:20"} <= set(recall)
+    assert all(0.0 <= v <= 1.0 for k, v in recall.items() if k != "neg_cos")
+
+
+def test_signal_then_resume_gives_the_same_weights_as_an_uninterrupted_run(uninterrupted, tmp_path):
+    out_a, _, _ = uninterrupted
+    state_a = torch.load(out_a / "last.pt", map_location="cpu", weights_only=False)
+    config = TrainConfig.from_json(state_a["config"])
+    config.out_dir = tmp_path / "b"
+    trainer = build_trainer(config, progress=False)
+
+    def sigterm_at_step_3(t: Trainer) -> None:
+        if t.step == 3:  # mid-epoch: the resume must skip exactly the batches already done
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    assert trainer.run(progress=False, on_step=sigterm_at_step_3) == "interrupted"
+    assert trainer.step == 3
+    resumed = build_trainer(TrainConfig(out_dir=config.out_dir, device="cpu"), resume=True, progress=False)
+    assert resumed.step == 3 and resumed.config.size == SIZE and resumed.config.batch == 3
+    assert resumed.run(progress=False) == "finished"
+    state_b = torch.load(config.out_dir / "last.pt", map_location="cpu", weights_only=False)
+    for name, tensor in state_a["model"].items():
+        assert torch.equal(tensor, state_b["model"][name]), name
+    assert state_a["optimizer"]["state"][0]["exp_avg"].equal(state_b["optimizer"]["state"][0]["exp_avg"])
+    assert [row[1] for row in state_a["history"]["steps"]] == [row[1] for row in state_b["history"]["steps"]]
+
+
+def test_exported_checkpoint_loads_in_the_embedder(uninterrupted, tmp_path):
+    out, _, _ = uninterrupted
+    embedder = Embedder.from_options(make_options(tmp_path, checkpoint=str(out / "model.pt")))
+    assert embedder.weights.source == "checkpoint" and embedder.image_size == SIZE
+    assert embedder.net.arch == "vgg16_bn" and embedder.dim == 16
+    assert f"vgg16_bn-d16-s{SIZE}-checkpoint-" in embedder.version
+    assert embedder.weights.meta["step"] == 4 and embedder.weights.meta["trained_by"] == "twice train"
+    assert os.path.getsize(out / "model.pt") < 40e6
+    xb = embedder.embed_images([make_image(i) for i in range(3)])
+    np.testing.assert_allclose(np.linalg.norm(xb, axis=1), 1.0, atol=1e-4)
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(folder):
+    config = TrainConfig(
+        out_dir=Path("unused"), size=SIZE, batch=4, dim=16, warmup=0, lr=1e-3, holdout=0, device="cpu",
+        sources=Sources([], [folder]),
+    )  # fmt: skip
+    images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
+    trainer = Trainer(config, images, [])
+    anchors, positives = zip(*(trainer.dataset[i] for i in range(4)), strict=True)
+    a, p = torch.stack(anchors), torch.stack(positives)
+
+    def batch_loss() -> float:
+        trainer.net.eval()  # fixed BN statistics, so only the weights change between the two
+        with torch.no_grad():
+            z = trainer.net(torch.cat([a, p]))
+        return float(trainer.loss_fn(z, torch.arange(4).repeat(2)))
+
+    before = batch_loss()
+    for _ in range(2):
+        trainer.train_step(a, p)
+    assert batch_loss() < before
+
+
+def test_cli_errors_name_the_problem(folder, tmp_path, capsys):
+    out = tmp_path / "nothing"
+    assert main(["--data-dir", str(tmp_path), "train", "--out", str(out), "--resume", "--sources", "none",
+                 "--data", str(folder)]) == 1  # fmt: skip
+    assert f"nothing to resume: {out / 'last.pt'} not found" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "train", "--sources", "nope"]) == 1
+    assert "unknown training source 'nope'" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "train", "--sources", "none"]) == 1
+    assert "no training data" in capsys.readouterr().err
+    args = tiny_args(folder, tmp_path / "c")
+    args[args.index("--holdout") + 1] = "13"
+    assert main(["-q", "--data-dir", str(tmp_path), *args]) == 1
+    assert "only 14 training images: need holdout 13 + batch 3" in capsys.readouterr().err
+
+
+def test_pairs_and_batches_are_pure_functions_of_seed_epoch_index(folder):
+    images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
+    data = PairDataset(images, SIZE, seed=5)
+    data.epoch = 2
+    a1, p1 = data[3]
+    data.epoch = 1
+    other = data[3][1]
+    data.epoch = 2
+    a2, p2 = data[3]
+    assert torch.equal(a1, a2) and torch.equal(p1, p2) and not torch.equal(p1, other)
+    batches = epoch_order(14, 4, seed=0, epoch=0)
+    assert len(batches) == 3 and all(len(b) == 4 for b in batches)
+    flat = [i for b in batches for i in b]
+    assert len(set(flat)) == 12 and batches == epoch_order(14, 4, seed=0, epoch=0)
+    assert batches != epoch_order(14, 4, seed=0, epoch=1)
+    train, held = split_holdout(list(range(14)), 4, seed=0)
+    assert len(held) == 4 and sorted(train + held) == list(range(14))
+    with pytest.raises(ValueError, match="holdout must be in 0..13 for 14 images, not 14"):
+        split_holdout(list(range(14)), 14, seed=0)
+
+
+def test_bad_and_tiny_files_are_skipped_and_counted(tmp_path, caplog):
+    good = write_images(tmp_path / "imgs", 2)
+    (tmp_path / "imgs" / "broken.png").write_bytes(good[0].read_bytes()[:60])
+    make_image(1, (40, 40)).resize((10, 10)).save(tmp_path / "imgs" / "tiny.png")
+    files = sorted((tmp_path / "imgs").iterdir())
+    with caplog.at_level(logging.INFO, logger="model.training_data"):
+        images = load_images(files, max_side=40, progress=False)
+    assert len(images) == 2 and max(images[0].size) == 40
+    assert "training image skipped" in caplog.text and "broken.png" in caplog.text
+    assert "2 of 4 training files skipped" in caplog.text
+
+
+def test_sources_generated_bundled_and_missing(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(
+        __import__("model.training_data").training_data.DEBIAN_FOLDERS,
+        "tuxpaint", (tmp_path / "no-stamps", "tuxpaint-stamps-default"),
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        found = gather_paths(Sources(["synthetic", "tuxpaint"], synthetic_count=3), tmp_path / "cache")
+    assert [p.name for p in found["synthetic"]] == [f"synthetic-0-0000{i}.jpg" for i in range(3)]
+    assert "tuxpaint" not in found and "apt-get install tuxpaint-stamps-default" in caplog.text
+    with pytest.raises(ValueError, match="unknown training source 'flickr'"):
+        Sources(["flickr"])
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        gather_paths(Sources([], [tmp_path / "no-such-folder"]), tmp_path / "cache")
+
+
+def test_skimage_samples_are_written_once(tmp_path):
+    pytest.importorskip("skimage")
+    found = gather_paths(Sources(["skimage"]), tmp_path)["skimage"]
+    assert any(p.name == "astronaut.png" for p in found) and all(p.is_file() for p in found)
+
+
+def test_evaluate_recall_and_collapse_indicator(embedder):
+    images = [make_image(i) for i in range(4)]
+    recall = evaluate(embedder, images, ["crop:1.0", "rotate"])
+    assert recall["crop:1.0"] == 1.0  # identical pixels find themselves
+    assert 0.0 <= recall["rotate"] <= 1.0 and -1.0 <= recall["neg_cos"] <= 1.0
+    with pytest.raises(ValueError, match="at least 2 images, not 1"):
+        evaluate(embedder, images[:1])
+
+
+def test_schedule_warms_up_then_decays():
+    assert lr_factor(0, 10, 100) == pytest.approx(0.1)
+    assert lr_factor(9, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(10, 10, 100) == pytest.approx(1.0)
+    assert lr_factor(55, 10, 100) == pytest.approx(0.01 + 0.99 * 0.5)
+    assert lr_factor(100, 10, 100) == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="bad batch 1"):
+        TrainConfig(batch=1)
