@@ -1,0 +1,161 @@
+"""Perceptual hashes: dihedral views from one DCT, the multi-index lookup, catalog storage."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegen import image_bytes, make_image
+from indexer import Catalog, Indexer, reindex
+from search.hashing import (
+    DIHEDRAL,
+    MAX_RADIUS,
+    HashIndex,
+    dct_coefficients,
+    dihedral_coefficients,
+    dihedral_hashes,
+    dihedral_image,
+    hamming,
+    phash,
+    popcount,
+)
+
+# What turns a query made by transform g back into the stored original: g's inverse.
+INVERSE = {
+    "identity": "identity",
+    "rotate 90": "rotate 270",
+    "rotate 180": "rotate 180",
+    "rotate 270": "rotate 90",
+    "mirror": "mirror",
+    "flip": "flip",
+    "transpose": "transpose",
+    "transverse": "transverse",
+}
+
+
+def test_dct_of_a_turned_image_is_a_sign_and_transpose_pattern():
+    # At 32x32 the resize is the identity, so the views must match a direct DCT exactly.
+    image = make_image(3, (32, 32))
+    views = dihedral_coefficients(dct_coefficients(image))
+    for i, name in enumerate(DIHEDRAL):
+        direct = dct_coefficients(dihedral_image(image, name))
+        np.testing.assert_allclose(views[i], direct, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("size", [(96, 72), (40, 90)])
+def test_dihedral_hashes_equal_hashes_of_the_turned_images(size):
+    for seed in range(4):
+        image = make_image(seed, size)
+        views = dihedral_hashes(image)
+        direct = np.array([phash(dihedral_image(image, name)) for name in DIHEDRAL])
+        # Resampling rounding may flip a coefficient sitting on the median: at most 2 bits.
+        assert hamming(views, direct).max() <= 2, (seed, hamming(views, direct))
+        assert len(set(views.tolist())) == 8  # the views differ from each other
+
+
+def test_hash_is_a_signed_64_bit_integer_and_stable():
+    h = phash(make_image(1))
+    assert isinstance(h, int) and -(2**63) <= h < 2**63
+    assert phash(make_image(1)) == h
+    assert hamming(h, phash(make_image(2))) > 10
+
+
+def test_popcount_agrees_with_python():
+    values = np.random.default_rng(0).integers(0, 2**63, size=50, dtype=np.int64).view(np.uint64)
+    assert popcount(values).tolist() == [bin(int(v)).count("1") for v in values]
+
+
+def test_turned_and_flipped_copies_are_found_with_the_transform_that_undoes_them():
+    originals = {seed: make_image(seed) for seed in range(10, 20)}
+    index = HashIndex(originals, [phash(im) for im in originals.values()])
+    for name in DIHEDRAL:
+        query = dihedral_image(originals[13], name)
+        matches = index.search(dihedral_hashes(query), radius=4)
+        assert matches[0].id == 13, name
+        assert matches[0].distance <= 2
+        assert matches[0].transform == INVERSE[name]
+
+
+def flip_bits(value: int, bits: np.ndarray) -> int:
+    value &= 2**64 - 1
+    for b in bits:
+        value ^= 1 << int(b)
+    return int(np.uint64(value).view(np.int64))
+
+
+@pytest.mark.parametrize("radius", [0, 3, 4, 7, 8, 11, 15])
+def test_multi_index_lookup_equals_a_linear_scan(radius):
+    rng = np.random.default_rng(radius)
+    stored = rng.integers(-(2**63), 2**63 - 1, size=3000, dtype=np.int64)
+    # Plant near neighbours at every distance up to the radius and a little beyond it.
+    base = int(stored[0])
+    planted = [flip_bits(base, rng.choice(64, d, replace=False)) for d in range(0, MAX_RADIUS + 2)]
+    index = HashIndex(range(3000 + len(planted)), np.r_[stored, planted])
+    for query in (base, int(stored[7]), flip_bits(int(stored[9]), [1, 40])):
+        views = np.array([query, int(stored[100])])  # two views: either may match
+        found = {m.id: m.distance for m in index.search(views, radius)}
+        assert found == index.brute_force(views, radius)
+    found = {m.id for m in index.search(np.array([base]), radius)}
+    assert {3000 + d for d in range(radius + 1)} <= found
+
+
+def test_added_hashes_are_found_before_and_after_the_merge(monkeypatch):
+    monkeypatch.setattr(HashIndex, "MERGE_AT", 3)
+    index = HashIndex([1], [phash(make_image(1))])
+    index.add([2], [phash(make_image(2))])
+    assert [m.id for m in index.search(dihedral_hashes(make_image(2)), 0)] == [2]
+    index.add([3, 4], [phash(make_image(3)), phash(make_image(4))])  # merges
+    assert index._extra_count == 0 and len(index) == 4
+    assert [m.id for m in index.search(dihedral_hashes(make_image(4)), 0)] == [4]
+
+
+def test_bad_lookup_arguments_name_the_value():
+    index = HashIndex([1], [5])
+    with pytest.raises(ValueError, match="radius .* got 16"):
+        index.search([5], 16)
+    with pytest.raises(ValueError, match="got -1"):
+        index.search([5], -1)
+    with pytest.raises(ValueError, match="at most 8 query views, got 9"):
+        index.search(list(range(9)), 2)
+    with pytest.raises(ValueError, match="2 ids for 1 hashes"):
+        HashIndex([1, 2], [3])
+    with pytest.raises(ValueError, match="unknown dihedral transform 'spin'"):
+        dihedral_image(make_image(1), "spin")
+
+
+def test_ingest_stores_the_hash_of_the_decoded_image(options):
+    indexer = Indexer(options, "test", 8)
+    image = make_image(5)
+    row = indexer.add_bytes(image_bytes(image), "a.png").row
+    assert row.phash == phash(image)
+    indexer.close()
+
+
+def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, options, embedder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(3):
+        make_image(seed).save(folder / f"img_{seed}.png")
+    reindex([folder], options, embedder, progress=False)
+    # Make it a catalog written before hashes existed.
+    with sqlite3.connect(options.data_dir / "catalog.sqlite") as db:
+        db.execute("ALTER TABLE images DROP COLUMN phash")
+    catalog = Catalog(options.catalog_url)
+    with catalog.session() as session:
+        columns = [r[1] for r in session.connection().exec_driver_sql("PRAGMA table_info(images)")]
+    assert "phash" in columns
+    assert all(catalog.get(i).phash is None for i in catalog.ids().tolist())
+    catalog.close()
+    summary = reindex([], options, embedder, progress=False)
+    assert summary.hashed == 3
+    assert any("perceptual hashes of 3" in line for line in summary.lines())
+    catalog = Catalog(options.catalog_url)
+    hashes = {catalog.get(i).source: catalog.get(i).phash for i in catalog.ids().tolist()}
+    catalog.close()
+    for seed in range(3):
+        expected = phash(Image.open(folder / f"img_{seed}.png").convert("RGB"))
+        assert hamming(hashes[str(folder / f"img_{seed}.png")], expected) <= 2
+    assert reindex([], options, embedder, progress=False).hashed == 0
