@@ -121,8 +121,8 @@ def fit_rule(
 
     ``hash_floor`` and ``ceiling`` keep the rule at least as loose as another (the similar
     rule is never stricter than the duplicate rule). Ties in recall go to the smaller hash
-    radius, then the higher CNN threshold. When no rule reaches the target, the strictest
-    one is returned with ``target_met`` False.
+    radius, then the higher CNN threshold. When no rule that finds any pair reaches the
+    target, the strictest one is returned with ``target_met`` False.
     """
     labels = np.asarray(labels, bool)
     cnn, dist = np.asarray(cnn, np.float64), np.asarray(dist, np.int64)
@@ -135,7 +135,7 @@ def fit_rule(
         thresholds, tp, fp = curve(labels, cnn, dist, hash_max, ceiling)
         fired = tp + fp
         precision = np.where(fired > 0, tp / np.maximum(fired, 1), 1.0)
-        ok = np.flatnonzero(precision >= target)
+        ok = np.flatnonzero((precision >= target) & (tp > 0))  # firing never is no answer
         if not len(ok):
             continue
         i = int(ok[np.argmax(tp[ok])])  # first index reaching the best recall: highest t

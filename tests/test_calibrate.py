@@ -1,0 +1,211 @@
+"""Calibration: planted score distributions, a brute-force oracle, the command end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from augment.variants import augment_catalog
+from imagegen import make_image
+from indexer import Catalog, Indexer, reindex
+from search import SearchEngine, thresholds_for
+from search.calibrate import NO_HASH, fit_rule, fit_thresholds
+from search.hashing import MAX_RADIUS
+from search.report import build_report
+from twice.cli import main
+
+
+def planted_gaussians(rng, n_pos=10000, n_neg=100000):
+    labels = np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
+    cnn = np.r_[rng.normal(0.90, 0.03, n_pos), rng.normal(0.60, 0.08, n_neg)]
+    return labels, cnn
+
+
+def analytic_threshold(precision: float, n_pos=10000, n_neg=100000) -> float:
+    """Where n_pos * P(pos >= t) / (all >= t) == precision for the planted Gaussians."""
+
+    def gap(t):
+        tp, fp = n_pos * norm.sf(t, 0.90, 0.03), n_neg * norm.sf(t, 0.60, 0.08)
+        return tp / (tp + fp) - precision
+
+    return brentq(gap, 0.6, 0.99)
+
+
+# Targets where recall is not yet 1: beyond that the highest threshold of full recall wins.
+@pytest.mark.parametrize("precision", [0.99, 0.97, 0.95])
+def test_cnn_threshold_recovers_the_planted_one(precision):
+    rng = np.random.default_rng(1)
+    labels, cnn = planted_gaussians(rng)
+    dist = np.full(len(labels), NO_HASH)  # no hashes: the CNN alone
+    point = fit_rule(labels, cnn, dist, precision)
+    assert point.hash_max == -1
+    assert point.cnn_min == pytest.approx(analytic_threshold(precision), abs=0.007)
+    assert point.precision >= precision and point.target_met
+
+
+def test_random_weights_regime_the_hash_decides():
+    # CNN scores of pairs and non-pairs overlap completely (~0.99 for everything).
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.ones(300, bool), np.zeros(3000, bool)]
+    cnn = rng.uniform(0.985, 0.995, len(labels))
+    dist = np.r_[rng.integers(0, 7, 300), rng.integers(10, 31, 3000)]
+    dist[:3] = 6  # make sure the largest positive distance is present
+    fit = fit_thresholds(labels, cnn, dist, 0.99, 0.9)
+    assert fit.duplicate.hash_max == 6  # the smallest radius with full recall
+    assert fit.duplicate.cnn_min == 1.0  # the CNN cannot reach 0.99 precision
+    assert (fit.duplicate.precision, fit.duplicate.recall) == (1.0, 1.0)
+    thresholds = fit.thresholds()
+    assert thresholds.hash_duplicate <= thresholds.hash_similar
+    assert thresholds.similar <= thresholds.duplicate == 1.0
+
+
+def test_hash_and_cnn_together_beat_either_alone():
+    rng = np.random.default_rng(3)
+    # Half the positives are hash-close (lossless turns), half only CNN-close (crops).
+    labels = np.r_[np.ones(400, bool), np.zeros(4000, bool)]
+    dist = np.r_[rng.integers(0, 4, 200), rng.integers(20, 30, 200), rng.integers(12, 33, 4000)]
+    cnn = np.r_[rng.uniform(0.3, 0.9, 200), rng.uniform(0.92, 1.0, 200), rng.uniform(0.0, 0.9, 4000)]
+    fit = fit_thresholds(labels, cnn, dist)
+    assert fit.duplicate.recall == 1.0 and fit.duplicate.precision >= 0.99
+    assert fit.duplicate.hash_max == 3
+    assert 0.9 < fit.duplicate.cnn_min <= 0.92
+    cnn_alone = fit_rule(labels, cnn, np.full(len(labels), NO_HASH), 0.99)
+    assert cnn_alone.recall == pytest.approx(0.5, abs=0.01)
+
+
+def oracle(labels, cnn, dist, target):
+    """Best recall with precision >= target over every (h, t) by plain loops."""
+    best = 0.0
+    for h in range(-1, MAX_RADIUS + 1):
+        for t in sorted(set(cnn.tolist()) | {1.0}):
+            tp = fp = 0
+            for label, score, d in zip(labels, cnn, dist, strict=True):
+                if d <= h or score >= t:
+                    tp += bool(label)
+                    fp += not label
+            precision = tp / (tp + fp) if tp + fp else 1.0
+            if precision >= target:
+                best = max(best, tp / labels.sum())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fit_matches_a_brute_force_oracle(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(70) < 0.3
+    labels[0] = True
+    cnn = np.round(np.where(labels, rng.uniform(0.5, 1.0, 70), rng.uniform(0.0, 0.8, 70)), 2)
+    dist = np.where(labels, rng.integers(0, 14, 70), rng.integers(5, 40, 70))
+    for target in (0.99, 0.9, 0.7):
+        point = fit_rule(labels, cnn, dist, target)
+        assert point.recall == pytest.approx(oracle(labels, cnn, dist, target))
+        fired = (dist <= point.hash_max) | (cnn >= point.cnn_min)
+        assert point.true_positives == int((fired & labels).sum())
+        assert point.false_positives == int((fired & ~labels).sum())
+        if point.target_met:
+            assert point.precision >= target
+
+
+def test_an_unreachable_target_says_so():
+    labels = np.array([True, False] * 50)
+    point = fit_rule(labels, np.full(100, 0.5), np.full(100, 3), 0.99)
+    assert not point.target_met
+    assert point.hash_max == -1 and point.cnn_min == 1.0 and point.recall == 0.0
+
+
+def test_bad_arguments_name_the_value():
+    labels, cnn, dist = np.array([True, False]), np.array([0.9, 0.1]), np.array([1, 30])
+    with pytest.raises(ValueError, match="precision must be a number in \\(0, 1\\], got 1.5"):
+        fit_thresholds(labels, cnn, dist, 1.5)
+    with pytest.raises(ValueError, match="similar precision 0.995 must not exceed duplicate precision 0.99"):
+        fit_thresholds(labels, cnn, dist, 0.99, 0.995)
+    with pytest.raises(ValueError, match="no positive pairs"):
+        fit_rule(np.array([False, False]), cnn, dist, 0.9)
+
+
+# the command end to end -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(monkeypatch, options):
+    for key, value in {"TWICE_IMAGE_SIZE": "64", "TWICE_WORKERS": "0", "TWICE_ALLOW_DOWNLOAD": "0"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TWICE_DEVICE", "cpu")
+    monkeypatch.setenv("TWICE_DATA_DIR", str(options.data_dir))
+    return lambda *argv: main(["-q", *argv])
+
+
+def build_collection(tmp_path, options, embedder, count=8):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(count):
+        make_image(100 + seed, (80, 60)).save(folder / f"img_{seed}.png")
+    reindex([folder], options, embedder, progress=False)
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    augment_catalog(indexer, progress=False)
+    indexer.close()
+    reindex([], options, embedder, progress=False)
+
+
+def test_calibrate_command_stores_thresholds_that_search_and_report_use(
+    tmp_path, options, embedder, cli, capsys
+):
+    build_collection(tmp_path, options, embedder)
+    plot = tmp_path / "curves.png"
+    assert cli("calibrate", "--plot", str(plot), "--json") == 0
+    details = json.loads(capsys.readouterr().out)
+    assert details["model"] == embedder.version
+    assert details["positives"] == 32  # 8 originals x rotate, mirror, bright, dark
+    assert details["negatives"] > details["positives"]
+    assert set(details["recall_by_transform"]) == {"rotate", "mirror", "bright", "dark"}
+    assert details["duplicate"]["target_met"] and details["duplicate"]["precision"] >= 0.99
+    assert details["recall_by_transform"]["rotate"] == 1.0
+    assert details["recall_by_transform"]["mirror"] == 1.0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    catalog = Catalog(options.catalog_url)
+    stored = thresholds_for(catalog, embedder.version)
+    catalog.close()
+    assert stored.source == "calibrated"
+    assert (stored.duplicate, stored.hash_duplicate) == (
+        details["duplicate"]["cnn_min"],
+        details["duplicate"]["hash_max"],
+    )
+    assert stored.hash_similar == details["hash_similar"]
+
+    engine = SearchEngine.open(options, embedder)
+    response = engine.search_file(tmp_path / "in" / "img_3.png", k=3)
+    engine.close()
+    assert response["thresholds"] == stored.to_dict()
+    report = build_report(options)
+    assert report["thresholds"]["source"] == "calibrated"
+    assert report["thresholds"]["duplicate"] == stored.duplicate
+
+
+def test_calibrate_dry_run_stores_nothing_and_prints_the_rules(tmp_path, options, embedder, cli, capsys):
+    build_collection(tmp_path, options, embedder, count=4)
+    assert cli("calibrate", "--dry-run", "--plot", str(tmp_path / "c.png")) == 0
+    out = capsys.readouterr().out
+    assert "duplicate: " in out and "dry run: thresholds NOT stored" in out
+    assert "16 known variant pairs" in out
+    catalog = Catalog(options.catalog_url)
+    assert catalog.thresholds(embedder.version) is None
+    catalog.close()
+
+
+def test_calibrate_errors_say_what_to_do(tmp_path, options, embedder, cli, capsys):
+    assert cli("calibrate") == 1
+    assert "no index yet; run `twice reindex` first" in capsys.readouterr().err
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    make_image(1).save(folder / "a.png")
+    make_image(2).save(folder / "b.png")
+    reindex([folder], options, embedder, progress=False)
+    assert cli("calibrate") == 1
+    assert "run `twice augment` and `twice reindex` first" in capsys.readouterr().err
+    assert cli("calibrate", "--precision", "2") == 1
+    assert "precision must be a number in (0, 1], got 2.0" in capsys.readouterr().err
