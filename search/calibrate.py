@@ -429,7 +429,9 @@ def _rule_text(point: OperatingPoint) -> str:
     parts = []
     if point.hash_max >= 0:
         parts.append(f"hash <= {point.hash_max}")
-    parts.append(f"CNN >= {point.cnn_min:.4f}")
+    # 1.0 means the CNN could not help at this precision (random weights, say): only the
+    # same pixels reach it.
+    parts.append(f"CNN >= {point.cnn_min:.4f}" + (" (CNN alone: never)" if point.cnn_min >= 1.0 else ""))
     return " or ".join(parts) + f" (P {point.precision:.3f}, R {point.recall:.3f})"
 
 

@@ -58,6 +58,10 @@ PIL_DIHEDRAL = {
 }
 
 
+# The view that undoes each one (quarter turns swap; flips and transposes undo themselves).
+INVERSE = {name: name for name in DIHEDRAL} | {"rotate 90": "rotate 270", "rotate 270": "rotate 90"}
+
+
 def _dct_matrix(n: int, keep: int) -> np.ndarray:
     """The first ``keep`` rows of the orthonormal DCT-II matrix of size ``n``."""
     x = np.arange(n)
@@ -298,6 +302,29 @@ class HashIndex:
             if d <= radius:
                 out[image_id] = min(d, out.get(image_id, d))
         return out
+
+
+def hash_pairs(ids: np.ndarray, views: np.ndarray, radius: int) -> dict[tuple[int, int], HashMatch]:
+    """Every pair of images within ``radius`` under some dihedral view: {(a, b): match}, a < b.
+
+    ``views`` is (N, 8): ``dihedral_hashes`` of each image in ``ids`` (identity view first),
+    so turned and flipped copies pair up too. ``match.id`` is b and ``match.transform`` turns
+    image a into b. The report's hash evidence: pairs that a CNN threshold alone would miss.
+    """
+    ids, views = np.asarray(ids, np.int64), np.asarray(views, np.int64)
+    if views.ndim != 2 or views.shape != (len(ids), len(DIHEDRAL)):
+        raise ValueError(f"views must have shape ({len(ids)}, {len(DIHEDRAL)}), got {views.shape}")
+    index = HashIndex(ids, views[:, 0])
+    pairs: dict[tuple[int, int], HashMatch] = {}
+    for a, row in zip(ids.tolist(), views, strict=True):
+        for match in index.search(row, radius):
+            key = (min(a, match.id), max(a, match.id))
+            if match.id != a and (key not in pairs or match.distance < pairs[key].distance):
+                if a < match.id:
+                    pairs[key] = match
+                else:  # seen from b's side: the inverse turn takes a to b
+                    pairs[key] = HashMatch(a, match.distance, INVERSE[match.transform])
+    return pairs
 
 
 def load_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

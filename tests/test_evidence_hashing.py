@@ -19,6 +19,7 @@ from search.hashing import (
     dihedral_hashes,
     dihedral_image,
     hamming,
+    hash_pairs,
     phash,
     popcount,
 )
@@ -77,6 +78,20 @@ def test_turned_and_flipped_copies_are_found_with_the_transform_that_undoes_them
         assert matches[0].id == 13, name
         assert matches[0].distance <= 2
         assert matches[0].transform == INVERSE[name]
+
+
+def test_hash_pairs_pair_turned_copies_with_the_turn_from_a_to_b():
+    a, other = make_image(21), make_image(22)
+    images = {1: a, 2: dihedral_image(a, "rotate 90"), 3: other, 4: dihedral_image(a, "mirror")}
+    views = np.stack([dihedral_hashes(im) for im in images.values()])
+    pairs = hash_pairs(list(images), views, radius=4)
+    assert set(pairs) == {(1, 2), (1, 4), (2, 4)}
+    assert (pairs[(1, 2)].id, pairs[(1, 2)].transform) == (2, "rotate 90")
+    assert pairs[(1, 4)].transform == "mirror"
+    # Which turn takes image 2 to image 4, checked on the pixels themselves.
+    assert dihedral_image(images[2], pairs[(2, 4)].transform).tobytes() == images[4].tobytes()
+    with pytest.raises(ValueError, match=r"views must have shape \(4, 8\), got \(4, 7\)"):
+        hash_pairs(list(images), views[:, :7], 4)
 
 
 def flip_bits(value: int, bits: np.ndarray) -> int:
