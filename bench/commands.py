@@ -96,6 +96,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--work-dir", type=Path, help="keep the benchmark's files here (default: a temporary folder)"
     )
+    p.add_argument("--tag", help="name this run's results KIND-TAG, so they do not replace the main KIND.md")
 
 
 def _csv(text: str | None) -> tuple[str, ...] | None:
@@ -135,7 +136,19 @@ def _given(**values) -> dict:
 
 
 def _kind(args) -> str:
-    return f"{args.bench_command}-quick" if args.quick else args.bench_command
+    """quality / speed for the full run; a subset of parts, --tag and --quick each get their own
+    name so they never replace the figures the README quotes."""
+    words = [args.bench_command]
+    parts = _csv(getattr(args, "parts", None))
+    if parts and set(parts) != {"forward", "reindex", "query", "faiss"}:
+        words.append("+".join(parts))
+    if args.tag:
+        if not all(c.isalnum() or c in "-_." for c in args.tag):
+            raise ValueError(f"--tag may hold letters, digits, '-', '_' and '.', got {args.tag!r}")
+        words.append(args.tag)
+    if args.quick:
+        words.append("quick")
+    return "-".join(words)
 
 
 def run_setup(args, options) -> int:

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from indexer import reindex
+from indexer import decode_image, reindex
+from indexer.imageio import read_file_bytes
 from model import Embedder, EmbeddingNet, WeightsInfo, pick_device, pick_precision
 from search import SearchEngine
 
@@ -34,37 +35,56 @@ def random_embedder(options) -> Embedder:
 
 
 class EmbeddingMethod:
-    """A twice model: ``twice reindex`` of the indexed files, ``SearchEngine.search_file`` per query.
+    """A twice model, indexed by ``twice reindex``, asked in one of two ways.
 
-    ``search_kwargs`` are passed to ``search_file`` as they are, so search variants (test-time
-    augmentation, hash evidence) can be compared once the engine accepts them.
+    ``search``: ``SearchEngine.search_file`` per query, the whole product (exact bytes, hash
+    evidence, CNN, combined verdicts); ``search_kwargs`` go to it as they are, so search variants
+    (``tta=d4``) are compared by name. ``cnn``: the model alone, the query embedded and looked
+    up in the FAISS index, a duplicate when the score reaches the model's duplicate threshold;
+    this is the fair way to compare models. A method given ``base`` reuses that method's index.
     """
 
-    def __init__(self, name: str, options, embedder: Embedder, search_kwargs: dict | None = None) -> None:
-        self.name, self.options, self.embedder = name, options, embedder
+    def __init__(
+        self,
+        name: str,
+        options,
+        embedder: Embedder,
+        mode: str = "search",
+        search_kwargs: dict | None = None,
+        base: EmbeddingMethod | None = None,
+    ) -> None:
+        if mode not in ("search", "cnn"):
+            raise ValueError(f"mode must be search or cnn, not {mode!r}")
+        self.name, self.options, self.embedder, self.mode, self.base = name, options, embedder, mode, base
         self.search_kwargs = dict(search_kwargs or {})
         self.engine: SearchEngine | None = None
         self.threshold: float | None = None
 
     def describe(self) -> str:
         d = self.embedder.describe()
+        how = "FAISS top-k of the embedding only" if self.mode == "cnn" else "SearchEngine.search_file"
         extra = "".join(f", {k}={v}" for k, v in self.search_kwargs.items())
-        return f"twice {d['arch']} ({d['weights']} weights) at {d['image_size']} px, {d['precision']}{extra}"
+        return f"{how}; {d['arch']} ({d['weights']} weights) at {d['image_size']} px, {d['precision']}{extra}"
 
     def index(self, paths: list[Path], workdir: Path, progress: bool = False) -> None:
-        options = self.options.with_overrides(data_dir=workdir)
-        summary = reindex(paths, options, self.embedder, progress=progress)
-        if summary.skipped:
-            LOG.warning("%s: reindex skipped %s", self.name, dict(summary.skipped))
-        self.engine = SearchEngine.open(options, self.embedder)
+        if self.base is not None and self.base.engine is not None:
+            self.engine = self.base.engine
+        else:
+            options = self.options.with_overrides(data_dir=workdir)
+            summary = reindex(paths, options, self.embedder, progress=progress)
+            if summary.skipped:
+                LOG.warning("%s: reindex skipped %s", self.name, dict(summary.skipped))
+            self.engine = SearchEngine.open(options, self.embedder)
         self.threshold = self.engine.thresholds.duplicate
 
     def query_many(self, paths: list[Path], k: int, progress: bool = False) -> list[list[Hit]]:
-        return [
-            self.query(p, k) for p in tqdm(paths, desc=f"{self.name} queries", unit="q", disable=not progress)
-        ]
+        if self.mode == "cnn":
+            return self._cnn_many(paths, k, progress)
+        bar = tqdm(paths, desc=f"{self.name} queries", unit="q", disable=not progress)
+        return [self.query(p, k) for p in bar]
 
     def query(self, path: Path, k: int) -> list[Hit]:
+        """One query through the search engine."""
         if self.engine is None:
             raise RuntimeError(f"{self.name}: query before index")
         try:
@@ -78,8 +98,36 @@ class EmbeddingMethod:
             for r in response["results"]
         ]
 
+    def _cnn_many(self, paths: list[Path], k: int, progress: bool) -> list[list[Hit]]:
+        if self.engine is None:
+            raise RuntimeError(f"{self.name}: query before index")
+        answers = []
+        batch = self.options.batch_size
+        bar = tqdm(total=len(paths), desc=f"{self.name} queries", unit="q", disable=not progress)
+        for start in range(0, len(paths), batch):
+            chunk = paths[start : start + batch]
+            images = [self._decode(p) for p in chunk]
+            D, I = self.engine.vectors.search(self.embedder.embed_images(images, batch), k)
+            rows = self.engine.catalog.get_many(int(i) for i in I.ravel() if i >= 0)
+            for scores, ids in zip(D, I, strict=True):
+                answers.append(
+                    [
+                        Hit(Path(rows[i].source), float(d), float(d) >= self.threshold)
+                        for d, i in zip(scores.tolist(), ids.tolist(), strict=True)
+                        if i in rows
+                    ]
+                )
+            bar.update(len(chunk))
+        bar.close()
+        return answers
+
+    def _decode(self, path: Path) -> Image.Image:
+        o = self.options
+        return decode_image(read_file_bytes(path, o.max_image_bytes), str(path), o.max_image_bytes,
+                            o.max_image_pixels, self.embedder.draft_side).image  # fmt: skip
+
     def close(self) -> None:
-        if self.engine is not None:
+        if self.engine is not None and self.base is None:
             self.engine.close()
 
 

@@ -56,20 +56,30 @@ class QualityConfig:
 
 
 def make_methods(config: QualityConfig, options) -> list:
-    """The competitors, in table order; a competitor that cannot run is a note, not an error."""
+    """The competitors, in table order; a competitor that cannot run is a note, not an error.
+
+    The current model runs twice on one index: the whole search (hash + CNN evidence) and the
+    CNN alone; other models run CNN-only, so model columns compare models and nothing else.
+    """
     current = Embedder.from_options(options)
-    methods: list = [EmbeddingMethod(f"current ({current.weights.source})", options, current)]
+    search = EmbeddingMethod("twice search", options, current)
+    methods: list = [
+        search,
+        EmbeddingMethod(f"CNN ({current.weights.source})", options, current, "cnn", base=search),
+    ]
     for kwargs in config.search_variants:
         label = ",".join(f"{k}={v}" for k, v in kwargs.items())
-        methods.append(EmbeddingMethod(f"current + {label}", options, current, kwargs))
+        methods.append(
+            EmbeddingMethod(f"twice search {label}", options, current, "search", kwargs, base=search)
+        )
     for path in config.checkpoints:
         embedder = Embedder.from_options(options.with_overrides(checkpoint=str(path)))
-        methods.append(EmbeddingMethod(f"checkpoint {Path(path).name}", options, embedder))
+        methods.append(EmbeddingMethod(f"CNN {Path(path).name}", options, embedder, "cnn"))
     if config.random_init:
         if current.weights.source == "random":
             config.notes.append("random-init VGG-16 not run separately: the current model IS the random init")
         else:
-            methods.append(EmbeddingMethod("random-init", options, random_embedder(options)))
+            methods.append(EmbeddingMethod("CNN random-init", options, random_embedder(options), "cnn"))
     if config.phash:
         try:
             methods += [PHashMethod(dihedral=False), PHashMethod(dihedral=True)]
@@ -80,6 +90,7 @@ def make_methods(config: QualityConfig, options) -> list:
 
 def evaluate(method, bench_set: BenchSet, workdir: Path, progress: bool) -> MethodScores:
     scores = MethodScores(method.name, method.describe())
+    shutil.rmtree(workdir, ignore_errors=True)  # a kept --work-dir must not carry an old catalog
     started = time.perf_counter()
     method.index(bench_set.indexed, workdir, progress)
     scores.index_seconds = time.perf_counter() - started
@@ -90,7 +101,6 @@ def evaluate(method, bench_set: BenchSet, workdir: Path, progress: bool) -> Meth
     scores.outcomes = [
         outcome_of(q.transform, q.original, hits) for q, hits in zip(bench_set.queries, answers, strict=True)
     ]
-    method.close()
     LOG.info(
         "%s: index %.1fs, %d queries %.1fs",
         method.name,
@@ -118,9 +128,13 @@ def run_quality(
             config.install,
         )
         methods = make_methods(config, options)
-        results = [
-            evaluate(m, bench_set, work / f"method-{i}", config.progress) for i, m in enumerate(methods)
-        ]
+        try:
+            results = [
+                evaluate(m, bench_set, work / f"method-{i}", config.progress) for i, m in enumerate(methods)
+            ]
+        finally:
+            for method in methods:
+                method.close()
     finally:
         if config.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -153,6 +167,7 @@ def quality_payload(
                 "index_seconds": round(r.index_seconds, 2),
                 "query_ms": round(1000 * r.query_seconds / max(1, len(r.outcomes)), 2),
                 **summarise(r.outcomes),
+                "per_source": per_source(bench_set, r),
                 "scores": {
                     "positive": [o.top_score for o in r.outcomes if o.positive],
                     "positive_right": [o.rank == 1 for o in r.outcomes if o.positive],
@@ -162,6 +177,15 @@ def quality_payload(
             for r in results
         ],
     }
+
+
+def per_source(bench_set: BenchSet, scores: MethodScores) -> dict:
+    """recall@1 of the transformed copies, by the source of their original."""
+    found: dict[str, list[bool]] = {}
+    for query, outcome in zip(bench_set.queries, scores.outcomes, strict=True):
+        if query.original is not None:
+            found.setdefault(bench_set.source_of[query.original.name], []).append(outcome.rank == 1)
+    return {source: {"n": len(hits), "recall@1": sum(hits) / len(hits)} for source, hits in found.items()}
 
 
 def quality_markdown(payload: dict) -> str:
@@ -181,7 +205,22 @@ def quality_markdown(payload: dict) -> str:
         [t, *[_pair(m["per_transform"].get(t, {})) for m in methods]] for t in payload["set"]["transforms"]
     ]
     rows.append(["**all**", *[_pair(m) for m in methods]])
-    lines += [markdown_table(headers, rows), "", "Duplicate verdict (top answer called a duplicate):", ""]
+    lines += [
+        markdown_table(headers, rows),
+        "",
+        "Recall@1 by the source of the original (copies queried):",
+        "",
+    ]
+    sources = sorted({s for m in methods for s in m["per_source"]})
+    rows = [
+        [
+            f"{s} ({methods[0]['per_source'].get(s, {}).get('n', 0)})",
+            *[m["per_source"].get(s, {}).get("recall@1") for m in methods],
+        ]
+        for s in sources
+    ]
+    lines += [markdown_table(["source", *[m["name"] for m in methods]], rows, 2), ""]
+    lines += ["Duplicate verdict (top answer called a duplicate):", ""]
     headers = [
         "method",
         "threshold",

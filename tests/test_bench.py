@@ -1,0 +1,271 @@
+"""twice bench: metric oracles, the benchmark set split, PHash peers, FAISS oracle, CLI smoke tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.machine import MemoryProbe
+from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits
+from bench.metrics import Hit, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
+from bench.results import markdown_table, write_results
+from bench.sources import build_bench_set
+from bench.speed import SpeedConfig, measure_faiss_size
+from conftest import make_options
+from indexer.vectors import ivf_nlist
+from twice.cli import main
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# metrics -------------------------------------------------------------------------------------
+
+
+def test_outcome_rank_is_the_originals_position():
+    a, b, c = Path("a.jpg"), Path("b.jpg"), Path("c.jpg")
+    hits = [Hit(b, 0.9, True), Hit(a, 0.8, False), Hit(c, 0.1, False)]
+    assert outcome_of("rotate", a, hits) == QueryOutcome("rotate", 2, 0.9, True)
+    assert outcome_of("rotate", Path("z.jpg"), hits).rank is None
+    assert outcome_of("negative", None, []) == QueryOutcome("negative", None, None, False)
+
+
+def test_recall_and_duplicate_figures_match_a_hand_count():
+    outcomes = [
+        QueryOutcome("rotate", 1, 0.99, True),  # TP
+        QueryOutcome("rotate", 3, 0.95, True),  # wrong image called duplicate: FP
+        QueryOutcome("blur", 1, 0.70, False),  # right, not called duplicate: FN
+        QueryOutcome("blur", None, 0.50, False),  # missed
+        QueryOutcome("negative", None, 0.97, True),  # FP
+        QueryOutcome("negative", None, 0.20, False),
+    ]
+    assert recall_at(outcomes, 1) == 2 / 4
+    assert recall_at(outcomes, 5) == 3 / 4
+    figures = duplicate_figures(outcomes)
+    assert figures["true_positives"] == 1 and figures["false_positives"] == 2
+    assert figures["precision"] == 1 / 3 and figures["recall"] == 1 / 4
+    assert figures["negative_false_rate"] == 1 / 2
+    summary = summarise(outcomes)
+    assert summary["per_transform"]["rotate"] == {"n": 2, "recall@1": 0.5, "recall@5": 1.0}
+    assert summary["per_transform"]["blur"] == {"n": 2, "recall@1": 0.5, "recall@5": 0.5}
+    assert (summary["positives"], summary["negatives"]) == (4, 2)
+
+
+def test_markdown_table_and_results_files(tmp_path):
+    table = markdown_table(["name", "value"], [["a", 0.5], ["b", None]])
+    assert table.splitlines() == ["| name | value |", "| --- | ---: |", "| a | 0.500 |", "| b | – |"]
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        markdown_table(["name", "value"], [["a"]])
+    json_path, md_path = write_results("speed-quick", {"x": np.float32(1.5)}, "# hi", tmp_path)
+    assert json.loads(json_path.read_text()) == {"x": 1.5}
+    assert md_path.name == "speed-quick.md" and md_path.read_text() == "# hi\n"
+    with pytest.raises(ValueError, match="bad results kind"):
+        write_results("../x", {}, "", tmp_path)
+
+
+def test_memory_probe_sees_an_allocation():
+    with MemoryProbe() as probe:
+        block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, touched
+        block[::4096] = 2
+    assert probe.peak_mib is not None and probe.peak_mib >= 50
+
+
+# the benchmark set -----------------------------------------------------------------------------
+
+
+def test_bench_set_roles_are_disjoint_seeded_and_complete(tmp_path):
+    kw = {"sources": ("synthetic",), "transforms": ("rotate", "jpeg"), "install": False}
+    first = build_bench_set(tmp_path / "a", 4, 3, 2, seed=1, **kw)
+    again = build_bench_set(tmp_path / "b", 4, 3, 2, seed=1, **kw)
+    other = build_bench_set(tmp_path / "c", 4, 3, 2, seed=2, **kw)
+    roles = [first.originals, first.distractors, first.negatives]
+    assert [len(r) for r in roles] == [4, 3, 2]
+    digests = [{sha(p) for p in r} for r in roles]
+    assert sum(len(d) for d in digests) == 9 and len(set().union(*digests)) == 9  # nothing shared
+    assert [sha(p) for p in first.indexed] == [sha(p) for p in again.indexed]
+    assert [sha(p) for p in first.indexed] != [sha(p) for p in other.indexed]
+    copies = [q for q in first.queries if q.original is not None]
+    assert len(copies) == 8 and {q.transform for q in copies} == {"rotate", "jpeg"}
+    assert [q.path for q in first.queries if q.original is None] == first.negatives
+    rotated = next(q for q in copies if q.transform == "rotate")
+    with Image.open(rotated.original) as original, Image.open(rotated.path) as copy:
+        assert copy.size == original.size[::-1]
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["counts"]["queries"] == 10
+
+
+def test_bench_set_refuses_unknown_source_and_bad_counts(tmp_path):
+    with pytest.raises(ValueError, match="flickr"):
+        build_bench_set(tmp_path, 2, 0, 0, sources=("flickr",), install=False)
+    with pytest.raises(ValueError, match="originals must be at least 1"):
+        build_bench_set(tmp_path, 0, 1, 1, sources=("synthetic",), install=False)
+    with pytest.raises(ValueError, match="negatives must be a count"):
+        build_bench_set(tmp_path, 1, 1, -1, sources=("synthetic",), install=False)
+
+
+def test_skimage_source_gives_its_bundled_samples(tmp_path):
+    pytest.importorskip("skimage")
+    bench_set = build_bench_set(tmp_path, 3, 0, 0, sources=("skimage",), transforms=("gray",), install=False)
+    assert bench_set.sources["skimage"].endswith("bundled samples")
+    assert all(bench_set.source_of[p.name] == "skimage" for p in bench_set.originals)
+
+
+# methods -----------------------------------------------------------------------------------------
+
+
+def test_dihedral_variants_and_hash_bits():
+    image = Image.fromarray(np.arange(6, dtype=np.uint8).reshape(2, 3))
+    variants = {np.asarray(v).tobytes() + bytes(v.size) for v in dihedral_variants(image)}
+    assert len(variants) == 8
+    bits = hash_bits(["8000000000000001", "0000000000000000"])
+    assert bits.shape == (2, 64) and bits[0, 0] and bits[0, 63] and bits[0].sum() == 2 and not bits[1].any()
+
+
+def test_phash_d4_finds_a_rotated_copy_that_plain_phash_misses(tmp_path):
+    pytest.importorskip("imagededup")
+    from bench.methods import PHashMethod
+
+    bench_set = build_bench_set(
+        tmp_path, 4, 0, 1, seed=3, sources=("synthetic",), transforms=("rotate",), install=False
+    )
+    queries = [q.path for q in bench_set.queries]
+    answers = {}
+    for dihedral in (False, True):
+        method = PHashMethod(dihedral=dihedral)
+        method.index(bench_set.indexed, tmp_path)
+        answers[dihedral] = method.query_many(queries, 2)
+    for query, hits in zip(bench_set.queries[:4], answers[True][:4], strict=True):
+        assert hits[0].path == query.original.resolve() and hits[0].score == 1.0 and hits[0].duplicate
+    plain = [
+        o
+        for q, hits in zip(bench_set.queries[:4], answers[False][:4], strict=True)
+        for o in [outcome_of(q.transform, q.original.resolve(), hits)]
+    ]
+    assert sum(o.rank == 1 and o.top_duplicate for o in plain) < 4
+
+
+def test_embedding_methods_use_reindex_search_and_the_bare_index(tmp_path, embedder):
+    bench_set = build_bench_set(
+        tmp_path / "set", 3, 1, 1, sources=("synthetic",), transforms=("jpeg",), install=False
+    )
+    options = make_options(tmp_path / "data")
+    search = EmbeddingMethod("search", options, embedder)
+    search.index(bench_set.indexed, tmp_path / "data")
+    hits = search.query(bench_set.originals[0], 4)  # the exact bytes rank first
+    assert hits[0].path == bench_set.originals[0] and hits[0].duplicate and len(hits) == 4
+    cnn = EmbeddingMethod("cnn", options, embedder, "cnn", base=search)
+    cnn.index(bench_set.indexed, tmp_path / "unused")
+    assert cnn.engine is search.engine and not (tmp_path / "unused").exists()
+    answers = cnn.query_many(bench_set.originals, 4)
+    for original, hits in zip(bench_set.originals, answers, strict=True):
+        assert hits[0].path == original and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].duplicate == (hits[0].score >= cnn.threshold)
+    odd = EmbeddingMethod("odd", options, embedder, search_kwargs={"no_such_option": "1"}, base=search)
+    odd.index(bench_set.indexed, tmp_path / "data")
+    with pytest.raises(ValueError, match="no_such_option"):
+        odd.query(bench_set.originals[0], 4)
+    with pytest.raises(ValueError, match="mode must be search or cnn"):
+        EmbeddingMethod("bad", options, embedder, "magic")
+    search.close()
+
+
+# FAISS -------------------------------------------------------------------------------------------
+
+
+def test_faiss_probing_every_list_is_exact():
+    n = 1500
+    nlist = ivf_nlist(n)
+    config = SpeedConfig(faiss_dim=32, faiss_queries=20, nprobes=(1, nlist, 10 * nlist))
+    rows = measure_faiss_size(n, config, gpu=False)
+    flat, ivf = rows[0], rows[1:]
+    assert flat["index"] == "IDMap2,Flat" and flat["recall@10"] == 1.0
+    assert [r["nprobe"] for r in ivf] == [1, nlist]  # nprobe above nlist is skipped
+    assert ivf[1]["recall@10"] == pytest.approx(1.0) and ivf[0]["recall@10"] < 1.0
+    assert all(r["qps_batch"] > 0 and r["single_p50_ms_1thread"] > 0 for r in rows)
+
+
+# the command -------------------------------------------------------------------------------------
+
+
+def test_bench_quality_quick_writes_tables(tmp_path, capsys, monkeypatch):
+    results = tmp_path / "results"
+    argv = [
+        "-q",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "bench",
+        "quality",
+        "--quick",
+        "--results-dir",
+        str(results),
+        "--originals",
+        "3",
+        "--distractors",
+        "2",
+        "--negatives",
+        "2",
+        "--transforms",
+        "rotate,jpeg",
+        "--no-phash",
+    ]
+    monkeypatch.setattr("sys.argv", ["/somewhere/bin/twice", *argv])  # what the shell gives the command
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| rotate |" in out and "| **all** |" in out and "negatives called duplicate" in out
+    (json_path,) = results.glob("quality-quick-*.json")
+    payload = json.loads(json_path.read_text())
+    assert payload["command"] == "twice " + " ".join(argv)
+    assert payload["machine"]["cores"] >= 1 and payload["model"].startswith("vgg16-d256-s64-")
+    assert [m["name"] for m in payload["methods"]] == ["twice search", "CNN (random)"]
+    for method in payload["methods"]:
+        assert method["positives"] == 6 and method["negatives"] == 2
+        assert 0.0 <= method["recall@1"] <= method["recall@5"] <= 1.0
+        assert set(method["per_source"]) <= {"synthetic", "skimage"}
+    assert (results / "quality-quick.md").read_text().startswith("## Quality")
+    assert (results / "quality-quick.png").stat().st_size > 1000
+
+
+def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
+    results = tmp_path / "results"
+    argv = [
+        "-q",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "bench",
+        "speed",
+        "--quick",
+        "--results-dir",
+        str(results),
+        "--faiss-sizes",
+        "600",
+        "--nprobe",
+        "1,4",
+        "--queries",
+        "2",
+        "--reindex-images",
+        "3",
+    ]
+    assert main(argv) == 0
+    payload = json.loads(next(results.glob("speed-quick-*.json")).read_text())
+    assert {(r["setting"], r["batch"]) for r in payload["forward"]} >= {
+        ("fp32", 1),
+        ("fp32 channels-last", 32),
+    }
+    assert payload["reindex"]["images"] == 3 and payload["reindex"]["ratio_to_bare"] > 0
+    assert payload["query"]["engine"]["n"] == 2 and payload["query"]["http"]["p95_ms"] > 0
+    assert [r["nprobe"] for r in payload["faiss"]] == [None, 1, 4]
+    assert "POST /search" in capsys.readouterr().out
+
+
+def test_bench_speed_rejects_bad_sizes(tmp_path, capsys):
+    assert main(["--data-dir", str(tmp_path), "bench", "speed", "--faiss-sizes", "10,x"]) == 1
+    assert "--faiss-sizes takes comma-separated integers, got '10,x'" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "bench", "speed", "--parts", "gpu-magic"]) == 1
+    assert "gpu-magic" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "bench", "quality", "--search-variant", "tta"]) == 1
+    assert "KEY=VALUE" in capsys.readouterr().err
