@@ -74,6 +74,7 @@ def register(subparsers) -> None:
         default="auto",
         help="bf16 autocast rows: auto = only on CPUs with fast bf16 (default)",
     )
+    sp.add_argument("--batch-sizes", help="comma-separated forward batch sizes (default 1,32)")
     sp.add_argument("--repeat", type=int, help="timed forward passes per setting (default 2)")
     sp.add_argument("--queries", type=int, help="latency queries per path (default 20)")
     sp.add_argument("--reindex-images", type=int, help="JPEG files to reindex (default 64)")
@@ -205,6 +206,7 @@ def run_speed_command(args, options) -> int:
         parts=_csv(args.parts),
         faiss_sizes=_ints("faiss-sizes", args.faiss_sizes),
         nprobes=_ints("nprobe", args.nprobe),
+        batch_sizes=_ints("batch-sizes", args.batch_sizes),
         faiss_data=args.faiss_data,
         repeat=args.repeat,
         queries=args.queries,

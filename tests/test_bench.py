@@ -249,12 +249,14 @@ def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
         "2",
         "--reindex-images",
         "3",
+        "--batch-sizes",
+        "1,2",
     ]
     assert main(argv) == 0
     payload = json.loads(next(results.glob("speed-quick-*.json")).read_text())
     assert {(r["setting"], r["batch"]) for r in payload["forward"]} >= {
         ("fp32", 1),
-        ("fp32 channels-last", 32),
+        ("fp32 channels-last", 2),
     }
     assert payload["reindex"]["images"] == 3 and payload["reindex"]["ratio_to_bare"] > 0
     assert payload["query"]["engine"]["n"] == 2 and payload["query"]["http"]["p95_ms"] > 0
