@@ -273,7 +273,7 @@ def build_bench_set(
     if originals < 1:
         raise ValueError(f"originals must be at least 1, got {originals}")
     specs = parse_transforms(list(transforms))
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # answers name files by absolute path
     total = originals + distractors + negatives
     found = collect_sources(sources, total, seed, install)
     pool = draw_pool([s for s in found if s.candidates], total, seed)

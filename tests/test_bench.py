@@ -271,3 +271,5 @@ def test_bench_speed_rejects_bad_sizes(tmp_path, capsys):
     assert "gpu-magic" in capsys.readouterr().err
     assert main(["--data-dir", str(tmp_path), "bench", "quality", "--search-variant", "tta"]) == 1
     assert "KEY=VALUE" in capsys.readouterr().err
+    assert main(["--data-dir", str(tmp_path), "bench", "quality", "--tag", "../x"]) == 1
+    assert "--tag may hold letters" in capsys.readouterr().err
