@@ -257,6 +257,7 @@ class SearchService:
         """(Re)open the writer and the engine over the index file as it is now."""
         try:
             indexer = Indexer(self.options, self._embedder.version, self._embedder.dim)
+            indexer.vectors  # noqa: B018 - load now, so a damaged file is caught here
         except (IndexFileError, IndexMismatchError, OSError, ValueError) as exc:
             # Keep serving what we had: a damaged file is fixed by the next reindex.
             LOG.error("cannot load index %s: %s", self.index_path, exc)

@@ -132,7 +132,7 @@ def test_upload_search_finds_the_same_bytes_at_rank_1(shared, embedder):
     assert len(body["results"]) == 3
     assert body["model"] == embedder.version
     assert body["query"]["width"] == 96 and body["took_ms"] >= 0
-    assert set(body["thresholds"]) == {"duplicate", "similar", "source"}
+    assert {"duplicate", "similar", "source"} <= set(body["thresholds"])
 
 
 def test_k_defaults_to_10_and_is_checked(shared):
