@@ -49,6 +49,11 @@ def register(subparsers) -> None:
         default=Sources.max_per_source,
         help="cap per source (default %(default)s)",
     )
+    p.add_argument(
+        "--include-bench-images",
+        action="store_true",
+        help="also train on the images `twice bench quality` uses by default (left out otherwise)",
+    )
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="default %(default)s")
     p.add_argument(
         "--steps-per-epoch", type=int, default=0, help="cap the steps of an epoch (default: a full pass)"
@@ -106,7 +111,9 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         if args.sources.strip().lower() == "none"
         else [s.strip() for s in args.sources.split(",") if s.strip()]
     )
-    sources = Sources(names, list(args.data), args.synthetic, args.max_per_source, args.seed)
+    sources = Sources(
+        names, list(args.data), args.synthetic, args.max_per_source, args.seed, not args.include_bench_images
+    )
     if not sources.names and not sources.folders:
         raise ValueError("no training data: give --data DIR or keep a built-in --sources")
     return TrainConfig(

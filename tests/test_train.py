@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import logging
 import os
@@ -50,9 +53,6 @@ def uninterrupted(folder, tmp_path_factory) -> tuple[Path, int, str]:
     logging.getLogger("model.weights").setLevel(logging.ERROR)
     out = tmp_path_factory.mktemp("run") / "a"
     data_dir = out.parent / "data"
-    import contextlib
-    import io
-
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = main(["-q", "--data-dir", str(data_dir), *tiny_args(folder, out)])
@@ -185,7 +185,8 @@ def test_sources_generated_bundled_and_missing(tmp_path, caplog, monkeypatch):
     )  # fmt: skip
     with caplog.at_level(logging.WARNING):
         found = gather_paths(Sources(["synthetic", "tuxpaint"], synthetic_count=3), tmp_path / "cache")
-    assert [p.name for p in found["synthetic"]] == [f"synthetic-0-0000{i}.jpg" for i in range(3)]
+    # Collection 1000, not the bench's collection 0: training never sees the bench's images.
+    assert [p.name for p in found["synthetic"]] == [f"synthetic-1000-0000{i}.jpg" for i in range(3)]
     assert "tuxpaint" not in found and "apt-get install tuxpaint-stamps-default" in caplog.text
     with pytest.raises(ValueError, match="unknown training source 'flickr'"):
         Sources(["flickr"])
@@ -193,10 +194,16 @@ def test_sources_generated_bundled_and_missing(tmp_path, caplog, monkeypatch):
         gather_paths(Sources([], [tmp_path / "no-such-folder"]), tmp_path / "cache")
 
 
-def test_skimage_samples_are_written_once(tmp_path):
+def test_bundled_skimage_samples_without_the_benchs_images(tmp_path):
     pytest.importorskip("skimage")
-    found = gather_paths(Sources(["skimage"]), tmp_path)["skimage"]
-    assert any(p.name == "astronaut.png" for p in found) and all(p.is_file() for p in found)
+    every = gather_paths(Sources(["skimage"], exclude_bench=False), tmp_path)["skimage"]
+    assert any(p.name == "astronaut.png" for p in every) and all(p.is_file() for p in every)
+    if importlib.util.find_spec("bench") is None:
+        pytest.skip("no bench package: nothing to leave out")
+    kept = gather_paths(Sources(["skimage"]), tmp_path)["skimage"]
+    names = {p.name for p in kept}
+    assert kept and set(kept) < set(every)
+    assert not names & {"astronaut.png", "chelsea.png", "clock_motion.png", "color.png"}
 
 
 def test_evaluate_recall_and_collapse_indicator(embedder):
