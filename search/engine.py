@@ -4,7 +4,7 @@ Candidates come from three places: the catalog row with the same sha256, the sto
 within the hash radius of any of the query's 8 dihedral views (``HashIndex``, no scan), and the
 FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``). Every
 candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
-``Thresholds.judge``; results are ranked by verdict, then by how many signals agree, then by
+``Thresholds.judge``; results are ranked by verdict, then by how many signals fired, then by
 hash distance, then by CNN score.
 """
 
@@ -272,12 +272,14 @@ def _matched_transform(judgement: Judgement, match: HashMatch | None, view: str)
 
 
 def _rank_key(result: dict) -> tuple:
+    # Within a verdict, agreeing signals first: a CNN "duplicate" that the hash calls similar
+    # beats one the hash does not support (random-init CNNs call everything a duplicate).
     evidence = result["evidence"]
-    fired_hash = evidence["hash"]["distance"] if "hash" in evidence["decided_by"] else 65
+    fired_hash = evidence["hash"]["distance"] if "hash" in evidence["signals"] else 65
     return (
         not result["exact"],
         RANK[result["verdict"]],
-        -len(evidence["decided_by"]),
+        -len(evidence["signals"]),
         fired_hash,
         -result["score"],
         result["id"],
