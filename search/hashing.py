@@ -209,12 +209,15 @@ class HashIndex:
         if len(ids) != len(hashes):
             raise ValueError(f"{len(ids)} ids for {len(hashes)} hashes")
         self.ids, self.hashes = ids.astype(np.int64), hashes.astype(np.int64).view(np.uint64)
-        self._order, self._offsets = [], []
+        # One CSR table for all bands: band b's bucket v is _order[_offsets[b, v]:_offsets[b, v + 1]].
+        orders, offsets = [], []
         for band in range(BANDS):
             keys = self._band(self.hashes, band)
             order = np.argsort(keys, kind="stable")
-            self._order.append(order)
-            self._offsets.append(np.searchsorted(keys[order], np.arange((1 << BAND_BITS) + 1)))
+            orders.append(order)
+            offsets.append(np.searchsorted(keys[order], np.arange((1 << BAND_BITS) + 1)) + band * len(ids))
+        self._order = np.concatenate(orders)
+        self._offsets = np.stack(offsets)
 
     @staticmethod
     def _band(hashes: np.ndarray, band: int) -> np.ndarray:
@@ -239,22 +242,21 @@ class HashIndex:
         self._extra_ids, self._extra_hashes, self._extra_count = [], [], 0
         self._build(ids, hashes)
 
-    def _candidates(self, queries: np.ndarray, radius: int) -> np.ndarray:
-        """Positions in ``self.ids`` sharing a band (within radius // 4 bits) with a query."""
-        masks = _MASKS[radius // BANDS]
-        found = []
-        for band in range(BANDS):
-            probes = np.unique((self._band(queries, band)[:, None] ^ masks[None, :]).ravel())
-            offsets = self._offsets[band]
-            starts, ends = offsets[probes.astype(np.int64)], offsets[probes.astype(np.int64) + 1]
-            lengths = ends - starts
-            total = int(lengths.sum())
-            if not total:
-                continue
-            # Concatenated ranges [start, end) without a Python loop over buckets.
-            shift = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-            found.append(self._order[band][shift + np.arange(total)])
-        return np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    def _positions(self, query: np.uint64, masks: np.ndarray) -> np.ndarray:
+        """Positions in ``self.ids`` sharing a band (within the masks' bits) with ``query``.
+
+        A position can appear once per band it shares; repeats cost less than sorting them out.
+        """
+        bands = np.arange(BANDS)[:, None]
+        probes = (self._band(query, bands) ^ masks[None, :]).astype(np.int64)
+        starts = self._offsets[bands, probes].ravel()
+        lengths = self._offsets[bands, probes + 1].ravel() - starts
+        total = int(lengths.sum())
+        if not total:
+            return np.zeros(0, np.int64)
+        # Concatenated ranges [start, end) without a Python loop over buckets.
+        shift = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+        return self._order[shift + np.arange(total)]
 
     def search(self, queries: np.ndarray | Iterable[int], radius: int) -> list[HashMatch]:
         """Stored hashes within ``radius`` of any query view, nearest first, one per id.
@@ -267,28 +269,28 @@ class HashIndex:
         queries = queries.reshape(-1).view(np.uint64)
         if len(queries) > len(DIHEDRAL):
             raise ValueError(f"at most {len(DIHEDRAL)} query views, got {len(queries)}")
-        parts_ids, parts_hashes = [], []
-        if len(self.ids):
-            positions = self._candidates(queries, radius)
-            parts_ids.append(self.ids[positions])
-            parts_hashes.append(self.hashes[positions])
-        parts_ids += self._extra_ids
-        parts_hashes += self._extra_hashes
-        if not parts_ids:
-            return []
-        ids, hashes = np.concatenate(parts_ids), np.concatenate(parts_hashes)
-        distances = popcount(hashes[:, None] ^ queries[None, :])
-        view = distances.argmin(axis=1)
-        best = distances[np.arange(len(ids)), view]
-        keep = best <= radius
-        ids, best, view = ids[keep], best[keep], view[keep]
-        order = np.lexsort((view, best))
+        masks = _MASKS[radius // BANDS]
+        extra_ids = np.concatenate(self._extra_ids) if self._extra_ids else np.zeros(0, np.int64)
+        extra_hashes = np.concatenate(self._extra_hashes) if self._extra_hashes else np.zeros(0, np.uint64)
+        found_ids, found_d, found_view = [], [], []
+        # Each view is probed and compared on its own: a hash within the radius of view v is
+        # found through v's bands, so the minimum over views is exact.
+        for view, query in enumerate(queries):
+            positions = self._positions(query, masks) if len(self.ids) else np.zeros(0, np.int64)
+            ids = np.concatenate([self.ids[positions], extra_ids])
+            d = popcount(np.concatenate([self.hashes[positions], extra_hashes]) ^ query)
+            keep = d <= radius
+            found_ids.append(ids[keep])
+            found_d.append(d[keep])
+            found_view.append(np.full(int(keep.sum()), view))
+        ids, best, views = np.concatenate(found_ids), np.concatenate(found_d), np.concatenate(found_view)
+        order = np.lexsort((views, best))
         matches, seen = [], set()
-        for i in order:
+        for i in order.tolist():
             image_id = int(ids[i])
             if image_id not in seen:
                 seen.add(image_id)
-                matches.append(HashMatch(image_id, int(best[i]), DIHEDRAL[int(view[i])]))
+                matches.append(HashMatch(image_id, int(best[i]), DIHEDRAL[int(views[i])]))
         return matches
 
     def brute_force(self, queries: np.ndarray, radius: int) -> dict[int, int]:
