@@ -79,6 +79,9 @@ def register(subparsers) -> None:
     sp.add_argument("--queries", type=int, help="latency queries per path (default 20)")
     sp.add_argument("--reindex-images", type=int, help="JPEG files to reindex (default 64)")
     sp.add_argument("--no-http", action="store_true", help="skip the `twice serve` latency")
+    sp.add_argument(
+        "--no-cli-process", action="store_true", help="skip timing a whole `twice search` process"
+    )
     sp.set_defaults(func=run_speed_command)
 
 
@@ -213,7 +216,9 @@ def run_speed_command(args, options) -> int:
         reindex_images=args.reindex_images,
         work_dir=args.work_dir,
     )
-    values.update(bf16=args.bf16, http=not args.no_http, progress=not args.quiet)
+    values.update(
+        bf16=args.bf16, http=not args.no_http, cli_process=not args.no_cli_process, progress=not args.quiet
+    )
     for name in ("repeat", "queries", "reindex_images"):
         if name in values and values[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")

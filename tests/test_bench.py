@@ -251,6 +251,7 @@ def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
         "3",
         "--batch-sizes",
         "1,2",
+        "--no-cli-process",
     ]
     assert main(argv) == 0
     payload = json.loads(next(results.glob("speed-quick-*.json")).read_text())
