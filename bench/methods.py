@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from indexer import decode_image, reindex
+from indexer import ImageError, decode_image, reindex
 from indexer.imageio import read_file_bytes
 from model import Embedder, EmbeddingNet, WeightsInfo, pick_device, pick_precision
 from search import SearchEngine
@@ -107,9 +107,17 @@ class EmbeddingMethod:
         for start in range(0, len(paths), batch):
             chunk = paths[start : start + batch]
             images = [self._decode(p) for p in chunk]
-            D, I = self.engine.vectors.search(self.embedder.embed_images(images, batch), k)
-            rows = self.engine.catalog.get_many(int(i) for i in I.ravel() if i >= 0)
-            for scores, ids in zip(D, I, strict=True):
+            good = [image for image in images if image is not None]
+            D, I = (
+                self.engine.vectors.search(self.embedder.embed_images(good, batch), k) if good else ([], [])
+            )
+            rows = self.engine.catalog.get_many(int(i) for i in np.asarray(I).ravel() if i >= 0)
+            answered = iter(zip(D, I, strict=True))
+            for image in images:
+                if image is None:  # unreadable query: no answers, counted as a miss
+                    answers.append([])
+                    continue
+                scores, ids = next(answered)
                 answers.append(
                     [
                         Hit(Path(rows[i].source), float(d), float(d) >= self.threshold)
@@ -121,10 +129,16 @@ class EmbeddingMethod:
         bar.close()
         return answers
 
-    def _decode(self, path: Path) -> Image.Image:
+    def _decode(self, path: Path) -> Image.Image | None:
         o = self.options
-        return decode_image(read_file_bytes(path, o.max_image_bytes), str(path), o.max_image_bytes,
-                            o.max_image_pixels, self.embedder.draft_side).image  # fmt: skip
+        try:
+            data = read_file_bytes(path, o.max_image_bytes)
+            return decode_image(
+                data, str(path), o.max_image_bytes, o.max_image_pixels, self.embedder.draft_side
+            ).image
+        except ImageError as exc:
+            LOG.warning("%s: skipped query %s", self.name, exc)
+            return None
 
     def close(self) -> None:
         if self.engine is not None and self.base is None:

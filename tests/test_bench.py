@@ -161,8 +161,11 @@ def test_embedding_methods_use_reindex_search_and_the_bare_index(tmp_path, embed
     cnn = EmbeddingMethod("cnn", options, embedder, "cnn", base=search)
     cnn.index(bench_set.indexed, tmp_path / "unused")
     assert cnn.engine is search.engine and not (tmp_path / "unused").exists()
-    answers = cnn.query_many(bench_set.originals, 4)
-    for original, hits in zip(bench_set.originals, answers, strict=True):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(bench_set.originals[0].read_bytes()[:100])  # truncated: skipped, not fatal
+    answers = cnn.query_many([broken, *bench_set.originals], 4)
+    assert answers[0] == []
+    for original, hits in zip(bench_set.originals, answers[1:], strict=True):
         assert hits[0].path == original and hits[0].score == pytest.approx(1.0, abs=1e-4)
         assert hits[0].duplicate == (hits[0].score >= cnn.threshold)
     odd = EmbeddingMethod("odd", options, embedder, search_kwargs={"no_such_option": "1"}, base=search)
