@@ -22,7 +22,7 @@ import torch
 from indexer import Catalog, DecodedImage, VectorIndex, decode_image, load_vectors_for_search
 from indexer.imageio import read_file_bytes
 
-from .hashing import DIHEDRAL, HashIndex, HashMatch, dihedral_hashes, load_hashes
+from .hashing import DIHEDRAL, HashIndex, HashMatch, dihedral_hashes, hamming, load_hashes
 from .verdicts import RANK, Judgement, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
@@ -100,6 +100,9 @@ class SearchEngine:
         cnn.update(self._cnn_scores(xq, ids - set(cnn)))
         rows = self.catalog.get_many(ids)
         by_hash = {m.id: m for m in matches}
+        for image_id, row in rows.items():  # CNN candidates beyond the lookup radius: their distance
+            if image_id not in by_hash and row.phash is not None:
+                by_hash[image_id] = nearest_view(query_hashes, image_id, row.phash)
         results = []
         for image_id in ids & set(rows):
             is_exact = exact is not None and image_id == exact.id
@@ -254,6 +257,13 @@ def dihedral_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
         transposed,
         torch.flip(transposed, dims=(1, 2)),
     ]
+
+
+def nearest_view(query_hashes: np.ndarray, image_id: int, stored: int) -> HashMatch:
+    """The query view nearest to one stored hash (ties: the earlier view)."""
+    distances = hamming(query_hashes, stored)
+    view = int(np.argmin(distances))
+    return HashMatch(image_id, int(distances[view]), DIHEDRAL[view])
 
 
 def _distance(match: HashMatch | None) -> int | None:

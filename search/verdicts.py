@@ -103,8 +103,8 @@ class Thresholds:
 
     @property
     def hash_radius(self) -> int:
-        """How far the hash lookup must reach to find every hash that can fire."""
-        return max(self.hash_similar, 0)
+        """How far the hash lookup must reach to find every hash that can fire (-1: none)."""
+        return self.hash_similar
 
     def to_dict(self) -> dict:
         return asdict(self)

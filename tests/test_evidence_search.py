@@ -79,6 +79,9 @@ def test_a_turned_copy_is_a_duplicate_by_hash_and_says_which_turn(indexed, optio
     # Every other original: no signal fired, nothing decided.
     for hit in response["results"][1:]:
         assert hit["verdict"] == DIFFERENT and hit["evidence"]["decided_by"] == []
+        # Beyond the lookup radius the distance is still measured and shown.
+        assert hit["evidence"]["hash"]["distance"] > engine.thresholds.hash_similar
+        assert hit["evidence"]["hash"]["verdict"] == DIFFERENT
     engine.close()
 
 
