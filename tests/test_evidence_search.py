@@ -193,3 +193,18 @@ def test_cli_search_tta_flag(indexed, options, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main([*argv, "--tta", "d9"])
     assert "invalid choice: 'd9'" in capsys.readouterr().err
+
+
+def test_within_a_verdict_more_signals_rank_first(indexed, options, embedder):
+    engine = open_engine(options, embedder)
+    # A CNN that calls everything a duplicate (what random weights and default thresholds do):
+    # the original, which the hash also supports, must still come first.
+    engine.thresholds = Thresholds(duplicate=-1.0, similar=-1.0, hash_duplicate=0, hash_similar=15)
+    pixels = np.clip(np.asarray(indexed[42], np.int16) + 100, 0, 255).astype(np.uint8)
+    response = engine.search_bytes(image_bytes(Image.fromarray(pixels)), k=6)
+    assert all(hit["verdict"] == DUPLICATE for hit in response["results"])
+    top = response["results"][0]
+    assert top["source"].endswith("img_42.png")
+    assert top["evidence"]["signals"] == ["cnn", "hash"]  # strongest first: cnn duplicate, hash similar
+    assert all(hit["evidence"]["signals"] == ["cnn"] for hit in response["results"][1:])
+    engine.close()
