@@ -64,7 +64,9 @@ class EmbeddingMethod:
         d = self.embedder.describe()
         how = "FAISS top-k of the embedding only" if self.mode == "cnn" else "SearchEngine.search_file"
         extra = "".join(f", {k}={v}" for k, v in self.search_kwargs.items())
-        return f"{how}; {d['arch']} ({d['weights']} weights) at {d['image_size']} px, {d['precision']}{extra}"
+        shared = f"; reuses the index of {self.base.name}" if self.base is not None else ""
+        model = f"{d['arch']} ({d['weights']} weights) at {d['image_size']} px, {d['precision']}"
+        return f"{how}; {model}{extra}{shared}"
 
     def index(self, paths: list[Path], workdir: Path, progress: bool = False) -> None:
         if self.base is not None and self.base.engine is not None:

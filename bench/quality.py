@@ -9,6 +9,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from model import Embedder
 
 from .machine import machine_facts
@@ -272,10 +274,12 @@ def plot_scores(results: list[MethodScores], path: Path) -> str | None:
             "copy, wrong top-1": [o.top_score for o in r.outcomes if o.positive and o.rank != 1],
             "negative": [o.top_score for o in r.outcomes if not o.positive],
         }
+        groups = {label: [v for v in values if v is not None] for label, values in groups.items()}
+        every = [v for values in groups.values() for v in values]
+        bins = np.linspace(min(every), max(every) + 1e-6, 40) if every else 30  # shared, so bars compare
         for label, values in groups.items():
-            values = [v for v in values if v is not None]
             if values:
-                ax.hist(values, bins=30, alpha=0.55, label=f"{label} ({len(values)})")
+                ax.hist(values, bins=bins, alpha=0.55, label=f"{label} ({len(values)})")
         if r.threshold is not None:
             ax.axvline(r.threshold, color="k", linestyle="--", linewidth=1)
         ax.set_title(r.name, fontsize=9)
