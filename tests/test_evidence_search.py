@@ -208,3 +208,23 @@ def test_within_a_verdict_more_signals_rank_first(indexed, options, embedder):
     assert top["evidence"]["signals"] == ["cnn", "hash"]  # strongest first: cnn duplicate, hash similar
     assert all(hit["evidence"]["signals"] == ["cnn"] for hit in response["results"][1:])
     engine.close()
+
+
+def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedder):
+    from conftest import make_options
+
+    options = make_options(tmp_path / "data", flat_limit=64)  # 72 images: IVF64 once 64 + a batch of 8 pass it
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(72):
+        make_image(seed, (40, 40)).save(folder / f"img_{seed}.png")
+    reindex([folder], options, embedder, progress=False)
+    engine = open_engine(options, embedder)
+    assert engine.vectors.kind == "ivf"
+    query = dihedral_image(make_image(33, (40, 40)), "flip")
+    top = engine.search_bytes(image_bytes(query), k=1)["results"][0]
+    assert top["source"].endswith("img_33.png") and top["evidence"]["hash"]["transform"] == "flip"
+    ids, xb = engine.vectors.vectors()
+    expected = float(xb[ids == top["id"]][0] @ embedder.embed_images([query])[0])  # brute force
+    assert top["score"] == pytest.approx(expected, abs=1e-5)
+    engine.close()
