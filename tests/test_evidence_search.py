@@ -213,7 +213,7 @@ def test_within_a_verdict_more_signals_rank_first(indexed, options, embedder):
 def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedder):
     from conftest import make_options
 
-    options = make_options(tmp_path / "data", flat_limit=64)  # 72 images: IVF64 once 64 + a batch of 8 pass it
+    options = make_options(tmp_path / "data", flat_limit=64)  # 72 images: IVF64 once 64 + 8 pass it
     folder = tmp_path / "in"
     folder.mkdir()
     for seed in range(72):
