@@ -5,7 +5,7 @@ within the hash radius of any of the query's 8 dihedral views (``HashIndex``, no
 FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``). Every
 candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
 ``Thresholds.judge``; results are ranked by verdict, then by how many signals fired, then by
-hash distance, then by CNN score.
+CNN score, then by hash distance.
 """
 
 from __future__ import annotations
@@ -286,14 +286,15 @@ def _matched_transform(judgement: Judgement, match: HashMatch | None, view: str)
 def _rank_key(result: dict) -> tuple:
     # Within a verdict, agreeing signals first: a CNN "duplicate" that the hash calls similar
     # beats one the hash does not support (random-init CNNs call everything a duplicate).
+    # Then the CNN score: a few bits of hash distance are JPEG noise, a 1.0 score is not.
     evidence = result["evidence"]
     fired_hash = evidence["hash"]["distance"] if "hash" in evidence["signals"] else 65
     return (
         not result["exact"],
         RANK[result["verdict"]],
         -len(evidence["signals"]),
-        fired_hash,
         -result["score"],
+        fired_hash,
         result["id"],
     )
 
