@@ -4,8 +4,8 @@ Candidates come from three places: the catalog row with the same sha256, the sto
 within the hash radius of any of the query's 8 dihedral views (``HashIndex``, no scan), and the
 FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``). Every
 candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
-``Thresholds.judge``; results are ranked by verdict, then by how many signals fired, then by
-CNN score, then by hash distance.
+``Thresholds.judge``; results are ranked by verdict, then by how many signals fired, then
+hash-decided first, then by CNN score, then by hash distance.
 """
 
 from __future__ import annotations
@@ -285,14 +285,16 @@ def _matched_transform(judgement: Judgement, match: HashMatch | None, view: str)
 
 def _rank_key(result: dict) -> tuple:
     # Within a verdict, agreeing signals first: a CNN "duplicate" that the hash calls similar
-    # beats one the hash does not support (random-init CNNs call everything a duplicate).
-    # Then the CNN score: a few bits of hash distance are JPEG noise, a 1.0 score is not.
+    # beats one the hash does not support (random-init CNNs call everything a duplicate);
+    # then those the hash decided (uncalibrated CNN thresholds are the weaker evidence); then
+    # the CNN score, since a few bits of hash distance are JPEG noise and a 1.0 score is not.
     evidence = result["evidence"]
     fired_hash = evidence["hash"]["distance"] if "hash" in evidence["signals"] else 65
     return (
         not result["exact"],
         RANK[result["verdict"]],
         -len(evidence["signals"]),
+        "hash" not in evidence["decided_by"],
         -result["score"],
         fired_hash,
         result["id"],

@@ -228,3 +228,22 @@ def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedd
     expected = float(xb[ids == top["id"]][0] @ embedder.embed_images([query])[0])  # brute force
     assert top["score"] == pytest.approx(expected, abs=1e-5)
     engine.close()
+
+
+def test_rank_order_within_a_verdict():
+    from search.engine import _rank_key
+
+    def result(i, score, signals, decided, distance, verdict=DUPLICATE, exact=False):
+        hashed = {"distance": distance} if distance is not None else None
+        evidence = {"signals": signals, "decided_by": decided, "hash": hashed}
+        return {"id": i, "score": score, "verdict": verdict, "exact": exact, "evidence": evidence}
+
+    results = [
+        result(1, 0.99, ["cnn"], ["cnn"], 30),  # CNN alone
+        result(2, 0.95, ["hash"], ["hash"], 0),  # hash alone, exact hash
+        result(3, 1.00, ["hash"], ["hash"], 2),  # hash alone, a JPEG of the same pixels
+        result(4, 0.50, ["hash", "cnn"], ["hash"], 9),  # both fired
+        result(5, 0.10, [], [], None, verdict=SIMILAR),
+        result(6, 0.20, ["exact", "hash", "cnn"], ["exact", "hash", "cnn"], 0, exact=True),
+    ]
+    assert [r["id"] for r in sorted(results, key=_rank_key)] == [6, 4, 3, 2, 1, 5]
