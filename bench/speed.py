@@ -97,6 +97,17 @@ def forward_settings(
     ]
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.inference_mode()
 def time_forward(
     net: torch.nn.Module,
@@ -139,20 +150,26 @@ def measure_forward(embedder: Embedder, config: SpeedConfig) -> list[dict]:
     settings, notes = forward_settings(embedder, config.bf16)
     config.notes += notes
     rows = []
-    for label, memory, dtype in settings:
+    threads = torch.get_num_threads()
+    runs = [(label, memory, dtype, threads) for label, memory, dtype in settings]
+    if embedder.device.type == "cpu" and threads > 1:
+        # On a busy machine torch's threads wait for each other: one thread can be far faster.
+        runs.append(("fp32 channels-last, 1 thread", "channels_last", None, 1))
+    for label, memory, dtype, n_threads in runs:
         for batch in config.batch_sizes:
             LOG.info("forward: %s, batch %d", label, batch)
-            row = time_forward(
-                embedder.net,
-                embedder.device,
-                batch,
-                embedder.image_size,
-                memory,
-                dtype,
-                config.repeat,
-                config.min_seconds,
-            )
-            rows.append({"device": str(embedder.device), "setting": label, **row})
+            with torch_threads(n_threads):
+                row = time_forward(
+                    embedder.net,
+                    embedder.device,
+                    batch,
+                    embedder.image_size,
+                    memory,
+                    dtype,
+                    config.repeat,
+                    config.min_seconds,
+                )
+            rows.append({"device": str(embedder.device), "setting": label, "threads": n_threads, **row})
     embedder.net.to(
         memory_format=torch.channels_last if embedder.device.type == "cpu" else torch.contiguous_format
     )
@@ -520,6 +537,10 @@ def run_speed(config: SpeedConfig, options, command: str) -> tuple[dict, str]:
         if "query" in config.parts:
             queries = make_query_files(paths, config.queries, work / "queries")
             payload["query"] = {"engine": measure_engine_latency(options, embedder, queries)}
+            payload["query"]["engine"]["threads"] = torch.get_num_threads()
+            if embedder.device.type == "cpu" and torch.get_num_threads() > 1:
+                with torch_threads(1):
+                    payload["query"]["engine_1thread"] = measure_engine_latency(options, embedder, queries)
             if config.cli_process:
                 payload["query"]["cli_process"] = measure_cli_process(options, queries[0])
             if config.http:
@@ -560,13 +581,24 @@ def speed_markdown(payload: dict) -> str:
         q = payload["query"]
         rows = [
             [
-                "SearchEngine.search_file (in process)",
+                f"SearchEngine.search_file (in process, {q['engine'].get('threads', '?')} torch threads)",
                 q["engine"]["n"],
                 q["engine"]["p50_ms"],
                 q["engine"]["p95_ms"],
                 q["engine"]["peak_mib"],
             ]
         ]
+        if "engine_1thread" in q:
+            one = q["engine_1thread"]
+            rows.append(
+                [
+                    "SearchEngine.search_file (in process, 1 torch thread)",
+                    one["n"],
+                    one["p50_ms"],
+                    one["p95_ms"],
+                    one["peak_mib"],
+                ]
+            )
         if "http" in q:
             rows.append(
                 [

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bench.machine import MemoryProbe
@@ -264,6 +265,10 @@ def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
     }
     assert payload["reindex"]["images"] == 3 and payload["reindex"]["ratio_to_bare"] > 0
     assert payload["query"]["engine"]["n"] == 2 and payload["query"]["http"]["p95_ms"] > 0
+    if torch.get_num_threads() > 1:  # the one-thread twins of the forward and query figures
+        assert ("fp32 channels-last, 1 thread", 1) in {(r["setting"], r["batch"]) for r in payload["forward"]}
+        assert payload["query"]["engine_1thread"]["n"] == 2
+    assert torch.get_num_threads() == payload["machine"]["torch_threads"]  # restored afterwards
     assert [r["nprobe"] for r in payload["faiss"]] == [None, 1, 4]
     assert "POST /search" in capsys.readouterr().out
 
