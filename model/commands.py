@@ -90,6 +90,12 @@ def register(subparsers) -> None:
         help="augmentation worker processes (default %(default)s)",
     )
     p.add_argument("--out", type=Path, help="run folder (default <data_dir>/models/train)")
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from a twice checkpoint (fine-tune) instead of random",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run saved in the run folder")
     p.add_argument("--export", type=Path, metavar="PATH", help="also copy the final fp16 checkpoint here")
     p.add_argument(
@@ -134,6 +140,7 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         holdout=args.holdout,
         device=args.train_device or options.device,
         workers=args.workers,
+        init=str(args.init or ""),
         sources=sources,
     )
 

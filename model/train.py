@@ -33,7 +33,7 @@ from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss
 from .network import ARCHS, EmbeddingNet
 from .training_data import PairDataset, Sources, epoch_order, gather_paths, load_images, split_holdout
-from .weights import WeightsInfo, save_checkpoint
+from .weights import WeightsInfo, load_checkpoint, save_checkpoint
 
 LOG = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class TrainConfig:
     holdout: int = 120
     device: str = "auto"
     workers: int = 0
+    init: str = ""  # start from these weights (a twice checkpoint) instead of a seeded random init
     sources: Sources = field(default_factory=Sources)
 
     def __post_init__(self) -> None:
@@ -181,7 +182,10 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch {config.batch} is larger than the {len(train_images)} training images")
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.net = seeded_network(config.arch, config.dim, config.seed).to(self.device)
+        self.net = seeded_network(config.arch, config.dim, config.seed)
+        if config.init:
+            self._load_init(config.init)
+        self.net.to(self.device)
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
         self.loss_fn = make_loss(config.loss, config.temperature, config.margin)
@@ -195,6 +199,16 @@ class Trainer:
         self.step = 0
         self.history: dict = {"steps": [], "epochs": []}
         self.stop_signal: int | None = None
+
+    def _load_init(self, path: str) -> None:
+        net, _ = load_checkpoint(path)
+        if (net.arch, net.dim) != (self.config.arch, self.config.dim):
+            raise ValueError(
+                f"{path}: a {net.arch} d{net.dim} checkpoint cannot start a {self.config.arch}"
+                f" d{self.config.dim} run (pass --arch {net.arch} --dim {net.dim})"
+            )
+        self.net.load_state_dict(net.state_dict())
+        LOG.info("starting from the weights in %s", path)
 
     # state ------------------------------------------------------------------------------------
 
@@ -385,10 +399,11 @@ def plot_curve(history: dict, path: Path) -> Path:
     left.set(xlabel="step", ylabel="training loss", title="loss")
     left.legend()
     epochs = history["epochs"]
-    for name in sorted({k for e in epochs for k in e["recall"]} - {"neg_cos"}):
-        right.plot(
-            [e["epoch"] for e in epochs], [e["recall"].get(name) for e in epochs], marker=".", label=name
-        )
+    names = sorted({k for e in epochs for k in e["recall"]} - {"neg_cos"})
+    colours = plt.cm.tab20(np.linspace(0, 1, max(1, len(names))))  # 13 transforms: no repeats
+    for name, colour in zip(names, colours, strict=True):
+        xs, ys = [e["epoch"] for e in epochs], [e["recall"].get(name) for e in epochs]
+        right.plot(xs, ys, marker=".", label=name, color=colour)
     right.set(xlabel="epoch", ylabel="recall@1", title="held-out recall@1 per transform", ylim=(0, 1.02))
     if epochs:
         right.legend(fontsize=7, ncol=2)

@@ -223,3 +223,16 @@ def test_schedule_warms_up_then_decays():
     assert lr_factor(100, 10, 100) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="bad batch 1"):
         TrainConfig(batch=1)
+
+
+def test_init_starts_from_a_checkpoint_and_refuses_a_mismatch(uninterrupted, folder):
+    out, _, _ = uninterrupted
+    images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
+    config = TrainConfig(out_dir=out.parent / "fine", size=SIZE, batch=3, dim=16, holdout=0, device="cpu",
+                         init=str(out / "model.pt"), sources=Sources([], [folder]))  # fmt: skip
+    trainer = Trainer(config, images, [])
+    exported = torch.load(out / "model.pt", map_location="cpu", weights_only=True)["state_dict"]
+    torch.testing.assert_close(trainer.net.head.weight, exported["head.weight"].float())
+    config.dim = 32
+    with pytest.raises(ValueError, match="a vgg16_bn d16 checkpoint cannot start a vgg16_bn d32 run"):
+        Trainer(config, images, [])
