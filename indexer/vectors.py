@@ -37,8 +37,9 @@ class IndexMismatchError(ValueError):
 
 
 def ivf_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: about 4·sqrt(n), at least 64."""
-    return int(max(64, min(65536, 4 * math.sqrt(n))))
+    """Inverted lists for ``n`` vectors: about 4·sqrt(n), at least 64, and few enough that
+    k-means has the 39 training points per list FAISS asks for (tiny test indexes)."""
+    return int(max(1, min(65536, max(64, 4 * math.sqrt(n)), n // 39)))
 
 
 class VectorIndex:

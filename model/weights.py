@@ -80,7 +80,8 @@ def imagenet_state_dict(arch: str, allow_download: bool) -> dict | None:
         if cached.exists():
             return torch.load(cached, map_location="cpu", weights_only=True)
         if allow_download:
-            with contextlib.redirect_stderr(io.StringIO()):  # torch.hub prints "Downloading: ..."
+            quiet = io.StringIO()  # torch.hub prints "Downloading: ..." on stdout or stderr
+            with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
                 return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # no network, a proxy page, a bad cache file: fall back
         LOG.info("ImageNet weights for %s unavailable: %s", arch, exc)

@@ -118,3 +118,11 @@ def test_search_edge_cases():
         index.search(unit_vectors(1), 0)
     with pytest.raises(ValueError, match="duplicate ids"):
         index.add(np.array([1, 1]), unit_vectors(2))
+
+
+def test_tiny_flat_limit_still_converts_to_ivf():
+    xb = unit_vectors(120, seed=5)
+    index = VectorIndex("m1", 16, flat_limit=10, nprobe=64)
+    index.add(np.arange(120), xb)
+    assert index.kind == "ivf"
+    np.testing.assert_array_equal(index.search(xb[:5], 1)[1][:, 0], np.arange(5))

@@ -76,15 +76,30 @@ def print_results(response: dict, out=sys.stdout) -> None:
         print("  no indexed images", file=out)
     for rank, hit in enumerate(response["results"], 1):
         variant = f"  [{hit['transform']} of #{hit['parent_id']}]" if hit["transform"] else ""
-        exact = "  (same bytes)" if hit["exact"] else ""
         score = f"{hit['score']:.4f}  {hit['verdict']:<9}"
-        print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}{exact}", file=out)
+        print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}", file=out)
+        print(f"     {why(hit)}", file=out)
     t = response["thresholds"]
+    rules = f"CNN >= {t['duplicate']} or hash <= {t.get('hash_duplicate', '-')} bits"
     print(
-        f"model {response['model']}; duplicate >= {t['duplicate']}, similar >= {t['similar']}"
-        f" ({t['source']}); {response['took_ms']:.0f} ms",
+        f"model {response['model']}; duplicate: {rules} ({t['source']}); {response['took_ms']:.0f} ms",
         file=out,
     )
+
+
+def why(hit: dict) -> str:
+    """One line of evidence: which signals fired and how strongly."""
+    if hit["exact"]:
+        return "same bytes (sha256)"
+    evidence = hit.get("evidence") or {}
+    parts = []
+    if (hashed := evidence.get("hash")) is not None:
+        turned = f", as {hashed['transform']}" if hashed.get("transform") not in (None, "identity") else ""
+        parts.append(f"hash {hashed['distance']} bits{turned}")
+    if (cnn := evidence.get("cnn")) is not None:
+        parts.append(f"CNN {cnn['score']:.3f}")
+    decided = ", ".join(evidence.get("decided_by") or []) or "nothing"
+    return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
 
 
 def run_status(args, options) -> int:
