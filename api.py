@@ -403,6 +403,19 @@ SCHEMAS = {
             "bytes": {"type": "integer"},
             "parent_id": NULLABLE_INT,
             "transform": NULLABLE_STRING,
+            "evidence": {
+                "type": "object",
+                "description": "signals that fired (exact, hash, cnn), their values, the matched"
+                " rotation/flip, and which decided the verdict",
+                "properties": {
+                    "signals": {"type": "array", "items": {"type": "string"}},
+                    "decided_by": {"type": "array", "items": {"type": "string"}},
+                    "exact": {"type": "boolean"},
+                    "hash": {"type": "object", "nullable": True},
+                    "cnn": {"type": "object", "nullable": True},
+                    "transform": NULLABLE_STRING,
+                },
+            },
             "url": {"type": "string"},
             "file_url": {"type": "string"},
             "thumb_url": {"type": "string"},
@@ -429,9 +442,11 @@ SCHEMAS = {
             "thresholds": {
                 "type": "object",
                 "properties": {
-                    "duplicate": {"type": "number"},
+                    "duplicate": {"type": "number", "description": "CNN score for a duplicate"},
                     "similar": {"type": "number"},
-                    "source": {"type": "string"},
+                    "source": {"type": "string", "enum": ["default", "calibrated", "manual"]},
+                    "hash_duplicate": {"type": "integer", "description": "max hash bits for a duplicate"},
+                    "hash_similar": {"type": "integer"},
                 },
             },
             "took_ms": {"type": "number"},
