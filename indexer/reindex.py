@@ -164,13 +164,7 @@ def _embed_pending(indexer, embedder, options, summary, checkpointer, progress) 
     dataset = StoredImages(items, embedder, options)
     bar = tqdm(total=len(items), desc="embedding catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
-        good = []
-        for item in batch:
-            if "error" in item:
-                summary.skipped[item["error"].reason] += 1
-                LOG.warning("skipped catalog image %d: %s", item["id"], item["error"])
-            else:
-                good.append(item)
+        good = _without_errors(batch, summary, "skipped catalog image")
         if good:
             ids = np.array([item["id"] for item in good], dtype=np.int64)
             indexer.add_vectors(ids, embedder.embed_tensors(torch.stack([g["tensor"] for g in good])))
@@ -239,19 +233,26 @@ def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
     dataset = StoredHashes(items, embedder, options)
     bar = tqdm(total=len(items), desc="hashing catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
-        values = []
-        for item in batch:
-            if "error" in item:
-                summary.skipped[item["error"].reason] += 1
-                LOG.warning("cannot hash catalog image %d: %s", item["id"], item["error"])
-            else:
-                values.append({"id": item["id"], "phash": item["phash"]})
+        good = _without_errors(batch, summary, "cannot hash catalog image")
+        values = [{"id": item["id"], "phash": item["phash"]} for item in good]
         if values:
             with indexer.catalog.session() as session:
                 session.execute(update(ImageRow), values)
             summary.hashed += len(values)
         bar.update(len(batch))
     bar.close()
+
+
+def _without_errors(batch: list[dict], summary: ReindexSummary, what: str) -> list[dict]:
+    """The items of a batch of stored images that decoded; the others are logged and counted."""
+    good = []
+    for item in batch:
+        if "error" in item:
+            summary.skipped[item["error"].reason] += 1
+            LOG.warning("%s %d: %s", what, item["id"], item["error"])
+        else:
+            good.append(item)
+    return good
 
 
 def _workers(options, n: int) -> int:
