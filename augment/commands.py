@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 
 from indexer import Indexer, VectorIndex, load_image
+from twice.cli import PreformattedEpilog
 
 from .preview import contact_sheet
 from .transforms import ORIGINAL_FOUR, TRANSFORMS, parse_transforms
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
         " catalog are skipped. Variants are embedded by the next `twice reindex`. With --preview,"
         " nothing is stored: a labelled contact sheet of one image and its variants is written.",
         epilog=f"transforms (spec = name[:param[:param]], comma-separated, or 'all'):\n{names}",
-        formatter_class=_RawEpilog,
+        formatter_class=PreformattedEpilog,
     )
     p.add_argument(
         "--transforms",
@@ -49,14 +49,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_augment)
 
-
-class _RawEpilog(argparse.HelpFormatter):
-    """Keeps the transform table's line breaks; wraps the description as usual."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith("transforms"):
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
 
 
 def run_augment(args, options) -> int:

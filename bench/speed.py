@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -265,21 +265,12 @@ def measure_cli_process(options, query: Path) -> dict:
     ]
     started = time.perf_counter()
     done = subprocess.run(
-        argv, env=options_env(options), capture_output=True, text=True, timeout=600, cwd=ROOT
+        argv, env={**os.environ, **options.to_env()}, capture_output=True, text=True, timeout=600, cwd=ROOT
     )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"twice search failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return {"seconds": seconds}
-
-
-def options_env(options) -> dict[str, str]:
-    """The environment that makes a child twice process see exactly these options."""
-    env = dict(os.environ)
-    for f in fields(options):
-        value = getattr(options, f.name)
-        env[f"TWICE_{f.name.upper()}"] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-    return env
 
 
 def free_port() -> int:
@@ -312,7 +303,11 @@ def served(options, work: Path, timeout: float = 300.0):
         str(work / "logs"),
     ]
     proc = subprocess.Popen(
-        argv, env=options_env(options), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        argv,
+        env={**os.environ, **options.to_env()},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -3,9 +3,10 @@ augment and reindex, the original system's whole flow in one command."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
+
+from twice.cli import PreformattedEpilog
 
 from .crawl import CrawlConfig, CrawlSummary, crawl, open_indexer
 from .fetcher import FetchConfig
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
         " download each one with a byte cap, decode it safely and store it once by sha256. New"
         " images are pending until `twice reindex` (or --index) embeds them.",
         epilog=EPILOG,
-        formatter_class=_RawEpilog,
+        formatter_class=PreformattedEpilog,
     )
     p.add_argument("url", nargs="?", metavar="URL", help="the first listing page")
     p.add_argument("--pixabay", metavar="TERM", help="crawl Pixabay's results for TERM instead of a URL")
@@ -80,14 +81,6 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_crawl)
 
-
-class _RawEpilog(argparse.HelpFormatter):
-    """Keeps the epilog's line breaks; wraps the description as usual."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if text.startswith("examples"):
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
 
 
 def build_listing(args):

@@ -65,6 +65,10 @@ class Options:
         given = {k: v for k, v in values.items() if v is not None}
         return replace(self, **{k: _coerce(self, k, v) for k, v in given.items()})
 
+    def to_env(self) -> dict[str, str]:
+        """``TWICE_*`` variables that make a child twice process see exactly these options."""
+        return {ENV_PREFIX + f.name.upper(): _env_text(getattr(self, f.name)) for f in fields(self)}
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Options:
         environ = os.environ if environ is None else environ
@@ -75,6 +79,12 @@ class Options:
             if raw is not None and raw != "":
                 values[f.name] = raw
         return base.with_overrides(**values)
+
+
+def _env_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def _coerce(options: Options, name: str, value: object) -> object:
