@@ -20,10 +20,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="find every duplicate group in the index (HTML, JSON or CSV)",
-        description="Find all pairs of indexed images at or above the duplicate threshold, join"
+        description="Find all pairs of indexed images that search would call duplicates (CNN score at"
+        " or above the duplicate threshold, or perceptual-hash distance, best of 8 rotations/flips,"
+        " at or below the duplicate hash threshold; both stored with the model version), join"
         " them into groups, pick each group's original (largest resolution, then earliest added,"
         " then smallest id) and write a report. Known augmented variants are counted, not listed,"
-        " unless --include-variants. Pairs are cached per model version, so a report after adding"
+        " unless --include-variants. Pairs and hashes are cached, so a report after adding"
         " images only searches the new ones.",
     )
     p.add_argument("--format", choices=FORMATS, help="output format (default: from -o's suffix, else html)")
@@ -33,7 +35,11 @@ def register(subparsers) -> None:
         metavar="PATH",
         help="where to write the report ('-' for stdout; default: DATA_DIR/reports/report-<time>.<format>)",
     )
-    p.add_argument("--threshold", type=float, help="score cut-off (default: the model's duplicate threshold)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="CNN score cut-off (default: the model's duplicate threshold); the hash cut-off stays",
+    )
     p.add_argument("--include-variants", action="store_true", help="list known augmented variants too")
     p.add_argument(
         "--method",
@@ -74,6 +80,7 @@ def run_report(args, options) -> int:
         record=not args.no_record,
         progress=not args.quiet,
         nprobe=args.nprobe,
+        workers=options.workers,
     )
     to_stdout = args.output == "-"
     out_path = None if to_stdout else Path(args.output or default_output(options, fmt))

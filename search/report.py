@@ -1,13 +1,18 @@
 """Duplicate-group reports over the whole collection: pairs -> groups -> originals -> output.
 
-``build_report`` reads the saved index (its model version, no network needed), finds every
-pair at or above the duplicate threshold (``search.pairs``), joins pairs into groups, picks
-each group's original by ``ORIGINAL_RULE``, sets known augmented variants aside (counted, and
-listed only on request), checks how many known variant pairs were recovered, and says what
-changed since the last recorded report.
+``build_report`` reads the saved index (its model version, no network needed) and pairs images
+the way search judges them, with the thresholds stored for the model version: a pair is a
+duplicate when its CNN score is at or above the duplicate threshold (FAISS, ``search.pairs``)
+OR its perceptual-hash distance, best over the 8 dihedral views, is at or below the duplicate
+hash threshold (``search.report_hashes``). It joins pairs into groups, picks each group's
+original by ``ORIGINAL_RULE``, gives every other member its evidence against the original (as
+search's ``evidence`` field), sets known augmented variants aside (counted, and listed only on
+request), checks how many known variant pairs were recovered, and says what changed since the
+last recorded report.
 
-Pairs are cached per model version (tables ``report_pair_cache`` and ``report_runs``): a
-later report only searches the vectors added or changed since, and drops pairs of removed ones.
+CNN pairs are cached per model version (table ``report_pair_cache``), hash views and pairs in
+``report_hash_cache``: a later report only searches (and decodes) the images added or changed
+since, and drops pairs of removed ones. ``report_runs`` remembers each report's groups.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,8 +34,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from indexer import Catalog, ImageRow, IndexFileError, IndexMismatchError, VectorIndex
 from indexer.catalog import Base
 
+from .hashing import HASH_BITS
 from .pairs import METHODS, canonical_pairs, check_threshold, find_pairs, group_pairs
-from .verdicts import Thresholds, thresholds_for
+from .report_hashes import HashScan, scan_hashes
+from .verdicts import RANK, Judgement, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
 
@@ -46,6 +53,9 @@ CSV_COLUMNS = (
     "id",
     "score",
     "verdict",
+    "hash_distance",
+    "hash_transform",
+    "decided_by",
     "source",
     "page_url",
     "path",
@@ -111,20 +121,62 @@ class DuplicateScan:
     """Everything a report is made of, before formatting."""
 
     model_version: str
-    threshold: float
-    thresholds: Thresholds
+    thresholds: Thresholds  # what the report judges by (``threshold`` overrides the CNN cut)
     index_type: str
     ids: np.ndarray  # vector ids that have a catalog row, sorted
     xb: np.ndarray  # their vectors, same order
-    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (a, b, score), a < b, score >= threshold
+    pairs: Pairs
     groups: list[list[int]]
+    hashes: HashScan
     cache: dict = field(default_factory=dict)
     pending: int = 0  # catalog rows without a vector
     nprobe: int = 0
     seconds: float = 0.0
 
+    @property
+    def threshold(self) -> float:
+        """The CNN duplicate cut."""
+        return self.thresholds.duplicate
+
+    @property
+    def hash_threshold(self) -> int:
+        """The hash duplicate cut in bits (-1: the hash never fires)."""
+        return self.thresholds.hash_duplicate
+
     def vector(self, image_id: int) -> np.ndarray:
         return self.xb[int(np.searchsorted(self.ids, image_id))]
+
+    def judge(self, a: int, b: int) -> tuple[float, Judgement, dict | None]:
+        """CNN score, verdict and hash evidence of b against a (the transform turns a into b)."""
+        score = float(np.clip(self.vector(a) @ self.vector(b), -1.0, 1.0))
+        match = self.hashes.match(a, b) if self.hashes.radius >= 0 else None
+        judgement = self.thresholds.judge(score, None if match is None else match.distance)
+        hashed = None
+        if match is not None:
+            hashed = {"distance": match.distance, "bits": HASH_BITS, "transform": match.transform}
+        return score, judgement, hashed
+
+
+@dataclass
+class Pairs:
+    """Duplicate pairs, a < b, sorted: found by the CNN score, the hash distance or both."""
+
+    a: np.ndarray
+    b: np.ndarray
+    score: np.ndarray  # CNN cosine
+    distance: np.ndarray  # best dihedral hash distance; NO_HASH where a side has no hash
+    by_cnn: np.ndarray  # bool: score >= the CNN cut
+    by_hash: np.ndarray  # bool: distance <= the hash cut
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def keys_list(self) -> list[tuple[int, int]]:
+        return list(zip(self.a.tolist(), self.b.tolist(), strict=True))
+
+    def counts(self) -> dict:
+        both = int(np.count_nonzero(self.by_cnn & self.by_hash))
+        return {"cnn": int(self.by_cnn.sum()), "hash": int(self.by_hash.sum()), "both": both}
 
 
 def scan_duplicates(
@@ -136,8 +188,13 @@ def scan_duplicates(
     incremental: bool = True,
     progress: bool = False,
     nprobe: int | None = None,
+    workers: int = 0,
 ) -> DuplicateScan:
-    """Pairs at or above ``threshold`` (default: the model's duplicate threshold) and groups."""
+    """Duplicate pairs (CNN score >= the cut, or hash distance <= the hash cut) and groups.
+
+    The cuts are the model version's duplicate thresholds; ``threshold`` overrides the CNN one.
+    ``workers``: processes decoding images whose hash views are not cached yet.
+    """
     started = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -146,8 +203,8 @@ def scan_duplicates(
         if not isinstance(nprobe, int) or nprobe < 1:
             raise ValueError(f"nprobe must be an integer >= 1, got {nprobe!r}")
         vectors.nprobe = nprobe  # only an IVF index reads it
-    thresholds = thresholds_for(catalog, vectors.model_version)
-    cut = check_threshold(thresholds.duplicate if threshold is None else threshold)
+    thresholds = report_thresholds(thresholds_for(catalog, vectors.model_version), threshold)
+    cut = thresholds.duplicate
     ids, xb = vectors.vectors()
     keys = catalog_keys(catalog)
     known = np.isin(ids, keys[0])
@@ -159,21 +216,46 @@ def scan_duplicates(
         catalog, vectors, ids, xb, member_keys, cut, method, incremental, progress
     )
     keep = s >= cut
-    a, b, s = a[keep], b[keep], s[keep]
+    hashes = scan_hashes(
+        catalog, options, ids, member_keys, thresholds.hash_duplicate, incremental, workers, progress
+    )
+    pairs = join_pairs(a[keep], b[keep], hashes, ids, xb)
     return DuplicateScan(
         model_version=vectors.model_version,
-        threshold=cut,
         thresholds=thresholds,
         index_type=vectors.index_type,
         ids=ids,
         xb=xb,
-        pairs=(a, b, s),
-        groups=group_pairs(a, b),
-        cache=cache,
+        pairs=pairs,
+        groups=group_pairs(pairs.a, pairs.b),
+        hashes=hashes,
+        cache=cache | {"hash": hashes.cache},
         pending=max(0, len(keys[0]) - len(ids)),
         nprobe=vectors.nprobe,
         seconds=time.perf_counter() - started,
     )
+
+
+def report_thresholds(stored: Thresholds, threshold: float | None = None) -> Thresholds:
+    """The stored thresholds, with ``threshold`` (when given) as the CNN duplicate cut."""
+    if threshold is None:
+        return replace(stored, duplicate=check_threshold(stored.duplicate))
+    cut = check_threshold(threshold)
+    return replace(stored, duplicate=cut, similar=min(stored.similar, cut), source="manual")
+
+
+def join_pairs(a, b, hashes: HashScan, ids: np.ndarray, xb: np.ndarray) -> Pairs:
+    """The CNN pairs (a, b) and the hash pairs as one sorted set, each with both signals."""
+    ha, hb, _ = hashes.pairs
+    stacked = np.stack([np.r_[a, ha], np.r_[b, hb]], axis=1).astype(np.int64).reshape(-1, 2)
+    unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    by_cnn, by_hash = np.zeros(len(unique), bool), np.zeros(len(unique), bool)
+    by_cnn[inverse[: len(a)]] = True
+    by_hash[inverse[len(a) :]] = True
+    a, b = unique[:, 0], unique[:, 1]
+    score = np.einsum("ij,ij->i", xb[np.searchsorted(ids, a)], xb[np.searchsorted(ids, b)])
+    return Pairs(a, b, score.astype(np.float32), hashes.distances(a, b), by_cnn, by_hash)
 
 
 def load_index(options, model_version: str | None = None) -> VectorIndex:
@@ -372,32 +454,49 @@ def get_rows(catalog: Catalog, ids: list[int]) -> dict[int, ImageRow]:
 
 def variant_recall(scan: DuplicateScan, parents: dict[int, tuple[int, str | None]]) -> dict:
     """Known variant pairs (variant, parent) with both vectors: how many were found as pairs."""
-    a, b, _ = scan.pairs
-    found = set(zip(a.tolist(), b.tolist(), strict=True))
+    pairs = scan.pairs
+    signals = {
+        key: (bool(c), bool(h))
+        for key, c, h in zip(pairs.keys_list(), pairs.by_cnn.tolist(), pairs.by_hash.tolist(), strict=True)
+    }
     present = set(scan.ids.tolist())
     by_transform: dict[str, list[int]] = {}
+    by_signal = Counter()
     missed, recovered, total = [], 0, 0
     for child, (parent, transform) in sorted(parents.items()):
         if child not in present or parent not in present:
             continue
         total += 1
-        hit = (min(child, parent), max(child, parent)) in found
+        fired = signals.get((min(child, parent), max(child, parent)))
+        hit = fired is not None
         recovered += hit
+        by_signal.update(name for name, on in zip(("cnn", "hash"), fired or (), strict=False) if on)
         counts = by_transform.setdefault(transform or "unknown", [0, 0])
         counts[0] += hit
         counts[1] += 1
         if not hit:
-            score = float(scan.vector(child) @ scan.vector(parent))
-            missed.append(
-                {"id": child, "parent_id": parent, "transform": transform, "score": round(score, 6)}
-            )
+            missed.append(missed_pair(scan, child, parent, transform))
     missed.sort(key=lambda m: m["score"])
     return {
         "recovered": recovered,
         "total": total,
+        "by_signal": {"cnn": by_signal["cnn"], "hash": by_signal["hash"]},
         "by_transform": {t: {"recovered": r, "total": n} for t, (r, n) in sorted(by_transform.items())},
         "missed": missed[:MAX_MISSED_LISTED],
         "missed_total": len(missed),
+    }
+
+
+def missed_pair(scan: DuplicateScan, child: int, parent: int, transform: str | None) -> dict:
+    """A known variant pair that no signal found, with how near each signal came."""
+    score, _, hashed = scan.judge(parent, child)
+    distance = None if hashed is None else hashed["distance"]
+    return {
+        "id": child,
+        "parent_id": parent,
+        "transform": transform,
+        "score": round(score, 6),
+        "hash_distance": distance,
     }
 
 
@@ -458,13 +557,15 @@ def describe_changes(
 # the report ----------------------------------------------------------------------------------
 
 
-def member_dict(row: ImageRow, role: str, score: float, scan: DuplicateScan, options) -> dict:
+def member_dict(row: ImageRow, role: str, score: float, scan: DuplicateScan, options, evidence=None) -> dict:
     score = float(np.clip(score, -1.0, 1.0))
+    verdict = scan.thresholds.verdict(score) if evidence is None else evidence.pop("verdict")
     return {
         "id": row.id,
         "role": role,
         "score": round(score, 6),
-        "verdict": scan.thresholds.verdict(score),
+        "verdict": verdict,
+        "evidence": evidence,
         "source": row.source,
         "page_url": row.page_url,
         "path": str(Path(options.images_dir) / row.stored_path),
@@ -478,19 +579,55 @@ def member_dict(row: ImageRow, role: str, score: float, scan: DuplicateScan, opt
     }
 
 
+def member_evidence(scan: DuplicateScan, original: int, member: int) -> tuple[float, dict]:
+    """A member's CNN score to the original and its evidence, shaped as search's ``evidence``.
+
+    ``transform`` is the dihedral map from the original to the member when the hash decided.
+    """
+    score, judgement, hashed = scan.judge(original, member)
+    if hashed is not None:
+        hashed["verdict"] = judgement.hash
+    decided_by_hash = hashed is not None and "hash" in judgement.decided_by
+    transform = hashed["transform"] if decided_by_hash else None
+    return score, {
+        "verdict": judgement.verdict,
+        "signals": judgement.signals,
+        "decided_by": judgement.decided_by,
+        "exact": False,  # one row per sha256: two catalog images never share bytes
+        "hash": hashed,
+        "cnn": {"score": round(score, 6), "verdict": judgement.cnn},
+        "transform": None if transform == "identity" else transform,
+    }
+
+
+def member_rank(member: dict) -> tuple:
+    """Search's order: verdict, signals that fired, hash-decided first, CNN score, hash distance."""
+    evidence = member["evidence"]
+    fired_hash = evidence["hash"]["distance"] if "hash" in evidence["signals"] else HASH_BITS + 1
+    return (
+        RANK[member["verdict"]],
+        -len(evidence["signals"]),
+        "hash" not in evidence["decided_by"],
+        -member["score"],
+        fired_hash,
+        member["id"],
+    )
+
+
 def describe_group(group, rows, parents, scan, options, include_variants: bool) -> dict:
-    """One group: the original first, then the others by score to it (descending)."""
+    """One group: the original first, then the others in search's order against it."""
     original = pick_original([rows[i] for i in group])
     expected = known_variants(group, parents) - {original.id}
-    base = scan.vector(original.id)
     others = []
     for i in group:
         if i == original.id or (i in expected and not include_variants):
             continue
         role = "variant" if i in expected else "duplicate"
-        others.append(member_dict(rows[i], role, float(scan.vector(i) @ base), scan, options))
-    others.sort(key=lambda m: (-m["score"], m["id"]))
+        score, evidence = member_evidence(scan, original.id, i)
+        others.append(member_dict(rows[i], role, score, scan, options, evidence))
+    others.sort(key=member_rank)
     findings = len(group) - 1 - len(expected)
+    distances = [m["evidence"]["hash"]["distance"] for m in others if m["evidence"]["hash"] is not None]
     return {
         "size": len(group),
         "findings": findings,
@@ -498,6 +635,7 @@ def describe_group(group, rows, parents, scan, options, include_variants: bool) 
         "known_variants": len(expected),
         "max_score": max((m["score"] for m in others), default=None),
         "min_score": min((m["score"] for m in others), default=None),
+        "min_hash_distance": min(distances, default=None),
         "members": [member_dict(original, "original", 1.0, scan, options), *others],
     }
 
@@ -514,6 +652,7 @@ def build_report(
     record: bool = False,
     progress: bool = False,
     nprobe: int | None = None,
+    workers: int = 0,
 ) -> dict:
     """The duplicate report as a JSON-ready dict (see the module docstring).
 
@@ -521,13 +660,14 @@ def build_report(
     ``page``/``per_page``: return one page of listed groups (1-based; both or neither).
     ``record``: remember this report's groups, so the next one says what changed.
     ``nprobe``: inverted lists visited per query when the index is IVF (default: the index's).
+    ``workers``: processes decoding images whose hash views are not cached (0: this one).
     """
     started = time.perf_counter()
     page, per_page = check_page(page, per_page)
     catalog = open_catalog(options)
     try:
         scan = scan_duplicates(
-            options, catalog, model_version, threshold, method, incremental, progress, nprobe
+            options, catalog, model_version, threshold, method, incremental, progress, nprobe, workers
         )
         report = assemble(scan, catalog, options, include_variants)
         if record:
@@ -566,13 +706,16 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
             "nprobe": scan.nprobe if scan.index_type.startswith("IVF") else None,
         },
         "threshold": scan.threshold,
+        "hash_threshold": scan.hash_threshold,
         "thresholds": scan.thresholds.to_dict(),
         "original_rule": ORIGINAL_RULE,
         "include_variants": include_variants,
         "summary": {
             "images": len(scan.ids),
             "pending": scan.pending,
-            "pairs": len(scan.pairs[0]),
+            "pairs": len(scan.pairs),
+            "pairs_by": scan.pairs.counts(),
+            "hashed_images": len(scan.hashes.ids),
             "groups": len(scan.groups),
             "groups_listed": len(listed),
             "images_in_groups": in_groups,
@@ -643,12 +786,25 @@ def report_csv(report: dict) -> str:
             writer.writerow(
                 {
                     **member,
+                    **evidence_columns(member["evidence"]),
                     "group": group["group"],
                     "group_size": group["size"],
                     "change": group.get("change"),
                 }
             )
     return buffer.getvalue()
+
+
+def evidence_columns(evidence: dict | None) -> dict:
+    """The evidence as flat CSV cells (empty for the original, compared with nothing)."""
+    if evidence is None:
+        return {}
+    hashed = evidence["hash"] or {}
+    return {
+        "hash_distance": hashed.get("distance"),
+        "hash_transform": hashed.get("transform"),
+        "decided_by": "+".join(evidence["decided_by"]),
+    }
 
 
 def report_json(report: dict) -> str:
@@ -682,8 +838,8 @@ def summary_lines(report: dict) -> list[str]:
     """A few lines for the terminal."""
     s, r = report["summary"], report["recall"]
     lines = [
-        f"{s['images']} images, {s['pairs']} pairs at >= {report['threshold']:.4f}"
-        f" ({report['thresholds']['source']} threshold, model {report['model']},"
+        f"{s['images']} images, {s['pairs']} duplicate pairs: {pair_rule(report)}"
+        f" ({report['thresholds']['source']} thresholds, model {report['model']},"
         f" index {report['index']['type']})",
         f"{s['groups']} duplicate groups: {s['groups_listed']} listed,"
         f" {s['variant_only_groups']} of known variants only (summarised);"
@@ -691,6 +847,8 @@ def summary_lines(report: dict) -> list[str]:
         f"recall check: {r['recovered']}/{r['total']} known variant pairs recovered"
         + ("".join(f"; {t} {v['recovered']}/{v['total']}" for t, v in r["by_transform"].items())),
     ]
+    if s["hashed_images"] < s["images"] and report["hash_threshold"] >= 0:
+        lines.append(f"{s['images'] - s['hashed_images']} images have no perceptual hash: CNN pairs only")
     if s["pending"]:
         lines.append(f"{s['pending']} catalogued images have no vector yet: run `twice reindex`")
     c = report["changes"]
@@ -707,8 +865,27 @@ def summary_lines(report: dict) -> list[str]:
         )
     cache = report["cache"]
     how = "all pairs computed" if cache["full"] else f"{cache['reused_pairs']} cached pairs reused"
-    lines.append(f"{how}; searched {cache['searched']} vectors; {report['took_ms'] / 1000:.1f}s")
+    hashed = cache["hash"]
+    if hashed.get("off"):
+        hashes = "hash pairs off"
+    else:
+        reused = (
+            "all hash pairs computed"
+            if hashed["full"]
+            else f"{hashed['reused_pairs']} cached hash pairs reused"
+        )
+        hashes = f"{reused}, {hashed['decoded']} images hashed"
+    lines.append(f"{how}; searched {cache['searched']} vectors; {hashes}; {report['took_ms'] / 1000:.1f}s")
     return lines
+
+
+def pair_rule(report: dict) -> str:
+    """``CNN >= 0.9000 (12) or hash <= 8 bits (30)``: the pairing rule and what each found."""
+    by = report["summary"]["pairs_by"]
+    rule = f"CNN >= {report['threshold']:.4f} ({by['cnn']})"
+    if report["hash_threshold"] >= 0:
+        rule += f" or hash <= {report['hash_threshold']} bits ({by['hash']})"
+    return rule
 
 
 # benchmark -----------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ th.sort{cursor:pointer;user-select:none;white-space:nowrap} th.sort:hover{backgr
 .badge{display:inline-block;border-radius:8px;padding:0 6px;font-size:11px;color:#fff;margin-right:3px}
 .b-original{background:#2a6}.b-duplicate{background:#c33}.b-similar{background:#d80}
 .b-different{background:#888}.b-variant{background:#57c}.b-change{background:#639}
-.src{word-break:break-all;color:#555} .num{font-variant-numeric:tabular-nums}
+.src{word-break:break-all;color:#555} .num{font-variant-numeric:tabular-nums} .ev{color:#333}
 """
 
 SCRIPT = """
@@ -61,7 +61,7 @@ def report_html(report: dict, out_path: Path | None = None, progress: bool = Fal
     rows = "\n".join(group_row(g, thumbs, base) for g in groups)
     if thumbs.failed:
         LOG.warning("%d images could not be read for thumbnails", thumbs.failed)
-    empty = '<tr><td colspan="5">No duplicate groups at this threshold.</td></tr>'
+    empty = '<tr><td colspan="6">No duplicate groups at these thresholds.</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>twice duplicate report</title>
@@ -71,7 +71,8 @@ def report_html(report: dict, out_path: Path | None = None, progress: bool = Fal
 <table id="groups">
 <thead><tr><th class="sort" id="sort-group" onclick="sortGroups('group',this)">#</th>
 <th class="sort" id="sort-size" onclick="sortGroups('size',this)">size &#x21C5;</th>
-<th class="sort" id="sort-score" onclick="sortGroups('score',this)">best score &#x21C5;</th>
+<th class="sort" id="sort-score" onclick="sortGroups('score',this)">best CNN score &#x21C5;</th>
+<th class="sort" id="sort-hash" onclick="sortGroups('hash',this)">closest hash &#x21C5;</th>
 <th>change</th><th>images (original first)</th></tr></thead>
 <tbody id="groups-body">
 {rows or empty}
@@ -84,7 +85,7 @@ def report_html(report: dict, out_path: Path | None = None, progress: bool = Fal
 def header(report: dict) -> str:
     s, r, t = report["summary"], report["recall"], report["thresholds"]
     facts = [
-        f"{s['images']} images &middot; {s['pairs']} pairs at score &ge; {report['threshold']:.4f}"
+        f"{s['images']} images &middot; {s['pairs']} duplicate pairs: {pair_rule_html(report)}"
         f" &middot; model <code>{escape(report['model'])}</code>"
         f" &middot; index {escape(report['index']['type'])}",
         f"{s['groups']} duplicate groups: {s['groups_listed']} listed, {s['variant_only_groups']}"
@@ -92,7 +93,9 @@ def header(report: dict) -> str:
         f"{'' if report['include_variants'] else '; list them with --include-variants'})",
         f'<span id="recall-line">Recall check: {r["recovered"]}/{r["total"]}'
         " known variant pairs recovered</span>",
-        f"Verdicts: duplicate &ge; {t['duplicate']}, similar &ge; {t['similar']} ({escape(t['source'])})."
+        f"Verdicts against each group's original, as search gives them ({escape(t['source'])}"
+        f" thresholds): duplicate = CNN &ge; {t['duplicate']} or hash &le; {t['hash_duplicate']} bits;"
+        f" similar = CNN &ge; {t['similar']} or hash &le; {t['hash_similar']} bits."
         f" Original = {escape(report['original_rule'])}.",
     ]
     c = report.get("changes")
@@ -109,8 +112,19 @@ def header(report: dict) -> str:
     return f'<h1>Duplicate report</h1>\n<p class="facts">{escape(report["generated_at"])}</p>\n{lines}'
 
 
+def pair_rule_html(report: dict) -> str:
+    by = report["summary"]["pairs_by"]
+    rule = f"CNN score &ge; {report['threshold']:.4f} ({by['cnn']})"
+    if report["hash_threshold"] >= 0:
+        rule += f" or hash &le; {report['hash_threshold']} bits ({by['hash']})"
+    return rule
+
+
 def group_row(group: dict, thumbs: Thumbnails, base: Path | None) -> str:
     score = group["max_score"] if group["max_score"] is not None else 0.0
+    distance = group.get("min_hash_distance")
+    hash_cell = "&ndash;" if distance is None else f"{distance} bits"
+    hash_key = 65 if distance is None else distance
     change = f'<span class="badge b-change">{escape(group["change"])}</span>' if group.get("change") else ""
     hidden = (
         f'<div class="src">+{group["hidden_variants"]} known variants not shown</div>'
@@ -120,9 +134,10 @@ def group_row(group: dict, thumbs: Thumbnails, base: Path | None) -> str:
     cards = "".join(member_card(m, thumbs, base) for m in group["members"])
     return (
         f'<tr class="group" id="group-{group["group"]}" data-group="{group["group"]}"'
-        f' data-size="{group["size"]}" data-score="{score:.6f}">'
+        f' data-size="{group["size"]}" data-score="{score:.6f}" data-hash="{hash_key}">'
         f'<td class="num"><a href="#group-{group["group"]}">{group["group"]}</a></td>'
-        f'<td class="num">{group["size"]}</td><td class="num">{score:.4f}</td><td>{change}</td>'
+        f'<td class="num">{group["size"]}</td><td class="num">{score:.4f}</td>'
+        f'<td class="num">{hash_cell}</td><td>{change}</td>'
         f'<td><div class="members">{cards}</div>{hidden}</td></tr>'
     )
 
@@ -143,13 +158,28 @@ def member_card(member: dict, thumbs: Thumbnails, base: Path | None) -> str:
     transform = (
         f" &middot; {escape(member['transform'])} of #{member['parent_id']}" if member["transform"] else ""
     )
+    score = "original" if role == "original" else f"CNN {member['score']:.4f}"
     return (
         f'<div class="card role-{role}"><a href="{escape(link)}">{picture}</a>{badges}'
-        f'<div class="num">#{member["id"]} &middot; {member["score"]:.4f}</div>'
+        f'<div class="num">#{member["id"]} &middot; {score}</div>{evidence_html(member.get("evidence"))}'
         f'<div class="num">{member["width"]}&times;{member["height"]}'
         f" {escape(member['format'] or '')}{transform}</div>"
         f"{source_html(member)}</div>"
     )
+
+
+def evidence_html(evidence: dict | None) -> str:
+    """What fired against the original: the hash distance and turn when the hash did."""
+    if evidence is None:
+        return ""
+    hashed = evidence["hash"]
+    parts = []
+    if hashed is not None and "hash" in evidence["signals"]:
+        turn = "" if hashed["transform"] == "identity" else f" &middot; {escape(hashed['transform'])}"
+        parts.append(f'<div class="num ev">hash {hashed["distance"]} bits{turn}</div>')
+    if evidence["decided_by"]:
+        parts.append(f'<div class="ev">by {escape(" + ".join(evidence["decided_by"]))}</div>')
+    return "".join(parts)
 
 
 def source_html(member: dict) -> str:
@@ -183,13 +213,17 @@ def recall_section(report: dict) -> str:
     )
     missed = "".join(
         f"<li>#{m['id']} ({escape(m['transform'] or 'unknown')} of #{m['parent_id']}):"
-        f" score {m['score']:.4f}</li>"
+        f" CNN {m['score']:.4f}"
+        + ("" if m.get("hash_distance") is None else f", hash {m['hash_distance']} bits")
+        + "</li>"
         for m in r["missed"]
     )
     more = f"<p>{r['missed_total']} missed in all.</p>" if r["missed_total"] > len(r["missed"]) else ""
     return (
         f'<h2 id="recall">Known variant pairs</h2>'
-        f"<p>{r['recovered']}/{r['total']} recovered at the report threshold.</p>"
+        f"<p>{r['recovered']}/{r['total']} recovered at the report thresholds"
+        f" ({r['by_signal']['hash']} by the hash, {r['by_signal']['cnn']} by the CNN score;"
+        " a pair can be found by both).</p>"
         f"<table><thead><tr><th>transform</th><th>recovered</th></tr></thead><tbody>{rows}</tbody></table>"
         + (f"<h3>Missed</h3><ul>{missed}</ul>{more}" if missed else "")
     )

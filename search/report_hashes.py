@@ -1,0 +1,304 @@
+"""Perceptual-hash pairs for duplicate reports: every stored image against every other.
+
+Search compares a query's 8 dihedral hash views with the stored hashes. A report does the
+same with every stored image as the query, so it needs each image's views: they come from one
+decode of the stored file (``calibrate.QueryHashes``, the decode search gives a query), and
+view 0 is the catalog's stored hash, the hash search compares against. A pair's distance is
+the nearer of its two directions (``pair_match``), as search would see it from either side.
+
+Pairs come from the multi-index lookup, never a scan: a full run is ``hash_pairs``; a later run
+searches only the new images' views against every stored hash, and every image's views
+against the new images' hashes (``pairs_touching``). Views and pairs are cached (table
+``report_hash_cache``), so a later report decodes and searches only what is new. Neither
+depends on the model, so the cache outlives a model change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import DateTime, Integer, LargeBinary, String, delete
+from sqlalchemy.orm import Mapped, mapped_column
+from tqdm import tqdm
+
+from indexer import Catalog, ImageStore
+from indexer.catalog import Base
+
+from .engine import nearest_view
+from .hashing import DIHEDRAL, INVERSE, HashIndex, HashMatch, check_radius, hamming, hash_pairs, load_hashes
+
+LOG = logging.getLogger(__name__)
+
+# The hash kind the cache holds; a new hash function needs a new name.
+HASH_SCHEME = "phash-dct64-dihedral8-v1"
+NO_HASH = 65  # distance of a pair where one side has no views: never fires
+VIEWS = len(DIHEDRAL)
+CHUNK_PAIRS = 1 << 18
+
+
+class HashPairCache(Base):
+    """Dihedral views of ``member_ids`` and their pairs within ``radius`` bits."""
+
+    __tablename__ = "report_hash_cache"
+
+    scheme: Mapped[str] = mapped_column(String, primary_key=True)
+    radius: Mapped[int] = mapped_column(Integer)
+    member_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 catalog ids, sorted
+    member_keys: Mapped[bytes] = mapped_column(LargeBinary)  # int64 from each sha256
+    member_views: Mapped[bytes] = mapped_column(LargeBinary)  # int64, (members, 8)
+    pair_a: Mapped[bytes] = mapped_column(LargeBinary)  # int64, a < b
+    pair_b: Mapped[bytes] = mapped_column(LargeBinary)  # int64
+    pair_distance: Mapped[bytes] = mapped_column(LargeBinary)  # int8
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# pairs ---------------------------------------------------------------------------------------
+
+
+def pair_match(a: int, views_a: np.ndarray, b: int, views_b: np.ndarray) -> HashMatch:
+    """The nearer direction of the pair (a, b): ``transform`` turns image a into image b.
+
+    a's views against b's stored hash, or b's views against a's (inverted); ties go to a's
+    side and then to the earlier view, as ``hash_pairs`` decides them.
+    """
+    forward = nearest_view(views_a, b, int(views_b[0]))
+    backward = nearest_view(views_b, a, int(views_a[0]))
+    if forward.distance <= backward.distance:
+        return forward
+    return HashMatch(b, backward.distance, INVERSE[backward.transform])
+
+
+def pairs_touching(ids: np.ndarray, views: np.ndarray, new: np.ndarray, radius: int) -> dict:
+    """The pairs of ``hash_pairs(ids, views, radius)`` that have a member in ``new``.
+
+    ``new`` is a boolean mask over ``ids``. Each new image's views are looked up among the
+    stored hashes (view 0 of every image), and its stored hash among every image's 8 views, so
+    both directions are found without a scan; ``pair_match`` then settles each pair.
+    """
+    radius = check_radius(radius)
+    ids, views = np.asarray(ids, np.int64), np.asarray(views, np.int64)
+    stored = HashIndex(ids, views[:, 0])
+    every_view = HashIndex(np.arange(views.size, dtype=np.int64), views.reshape(-1))  # pos * 8 + view
+    position = {int(i): p for p, i in enumerate(ids.tolist())}
+    found: set[tuple[int, int]] = set()
+    for p in np.flatnonzero(new).tolist():
+        others = [position[m.id] for m in stored.search(views[p], radius)]
+        others += [m.id // VIEWS for m in every_view.search(views[p, :1], radius)]
+        found.update((min(p, q), max(p, q)) for q in others if q != p)
+    pairs = {}
+    for p, q in sorted(found):
+        a, b = int(ids[p]), int(ids[q])
+        match = pair_match(a, views[p], b, views[q])
+        if match.distance <= radius:
+            pairs[(a, b)] = match
+    return pairs
+
+
+def as_arrays(pairs: dict[tuple[int, int], HashMatch]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """{(a, b): match} -> (a, b, distance) sorted by (a, b)."""
+    keys = sorted(pairs)
+    a = np.fromiter((k[0] for k in keys), np.int64, len(keys))
+    b = np.fromiter((k[1] for k in keys), np.int64, len(keys))
+    d = np.fromiter((pairs[k].distance for k in keys), np.int8, len(keys))
+    return a, b, d
+
+
+# views ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class HashScan:
+    """Views of the images that have them, and the pairs within ``radius`` bits."""
+
+    radius: int  # -1: hashes are off
+    ids: np.ndarray  # sorted catalog ids with views
+    views: np.ndarray  # (len(ids), 8) int64, view 0 the stored hash
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (a, b, distance), a < b
+    cache: dict = field(default_factory=dict)
+
+    def _rows(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        image_ids = np.asarray(image_ids, np.int64)
+        pos = np.minimum(np.searchsorted(self.ids, image_ids), max(len(self.ids) - 1, 0))
+        found = (self.ids[pos] == image_ids) if len(self.ids) else np.zeros(len(image_ids), bool)
+        return pos, found
+
+    def match(self, a: int, b: int) -> HashMatch | None:
+        """Hash evidence between two images (transform turns a into b); None without views."""
+        (pa, pb), found = self._rows(np.array([a, b]))
+        if not found.all():
+            return None
+        return pair_match(a, self.views[pa], b, self.views[pb])
+
+    def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Best distance of each pair (a[i], b[i]); ``NO_HASH`` where a side has no views."""
+        out = np.full(len(a), NO_HASH, np.int64)
+        (pa, fa), (pb, fb) = self._rows(a), self._rows(b)
+        both = np.flatnonzero(fa & fb)
+        for start in range(0, len(both), CHUNK_PAIRS):  # (chunk, 8) at a time, not (pairs, 8)
+            rows = both[start : start + CHUNK_PAIRS]
+            va, vb = self.views[pa[rows]], self.views[pb[rows]]
+            forward = hamming(va, vb[:, :1]).min(axis=1)
+            backward = hamming(vb, va[:, :1]).min(axis=1)
+            out[rows] = np.minimum(forward, backward)
+        return out
+
+
+def stored_views(options, items: list[tuple[int, Path]], workers: int, progress: bool):
+    """(ids, views, skipped) of the stored images ``items``, decoded in worker processes."""
+    from model import iter_batches  # torch's DataLoader, only for this batch job
+
+    from .calibrate import QueryHashes
+
+    ids, views, skipped = [], [], Counter()
+    dataset = QueryHashes(items, options)
+    workers = workers if len(items) >= 4 * options.batch_size else 0
+    bar = tqdm(total=len(items), desc="hashing images", unit="img", disable=not progress)
+    for batch in iter_batches(dataset, options.batch_size, workers):
+        for item in batch:
+            if "error" in item:
+                skipped[item["error"].reason] += 1
+                LOG.warning("no hash views for image %d: %s", item["id"], item["error"])
+            else:
+                ids.append(item["id"])
+                views.append(item["hashes"])
+        bar.update(len(batch))
+    bar.close()
+    views = np.stack(views).astype(np.int64) if views else np.zeros((0, VIEWS), np.int64)
+    return np.asarray(ids, np.int64), views, skipped
+
+
+def scan_hashes(
+    catalog: Catalog,
+    options,
+    ids: np.ndarray,
+    keys: np.ndarray,
+    radius: int,
+    incremental: bool = True,
+    workers: int = 0,
+    progress: bool = False,
+) -> HashScan:
+    """Views of the ``ids`` (sorted) that have a stored hash, and their pairs within ``radius``.
+
+    ``keys`` tell a cached image from new bytes under a reused id. ``radius`` -1 turns hashes
+    off: nothing is decoded. Images that cannot be decoded are logged and left out.
+    """
+    if radius < 0:
+        empty = np.zeros(0, np.int64)
+        return HashScan(radius, empty, np.zeros((0, VIEWS), np.int64), (empty, empty, empty), {"off": True})
+    radius = check_radius(radius)
+    hashed, stored = load_hashes(catalog)
+    wanted = np.isin(ids, hashed)
+    ids, keys = ids[wanted], keys[wanted]
+    cached = _load(catalog) if incremental else None
+    known = _known(cached, ids, keys)
+    views = np.zeros((len(ids), VIEWS), np.int64)
+    if cached is not None:
+        views[known] = cached["views"][np.searchsorted(cached["ids"], ids[known])]
+    fresh, decoded = _decode_new(catalog, options, ids[~known], workers, progress)
+    views[~known] = fresh
+    have = known.copy()
+    have[~known] = decoded
+    ids, keys, views, known = ids[have], keys[have], views[have], known[have]
+    views[:, 0] = stored[np.searchsorted(hashed, ids)]  # what search compares a query with
+    reuse = cached is not None and cached["radius"] >= radius
+    pairs, facts = _pairs(ids, views, known if reuse else None, cached, radius)
+    _save(catalog, radius if not reuse else cached["radius"], ids, keys, views, pairs)
+    a, b, d = pairs
+    keep = d <= radius
+    facts |= {"decoded": int((~known).sum()), "skipped": int((~have).sum()), "images": len(ids)}
+    return HashScan(radius, ids, views, (a[keep], b[keep], d[keep].astype(np.int64)), facts)
+
+
+def _known(cached: dict | None, ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Which ids the cache holds views of, for the same bytes."""
+    if cached is None or not len(cached["ids"]):
+        return np.zeros(len(ids), bool)
+    pos = np.minimum(np.searchsorted(cached["ids"], ids), len(cached["ids"]) - 1)
+    return (cached["ids"][pos] == ids) & (cached["keys"][pos] == keys)
+
+
+def _decode_new(catalog, options, ids: np.ndarray, workers: int, progress: bool):
+    """Views of ``ids`` in that order, and which of them decoded (the others are zeros)."""
+    out, ok = np.zeros((len(ids), VIEWS), np.int64), np.zeros(len(ids), bool)
+    if not len(ids):
+        return out, ok
+    store = ImageStore(options.images_dir)
+    paths = _stored_paths(catalog, ids.tolist())
+    items = [(i, store.path(paths[i])) for i in ids.tolist() if i in paths]
+    got, views, reasons = stored_views(options, items, workers, progress)
+    pos = np.searchsorted(ids, got)
+    out[pos], ok[pos] = views, True
+    if not ok.all():
+        LOG.warning("%d images left out of hash pairs: %s", int((~ok).sum()), dict(reasons))
+    return out, ok
+
+
+def _stored_paths(catalog: Catalog, ids: list[int]) -> dict[int, str]:
+    rows = {}
+    for start in range(0, len(ids), 500):
+        rows.update((i, r.stored_path) for i, r in catalog.get_many(ids[start : start + 500]).items())
+    return rows
+
+
+def _pairs(ids, views, known, cached, radius):
+    """(a, b, distance) within the pairs' radius, and what was searched.
+
+    ``known`` None: every pair anew (``hash_pairs``); else the cached pairs among the known
+    images plus ``pairs_touching`` the others, at the cached radius so the cache stays whole.
+    """
+    if known is None:
+        why = "no cached hash pairs" if cached is None else f"radius {radius} above cached {cached['radius']}"
+        found = as_arrays(hash_pairs(ids, views, radius))
+        return found, {"full": True, "reason": why, "searched": len(ids), "reused_pairs": 0}
+    radius = cached["radius"]
+    a, b, d = cached["pairs"]
+    still = np.isin(a, ids[known]) & np.isin(b, ids[known])
+    new = as_arrays(pairs_touching(ids, views, ~known, radius))
+    a, b, d = (np.concatenate([old[still], fresh]) for old, fresh in zip((a, b, d), new, strict=True))
+    order = np.lexsort((b, a))
+    searched, reused = int((~known).sum()), int(still.sum())
+    facts = {"full": False, "reason": "cached", "searched": searched, "reused_pairs": reused}
+    return (a[order], b[order], d[order]), facts
+
+
+def _load(catalog: Catalog) -> dict | None:
+    with catalog.session() as session:
+        row = session.get(HashPairCache, HASH_SCHEME)
+        if row is None:
+            return None
+        return {
+            "radius": row.radius,
+            "ids": np.frombuffer(row.member_ids, np.int64),
+            "keys": np.frombuffer(row.member_keys, np.int64),
+            "views": np.frombuffer(row.member_views, np.int64).reshape(-1, VIEWS),
+            "pairs": (
+                np.frombuffer(row.pair_a, np.int64),
+                np.frombuffer(row.pair_b, np.int64),
+                np.frombuffer(row.pair_distance, np.int8),
+            ),
+        }
+
+
+def _save(catalog: Catalog, radius: int, ids, keys, views, pairs) -> None:
+    a, b, d = pairs
+    with catalog.session() as session:
+        # Delete, then insert: concurrent reports queue on the write lock (as the CNN cache).
+        session.execute(delete(HashPairCache))
+        session.add(
+            HashPairCache(
+                scheme=HASH_SCHEME,
+                radius=int(radius),
+                member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
+                member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
+                member_views=np.ascontiguousarray(views, np.int64).tobytes(),
+                pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
+                pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
+                pair_distance=np.ascontiguousarray(d, np.int8).tobytes(),
+                updated_at=datetime.now(timezone.utc),
+            )
+        )
