@@ -10,18 +10,22 @@ Pairs come from the multi-index lookup, never a scan: a full run is ``hash_pairs
 searches only the new images' views against every stored hash, and every image's views
 against the new images' hashes (``pairs_touching``). Views and pairs are cached (table
 ``report_hash_cache``), so a later report decodes and searches only what is new. Neither
-depends on the model, so the cache outlives a model change.
+depends on the model, so the cache outlives a model change; a change of the hash function
+(``cache_key``) or of an image's stored hash makes it decode again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sqlalchemy import DateTime, Integer, LargeBinary, String, delete
 from sqlalchemy.orm import Mapped, mapped_column
 from tqdm import tqdm
@@ -30,12 +34,22 @@ from indexer import Catalog, ImageStore
 from indexer.catalog import Base
 
 from .engine import nearest_view
-from .hashing import DIHEDRAL, INVERSE, HashIndex, HashMatch, check_radius, hamming, hash_pairs, load_hashes
+from .hashing import (
+    DIHEDRAL,
+    INVERSE,
+    HashIndex,
+    HashMatch,
+    check_radius,
+    dihedral_hashes,
+    hamming,
+    hash_pairs,
+    load_hashes,
+)
 
 LOG = logging.getLogger(__name__)
 
-# The hash kind the cache holds; a new hash function needs a new name.
-HASH_SCHEME = "phash-dct64-dihedral8-v1"
+# The hash kind the cache holds; ``cache_key`` adds a fingerprint of the hash function itself.
+HASH_SCHEME = "phash-dct64-dihedral8"
 NO_HASH = 65  # distance of a pair where one side has no views: never fires
 VIEWS = len(DIHEDRAL)
 CHUNK_PAIRS = 1 << 18
@@ -55,6 +69,15 @@ class HashPairCache(Base):
     pair_b: Mapped[bytes] = mapped_column(LargeBinary)  # int64
     pair_distance: Mapped[bytes] = mapped_column(LargeBinary)  # int8
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@lru_cache(maxsize=1)
+def cache_key() -> str:
+    """``HASH_SCHEME`` and the hashes of a fixed probe image: views cached by another version
+    of the hash function (whose stored hashes reindex recomputes) are not reused."""
+    ramp = (np.add.outer(np.arange(24) * 11, np.arange(32) * 5) ** 2 // 7) % 256
+    probe = dihedral_hashes(Image.fromarray(ramp.astype(np.uint8)))
+    return f"{HASH_SCHEME}-{hashlib.sha256(probe.astype(np.int64).tobytes()).hexdigest()[:16]}"
 
 
 # pairs ---------------------------------------------------------------------------------------
@@ -193,9 +216,9 @@ def scan_hashes(
     radius = check_radius(radius)
     hashed, stored = load_hashes(catalog)
     wanted = np.isin(ids, hashed)
-    ids, keys = ids[wanted], keys[wanted]
+    ids, keys, stored = ids[wanted], keys[wanted], stored[np.searchsorted(hashed, ids[wanted])]
     cached = _load(catalog) if incremental else None
-    known = _known(cached, ids, keys)
+    known = _known(cached, ids, keys, stored)
     views = np.zeros((len(ids), VIEWS), np.int64)
     if cached is not None:
         views[known] = cached["views"][np.searchsorted(cached["ids"], ids[known])]
@@ -204,7 +227,7 @@ def scan_hashes(
     have = known.copy()
     have[~known] = decoded
     ids, keys, views, known = ids[have], keys[have], views[have], known[have]
-    views[:, 0] = stored[np.searchsorted(hashed, ids)]  # what search compares a query with
+    views[:, 0] = stored[have]  # what search compares a query with
     reuse = cached is not None and cached["radius"] >= radius
     pairs, facts = _pairs(ids, views, known if reuse else None, cached, radius)
     _save(catalog, radius if not reuse else cached["radius"], ids, keys, views, pairs)
@@ -214,12 +237,13 @@ def scan_hashes(
     return HashScan(radius, ids, views, (a[keep], b[keep], d[keep].astype(np.int64)), facts)
 
 
-def _known(cached: dict | None, ids: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Which ids the cache holds views of, for the same bytes."""
+def _known(cached: dict | None, ids: np.ndarray, keys: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Which ids the cache holds views of, for the same bytes and the same stored hash."""
     if cached is None or not len(cached["ids"]):
         return np.zeros(len(ids), bool)
     pos = np.minimum(np.searchsorted(cached["ids"], ids), len(cached["ids"]) - 1)
-    return (cached["ids"][pos] == ids) & (cached["keys"][pos] == keys)
+    same = (cached["ids"][pos] == ids) & (cached["keys"][pos] == keys)
+    return same & (cached["views"][pos, 0] == stored)
 
 
 def _decode_new(catalog, options, ids: np.ndarray, workers: int, progress: bool):
@@ -268,7 +292,7 @@ def _pairs(ids, views, known, cached, radius):
 
 def _load(catalog: Catalog) -> dict | None:
     with catalog.session() as session:
-        row = session.get(HashPairCache, HASH_SCHEME)
+        row = session.get(HashPairCache, cache_key())
         if row is None:
             return None
         return {
@@ -291,7 +315,7 @@ def _save(catalog: Catalog, radius: int, ids, keys, views, pairs) -> None:
         session.execute(delete(HashPairCache))
         session.add(
             HashPairCache(
-                scheme=HASH_SCHEME,
+                scheme=cache_key(),
                 radius=int(radius),
                 member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
                 member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),

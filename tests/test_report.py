@@ -1,8 +1,9 @@
 """Duplicate reports: pair finding against a brute-force oracle, grouping, originals,
-variants, HTML/JSON/CSV output, incremental runs, the CLI.
+variants, hash pairs, HTML/JSON/CSV output, incremental runs, the CLI.
 
 Vectors are planted (not embedded): a random-weight CNN scores every pair ~0.99, so the
-catalog rows and image files are real but each row's vector is chosen by the test.
+catalog rows and image files are real but each row's vector is chosen by the test. Hash pairs
+come from the real images: turned, flipped and re-encoded copies made here.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,8 +24,10 @@ from PIL import Image
 
 from imagegen import image_bytes, make_image
 from indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
+from search.hashing import INVERSE, dihedral_hashes, hamming, hash_pairs, load_hashes
 from search.pairs import find_pairs, group_pairs, plant_groups
 from search.report import build_report, pick_original, render, report_csv
+from search.report_hashes import pair_match, pairs_touching
 from twice.cli import main
 
 DIM = 64
@@ -66,12 +70,15 @@ class Collection:
         self.indexer = Indexer(options, MODEL, DIM)
         self.rng = np.random.default_rng(7)
         self.seed = 0
+        self.images: dict[int, Image.Image] = {}
 
-    def add(self, vector: np.ndarray, size=(48, 36), **columns) -> int:
+    def add(self, vector: np.ndarray, size=(48, 36), image: Image.Image | None = None, **columns) -> int:
+        """One stored image (a fresh picture unless ``image``) with ``vector`` as its embedding."""
         self.seed += 1
-        data = image_bytes(make_image(self.seed, size))
-        row = self.indexer.add_bytes(data, f"/photos/img_{self.seed}.png", **columns).row
+        image = make_image(self.seed, size) if image is None else image
+        row = self.indexer.add_bytes(image_bytes(image), f"/photos/img_{self.seed}.png", **columns).row
         self.indexer.add_vectors(np.array([row.id]), vector[None, :])
+        self.images[row.id] = image
         return row.id
 
     def random(self) -> np.ndarray:
@@ -268,6 +275,209 @@ def test_pages_split_the_listed_groups(collection):
     assert build_report(collection.options, page=9, per_page=2)["groups"] == []
 
 
+# hash pairs ----------------------------------------------------------------------------------
+
+# What each augment-style copy is, as the dihedral view that turns the original into it.
+TURNS = {
+    "rotate 90": Image.Transpose.ROTATE_270,  # PIL turns counter-clockwise
+    "mirror": Image.Transpose.FLIP_LEFT_RIGHT,
+    "rotate 180": Image.Transpose.ROTATE_180,
+    "transpose": Image.Transpose.TRANSPOSE,
+}
+
+
+def set_thresholds(options, cnn: float = 1.0, hash_duplicate: int = 8, hash_similar: int = 12) -> None:
+    """Store thresholds for the model; the default is what `twice calibrate` fits for a
+    random-weight CNN: the CNN never decides (cut 1.0), the hash does."""
+    catalog = Catalog(options.catalog_url)
+    try:
+        details = {"hash_duplicate": hash_duplicate, "hash_similar": hash_similar}
+        catalog.set_thresholds(MODEL, cnn, cnn, "calibrated", details)
+    finally:
+        catalog.close()
+
+
+def bits(x: int) -> int:
+    return bin(x & (2**64 - 1)).count("1")
+
+
+def oracle_hash_pairs(options, radius: int) -> dict[tuple[int, int], int]:
+    """Every pair within ``radius`` bits by plain loops: each stored file hashed in its 8 views
+    and compared, both ways, with the other image's stored hash; the nearer way counts."""
+    catalog = Catalog(options.catalog_url)
+    ids, stored = load_hashes(catalog)
+    rows = catalog.get_many(ids.tolist())
+    catalog.close()
+    stored = dict(zip(ids.tolist(), stored.tolist(), strict=True))
+    views = {}
+    for i in ids.tolist():
+        with Image.open(Path(options.images_dir) / rows[i].stored_path) as image:
+            views[i] = dihedral_hashes(image.convert("RGB")).tolist()
+    pairs = {}
+    for a in ids.tolist():
+        for b in ids.tolist():
+            if a < b:
+                d = min(
+                    min(bits(v ^ stored[b]) for v in views[a]), min(bits(v ^ stored[a]) for v in views[b])
+                )
+                if d <= radius:
+                    pairs[(a, b)] = d
+    return pairs
+
+
+def turned_collection(coll: Collection) -> dict[str, int]:
+    """A: original + rotated and mirrored known variants; B: original + an upside-down copy and a
+    JPEG-re-encoded copy, both unknown (findings); 8 unrelated singles. Every vector is random,
+    so the CNN pairs none of them."""
+    a = make_image(500, (64, 48))
+    ids = {"a": coll.add(coll.random(), image=a)}
+    ids["a_rot"] = coll.add(
+        coll.random(), image=a.transpose(TURNS["rotate 90"]), parent_id=ids["a"], transform="rotate"
+    )
+    ids["a_mir"] = coll.add(
+        coll.random(), image=a.transpose(TURNS["mirror"]), parent_id=ids["a"], transform="mirror"
+    )
+    b = make_image(501, (64, 48))
+    ids["b"] = coll.add(coll.random(), image=b)
+    ids["b_180"] = coll.add(coll.random(), image=b.transpose(TURNS["rotate 180"]))
+    ids["b_jpeg"] = coll.add(coll.random(), image=Image.open(io.BytesIO(image_bytes(b, "JPEG", quality=85))))
+    for _ in range(8):
+        coll.add(coll.random())
+    coll.save()
+    return ids
+
+
+def test_pairs_touching_finds_what_hash_pairs_finds_for_the_new_images():
+    pictures = [make_image(seed, (40, 30)) for seed in range(100, 130)]
+    names = list(TURNS)
+    copies = [p.transpose(TURNS[names[k % 4]]) for k, p in enumerate(pictures[:12])]
+    lighter = [Image.eval(p, lambda v: min(255, v + 25)) for p in pictures[12:18]]
+    images = pictures + copies + lighter
+    rng = np.random.default_rng(3)
+    ids = np.sort(rng.choice(np.arange(1, 10_000), size=len(images), replace=False))
+    order = rng.permutation(len(images))  # which picture each id holds: originals not first
+    views = np.stack([dihedral_hashes(images[k]) for k in order])
+    holder = {int(k): int(i) for k, i in zip(order, ids, strict=True)}
+    for radius in (4, 8, 12):
+        full = hash_pairs(ids, views, radius)
+        # the brute-force oracle: both directions, plain loops
+        expected = {}
+        for p in range(len(ids)):
+            for q in range(p + 1, len(ids)):
+                forward = hamming(views[p], views[q][0]).min()
+                backward = hamming(views[q], views[p][0]).min()
+                if min(forward, backward) <= radius:
+                    expected[(int(ids[p]), int(ids[q]))] = int(min(forward, backward))
+        assert {k: m.distance for k, m in full.items()} == expected
+        assert pairs_touching(ids, views, np.ones(len(ids), bool), radius) == full
+        for _ in range(4):
+            new = rng.random(len(ids)) < 0.3
+            touched = set(ids[new].tolist())
+            want = {k: m for k, m in full.items() if touched & set(k)}
+            assert pairs_touching(ids, views, new, radius) == want
+    # Each turned copy pairs with its picture at 0-2 bits, as the turn that makes it.
+    full = hash_pairs(ids, views, 8)
+    for k in range(12):
+        original, copy, turn = holder[k], holder[30 + k], names[k % 4]
+        key = (min(original, copy), max(original, copy))
+        assert full[key].distance <= 2
+        assert full[key].transform == (turn if original < copy else INVERSE[turn])
+        # pair_match says what turns its first image into its second, whichever id is smaller.
+        po, pc = int(np.searchsorted(ids, original)), int(np.searchsorted(ids, copy))
+        assert pair_match(original, views[po], copy, views[pc]).transform == turn
+        assert pair_match(copy, views[pc], original, views[po]).transform == INVERSE[turn]
+
+
+def test_hash_pairs_group_turned_and_re_encoded_copies_the_cnn_misses(collection, tmp_path):
+    set_thresholds(collection.options)  # CNN cut 1.0: only the hash can pair these
+    ids = turned_collection(collection)
+    report = build_report(collection.options, include_variants=True)
+    expected = oracle_groups(set(oracle_hash_pairs(collection.options, 8)))
+    assert report_groups(report) == expected
+    assert expected == [
+        sorted([ids["a"], ids["a_mir"], ids["a_rot"]]),
+        sorted([ids["b"], ids["b_180"], ids["b_jpeg"]]),
+    ]
+    assert report["threshold"] == 1.0 and report["hash_threshold"] == 8
+    assert report["summary"]["pairs_by"]["cnn"] == 0 and report["summary"]["pairs_by"]["hash"] >= 4
+    members = {m["id"]: m for g in report["groups"] for m in g["members"]}
+    assert {g["members"][0]["id"] for g in report["groups"]} == {ids["a"], ids["b"]}  # originals
+    for key, turn in (("a_rot", "rotate 90"), ("a_mir", "mirror"), ("b_180", "rotate 180")):
+        evidence = members[ids[key]]["evidence"]
+        assert members[ids[key]]["verdict"] == "duplicate"
+        assert evidence["hash"]["transform"] == turn and evidence["hash"]["distance"] <= 2
+        assert evidence["transform"] == turn and evidence["decided_by"] == ["hash"]
+        assert evidence["cnn"]["verdict"] == "different" and evidence["signals"] == ["hash"]
+    jpeg = members[ids["b_jpeg"]]["evidence"]
+    assert jpeg["hash"]["transform"] == "identity" and jpeg["transform"] is None
+    assert report["recall"]["recovered"] == report["recall"]["total"] == 2
+    assert report["recall"]["by_signal"] == {"cnn": 0, "hash": 2}
+    # Reported by default: the known variants are summarised, the unknown copies listed.
+    default = build_report(collection.options)
+    assert [[m["id"] for m in g["members"]] for g in default["groups"]] == [
+        [ids["b"], ids["b_180"], ids["b_jpeg"]]
+    ]
+
+    page = render(report, "html", tmp_path / "r.html")
+    assert re.search(r"hash [0-2] bits &middot; rotate 90", page)
+    assert re.search(r"hash [0-2] bits &middot; mirror", page)
+    assert "or hash &le; 8 bits" in page and "Recall check: 2/2 known variant pairs recovered" in page
+    rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
+    assert rows[ids["a_rot"]]["hash_transform"] == "rotate 90" and rows[ids["a_rot"]]["decided_by"] == "hash"
+    assert rows[ids["a"]]["hash_distance"] == ""  # the original is compared with nothing
+
+    set_thresholds(collection.options, hash_duplicate=-1, hash_similar=-1)  # the CNN alone
+    alone = build_report(collection.options, include_variants=True)
+    assert alone["groups"] == [] and alone["recall"]["recovered"] == 0 and alone["cache"]["hash"]["off"]
+
+
+def test_threshold_overrides_the_cnn_cut_and_keeps_the_hash_cut(collection):
+    set_thresholds(collection.options)
+    planted = planted_collection(collection, groups=(3, 2), singles=2)
+    ids = turned_collection(collection)
+    report = build_report(collection.options, threshold=0.9, include_variants=True)
+    hashed = [sorted([ids["a"], ids["a_mir"], ids["a_rot"]]), sorted([ids["b"], ids["b_180"], ids["b_jpeg"]])]
+    assert report_groups(report) == sorted(planted + hashed, key=lambda g: (-len(g), g[0]))
+    assert report["thresholds"]["source"] == "manual" and report["thresholds"]["duplicate"] == 0.9
+    assert report["thresholds"]["hash_duplicate"] == 8
+    by = report["summary"]["pairs_by"]
+    assert by["cnn"] == 3 + 1 and by["hash"] >= 4 and by["both"] == 0
+
+
+def test_hash_cache_is_reused_at_a_smaller_radius_and_searched_again_at_a_larger(collection, caplog):
+    set_thresholds(collection.options)
+    turned_collection(collection)
+    first = build_report(collection.options, include_variants=True)
+    assert first["cache"]["hash"]["full"] and first["cache"]["hash"]["decoded"] == 14
+    set_thresholds(collection.options, hash_duplicate=1, hash_similar=12)
+    smaller = build_report(collection.options, include_variants=True)
+    assert smaller["cache"]["hash"]["full"] is False and smaller["cache"]["hash"]["decoded"] == 0
+    assert comparable(smaller) == comparable(
+        build_report(collection.options, include_variants=True, incremental=False)
+    )
+    set_thresholds(collection.options, hash_duplicate=10, hash_similar=12)  # the full run cached radius 1
+    larger = build_report(collection.options, include_variants=True)
+    assert (
+        larger["cache"]["hash"]["full"] is True
+        and "radius 10 above cached 1" in larger["cache"]["hash"]["reason"]
+    )
+    assert larger["cache"]["hash"]["decoded"] == 0  # the views are reused, only pairs searched
+    assert report_groups(larger) == report_groups(first)
+
+
+def test_an_unreadable_stored_image_is_left_out_of_hash_pairs(collection, caplog):
+    set_thresholds(collection.options)
+    ids = turned_collection(collection)
+    catalog = Catalog(collection.options.catalog_url)
+    path = Path(collection.options.images_dir) / catalog.get_many([ids["b_jpeg"]])[ids["b_jpeg"]].stored_path
+    catalog.close()
+    path.write_bytes(path.read_bytes()[:60])  # truncated on disk after it was catalogued
+    report = build_report(collection.options, include_variants=True)
+    assert report["cache"]["hash"]["skipped"] == 1 and report["summary"]["hashed_images"] == 13
+    assert report_groups(report)[1] == sorted([ids["b"], ids["b_180"]])
+    assert f"no hash views for image {ids['b_jpeg']}" in caplog.text
+
+
 # output --------------------------------------------------------------------------------------
 
 
@@ -347,29 +557,44 @@ def comparable(report: dict) -> dict:
 
 
 def test_incremental_run_equals_a_full_run_and_says_what_changed(collection):
+    # CNN groups (planted vectors) and a hash group (a picture and its turned copy, random vectors).
     planted = planted_collection(collection, groups=(3, 2, 2), singles=6)
+    picture = make_image(600, (64, 48))
+    turned = [collection.add(collection.random(), image=picture)]
+    turned.append(collection.add(collection.random(), image=picture.transpose(TURNS["rotate 90"])))
+    collection.save()
     first = build_report(collection.options, record=True)
     assert first["cache"]["full"] and first["changes"] is None
+    assert first["cache"]["hash"]["full"] and first["cache"]["hash"]["decoded"] == 7 + 6 + 2
+    assert sorted(turned) in report_groups(first)
     ids, xb = collection.vectors()
     vec = dict(zip(ids.tolist(), xb, strict=True))
-    # Grow one group, add a new one, remove a member of another.
+    # Grow one CNN group and the hash group, add a new group of each kind, remove a member.
     collection.add(near(vec[planted[0][0]], collection.rng))
     fresh = collection.random()
     collection.add(fresh)
     collection.add(near(fresh, collection.rng))
+    collection.add(collection.random(), image=picture.transpose(TURNS["mirror"]))
+    single = next(i for i in ids.tolist() if not any(i in g for g in planted) and i not in turned)
+    collection.add(collection.random(), image=collection.images[single].transpose(TURNS["transpose"]))
     collection.indexer.remove(planted[2][1])
     collection.save()
 
     incremental = build_report(collection.options, record=True)
     full = build_report(collection.options, incremental=False)
     assert incremental["cache"]["full"] is False
-    assert incremental["cache"]["searched"] == 3 and incremental["cache"]["removed"] == 1
+    assert incremental["cache"]["searched"] == 5 and incremental["cache"]["removed"] == 1
     assert incremental["cache"]["reused_pairs"] == 3 + 1  # the 3-group's pairs and the 2-group's
+    hashed = incremental["cache"]["hash"]
+    assert hashed["full"] is False and hashed["decoded"] == hashed["searched"] == 5
+    assert hashed["reused_pairs"] == 1  # the picture and its turned copy
+    assert full["cache"]["hash"]["full"] and full["cache"]["hash"]["decoded"] == 7 + 6 + 2 + 5 - 1
     assert comparable(incremental) == comparable(full)
+    assert incremental["summary"]["pairs_by"]["hash"] == 3 + 1
     changes = incremental["changes"]
-    assert (changes["new_groups"], changes["grown_groups"], changes["gone_groups"]) == (1, 1, 1)
-    assert changes["images_added"] == 3 and changes["groups_then"] == 3 and changes["groups_now"] == 3
-    assert sorted(g["change"] for g in incremental["groups"]) == ["grown", "new", "unchanged"]
+    assert (changes["new_groups"], changes["grown_groups"], changes["gone_groups"]) == (2, 2, 1)
+    assert changes["images_added"] == 5 and changes["groups_then"] == 4 and changes["groups_now"] == 5
+    assert sorted(g["change"] for g in incremental["groups"]) == ["grown", "grown", "new", "new", "unchanged"]
 
 
 def test_cache_is_reused_above_its_cut_off_and_rebuilt_below(collection):
