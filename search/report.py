@@ -45,6 +45,10 @@ ORIGINAL_RULE = "largest resolution (width x height), then earliest added_at, th
 FORMATS = ("html", "json", "csv")
 MAX_PER_PAGE = 1000
 MAX_MISSED_LISTED = 50
+# A group holding more than this share of the collection (and at least this many images) says
+# the thresholds join unrelated images: the report warns.
+LARGE_GROUP_SHARE = 0.5
+LARGE_GROUP_MIN = 10
 CHUNK = 500  # ids per SQL IN (...) clause, under SQLite's variable limit
 CSV_COLUMNS = (
     "group",
@@ -725,10 +729,28 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
             "known_variants_in_groups": summarised["variants"],
         },
         "recall": variant_recall(scan, parents),
+        "warnings": threshold_warnings(scan),
         "changes": describe_changes(catalog, previous, scan, labels, gone),
         "cache": scan.cache,
         "groups": listed,
     }
+
+
+def threshold_warnings(scan: DuplicateScan) -> list[str]:
+    """Plain-words warnings when the thresholds cannot be trusted to give a readable report."""
+    warnings = []
+    if scan.thresholds.source == "default":
+        warnings.append(
+            f"the thresholds are the defaults, not fitted to model {scan.model_version}:"
+            " run `twice calibrate` (a CNN without trained weights scores nearly every pair above 0.9)"
+        )
+    largest = len(scan.groups[0]) if scan.groups else 0
+    if largest >= LARGE_GROUP_MIN and largest > LARGE_GROUP_SHARE * len(scan.ids):
+        warnings.append(
+            f"one group holds {largest} of {len(scan.ids)} images: the CNN cut {scan.threshold:g}"
+            " joins unrelated images for this model; run `twice calibrate` or pass a higher --threshold"
+        )
+    return warnings
 
 
 def record_run(catalog: Catalog, scan: DuplicateScan, report: dict) -> None:
@@ -851,6 +873,7 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"{s['images'] - s['hashed_images']} images have no perceptual hash: CNN pairs only")
     if s["pending"]:
         lines.append(f"{s['pending']} catalogued images have no vector yet: run `twice reindex`")
+    lines += [f"warning: {w}" for w in report["warnings"]]
     c = report["changes"]
     if c:
         lines.append(

@@ -39,6 +39,7 @@ th.sort{cursor:pointer;user-select:none;white-space:nowrap} th.sort:hover{backgr
 .badge{display:inline-block;border-radius:8px;padding:0 6px;font-size:11px;color:#fff;margin-right:3px}
 .b-original{background:#2a6}.b-duplicate{background:#c33}.b-similar{background:#d80}
 .b-different{background:#888}.b-variant{background:#57c}.b-change{background:#639}
+.warning{margin:.4em 0;padding:.4em .6em;background:#fff4d6;border-left:4px solid #d80}
 .src{word-break:break-all;color:#555} .num{font-variant-numeric:tabular-nums} .ev{color:#333}
 """
 
@@ -109,6 +110,7 @@ def header(report: dict) -> str:
         p = report["pagination"]
         facts.append(f"Page {p['page']} of {p['pages']} ({p['total_groups']} groups).")
     lines = "\n".join(f'<p class="facts">{f}</p>' for f in facts)
+    lines += "".join(f'\n<p class="warning">Warning: {escape(w)}</p>' for w in report.get("warnings", []))
     return f'<h1>Duplicate report</h1>\n<p class="facts">{escape(report["generated_at"])}</p>\n{lines}'
 
 

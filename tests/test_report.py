@@ -478,6 +478,21 @@ def test_an_unreadable_stored_image_is_left_out_of_hash_pairs(collection, caplog
     assert f"no hash views for image {ids['b_jpeg']}" in caplog.text
 
 
+def test_report_warns_about_default_thresholds_and_a_group_of_nearly_everything(collection, tmp_path):
+    base = collection.random()
+    for _ in range(12):  # what a random-weight CNN does at the default 0.9: everything is near
+        collection.add(near(base, collection.rng))
+    collection.add(collection.random())
+    collection.save()
+    report = build_report(collection.options)
+    assert len(report["warnings"]) == 2
+    assert "thresholds are the defaults" in report["warnings"][0]
+    assert "one group holds 12 of 13 images" in report["warnings"][1]
+    assert 'class="warning">Warning: one group holds 12 of 13' in render(report, "html", tmp_path / "r.html")
+    set_thresholds(collection.options)
+    assert build_report(collection.options)["warnings"] == []
+
+
 # output --------------------------------------------------------------------------------------
 
 
