@@ -62,7 +62,7 @@ def report_html(report: dict, out_path: Path | None = None, progress: bool = Fal
     rows = "\n".join(group_row(g, thumbs, base) for g in groups)
     if thumbs.failed:
         LOG.warning("%d images could not be read for thumbnails", thumbs.failed)
-    empty = '<tr><td colspan="6">No duplicate groups at these thresholds.</td></tr>'
+    empty = f'<tr><td colspan="6">{empty_text(report)}</td></tr>'
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>twice duplicate report</title>
@@ -81,6 +81,17 @@ def report_html(report: dict, out_path: Path | None = None, progress: bool = Fal
 {recall_section(report)}
 </body></html>
 """
+
+
+def empty_text(report: dict) -> str:
+    """Why the table is empty: no groups at all, or only groups of known variants."""
+    hidden = report["summary"]["variant_only_groups"]
+    if not hidden:
+        return "No duplicate groups at these thresholds."
+    return (
+        f"Nothing to list: all {hidden} groups are made only of known variants of one original"
+        " (expected duplicates; list them with --include-variants)."
+    )
 
 
 def header(report: dict) -> str:
