@@ -76,6 +76,13 @@ def register(subparsers) -> None:
     )
     p.add_argument("--arch", choices=["vgg16_bn", "vgg16"], default=defaults.arch)
     p.add_argument("--dim", type=int, default=defaults.dim, help="embedding size (default %(default)s)")
+    p.add_argument(
+        "--invariance",
+        choices=["d4", "none"],
+        default=defaults.invariance,
+        help="d4: the model pools over the 8 quarter turns/flips, positives skip them;"
+        " none: one view, positives include them (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument(
         "--holdout",
@@ -136,6 +143,7 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         margin=args.margin,
         arch=args.arch,
         dim=args.dim,
+        invariance=args.invariance,
         seed=args.seed,
         holdout=args.holdout,
         device=args.train_device or options.device,

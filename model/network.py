@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import vgg
 
 ARCHS = ("vgg16", "vgg16_bn")
+INVARIANCES = ("d4", "none")
 TRUNK_CHANNELS = 512
 
 
@@ -39,20 +42,51 @@ class GeM(nn.Module):
         return pooled.pow(1.0 / p).flatten(1)
 
 
-class EmbeddingNet(nn.Module):
-    """Image batch (N,3,H,W), ImageNet-normalised -> L2-normalised embeddings (N, dim)."""
+def dihedral_views(x: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The 8 quarter turns and flips of an (N,C,H,W) batch, identity first."""
+    for quarter_turns in range(4):
+        turned = torch.rot90(x, quarter_turns, (2, 3))
+        yield turned
+        yield torch.flip(turned, (3,))
 
-    def __init__(self, arch: str = "vgg16", dim: int = 256) -> None:
+
+def check_invariance(invariance: str) -> str:
+    if invariance not in INVARIANCES:
+        raise ValueError(f"unknown invariance {invariance!r}; choose one of {', '.join(INVARIANCES)}")
+    return invariance
+
+
+class EmbeddingNet(nn.Module):
+    """Image batch (N,3,H,W), standardised -> L2-normalised embeddings (N, dim).
+
+    With ``invariance="d4"`` the pooled trunk features are averaged over the image's 8 quarter
+    turns and flips before the head (transformation-invariant pooling): a rotated or mirrored
+    copy gets the same embedding as its original by construction, whatever the weights. That
+    costs 8 trunk passes; training uses the single-view ``embed_view``.
+    """
+
+    def __init__(self, arch: str = "vgg16", dim: int = 256, invariance: str = "d4") -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
         self.arch = arch
         self.dim = dim
+        self.invariance = check_invariance(invariance)
         # The last max-pool would halve an already small map; GeM pools the conv5 map instead.
         self.trunk = vgg_features(batch_norm=arch.endswith("_bn"))[:-1]
         self.pool = GeM()
         self.head = nn.Linear(TRUNK_CHANNELS, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.pool(self.trunk(x))
+        if self.invariance == "none":
+            return self.embed_view(x)
+        views = dihedral_views(x)
+        features = sum(self.pool(self.trunk(view)) for view in views) / 8
+        return self._project(features)
+
+    def embed_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding of the batch as it is, without the dihedral pooling."""
+        return self._project(self.pool(self.trunk(x)))
+
+    def _project(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(features.to(self.head.weight.dtype)).float(), dim=1)

@@ -31,8 +31,16 @@ from augment import apply_transform
 
 from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss
-from .network import ARCHS, EmbeddingNet
-from .training_data import PairDataset, Sources, epoch_order, gather_paths, load_images, split_holdout
+from .network import ARCHS, EmbeddingNet, check_invariance
+from .training_data import (
+    STEPS_FOR_INVARIANCE,
+    PairDataset,
+    Sources,
+    epoch_order,
+    gather_paths,
+    load_images,
+    split_holdout,
+)
 from .weights import WeightsInfo, load_checkpoint, save_checkpoint
 
 LOG = logging.getLogger(__name__)
@@ -74,6 +82,7 @@ class TrainConfig:
     margin: float = 0.2
     arch: str = "vgg16_bn"
     dim: int = 256
+    invariance: str = "d4"  # d4: positives without turns/flips (the pooling handles them)
     seed: int = 0
     holdout: int = 120
     device: str = "auto"
@@ -99,6 +108,7 @@ class TrainConfig:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        check_invariance(self.invariance)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -126,10 +136,10 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def seeded_network(arch: str, dim: int, seed: int) -> EmbeddingNet:
+def seeded_network(arch: str, dim: int, seed: int, invariance: str = "d4") -> EmbeddingNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return EmbeddingNet(arch, dim)
+        return EmbeddingNet(arch, dim, invariance)
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -173,7 +183,9 @@ class Trainer:
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = autocast_dtype(self.device)
-        self.dataset = PairDataset(train_images, config.size, config.seed)
+        d4 = config.invariance == "d4"
+        steps = STEPS_FOR_INVARIANCE[config.invariance]
+        self.dataset = PairDataset(train_images, config.size, config.seed, steps, same_pose=d4)
         self.holdout = holdout_images
         self.data_summary = data_summary or {}
         self.steps_per_epoch = len(train_images) // config.batch
@@ -182,7 +194,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch {config.batch} is larger than the {len(train_images)} training images")
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.net = seeded_network(config.arch, config.dim, config.seed)
+        self.net = seeded_network(config.arch, config.dim, config.seed, config.invariance)
         if config.init:
             self._load_init(config.init)
         self.net.to(self.device)
@@ -275,7 +287,7 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = torch.arange(len(anchors), device=self.device).repeat(2)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            embeddings = self.net(x)
+            embeddings = self.net.embed_view(x)
         loss = self.loss_fn(embeddings.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

@@ -63,6 +63,21 @@ TRAIN_STEPS: tuple[Step, ...] = (
     Step("overlay", 0.1),
     Step("jpeg", 0.4, 15, 90),
 )
+# With d4 pooling, quarter turns and flips are exact by construction: the positives teach the
+# rest, with grey and blur (the slowest to learn in the earlier runs) drawn more often. Anchor
+# and positive share one random pose, so the single view learns in every orientation.
+D4_STEPS: tuple[Step, ...] = (
+    Step("crop", 0.5, 0.6, 0.95),
+    Step("tilt", 0.3, -12.0, 12.0),
+    Step("scale", 0.3, 0.3, 1.5),
+    Step("bright", 0.4, 20, 110),
+    Step("dark", 0.4, 20, 90),
+    Step("gray", 0.3),
+    Step("blur", 0.3, 0.5, 2.5),
+    Step("overlay", 0.15),
+    Step("jpeg", 0.4, 15, 90),
+)
+STEPS_FOR_INVARIANCE = {"d4": D4_STEPS, "none": TRAIN_STEPS}
 
 
 @dataclass
@@ -202,10 +217,18 @@ def split_holdout(images: list, holdout: int, seed: int) -> tuple[list, list]:
 
 
 class PairDataset(Dataset):
-    """Item ``i`` of epoch ``e``: (original tensor, augmented view tensor), seeded by (seed, e, i)."""
+    """Item ``i`` of epoch ``e``: (original tensor, augmented view tensor), seeded by (seed, e, i).
+
+    With ``same_pose`` both tensors are then turned/flipped by one random dihedral transform.
+    """
 
     def __init__(
-        self, images: list[Image.Image], size: int, seed: int = 0, steps: Sequence[Step] = TRAIN_STEPS
+        self,
+        images: list[Image.Image],
+        size: int,
+        seed: int = 0,
+        steps: Sequence[Step] = TRAIN_STEPS,
+        same_pose: bool = False,
     ):
         if not images:
             raise ValueError("no training images")
@@ -213,6 +236,7 @@ class PairDataset(Dataset):
         self.preprocess = Preprocess(size)
         self.augment = RandomAugment(seed, steps)
         self.seed = seed
+        self.same_pose = same_pose
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -222,7 +246,17 @@ class PairDataset(Dataset):
         image = self.images[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         view, _ = self.augment.view(image, rng)
-        return self.preprocess(image), self.preprocess(view)
+        pair = self.preprocess(image), self.preprocess(view)
+        if self.same_pose:
+            pose = int(rng.integers(8))
+            pair = tuple(_dihedral(t, pose) for t in pair)
+        return pair
+
+
+def _dihedral(tensor: torch.Tensor, pose: int) -> torch.Tensor:
+    """Pose 0..7 of a (C,H,W) tensor: ``pose // 2`` quarter turns, then a mirror if odd."""
+    turned = torch.rot90(tensor, pose // 2, (1, 2))
+    return torch.flip(turned, (2,)) if pose % 2 else turned
 
 
 def epoch_order(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:

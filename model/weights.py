@@ -48,15 +48,23 @@ class WeightsInfo:
 
 
 def build_network(
-    arch: str, dim: int, checkpoint: str | Path | None = None, allow_download: bool = True
+    arch: str,
+    dim: int,
+    checkpoint: str | Path | None = None,
+    allow_download: bool = True,
+    invariance: str = "d4",
 ) -> tuple[EmbeddingNet, WeightsInfo]:
-    """The network with the best weights available (see the module docstring)."""
+    """The network with the best weights available (see the module docstring).
+
+    A twice checkpoint brings its own ``invariance`` (the pooling it was trained for); other
+    weights get the one asked for.
+    """
     if checkpoint:
-        return load_checkpoint(checkpoint, arch, dim)
+        return load_checkpoint(checkpoint, arch, dim, invariance)
     if SHIPPED_CHECKPOINT.exists():
-        net, info = load_checkpoint(SHIPPED_CHECKPOINT, arch, dim)
+        net, info = load_checkpoint(SHIPPED_CHECKPOINT, arch, dim, invariance)
         return net, WeightsInfo("shipped", info.digest, info.image_size, info.meta)
-    net = _seeded_network(arch, dim)
+    net = _seeded_network(arch, dim, invariance)
     state = imagenet_state_dict(arch, allow_download)
     if state is not None:
         _load_trunk(net, state)
@@ -102,6 +110,7 @@ def save_checkpoint(
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "arch": net.arch,
             "dim": net.dim,
+            "invariance": net.invariance,
             "image_size": image_size,
             "state_dict": state,
             "meta": meta or {},
@@ -113,7 +122,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | Path, arch: str = "vgg16", dim: int = 256
+    path: str | Path, arch: str = "vgg16", dim: int = 256, invariance: str = "d4"
 ) -> tuple[EmbeddingNet, WeightsInfo]:
     """Load a twice checkpoint, or a torchvision VGG-16 state dict (trunk only, seeded head)."""
     path = Path(path)
@@ -125,7 +134,8 @@ def load_checkpoint(
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
     if isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT:
-        net = EmbeddingNet(blob["arch"], blob["dim"])
+        # Checkpoints written before the d4 pooling existed were trained for a single view.
+        net = EmbeddingNet(blob["arch"], blob["dim"], blob.get("invariance", "none"))
         state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
         try:
             net.load_state_dict(state)
@@ -133,7 +143,7 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: weights do not fit the network ({exc})") from exc
         return net, WeightsInfo("checkpoint", digest, blob.get("image_size"), blob.get("meta", {}))
     if isinstance(blob, dict) and "features.0.weight" in blob:
-        net = _seeded_network(arch, dim)
+        net = _seeded_network(arch, dim, invariance)
         _load_trunk(net, blob, path)
         return net, WeightsInfo("checkpoint", f"{digest}|head{HEAD_SEED}|{INIT_ID}")
     raise CheckpointError(f"{path}: neither a twice checkpoint nor a torchvision VGG state dict")
@@ -147,10 +157,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _seeded_network(arch: str, dim: int) -> EmbeddingNet:
+def _seeded_network(arch: str, dim: int, invariance: str = "d4") -> EmbeddingNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(HEAD_SEED)
-        return EmbeddingNet(arch, dim)
+        return EmbeddingNet(arch, dim, invariance)
 
 
 def _load_trunk(net: EmbeddingNet, state: dict, path: Path | None = None) -> None:

@@ -36,6 +36,60 @@ def test_squash_preprocessing_commutes_with_rotation():
     torch.testing.assert_close(rotated, expected, atol=0.05, rtol=0)
 
 
+DIHEDRAL = (
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.FLIP_LEFT_RIGHT,
+    Image.Transpose.FLIP_TOP_BOTTOM,
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.TRANSVERSE,
+)
+
+
+def _dihedral_cosines(embedder: Embedder, image: Image.Image) -> np.ndarray:
+    xb = embedder.embed_images([image, *(image.transpose(t) for t in DIHEDRAL)])
+    return xb[1:] @ xb[0]
+
+
+def test_d4_pooling_gives_every_turn_and_flip_the_same_embedding(embedder):
+    assert embedder.net.invariance == "d4"
+    assert _dihedral_cosines(embedder, make_image(11)).min() > 0.9999
+
+
+def test_single_view_network_is_not_rotation_invariant(tmp_path):
+    single = Embedder.from_options(make_options(tmp_path, invariance="none"))
+    assert single.net.invariance == "none"
+    assert _dihedral_cosines(single, make_image(11)).min() < 0.999  # random weights: all close to 1
+
+
+def test_invariance_is_part_of_the_model_version(tmp_path, embedder):
+    single = Embedder.from_options(make_options(tmp_path, invariance="none"))
+    assert "-d4-" in embedder.version and "-none-" in single.version
+    assert single.version != embedder.version
+
+
+def test_unknown_invariance_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown invariance 'd8'"):
+        Embedder.from_options(make_options(tmp_path, invariance="d8"))
+
+
+def test_standardising_cancels_a_uniform_brightness_shift():
+    array = (np.asarray(make_image(12), dtype=np.int16) * 0.5 + 40).astype(np.uint8)  # 40..167
+    preprocess = Preprocess(32)
+    shifted = preprocess(Image.fromarray(array + 60))  # no value reaches 255: nothing clips
+    torch.testing.assert_close(shifted, preprocess(Image.fromarray(array)), atol=1e-4, rtol=0)
+
+
+def test_checkpoint_keeps_its_invariance_and_old_ones_load_as_single_view(tmp_path, embedder):
+    path = save_checkpoint(embedder.net, tmp_path / "d4.pt", image_size=64)
+    assert load_checkpoint(path, invariance="none")[0].invariance == "d4"  # the checkpoint's wins
+    blob = torch.load(path, weights_only=True)
+    del blob["invariance"]  # as written before the d4 pooling existed
+    torch.save(blob, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt")[0].invariance == "none"
+
+
 def test_checkpoint_round_trip_restores_the_same_embeddings(tmp_path, embedder):
     path = save_checkpoint(embedder.net, tmp_path / "ckpt.pt", image_size=64, meta={"steps": 3}, half=False)
     options = make_options(tmp_path, checkpoint=str(path))

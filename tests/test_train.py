@@ -101,7 +101,7 @@ def test_exported_checkpoint_loads_in_the_embedder(uninterrupted, tmp_path):
     embedder = Embedder.from_options(make_options(tmp_path, checkpoint=str(out / "model.pt")))
     assert embedder.weights.source == "checkpoint" and embedder.image_size == SIZE
     assert embedder.net.arch == "vgg16_bn" and embedder.dim == 16
-    assert f"vgg16_bn-d16-s{SIZE}-checkpoint-" in embedder.version
+    assert f"vgg16_bn-d16-s{SIZE}-d4-checkpoint-" in embedder.version
     assert embedder.weights.meta["step"] == 4 and embedder.weights.meta["trained_by"] == "twice train"
     assert os.path.getsize(out / "model.pt") < 40e6
     xb = embedder.embed_images([make_image(i) for i in range(3)])

@@ -28,6 +28,9 @@ class Options:
     arch: str = "vgg16"
     embed_dim: int = 256
     image_size: int = 128  # a shipped or given checkpoint brings its own size
+    invariance: str = (
+        "d4"  # d4: pool over the 8 quarter turns/flips; none: one view (checkpoints bring theirs)
+    )
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 32
