@@ -870,7 +870,10 @@ def summary_lines(report: dict) -> list[str]:
         + ("".join(f"; {t} {v['recovered']}/{v['total']}" for t, v in r["by_transform"].items())),
     ]
     if s["hashed_images"] < s["images"] and report["hash_threshold"] >= 0:
-        lines.append(f"{s['images'] - s['hashed_images']} images have no perceptual hash: CNN pairs only")
+        lines.append(
+            f"{s['images'] - s['hashed_images']} images have no usable perceptual hash, so only CNN pairs:"
+            " run `twice reindex` to compute them"
+        )
     if s["pending"]:
         lines.append(f"{s['pending']} catalogued images have no vector yet: run `twice reindex`")
     lines += [f"warning: {w}" for w in report["warnings"]]
@@ -903,9 +906,9 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def pair_rule(report: dict) -> str:
-    """``CNN >= 0.9000 (12) or hash <= 8 bits (30)``: the pairing rule and what each found."""
+    """``CNN >= 0.9 (12) or hash <= 8 bits (30)``: the pairing rule and what each found."""
     by = report["summary"]["pairs_by"]
-    rule = f"CNN >= {report['threshold']:.4f} ({by['cnn']})"
+    rule = f"CNN >= {report['threshold']:.6g} ({by['cnn']})"
     if report["hash_threshold"] >= 0:
         rule += f" or hash <= {report['hash_threshold']} bits ({by['hash']})"
     return rule

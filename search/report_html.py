@@ -106,8 +106,8 @@ def header(report: dict) -> str:
         f'<span id="recall-line">Recall check: {r["recovered"]}/{r["total"]}'
         " known variant pairs recovered</span>",
         f"Verdicts against each group's original, as search gives them ({escape(t['source'])}"
-        f" thresholds): duplicate = CNN &ge; {t['duplicate']} or hash &le; {t['hash_duplicate']} bits;"
-        f" similar = CNN &ge; {t['similar']} or hash &le; {t['hash_similar']} bits."
+        f" thresholds): duplicate = CNN &ge; {t['duplicate']:.6g} or hash &le; {t['hash_duplicate']} bits;"
+        f" similar = CNN &ge; {t['similar']:.6g} or hash &le; {t['hash_similar']} bits."
         f" Original = {escape(report['original_rule'])}.",
     ]
     c = report.get("changes")
@@ -127,7 +127,7 @@ def header(report: dict) -> str:
 
 def pair_rule_html(report: dict) -> str:
     by = report["summary"]["pairs_by"]
-    rule = f"CNN score &ge; {report['threshold']:.4f} ({by['cnn']})"
+    rule = f"CNN score &ge; {report['threshold']:.6g} ({by['cnn']})"
     if report["hash_threshold"] >= 0:
         rule += f" or hash &le; {report['hash_threshold']} bits ({by['hash']})"
     return rule
