@@ -96,12 +96,15 @@ def pair_match(a: int, views_a: np.ndarray, b: int, views_b: np.ndarray) -> Hash
     return HashMatch(b, backward.distance, INVERSE[backward.transform])
 
 
-def pairs_touching(ids: np.ndarray, views: np.ndarray, new: np.ndarray, radius: int) -> dict:
+def pairs_touching(
+    ids: np.ndarray, views: np.ndarray, new: np.ndarray, radius: int
+) -> dict[tuple[int, int], HashMatch]:
     """The pairs of ``hash_pairs(ids, views, radius)`` that have a member in ``new``.
 
-    ``new`` is a boolean mask over ``ids``. Each new image's views are looked up among the
-    stored hashes (view 0 of every image), and its stored hash among every image's 8 views, so
-    both directions are found without a scan; ``pair_match`` then settles each pair.
+    ``ids`` ascending (as ``hash_pairs`` needs them for its ties); ``new`` a mask over them.
+    Each new image's views are looked up among the stored hashes (view 0 of every image), and
+    its stored hash among every image's 8 views, so both directions are found without a scan;
+    ``pair_match`` then settles each pair.
     """
     radius = check_radius(radius)
     ids, views = np.asarray(ids, np.int64), np.asarray(views, np.int64)
