@@ -447,6 +447,11 @@ SCHEMAS = {
                     "source": {"type": "string", "enum": ["default", "calibrated", "manual"]},
                     "hash_duplicate": {"type": "integer", "description": "max hash bits for a duplicate"},
                     "hash_similar": {"type": "integer"},
+                    "weights": {
+                        "type": "string",
+                        "enum": ["default", "calibrated"],
+                        "description": "source of the evidence weights that order results of one verdict",
+                    },
                 },
             },
             "took_ms": {"type": "number"},
@@ -463,10 +468,12 @@ SCHEMAS = {
             "duplicate_of": {
                 "type": "object",
                 "nullable": True,
+                "description": "the catalogued image a search for the upload calls its duplicate",
                 "properties": {
                     "id": {"type": "integer"},
                     "score": {"type": "number"},
                     "verdict": {"type": "string"},
+                    "evidence": {"type": "object", "description": "as in a search result"},
                 },
             },
             "image": {"$ref": "#/components/schemas/Image"},

@@ -64,6 +64,8 @@ class ImageRow(Base):
     meta: Mapped[dict | None] = mapped_column(JSON, default=None)  # alt text, tags, crawl ids
     # 64-bit DCT perceptual hash as a signed integer (search.hashing); NULL until computed.
     phash: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # search.hashing.HASH_VERSION that made ``phash``; reindex recomputes hashes of older ones.
+    phash_version: Mapped[int | None] = mapped_column(Integer, default=None)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     def to_dict(self) -> dict:
@@ -143,7 +145,7 @@ class Catalog:
 
     # create_all makes missing tables, never missing columns: catalogs written by older code
     # get the newer nullable columns here (NULL until backfilled by the next reindex).
-    ADDED_COLUMNS = {"phash": "BIGINT"}
+    ADDED_COLUMNS = {"phash": "BIGINT", "phash_version": "INTEGER"}
 
     def _add_missing_columns(self) -> None:
         present = {column["name"] for column in inspect(self.engine).get_columns("images")}

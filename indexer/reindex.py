@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
@@ -28,7 +28,7 @@ from model import Embedder, iter_batches
 
 from .catalog import ImageRow
 from .imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
-from .store import Indexer, image_phash
+from .store import Indexer, image_phash, phash_version
 
 LOG = logging.getLogger(__name__)
 
@@ -223,10 +223,11 @@ class StoredHashes(StoredImages):
 
 
 def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
+    version = phash_version()  # rows hashed by another version are hashed again
+    stale = or_(ImageRow.phash.is_(None), ImageRow.phash_version.is_(None), ImageRow.phash_version != version)
     with indexer.catalog.session() as session:
-        rows = session.execute(
-            select(ImageRow.id, ImageRow.stored_path).where(ImageRow.phash.is_(None)).order_by(ImageRow.id)
-        ).all()
+        query = select(ImageRow.id, ImageRow.stored_path).where(stale).order_by(ImageRow.id)
+        rows = session.execute(query).all()
     if not rows:
         return
     items = [(image_id, indexer.store.path(stored)) for image_id, stored in rows]
@@ -234,7 +235,7 @@ def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
     bar = tqdm(total=len(items), desc="hashing catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
         good = _without_errors(batch, summary, "cannot hash catalog image")
-        values = [{"id": item["id"], "phash": item["phash"]} for item in good]
+        values = [{"id": item["id"], "phash": item["phash"], "phash_version": version} for item in good]
         if values:
             with indexer.catalog.session() as session:
                 session.execute(update(ImageRow), values)

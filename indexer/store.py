@@ -105,6 +105,7 @@ class Indexer:
             return known, False
         if columns.get("phash") is None:
             columns["phash"] = image_phash(decoded.image)
+        columns.setdefault("phash_version", phash_version())
         stored = self.store.put(data, decoded.sha256, decoded.format)
         return self.catalog.add_image(
             session,
@@ -217,6 +218,13 @@ def image_phash(image) -> int:
     from search.hashing import phash  # search imports indexer: import at call time
 
     return phash(image)
+
+
+def phash_version() -> int:
+    """The version of ``image_phash`` (stored beside it: other versions are recomputed)."""
+    from search.hashing import HASH_VERSION
+
+    return HASH_VERSION
 
 
 def load_vectors_for_search(options, model_version: str, dim: int) -> VectorIndex:

@@ -12,6 +12,10 @@ whose precision on these pairs reaches the target (default 0.99); the similar ru
 with a lower target, never stricter than the duplicate rule. When the CNN cannot separate the
 pairs (random weights score everything ~0.99) its duplicate threshold ends up at 1.0 and the
 hash decides alone.
+
+The same pairs give the evidence weights that order results within a verdict
+(``fit_weights``): for each hash distance and each band of CNN scores, the log of how much
+more often known variant pairs have it than non-pairs, smoothed and made monotone.
 """
 
 from __future__ import annotations
@@ -39,8 +43,8 @@ from indexer import (
 )
 from indexer.imageio import read_file_bytes
 
-from .hashing import MAX_RADIUS, HashIndex, dihedral_hashes, popcount
-from .verdicts import HASH_OFF, Thresholds
+from .hashing import HASH_VERSION, MAX_RADIUS, HashIndex, dihedral_hashes, is_flat, popcount
+from .verdicts import HASH_DISTANCES, HASH_OFF, MAX_WEIGHT, EvidenceWeights, Thresholds
 
 LOG = logging.getLogger(__name__)
 
@@ -50,6 +54,8 @@ DEFAULT_PAIRS = 3000
 DEFAULT_K = 10
 DEFAULT_RANDOM = 5
 NO_HASH = 64 + 1  # distance of a pair where one side has no hash: never fires
+WEIGHT_BINS = 20  # CNN score bands of the weight curve (equal numbers of pairs)
+PSEUDO_COUNT = 0.5  # added to every count, so an empty cell is not an infinite weight
 
 
 # fitting ------------------------------------------------------------------------------------
@@ -159,6 +165,7 @@ def fit_rule(
 class Fit:
     duplicate: OperatingPoint
     similar: OperatingPoint
+    weights: EvidenceWeights = field(default_factory=EvidenceWeights.default)
 
     def thresholds(self, source: str = "calibrated") -> Thresholds:
         return Thresholds(
@@ -167,6 +174,7 @@ class Fit:
             source=source,
             hash_duplicate=self.duplicate.hash_max,
             hash_similar=self.similar.hash_max,
+            weights=self.weights,
         )
 
 
@@ -188,7 +196,60 @@ def fit_thresholds(
     similar = fit_rule(
         labels, cnn, dist, similar_precision, hash_floor=duplicate.hash_max, ceiling=duplicate.cnn_min
     )
-    return Fit(duplicate, similar)
+    labels = np.asarray(labels, bool)
+    if labels.all():  # nothing to weigh the evidence against
+        LOG.warning("no non-pairs to calibrate from: evidence weights stay the defaults")
+        return Fit(duplicate, similar)
+    return Fit(duplicate, similar, fit_weights(labels, cnn, dist))
+
+
+def monotone(values: np.ndarray, weights: np.ndarray, increasing: bool = True) -> np.ndarray:
+    """The weighted least-squares monotone fit of ``values`` (pool adjacent violators)."""
+    values = np.asarray(values, np.float64)
+    if not increasing:
+        return -monotone(-values, weights)
+    blocks: list[list[float]] = []  # [mean, weight, length]
+    for v, w in zip(values.tolist(), np.asarray(weights, np.float64).tolist(), strict=True):
+        blocks.append([v, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (v2, w2, n2), (v1, w1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
+    return np.concatenate([np.full(n, v) for v, _, n in blocks]) if blocks else values
+
+
+def _log_ratio(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
+    """log P(cell | pair) - log P(cell | non-pair), with a pseudo-count in every cell."""
+    pos, neg = pos + PSEUDO_COUNT, neg + PSEUDO_COUNT
+    return np.log(pos / pos.sum()) - np.log(neg / neg.sum())
+
+
+def fit_weights(
+    labels: np.ndarray, cnn: np.ndarray, dist: np.ndarray, bins: int = WEIGHT_BINS
+) -> EvidenceWeights:
+    """Evidence weights measured on scored pairs: non-increasing in hash distance, non-decreasing
+    in CNN score, each clipped to +-``MAX_WEIGHT`` nats. A signal that does not separate the pairs
+    comes out (nearly) flat, so it barely moves the order of results."""
+    labels = np.asarray(labels, bool)
+    cnn, dist = np.asarray(cnn, np.float64), np.asarray(dist, np.int64)
+    if not labels.any() or labels.all():
+        raise ValueError(f"evidence weights need pairs and non-pairs, got {labels.sum()} of {len(labels)}")
+    hashed = dist < HASH_DISTANCES
+    pos = np.bincount(dist[hashed & labels], minlength=HASH_DISTANCES)[:HASH_DISTANCES]
+    neg = np.bincount(dist[hashed & ~labels], minlength=HASH_DISTANCES)[:HASH_DISTANCES]
+    hash_weights = monotone(_log_ratio(pos, neg), pos + neg + 1, increasing=False)
+    order = np.argsort(cnn, kind="stable")
+    groups = [g for g in np.array_split(order, min(bins, len(order))) if len(g)]
+    knots = np.array([cnn[g].mean() for g in groups])
+    pos = np.array([labels[g].sum() for g in groups], np.float64)
+    neg = np.array([len(g) - labels[g].sum() for g in groups], np.float64)
+    cnn_weights = monotone(_log_ratio(pos, neg), pos + neg, increasing=True)
+    knots, first = np.unique(knots, return_index=True)  # tied scores: one knot
+    return EvidenceWeights(
+        tuple(np.clip(hash_weights, -MAX_WEIGHT, MAX_WEIGHT).tolist()),
+        tuple(knots.tolist()),
+        tuple(np.clip(cnn_weights[first], -MAX_WEIGHT, MAX_WEIGHT).tolist()),
+        "calibrated",
+    )
 
 
 # pairs from the catalog -----------------------------------------------------------------------
@@ -240,11 +301,13 @@ class CatalogView:
     def __init__(self, catalog: Catalog, vectors: VectorIndex) -> None:
         with catalog.session() as session:
             columns = (ImageRow.id, ImageRow.parent_id, ImageRow.transform, ImageRow.stored_path)
-            rows = session.execute(select(*columns, ImageRow.phash)).all()
+            rows = session.execute(select(*columns, ImageRow.phash, ImageRow.phash_version)).all()
         self.parent = {r.id: r.parent_id for r in rows}
         self.transform = {r.id: r.transform for r in rows}
         self.stored = {r.id: r.stored_path for r in rows}
-        self.phash = {r.id: r.phash for r in rows if r.phash is not None}
+        self.phash = {r.id: r.phash for r in rows if r.phash is not None and r.phash_version == HASH_VERSION}
+        # Images without structure match each other whatever they were made from: no pairs.
+        self.flat = {i for i, h in self.phash.items() if is_flat(h)}
         self.ids, self.xb = vectors.vectors()
         self.vectors = vectors
         self._root: dict[int, int] = {}
@@ -337,10 +400,13 @@ class _PairCollector:
         depth = min(len(view.ids), self.k + max(self.family_size[view.root(i)] for i in ids))
         _, I = view.vectors.search(xq, depth)
         for row, (image_id, qh) in enumerate(zip(ids, hashes, strict=True)):
+            if is_flat(qh[0]) or image_id in view.flat:
+                self.skipped["flat"] += 1
+                continue
             self.query_hashes[image_id] = qh
             root = view.root(image_id)
             parent = view.parent.get(image_id)
-            if parent is not None and view.has_vector(parent):
+            if parent is not None and view.has_vector(parent) and parent not in view.flat:
                 self._add(image_id, parent, True)
             others = [int(j) for j in I[row] if j >= 0 and view.root(int(j)) != root][: self.k]
             matches = view.hash_index.search(qh, MAX_RADIUS)
@@ -349,7 +415,7 @@ class _PairCollector:
                 if view.root(int(j)) != root:
                     others.append(int(j))
             for j in dict.fromkeys(others):
-                if view.has_vector(j):
+                if view.has_vector(j) and j not in view.flat:
                     self._add(image_id, j, False)
 
     def _add(self, query: int, other: int, label: bool) -> None:
@@ -455,6 +521,7 @@ class Calibration:
             "queries": self.pairs.queries,
             "skipped": dict(self.pairs.skipped),
             "recall_by_transform": recall_by_transform(self.pairs, self.fit.duplicate),
+            "weights": self.fit.weights.to_dict(),
             "plot": str(self.plot) if self.plot else None,
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

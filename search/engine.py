@@ -4,8 +4,9 @@ Candidates come from three places: the catalog row with the same sha256, the sto
 within the hash radius of any of the query's 8 dihedral views (``HashIndex``, no scan), and the
 FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``). Every
 candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
-``Thresholds.judge``; results are ranked by verdict, then by how many signals fired, then
-hash-decided first, then by CNN score, then by hash distance.
+``Thresholds.judge``; results are ranked by verdict, then by the weight of their evidence
+(``EvidenceWeights``: calibrated log-likelihood ratios of the hash distance and the CNN score,
+summed), then by CNN score and hash distance.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import torch
 from indexer import Catalog, DecodedImage, VectorIndex, decode_image, load_vectors_for_search
 from indexer.imageio import read_file_bytes
 
-from .hashing import DIHEDRAL, HashIndex, HashMatch, dihedral_hashes, hamming, load_hashes
+from .hashing import (
+    DIHEDRAL,
+    HASH_VERSION,
+    HashIndex,
+    HashMatch,
+    dihedral_hashes,
+    hamming,
+    is_flat,
+    load_hashes,
+)
 from .verdicts import RANK, Judgement, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
@@ -94,27 +104,8 @@ class SearchEngine:
         started = time.perf_counter()
         thresholds = self.thresholds  # one consistent set even if the service swaps it now
         xq, views = self.embed_views(decoded.image, tta)
-        cnn = self._cnn_candidates(xq, k + 1)
-        exact = self.catalog.by_sha256(decoded.sha256)
         query_hashes = dihedral_hashes(decoded.image)
-        matches = self.hash_matches(query_hashes, thresholds.hash_radius)[: k + 1]
-        ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
-        cnn.update(self._cnn_scores(xq, ids - set(cnn)))
-        rows = self.catalog.get_many(ids)
-        by_hash = {m.id: m for m in matches}
-        for image_id, row in rows.items():  # CNN candidates beyond the lookup radius: their distance
-            if image_id not in by_hash and row.phash is not None:
-                by_hash[image_id] = nearest_view(query_hashes, image_id, row.phash)
-        results = []
-        for image_id in ids & set(rows):
-            is_exact = exact is not None and image_id == exact.id
-            # The same bytes embed the same; a row without a vector yet (pending) has no score.
-            scored = cnn.get(image_id, (1.0, 0) if is_exact else None)
-            score, view = scored if scored is not None else (-1.0, 0)
-            judgement = thresholds.judge(score, _distance(by_hash.get(image_id)), is_exact)
-            evidence = self._evidence(judgement, scored, views[view], by_hash.get(image_id), tta)
-            results.append(self._result(rows[image_id], score, judgement, evidence))
-        results.sort(key=_rank_key)
+        results = self.rank(decoded, xq, views, query_hashes, k, thresholds)
         return {
             "query": {
                 "source": source,
@@ -125,12 +116,52 @@ class SearchEngine:
                 "bytes": decoded.nbytes,
                 "phash": format(int(query_hashes[0]) & (2**64 - 1), "016x"),
             },
-            "results": results[:k],
+            "results": results,
             "model": self.embedder.version,
             "thresholds": thresholds.to_dict(),
             "tta": tta,
             "took_ms": round((time.perf_counter() - started) * 1000, 2),
         }
+
+    def rank(
+        self,
+        decoded: DecodedImage,
+        xq: np.ndarray,
+        views: tuple[str, ...],
+        query_hashes: np.ndarray,
+        k: int,
+        thresholds: Thresholds | None = None,
+    ) -> list[dict]:
+        """The top-k results, with evidence, of a query already embedded (``embed_views``) and hashed.
+
+        Candidates: the FAISS top-k of every view, the hash matches within the lookup radius, and
+        the row with the same bytes; each gets every signal it has, a verdict and a weight.
+        """
+        thresholds = thresholds or self.thresholds
+        cnn = self._cnn_candidates(xq, k + 1)
+        exact = self.catalog.by_sha256(decoded.sha256)
+        flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
+        matches = [] if flat else self.hash_matches(query_hashes, thresholds.hash_radius)[: k + 1]
+        ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
+        cnn.update(self._cnn_scores(xq, ids - set(cnn)))
+        rows = self.catalog.get_many(ids)
+        by_hash = {m.id: m for m in matches}
+        for image_id, row in rows.items():  # CNN candidates beyond the lookup radius: their distance
+            if image_id not in by_hash and not flat and has_current_hash(row) and not is_flat(row.phash):
+                by_hash[image_id] = nearest_view(query_hashes, image_id, row.phash)
+        results = []
+        for image_id in ids & set(rows):
+            is_exact = exact is not None and image_id == exact.id
+            # The same bytes embed the same; a row without a vector yet (pending) has no score.
+            scored = cnn.get(image_id, (1.0, 0) if is_exact else None)
+            score, view = scored if scored is not None else (-1.0, 0)
+            match = by_hash.get(image_id)
+            judgement = thresholds.judge(score, _distance(match), is_exact)
+            weight = thresholds.weights.weight(None if scored is None else score, _distance(match))
+            evidence = self._evidence(judgement, scored, views[view], match, tta_of(views), weight)
+            results.append(self._result(rows[image_id], score, judgement, evidence))
+        results.sort(key=_rank_key)
+        return results[:k]
 
     # evidence -----------------------------------------------------------------------------
 
@@ -202,6 +233,7 @@ class SearchEngine:
         view: str,
         match: HashMatch | None,
         tta: str,
+        weight: float,
     ) -> dict:
         cnn = None
         if scored is not None:
@@ -224,6 +256,7 @@ class SearchEngine:
             "hash": hashed,
             "cnn": cnn,
             "transform": transform,
+            "weight": round(weight, 3),
         }
 
     def _result(self, row, score: float, judgement: Judgement, evidence: dict) -> dict:
@@ -268,6 +301,15 @@ def nearest_view(query_hashes: np.ndarray, image_id: int, stored: int) -> HashMa
     return HashMatch(image_id, int(distances[view]), DIHEDRAL[view])
 
 
+def has_current_hash(row) -> bool:
+    """Whether a catalog row's stored hash was made by this ``HASH_VERSION`` (comparable)."""
+    return row.phash is not None and row.phash_version == HASH_VERSION
+
+
+def tta_of(views: tuple[str, ...]) -> str:
+    return "none" if len(views) == 1 else "d4"
+
+
 def _distance(match: HashMatch | None) -> int | None:
     return None if match is None else match.distance
 
@@ -284,19 +326,17 @@ def _matched_transform(judgement: Judgement, match: HashMatch | None, view: str)
 
 
 def _rank_key(result: dict) -> tuple:
-    # Within a verdict, agreeing signals first: a CNN "duplicate" that the hash calls similar
-    # beats one the hash does not support (random-init CNNs call everything a duplicate);
-    # then those the hash decided (uncalibrated CNN thresholds are the weaker evidence); then
-    # the CNN score, since a few bits of hash distance are JPEG noise and a 1.0 score is not.
+    # Within a verdict, the weight of all the evidence decides (a random-init CNN's 0.9984
+    # against 0.9983 weighs nothing beside 0 against 2 hash bits; a trained CNN's 0.95 against
+    # 0.60 outweighs a few bits of JPEG noise); then the CNN score and the hash distance.
     evidence = result["evidence"]
-    fired_hash = evidence["hash"]["distance"] if "hash" in evidence["signals"] else 65
+    distance = evidence["hash"]["distance"] if evidence["hash"] is not None else 65
     return (
         not result["exact"],
         RANK[result["verdict"]],
-        -len(evidence["signals"]),
-        "hash" not in evidence["decided_by"],
+        -evidence["weight"],
         -result["score"],
-        fired_hash,
+        distance,
         result["id"],
     )
 

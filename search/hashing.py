@@ -1,9 +1,16 @@
 """64-bit perceptual hashes (DCT pHash), their 8 dihedral variants, and a multi-index lookup.
 
-The hash is the classic pHash: grey, squash to 32x32, 2-D DCT-II, keep the 8x8 lowest
-frequencies, one bit per coefficient above their median. Squashing commutes with 90° turns
-and flips, and the DCT of a turned or flipped image is a sign/transposition pattern of the
-original's coefficients, so all 8 dihedral hashes of a query come from ONE decode and ONE DCT.
+The hash is pHash: grey, squash to 32x32, 2-D DCT-II, keep the 8x8 lowest frequencies, one bit
+per coefficient above their median. Squashing commutes with 90° turns and flips, and the DCT
+of a turned or flipped image is a sign/transposition pattern of the original's coefficients,
+so all 8 dihedral hashes of a query come from ONE decode and ONE DCT.
+
+Version 2 (``HASH_VERSION``) squashes in float64 with one Lanczos matrix per side, folded into
+the DCT matrix, instead of Pillow's 8-bit two-pass resize, and treats coefficients within
+``TIE`` of the median as ties (bit 0). Pillow rounds to 8 bits between its horizontal and
+vertical pass, so a turned image was not squashed to the turned squash: on near-blank clip art
+(light lines on white, AC coefficients near 0) that rounding, not the picture, set up to 16 of
+the 64 bits, and rotated copies missed their original. In float the views agree to 1e-12.
 
 Hashes are stored as signed 64-bit integers (SQLite's INTEGER); ``HashIndex`` finds every
 stored hash within a Hamming radius of any of the query's variants by multi-index hashing:
@@ -17,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import combinations
 
 import numpy as np
@@ -27,6 +35,10 @@ from indexer.catalog import ImageRow
 
 LOG = logging.getLogger(__name__)
 
+# Stored hashes of another version are not comparable: search and calibration ignore them and
+# `twice reindex` recomputes them (``ImageRow.phash_version``).
+HASH_VERSION = 2
+HASH_SCHEME = f"phash-dct64-dihedral8-v{HASH_VERSION}"  # the name caches key hash views by
 HASH_BITS = 64
 DCT_SIDE = 32
 LOW_SIDE = 8
@@ -70,7 +82,36 @@ def _dct_matrix(n: int, keep: int) -> np.ndarray:
     return rows * np.sqrt(2 / n)
 
 
+LANCZOS_LOBES = 3
+TIE = 1e-6  # coefficients this close to the median are ties: float noise must not set bits
+_CHUNK_ROWS = 1024  # rows of a large image made float at a time
 _DCT = _dct_matrix(DCT_SIDE, LOW_SIDE)
+
+
+def resample_matrix(n_in: int, n_out: int = DCT_SIDE) -> np.ndarray:
+    """(n_out, n_in): Lanczos-3 resampling of a line of ``n_in`` pixels to ``n_out``.
+
+    The kernel widens by the shrink factor (antialiasing, as Pillow's LANCZOS does), each row
+    sums to 1, and reversing the input reverses the output: mirrored lines squash to mirrors.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"cannot resample {n_in} pixels to {n_out}")
+    scale = n_in / n_out
+    width = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale
+    x = (np.arange(n_in)[None, :] + 0.5 - centres[:, None]) / width
+    weights = np.where(np.abs(x) < LANCZOS_LOBES, np.sinc(x) * np.sinc(x / LANCZOS_LOBES), 0.0)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=512)
+def _projection(n_in: int) -> np.ndarray:
+    """(8, n_in): squash a line to 32 pixels, then its 8 lowest DCT frequencies, in one step."""
+    matrix = _DCT @ resample_matrix(n_in)
+    matrix.flags.writeable = False
+    return matrix
+
+
 _PARITY = np.arange(LOW_SIDE) % 2
 # C[v, u]: v the vertical and u the horizontal frequency. Mirroring x negates odd u,
 # flipping y negates odd v, transposing the image transposes C; every dihedral map is
@@ -98,10 +139,19 @@ def dihedral_image(image: Image.Image, name: str) -> Image.Image:
 
 
 def dct_coefficients(image: Image.Image) -> np.ndarray:
-    """The 8x8 lowest DCT coefficients of the image squashed to 32x32 grey."""
-    grey = image.convert("L").resize((DCT_SIDE, DCT_SIDE), Image.Resampling.LANCZOS)
-    pixels = np.asarray(grey, dtype=np.float64)
-    return _DCT @ pixels @ _DCT.T
+    """The 8x8 lowest DCT coefficients of the image's grey squashed to 32x32, in float64.
+
+    C[v, u] = (P_h @ grey @ P_w.T)[v, u] with ``_projection`` matrices: the squash and the DCT
+    in two products, with no rounding in between. Large images go a block of rows at a time.
+    """
+    grey = np.asarray(image.convert("L"))
+    height, width = grey.shape
+    p_h = _projection(height)
+    rows = np.zeros((LOW_SIDE, width))
+    for start in range(0, height, _CHUNK_ROWS):
+        block = grey[start : start + _CHUNK_ROWS].astype(np.float64)
+        rows += p_h[:, start : start + _CHUNK_ROWS] @ block
+    return rows @ _projection(width).T
 
 
 def dihedral_coefficients(coeffs: np.ndarray) -> np.ndarray:
@@ -125,10 +175,10 @@ def bits_to_hash(bits: np.ndarray) -> np.ndarray:
 
 
 def hash_coefficients(coeffs: np.ndarray) -> np.ndarray:
-    """(..., 8, 8) coefficients -> (...) hashes: a bit per coefficient above the median."""
+    """(..., 8, 8) coefficients -> (...) hashes: a bit per coefficient above the median (by > TIE)."""
     flat = coeffs.reshape(*coeffs.shape[:-2], HASH_BITS)
     median = np.median(flat, axis=-1, keepdims=True)
-    return bits_to_hash((flat > median).reshape(coeffs.shape))
+    return bits_to_hash((flat - median > TIE).reshape(coeffs.shape))
 
 
 def phash(image: Image.Image) -> int:
@@ -139,6 +189,16 @@ def phash(image: Image.Image) -> int:
 def dihedral_hashes(image: Image.Image) -> np.ndarray:
     """(8,) int64: the pHash of each ``DIHEDRAL`` view of ``image``, from one DCT."""
     return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
+
+
+# Hashes with no AC bit: the image has no structure at 32x32 (one flat colour, say). Such a hash
+# matches every other one, black and white alike, so it is no evidence for or against.
+FLAT_HASHES = frozenset({0, -(2**63)})
+
+
+def is_flat(value: int | np.integer) -> bool:
+    """Whether a hash says nothing: the image it came from has no structure (``FLAT_HASHES``)."""
+    return int(value) in FLAT_HASHES
 
 
 _BYTE_BITS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -330,11 +390,15 @@ def hash_pairs(ids: np.ndarray, views: np.ndarray, radius: int) -> dict[tuple[in
 
 
 def load_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, hashes) of catalogued images with a hash and an id above ``after_id``."""
+    """(ids, hashes) of catalogued images with a current-version hash and an id above ``after_id``.
+
+    Hashes of another ``HASH_VERSION`` are left out until ``twice reindex`` recomputes them.
+    """
     with catalog.session() as session:
         rows = session.execute(
             select(ImageRow.id, ImageRow.phash)
-            .where(ImageRow.phash.is_not(None), ImageRow.id > after_id)
+            .where(ImageRow.phash.is_not(None), ImageRow.phash_version == HASH_VERSION)
+            .where(ImageRow.id > after_id)
             .order_by(ImageRow.id)
         ).all()
     ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))

@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from crawler import AddressPolicy, FetchConfig, Fetcher, Refused
 from indexer import (
     Catalog,
+    DecodedImage,
     ImageError,
     ImageRow,
     ImageStore,
@@ -41,6 +42,7 @@ from indexer import (
 )
 
 from .engine import SearchEngine, check_k
+from .hashing import dihedral_hashes
 from .verdicts import DUPLICATE, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
@@ -157,8 +159,10 @@ def fetch_url(
 def fetch_error(exc: Refused) -> Exception:
     """The service error for a refused or failed fetch."""
     if exc.reason in REFUSED_URL_REASONS:
-        hint = "" if exc.reason in ("bad_url", "scheme", "proxy", "metadata_address") else (
-            " (the server allows it with TWICE_ALLOW_PRIVATE_URLS=1)"
+        hint = (
+            ""
+            if exc.reason in ("bad_url", "scheme", "proxy", "metadata_address")
+            else (" (the server allows it with TWICE_ALLOW_PRIVATE_URLS=1)")
         )
         return UrlRefused(f"{exc}{hint}")
     if exc.reason == "too_large":
@@ -278,9 +282,12 @@ class SearchService:
         if stamp is None:
             self._engine, self._not_ready = None, "no index yet: run `twice reindex FOLDER` or POST /images"
         elif indexer.rebuilding:
-            self._engine, self._not_ready = None, (
-                f"the index on disk was built by another model, not {self._embedder.version}:"
-                " run `twice reindex` to re-embed the catalog"
+            self._engine, self._not_ready = (
+                None,
+                (
+                    f"the index on disk was built by another model, not {self._embedder.version}:"
+                    " run `twice reindex` to re-embed the catalog"
+                ),
             )
         else:
             indexer.vectors.to_gpu()
@@ -452,8 +459,7 @@ class SearchService:
             known = self.catalog.by_sha256(decoded.sha256)
             if known is not None:
                 return self._added(known, created=False, match="exact", duplicate_of=None)
-            xq = self._embedder.embed_images([decoded.image])
-            duplicate_of = self._nearest_duplicate(xq)
+            xq, duplicate_of = self._embed_and_match(decoded)
             added = indexer.add_bytes(data, source, **columns)
             if added.created:
                 indexer.add_vectors(np.array([added.row.id], dtype=np.int64), xq)
@@ -461,17 +467,27 @@ class SearchService:
             match = "exact" if not added.created else ("duplicate" if duplicate_of else None)
             return self._added(added.row, added.created, match, duplicate_of)
 
-    def _nearest_duplicate(self, xq: np.ndarray) -> dict | None:
+    def _embed_and_match(self, decoded: DecodedImage) -> tuple[np.ndarray, dict | None]:
+        """The new image's vector, and the catalogued image that search calls its duplicate.
+
+        The same evidence as a search (hash with its 8 views, CNN, calibrated verdict), so an
+        upload of a turned or brightened copy is flagged whenever searching for it would say so.
+        """
         engine = self._engine
-        if engine is None:
-            return None
-        D, I = engine.vectors.search(xq, 1)
-        if I[0, 0] < 0:
-            return None
-        score = float(np.clip(D[0, 0], -1.0, 1.0))
-        if engine.thresholds.verdict(score) != DUPLICATE:
-            return None
-        return {"id": int(I[0, 0]), "score": round(score, 6), "verdict": DUPLICATE}
+        if engine is None:  # the first image of an empty data directory
+            return self._embedder.embed_images([decoded.image]), None
+        xq, views = engine.embed_views(decoded.image, engine.tta)
+        results = engine.rank(decoded, xq, views, dihedral_hashes(decoded.image), k=1)
+        duplicate_of = None
+        if results and results[0]["verdict"] == DUPLICATE:
+            top = results[0]
+            duplicate_of = {
+                "id": top["id"],
+                "score": top["score"],
+                "verdict": DUPLICATE,
+                "evidence": top["evidence"],
+            }
+        return xq[:1], duplicate_of  # the first view is the image as it is
 
     def _added(self, row: ImageRow, created: bool, match: str | None, duplicate_of: dict | None) -> dict:
         return {

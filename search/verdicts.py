@@ -5,13 +5,20 @@ alone (best of the query's 8 dihedral views, in bits of 64): ``duplicate`` <= h_
 ``similar`` <= h_sim < ``different``. Together, the strongest signal wins: the same bytes are
 always a duplicate, otherwise the higher of the hash verdict and the CNN verdict. ``twice
 calibrate`` fits all four numbers for a target precision of that combined rule.
+
+Results of one verdict are ranked by the weight of their evidence (``EvidenceWeights``): how
+strongly each signal's value says "duplicate", as a log-likelihood ratio, summed over signals.
+A lexicographic order (CNN score first, say) lets a signal that cannot tell images apart decide:
+random CNN weights score every pair 0.99+, and a 0.0001 edge beat a 2-bit hash edge.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
+
+import numpy as np
 
 from .hashing import MAX_RADIUS
 
@@ -28,6 +35,82 @@ DEFAULT_SIMILAR = 0.75
 DEFAULT_HASH_DUPLICATE = 8
 DEFAULT_HASH_SIMILAR = 12
 HASH_OFF = -1  # a hash threshold that never fires
+HASH_DISTANCES = 65  # 0..64 bits
+
+# Default evidence weights, until calibration measures them: one bit of hash distance is one
+# nat, and the CNN is scaled so that the gap between its default similar and duplicate
+# thresholds (0.15) weighs as much as the gap between the hash ones (4 bits).
+DEFAULT_NATS_PER_BIT = 1.0
+DEFAULT_HASH_GAP = DEFAULT_HASH_SIMILAR - DEFAULT_HASH_DUPLICATE
+DEFAULT_NATS_PER_SCORE = DEFAULT_NATS_PER_BIT * DEFAULT_HASH_GAP / (DEFAULT_DUPLICATE - DEFAULT_SIMILAR)
+MAX_WEIGHT = 12.0  # nats: no single value is certain (e^12 ~ 160 000 : 1)
+
+
+@dataclass(frozen=True)
+class EvidenceWeights:
+    """How strongly a hash distance and a CNN score say "duplicate", in nats (log-likelihood ratio).
+
+    ``hash`` has one weight per distance 0..64; ``cnn`` is linear between ``cnn_knots`` and flat
+    outside them. A missing signal weighs 0. ``twice calibrate`` measures both from its pairs
+    (``search.calibrate.fit_weights``); a CNN that cannot tell its pairs apart gets a flat curve
+    and so no say in the order.
+    """
+
+    hash: tuple[float, ...]
+    cnn_knots: tuple[float, ...]
+    cnn: tuple[float, ...]
+    source: str = "default"  # default | calibrated
+
+    def __post_init__(self) -> None:
+        if len(self.hash) != HASH_DISTANCES:
+            raise ValueError(f"hash weights need one value per distance 0..64, got {len(self.hash)}")
+        knots = np.asarray(self.cnn_knots, np.float64)
+        if len(knots) < 1 or len(knots) != len(self.cnn) or np.any(np.diff(knots) <= 0):
+            raise ValueError(
+                f"cnn weights need ascending knots and one weight each, got {len(knots)} knots"
+                f" for {len(self.cnn)} weights"
+            )
+        if not np.all(np.isfinite(np.r_[self.hash, self.cnn, knots])):
+            raise ValueError("evidence weights must be finite numbers")
+
+    @classmethod
+    def default(cls) -> EvidenceWeights:
+        # 0 halfway between the similar cut and the next bit: positive where the hash fires.
+        bits = DEFAULT_HASH_SIMILAR + 0.5 - np.arange(HASH_DISTANCES)
+        hash_weights = np.clip(bits * DEFAULT_NATS_PER_BIT, -MAX_WEIGHT, MAX_WEIGHT)
+        knots = (-1.0, 1.0)
+        return cls(
+            tuple(hash_weights.tolist()),
+            knots,
+            tuple((k - DEFAULT_SIMILAR) * DEFAULT_NATS_PER_SCORE for k in knots),
+        )
+
+    def hash_weight(self, distance: int | None) -> float:
+        return 0.0 if distance is None else self.hash[min(max(int(distance), 0), HASH_DISTANCES - 1)]
+
+    def cnn_weight(self, score: float | None) -> float:
+        return 0.0 if score is None else float(np.interp(score, self.cnn_knots, self.cnn))
+
+    def weight(self, score: float | None, distance: int | None) -> float:
+        """The evidence of both signals together (summed: they are treated as independent)."""
+        return self.hash_weight(distance) + self.cnn_weight(score)
+
+    def to_dict(self) -> dict:
+        return {
+            "hash": [round(w, 4) for w in self.hash],
+            "cnn_knots": [round(k, 6) for k in self.cnn_knots],
+            "cnn": [round(w, 4) for w in self.cnn],
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvidenceWeights:
+        return cls(
+            tuple(float(w) for w in data["hash"]),
+            tuple(float(k) for k in data["cnn_knots"]),
+            tuple(float(w) for w in data["cnn"]),
+            str(data.get("source", "calibrated")),
+        )
 
 
 @dataclass(frozen=True)
@@ -63,6 +146,8 @@ class Thresholds:
     source: str = "default"  # default | calibrated | manual
     hash_duplicate: int = DEFAULT_HASH_DUPLICATE
     hash_similar: int = DEFAULT_HASH_SIMILAR
+    # How results of one verdict are ordered; not part of the verdict rule (nor of equality).
+    weights: EvidenceWeights = field(default_factory=EvidenceWeights.default, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.similar <= self.duplicate <= 1.0:
@@ -107,7 +192,9 @@ class Thresholds:
         return self.hash_similar
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The verdict rule and where the ranking weights come from (not the curves themselves)."""
+        rule = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights"}
+        return rule | {"weights": self.weights.source}
 
 
 def thresholds_for(catalog, model_version: str) -> Thresholds:
@@ -116,11 +203,12 @@ def thresholds_for(catalog, model_version: str) -> Thresholds:
     if record is None:
         return Thresholds()
     hashes = _hash_thresholds(record.details)
+    weights = _weights(record.details, model_version)
     try:
-        return Thresholds(record.duplicate, record.similar, record.source, *hashes)
+        return Thresholds(record.duplicate, record.similar, record.source, *hashes, weights)
     except ValueError as exc:  # a hand-edited row must not take search down
         LOG.warning("ignoring stored hash thresholds of %s: %s", model_version, exc)
-        return Thresholds(record.duplicate, record.similar, record.source)
+        return Thresholds(record.duplicate, record.similar, record.source, weights=weights)
 
 
 def _hash_thresholds(details: str | None) -> tuple[int, int]:
@@ -130,3 +218,18 @@ def _hash_thresholds(details: str | None) -> tuple[int, int]:
         return int(data["hash_duplicate"]), int(data["hash_similar"])
     except (ValueError, KeyError, TypeError):
         return DEFAULT_HASH_DUPLICATE, DEFAULT_HASH_SIMILAR
+
+
+def _weights(details: str | None, model_version: str) -> EvidenceWeights:
+    """The evidence weights kept in a threshold record's details, or the defaults."""
+    try:
+        data = json.loads(details) if details else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict) or "weights" not in data:
+        return EvidenceWeights.default()
+    try:
+        return EvidenceWeights.from_dict(data["weights"])
+    except (ValueError, KeyError, TypeError) as exc:
+        LOG.warning("ignoring stored evidence weights of %s: %s", model_version, exc)
+        return EvidenceWeights.default()

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy.optimize import brentq
 from scipy.stats import norm
 
@@ -13,9 +14,10 @@ from augment.variants import augment_catalog
 from imagegen import make_image
 from indexer import Catalog, Indexer, reindex
 from search import SearchEngine, thresholds_for
-from search.calibrate import NO_HASH, fit_rule, fit_thresholds
+from search.calibrate import NO_HASH, PSEUDO_COUNT, fit_rule, fit_thresholds, fit_weights, monotone
 from search.hashing import MAX_RADIUS
 from search.report import build_report
+from search.verdicts import MAX_WEIGHT, EvidenceWeights
 from twice.cli import main
 
 
@@ -127,6 +129,65 @@ def test_bad_arguments_name_the_value():
         fit_rule(np.array([False, False]), cnn, dist, 0.9)
 
 
+# evidence weights ---------------------------------------------------------------------------
+
+
+def test_monotone_pools_adjacent_violators():
+    assert monotone(np.array([1.0, 3.0, 2.0, 4.0]), np.ones(4)).tolist() == [1.0, 2.5, 2.5, 4.0]
+    # Weighted: the heavier value pulls the pooled mean.
+    assert monotone(np.array([5.0, 1.0]), np.array([3.0, 1.0])).tolist() == [4.0, 4.0]
+    assert monotone(np.array([1.0, 2.0, 0.0]), np.ones(3), increasing=False).tolist() == [1.5, 1.5, 0.0]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        values, weights = rng.normal(size=12), rng.uniform(0.5, 3.0, 12)
+        fitted = monotone(values, weights)
+        assert np.all(np.diff(fitted) >= -1e-12)
+        assert np.dot(fitted, weights) == pytest.approx(np.dot(values, weights))  # pooling keeps the mass
+        # No monotone sequence fits better: try pooling each adjacent pair further.
+        best = np.sum(weights * (fitted - values) ** 2)
+        for i in range(11):
+            other = fitted.copy()
+            mean = np.average(other[i : i + 2], weights=weights[i : i + 2])
+            other[i : i + 2] = mean
+            if np.all(np.diff(other) >= 0):
+                assert np.sum(weights * (other - values) ** 2) >= best - 1e-9
+
+
+def test_hash_weights_are_the_log_ratio_of_counts_when_already_monotone():
+    # 6 pairs at distance 0, 2 at 10; non-pairs: 1 at 10, 9 at 30. Brute force by hand.
+    labels = np.array([True] * 8 + [False] * 10)
+    dist = np.array([0] * 6 + [10] * 2 + [10] + [30] * 9)
+    cnn = np.linspace(0.1, 0.9, 18)
+    weights = fit_weights(labels, cnn, dist)
+    pos, neg = np.full(65, PSEUDO_COUNT), np.full(65, PSEUDO_COUNT)
+    for d, label in zip(dist, labels, strict=True):
+        (pos if label else neg)[d] += 1
+    expected = np.log(pos / pos.sum()) - np.log(neg / neg.sum())
+    pooled = monotone(expected, np.bincount(dist, minlength=65) + 1, increasing=False)
+    np.testing.assert_allclose(weights.hash, np.clip(pooled, -MAX_WEIGHT, MAX_WEIGHT))
+    assert weights.hash_weight(0) > weights.hash_weight(10) > weights.hash_weight(30)
+    assert weights.source == "calibrated"
+
+
+def test_weights_follow_what_separates_the_pairs():
+    rng = np.random.default_rng(4)
+    labels, cnn = planted_gaussians(rng, n_pos=2000, n_neg=20000)
+    dist = np.where(labels, rng.integers(0, 10, len(labels)), rng.integers(8, 40, len(labels)))
+    informative = fit_weights(labels, cnn, dist)
+    assert np.all(np.diff(informative.hash) <= 0) and np.all(np.diff(informative.cnn) >= 0)
+    assert informative.cnn_weight(0.95) - informative.cnn_weight(0.6) > 5  # the CNN separates them
+    # A CNN that scores pairs and non-pairs alike (random weights): a flat curve, no say in the order.
+    blind = fit_weights(labels, rng.uniform(0.98, 1.0, len(labels)), dist)
+    assert max(blind.cnn) - min(blind.cnn) < 0.3
+    assert blind.hash_weight(0) - blind.hash_weight(20) > 5
+    stored = EvidenceWeights.from_dict(blind.to_dict())
+    assert stored.hash_weight(3) == pytest.approx(blind.hash_weight(3), abs=1e-4)
+    with pytest.raises(ValueError, match="need pairs and non-pairs, got 2 of 2"):
+        fit_weights(np.array([True, True]), np.array([0.5, 0.6]), np.array([1, 2]))
+    only_pairs = fit_thresholds(np.array([True, True]), np.array([0.5, 0.6]), np.array([1, 2]))
+    assert only_pairs.weights == EvidenceWeights.default()
+
+
 # the command end to end -----------------------------------------------------------------------
 
 
@@ -139,11 +200,13 @@ def cli(monkeypatch, options):
     return lambda *argv: main(["-q", *argv])
 
 
-def build_collection(tmp_path, options, embedder, count=8):
+def build_collection(tmp_path, options, embedder, count=8, blank=0):
     folder = tmp_path / "in"
     folder.mkdir()
     for seed in range(count):
         make_image(100 + seed, (80, 60)).save(folder / f"img_{seed}.png")
+    for n in range(blank):
+        Image.new("RGB", (70 + n, 50), (250, 250, 250)).save(folder / f"blank_{n}.png")
     reindex([folder], options, embedder, progress=False)
     indexer = Indexer(options, embedder.version, embedder.dim)
     augment_catalog(indexer, progress=False)
@@ -176,6 +239,8 @@ def test_calibrate_command_stores_thresholds_that_search_and_report_use(
         details["duplicate"]["hash_max"],
     )
     assert stored.hash_similar == details["hash_similar"]
+    assert stored.weights.source == "calibrated" and details["weights"]["source"] == "calibrated"
+    assert stored.weights.hash_weight(0) > stored.weights.hash_weight(30)
 
     engine = SearchEngine.open(options, embedder)
     response = engine.search_file(tmp_path / "in" / "img_3.png", k=3)
@@ -184,6 +249,14 @@ def test_calibrate_command_stores_thresholds_that_search_and_report_use(
     report = build_report(options)
     assert report["thresholds"]["source"] == "calibrated"
     assert report["thresholds"]["duplicate"] == stored.duplicate
+
+
+def test_images_without_structure_make_no_pairs(tmp_path, options, embedder, cli, capsys):
+    build_collection(tmp_path, options, embedder, count=3, blank=1)
+    assert cli("calibrate", "--dry-run", "--json", "--plot", str(tmp_path / "c.png")) == 0
+    details = json.loads(capsys.readouterr().out)
+    # The blank original and its blank variants pair with nothing: 3 originals x 4 transforms.
+    assert details["positives"] == 12 and details["skipped"]["flat"] >= 1
 
 
 def test_calibrate_dry_run_stores_nothing_and_prints_the_rules(tmp_path, options, embedder, cli, capsys):

@@ -6,12 +6,14 @@ import sqlite3
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from imagegen import image_bytes, make_image
 from indexer import Catalog, Indexer, reindex
+from search import SearchEngine
 from search.hashing import (
     DIHEDRAL,
+    HASH_VERSION,
     MAX_RADIUS,
     HashIndex,
     dct_coefficients,
@@ -20,8 +22,10 @@ from search.hashing import (
     dihedral_image,
     hamming,
     hash_pairs,
+    load_hashes,
     phash,
     popcount,
+    resample_matrix,
 )
 
 # What turns a query made by transform g back into the stored original: g's inverse.
@@ -46,15 +50,65 @@ def test_dct_of_a_turned_image_is_a_sign_and_transpose_pattern():
         np.testing.assert_allclose(views[i], direct, atol=1e-9, err_msg=name)
 
 
-@pytest.mark.parametrize("size", [(96, 72), (40, 90)])
+def line_art(seed: int, size: tuple[int, int] = (100, 100), grey: int = 200) -> Image.Image:
+    """Thin light strokes on white, like clip-art thumbnails: almost every DCT coefficient is tiny."""
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    for _ in range(3):
+        box = sorted(rng.integers(0, w, 2).tolist()), sorted(rng.integers(0, h, 2).tolist())
+        draw.arc(
+            [box[0][0], box[1][0], box[0][1] + 5, box[1][1] + 5], int(rng.integers(0, 360)), 300, (grey,) * 3
+        )
+    return image
+
+
+@pytest.mark.parametrize("size", [(96, 72), (40, 90), (100, 100), (333, 517)])
 def test_dihedral_hashes_equal_hashes_of_the_turned_images(size):
     for seed in range(4):
         image = make_image(seed, size)
         views = dihedral_hashes(image)
         direct = np.array([phash(dihedral_image(image, name)) for name in DIHEDRAL])
-        # Resampling rounding may flip a coefficient sitting on the median: at most 2 bits.
-        assert hamming(views, direct).max() <= 2, (seed, hamming(views, direct))
+        assert hamming(views, direct).max() == 0, (seed, hamming(views, direct))
         assert len(set(views.tolist())) == 8  # the views differ from each other
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_turned_line_art_hashes_exactly_like_its_view(seed):
+    # Version 1 squashed with Pillow's 8-bit two-pass resize: on light strokes like these the
+    # rounding, not the picture, set up to 16 bits, and turned clip art missed its original.
+    image = line_art(seed)
+    views = dihedral_hashes(image)
+    for i, name in enumerate(DIHEDRAL):
+        assert phash(dihedral_image(image, name)) == views[i], name
+
+
+def test_a_contrast_and_brightness_change_without_clipping_keeps_the_hash():
+    # pHash bits compare coefficients with their median: a*grey + b (a > 0) moves none of them,
+    # as long as nothing rounds the squashed image (version 1 rounded it to 8 bits).
+    for seed in range(4):
+        grey = np.asarray(line_art(seed, grey=120).convert("L"), np.float64)
+        faint = Image.fromarray((120 + grey * 0.5).round().astype(np.uint8))  # 180..247: no clipping
+        assert phash(faint) == phash(Image.fromarray(grey.astype(np.uint8))), seed
+
+
+def test_resampling_rows_sum_to_one_and_mirror():
+    for n_in in (1, 7, 32, 100, 517):
+        m = resample_matrix(n_in)
+        assert m.shape == (32, n_in)
+        np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
+        np.testing.assert_allclose(m[::-1, ::-1], m, atol=1e-12)  # a reversed line squashes reversed
+    np.testing.assert_allclose(resample_matrix(32), np.eye(32), atol=1e-12)  # same size: unchanged
+    with pytest.raises(ValueError, match="cannot resample 0 pixels to 32"):
+        resample_matrix(0)
+
+
+def test_a_single_colour_image_has_the_dc_bit_only():
+    for colour in ("white", (10, 200, 30)):
+        views = dihedral_hashes(Image.new("RGB", (50, 40), colour))
+        assert set(views.tolist()) == {-(2**63)}, colour  # only the first (DC) bit, in every view
+    assert set(dihedral_hashes(Image.new("RGB", (50, 40), "black")).tolist()) == {0}
 
 
 def test_hash_is_a_signed_64_bit_integer_and_stable():
@@ -145,8 +199,43 @@ def test_ingest_stores_the_hash_of_the_decoded_image(options):
     indexer = Indexer(options, "test", 8)
     image = make_image(5)
     row = indexer.add_bytes(image_bytes(image), "a.png").row
-    assert row.phash == phash(image)
+    assert row.phash == phash(image) and row.phash_version == HASH_VERSION
     indexer.close()
+
+
+def test_hashes_of_another_version_are_ignored_then_recomputed_by_reindex(tmp_path, options, embedder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(3):
+        line_art(seed).save(folder / f"art_{seed}.png")
+    reindex([folder], options, embedder, progress=False)
+    catalog = Catalog(options.catalog_url)
+    current = dict(zip(*[a.tolist() for a in load_hashes(catalog)], strict=True))
+    assert len(current) == 3
+    catalog.close()
+    # A catalog hashed by version 1: other bits under another version number.
+    with sqlite3.connect(options.data_dir / "catalog.sqlite") as db:
+        db.execute(
+            "UPDATE images SET phash = (phash | 255) - (phash & 255), phash_version = ?", (HASH_VERSION - 1,)
+        )
+    catalog = Catalog(options.catalog_url)
+    assert len(load_hashes(catalog)[0]) == 0  # not comparable: no hash evidence from them
+    catalog.close()
+    engine = SearchEngine.open(options, embedder)
+    query = dihedral_image(line_art(1), "rotate 90")
+    hits = engine.search_bytes(image_bytes(query), k=3)["results"]
+    assert all(hit["evidence"]["hash"] is None for hit in hits)
+    engine.close()
+    summary = reindex([], options, embedder, progress=False)
+    assert summary.hashed == 3 and summary.added == 0
+    catalog = Catalog(options.catalog_url)
+    assert dict(zip(*[a.tolist() for a in load_hashes(catalog)], strict=True)) == current
+    catalog.close()
+    assert reindex([], options, embedder, progress=False).hashed == 0
+    engine = SearchEngine.open(options, embedder)
+    top = engine.search_bytes(image_bytes(query), k=3)["results"][0]
+    assert top["source"].endswith("art_1.png") and top["evidence"]["hash"]["distance"] == 0
+    engine.close()
 
 
 def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, options, embedder):
@@ -172,5 +261,5 @@ def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, o
     catalog.close()
     for seed in range(3):
         expected = phash(Image.open(folder / f"img_{seed}.png").convert("RGB"))
-        assert hamming(hashes[str(folder / f"img_{seed}.png")], expected) <= 2
+        assert hashes[str(folder / f"img_{seed}.png")] == expected
     assert reindex([], options, embedder, progress=False).hashed == 0

@@ -9,12 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import make_options
 from imagegen import image_bytes, make_image
 from indexer import Catalog, reindex
+from model import Embedder
 from search import SearchEngine, Thresholds, thresholds_for
 from search.engine import dihedral_tensors
 from search.hashing import DIHEDRAL, dihedral_image
-from search.verdicts import DIFFERENT, DUPLICATE, SIMILAR
+from search.service import SearchService
+from search.verdicts import DIFFERENT, DUPLICATE, SIMILAR, EvidenceWeights
 from twice.cli import main
 
 SIZE = (72, 72)  # square: a turned copy preprocesses to exactly the turned tensor
@@ -31,6 +34,26 @@ def indexed(tmp_path, options, embedder):
         images[seed].save(folder / f"img_{seed}.png")
     reindex([folder], options, embedder, progress=False)
     return images
+
+
+@pytest.fixture(scope="module")
+def plain_embedder(tmp_path_factory) -> Embedder:
+    """A CNN without d4 pooling: its views of a turned image score differently (what TTA is for)."""
+    return Embedder.from_options(make_options(tmp_path_factory.mktemp("unused"), invariance="none"))
+
+
+@pytest.fixture
+def plain_indexed(tmp_path, plain_embedder):
+    """The six originals indexed by ``plain_embedder``; returns (options, images by seed)."""
+    options = make_options(tmp_path / "plain-data")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    images = {}
+    for seed in range(40, 46):
+        images[seed] = make_image(seed, SIZE)
+        images[seed].save(folder / f"img_{seed}.png")
+    reindex([folder], options, plain_embedder, progress=False)
+    return options, images
 
 
 def open_engine(options, embedder, **kw) -> SearchEngine:
@@ -164,8 +187,9 @@ def test_dihedral_tensor_views_equal_preprocessed_turned_images(embedder):
         torch.testing.assert_close(view, expected, msg=name)
 
 
-def test_tta_d4_recovers_the_cnn_score_of_a_turned_copy(indexed, options, embedder):
-    engine = open_engine(options, embedder)
+def test_tta_d4_recovers_the_cnn_score_of_a_turned_copy(plain_indexed, plain_embedder):
+    options, indexed = plain_indexed
+    engine = open_engine(options, plain_embedder)
     query = image_bytes(dihedral_image(indexed[43], "rotate 90"))
     plain = by_source(engine.search_bytes(query, k=6), "img_43.png")
     d4 = engine.search_bytes(query, k=6, tta="d4")
@@ -179,10 +203,12 @@ def test_tta_d4_recovers_the_cnn_score_of_a_turned_copy(indexed, options, embedd
     engine.close()
 
 
-def test_cli_search_tta_flag(indexed, options, tmp_path, capsys, monkeypatch):
+def test_cli_search_tta_flag(plain_indexed, tmp_path, capsys, monkeypatch):
+    options, indexed = plain_indexed
     monkeypatch.setenv("TWICE_IMAGE_SIZE", "64")
     monkeypatch.setenv("TWICE_ALLOW_DOWNLOAD", "0")
     monkeypatch.setenv("TWICE_DEVICE", "cpu")
+    monkeypatch.setenv("TWICE_INVARIANCE", "none")
     path = tmp_path / "q.png"
     dihedral_image(indexed[40], "mirror").save(path)
     argv = ["-q", "--data-dir", str(options.data_dir), "search", str(path), "-k", "2", "--json"]
@@ -195,7 +221,7 @@ def test_cli_search_tta_flag(indexed, options, tmp_path, capsys, monkeypatch):
     assert "invalid choice: 'd9'" in capsys.readouterr().err
 
 
-def test_within_a_verdict_more_signals_rank_first(indexed, options, embedder):
+def test_within_a_verdict_the_weight_of_evidence_ranks(indexed, options, embedder):
     engine = open_engine(options, embedder)
     # A CNN that calls everything a duplicate (what random weights and default thresholds do):
     # the original, which the hash also supports, must still come first.
@@ -207,6 +233,8 @@ def test_within_a_verdict_more_signals_rank_first(indexed, options, embedder):
     assert top["source"].endswith("img_42.png")
     assert top["evidence"]["signals"] == ["cnn", "hash"]  # strongest first: cnn duplicate, hash similar
     assert all(hit["evidence"]["signals"] == ["cnn"] for hit in response["results"][1:])
+    weights = [hit["evidence"]["weight"] for hit in response["results"]]
+    assert weights == sorted(weights, reverse=True)
     engine.close()
 
 
@@ -233,17 +261,78 @@ def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedd
 def test_rank_order_within_a_verdict():
     from search.engine import _rank_key
 
-    def result(i, score, signals, decided, distance, verdict=DUPLICATE, exact=False):
+    def result(i, score, weight, distance, verdict=DUPLICATE, exact=False):
         hashed = {"distance": distance} if distance is not None else None
-        evidence = {"signals": signals, "decided_by": decided, "hash": hashed}
+        evidence = {"weight": weight, "hash": hashed}
         return {"id": i, "score": score, "verdict": verdict, "exact": exact, "evidence": evidence}
 
     results = [
-        result(1, 0.99, ["cnn"], ["cnn"], 30),  # CNN alone
-        result(2, 0.95, ["hash"], ["hash"], 0),  # hash alone, exact hash
-        result(3, 1.00, ["hash"], ["hash"], 2),  # hash alone, a JPEG of the same pixels
-        result(4, 0.50, ["hash", "cnn"], ["hash"], 9),  # both fired
-        result(5, 0.10, [], [], None, verdict=SIMILAR),
-        result(6, 0.20, ["exact", "hash", "cnn"], ["exact", "hash", "cnn"], 0, exact=True),
+        result(1, 0.99, 2.0, 30),
+        result(2, 0.95, 9.0, 0),
+        result(3, 1.00, 9.0, 2),  # same weight: the higher CNN score
+        result(4, 0.50, 9.0, 2),  # same weight, lower score
+        result(5, 0.50, 9.0, 1),  # same weight and score: the nearer hash
+        result(6, 0.10, 40.0, None, verdict=SIMILAR),  # a lower verdict, however heavy
+        result(7, 0.20, -3.0, 0, exact=True),  # the same bytes first, whatever the rest
     ]
-    assert [r["id"] for r in sorted(results, key=_rank_key)] == [6, 4, 3, 2, 1, 5]
+    assert [r["id"] for r in sorted(results, key=_rank_key)] == [7, 3, 2, 5, 4, 1, 6]
+
+
+def test_default_weights_let_hash_bits_outweigh_a_cnn_that_cannot_tell():
+    w = EvidenceWeights.default()
+    # Random CNN weights score everything 0.99+: a 0.0001 edge must not beat 2 hash bits...
+    assert w.weight(0.9983, 0) > w.weight(0.9984, 2)
+    # ...while a CNN that separates (0.95 against 0.60) outweighs a few bits of JPEG noise.
+    assert w.weight(0.95, 3) > w.weight(0.60, 0)
+    assert w.weight(None, None) == 0.0 and w.hash_weight(64) == w.hash_weight(99) < 0
+    # One threshold gap of each signal weighs the same.
+    t = Thresholds()
+    gap_cnn = w.cnn_weight(t.duplicate) - w.cnn_weight(t.similar)
+    gap_hash = w.hash_weight(t.hash_duplicate) - w.hash_weight(t.hash_similar)
+    assert gap_cnn == pytest.approx(gap_hash)
+
+
+def test_weights_are_stored_with_the_thresholds_and_bad_ones_fall_back(indexed, options, embedder):
+    flat = EvidenceWeights(tuple([0.0] * 65), (0.0, 1.0), (0.0, 0.0), "calibrated")
+    assert EvidenceWeights.from_dict(flat.to_dict()) == flat
+    with pytest.raises(ValueError, match="one value per distance 0..64, got 3"):
+        EvidenceWeights((1.0, 2.0, 3.0), (0.0,), (0.0,))
+    with pytest.raises(ValueError, match="ascending knots and one weight each, got 2 knots for 1"):
+        EvidenceWeights(tuple([0.0] * 65), (1.0, 0.0), (0.0,))
+    catalog = Catalog(options.catalog_url)
+    details = {"hash_duplicate": 8, "hash_similar": 12, "weights": flat.to_dict()}
+    catalog.set_thresholds(embedder.version, 0.9, 0.75, "calibrated", details)
+    assert thresholds_for(catalog, embedder.version).weights == flat
+    broken = details | {"weights": {"hash": [1.0], "cnn_knots": [0.0], "cnn": [0.0]}}
+    catalog.set_thresholds(embedder.version, 0.9, 0.75, "calibrated", broken)
+    assert thresholds_for(catalog, embedder.version).weights == EvidenceWeights.default()
+    catalog.set_thresholds(embedder.version, 0.9, 0.75, "calibrated", details)
+    catalog.close()
+    engine = open_engine(options, embedder)
+    response = engine.search_bytes(image_bytes(indexed[41]), k=3)
+    assert response["thresholds"]["weights"] == "calibrated"
+    # Flat weights: every result weighs 0, and the CNN score orders each verdict.
+    assert {hit["evidence"]["weight"] for hit in response["results"]} == {0.0}
+    engine.close()
+
+
+def test_an_upload_says_which_image_search_calls_its_duplicate(indexed, options, embedder):
+    catalog = Catalog(options.catalog_url)
+    catalog.set_thresholds(embedder.version, 1.0, 1.0, "manual")  # the CNN never fires: hash only
+    ids = {catalog.get(i).source.rsplit("/", 1)[-1]: i for i in catalog.ids().tolist()}
+    catalog.close()
+    service = SearchService(options, embedder=embedder)
+    # A turned JPEG: only the same pixels reach a CNN score of 1.0 (even with d4 pooling).
+    turned = image_bytes(dihedral_image(indexed[43], "rotate 90"), "JPEG", quality=80)
+    added = service.add_bytes(turned, "turned.jpg")
+    assert added["created"] and added["match"] == "duplicate"
+    duplicate = added["duplicate_of"]
+    assert duplicate["id"] == ids["img_43.png"] and duplicate["verdict"] == DUPLICATE
+    assert duplicate["evidence"]["decided_by"] == ["hash"]
+    assert duplicate["evidence"]["hash"]["transform"] == "rotate 270"
+    unrelated = service.add_bytes(image_bytes(make_image(99, SIZE)), "new.png")
+    assert unrelated["created"] and unrelated["match"] is None and unrelated["duplicate_of"] is None
+    # The upload is searchable at once, by its own bytes.
+    top = service.search_bytes(turned, k=1)["results"][0]
+    assert top["id"] == added["id"] and top["exact"]
+    service.close()
