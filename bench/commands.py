@@ -54,6 +54,14 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="also run the current model with these search_file() options (repeatable)",
     )
+    q.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="keep the default thresholds (normally fitted on variants of the distractors first)",
+    )
+    q.add_argument(
+        "--calibration-images", type=int, help="distractors given variants for calibration (default all)"
+    )
     q.add_argument("--no-random-init", action="store_true", help="skip the random-init VGG-16")
     q.add_argument("--no-phash", action="store_true", help="skip imagededup's PHash")
     q.add_argument("--no-install", action="store_true", help="never apt-get missing Debian sources")
@@ -181,8 +189,12 @@ def run_quality_command(args, options) -> int:
         sources=_csv(args.sources),
         transforms=_csv(args.transforms),
         work_dir=args.work_dir,
+        calibration_images=args.calibration_images,
     )
+    if values.get("calibration_images", 1) < 1:
+        raise ValueError(f"--calibration-images must be at least 1, got {args.calibration_images}")
     values.update(
+        calibrate=not args.no_calibrate,
         seed=args.seed,
         checkpoints=tuple(args.model),
         search_variants=tuple(parse_variant(v) for v in args.search_variant),

@@ -4,6 +4,8 @@ path, and imagededup's PHash as its users run it (and with the query's 8 dihedra
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from indexer.imageio import read_file_bytes
 from model import Embedder, EmbeddingNet, WeightsInfo, pick_device, pick_precision
 from search import SearchEngine
 
+from .calibration import BenchCalibration, store_thresholds
 from .metrics import Hit
 
 LOG = logging.getLogger(__name__)
@@ -42,6 +45,10 @@ class EmbeddingMethod:
     (``tta=d4``) are compared by name. ``cnn``: the model alone, the query embedded and looked
     up in the FAISS index, a duplicate when the score reaches the model's duplicate threshold;
     this is the fair way to compare models. A method given ``base`` reuses that method's index.
+
+    ``calibrator``, given a folder, fits thresholds on images that are never queried
+    (``bench.calibration``); they are stored with the index, so search uses them, and a CNN-only
+    method on the same index uses the CNN-alone rule fitted on the same pairs.
     """
 
     def __init__(
@@ -52,13 +59,18 @@ class EmbeddingMethod:
         mode: str = "search",
         search_kwargs: dict | None = None,
         base: EmbeddingMethod | None = None,
+        calibrator: Callable[[Path], BenchCalibration] | None = None,
     ) -> None:
         if mode not in ("search", "cnn"):
             raise ValueError(f"mode must be search or cnn, not {mode!r}")
         self.name, self.options, self.embedder, self.mode, self.base = name, options, embedder, mode, base
         self.search_kwargs = dict(search_kwargs or {})
+        self.calibrator = calibrator
+        self.calibration: BenchCalibration | None = None
+        self.calibration_seconds = 0.0
         self.engine: SearchEngine | None = None
         self.threshold: float | None = None
+        self.rule: str | None = None  # the duplicate rule in words, when it is more than a CNN cut
 
     def describe(self) -> str:
         d = self.embedder.describe()
@@ -71,13 +83,24 @@ class EmbeddingMethod:
     def index(self, paths: list[Path], workdir: Path, progress: bool = False) -> None:
         if self.base is not None and self.base.engine is not None:
             self.engine = self.base.engine
+            self.calibration = self.base.calibration
         else:
             options = self.options.with_overrides(data_dir=workdir)
             summary = reindex(paths, options, self.embedder, progress=progress)
             if summary.skipped:
                 LOG.warning("%s: reindex skipped %s", self.name, dict(summary.skipped))
+            if self.calibrator is not None:
+                started = time.perf_counter()
+                self.calibration = self.calibrator(workdir / "calibration")
+                store_thresholds(options, self.calibration)
+                self.calibration_seconds = time.perf_counter() - started
             self.engine = SearchEngine.open(options, self.embedder)
-        self.threshold = self.engine.thresholds.duplicate
+        thresholds = self.engine.thresholds
+        self.threshold = thresholds.duplicate
+        if self.mode == "cnn" and self.calibration is not None:
+            self.threshold = self.calibration.cnn_alone.cnn_min  # the CNN's own best rule
+        elif self.mode == "search" and thresholds.hash_duplicate >= 0:
+            self.rule = f"hash <= {thresholds.hash_duplicate} or CNN >= {thresholds.duplicate:.4f}"
 
     def query_many(self, paths: list[Path], k: int, progress: bool = False) -> list[list[Hit]]:
         if self.mode == "cnn":

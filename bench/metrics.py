@@ -45,6 +45,8 @@ class MethodScores:
     index_seconds: float = 0.0
     query_seconds: float = 0.0
     threshold: float | None = None  # the score at or above which it says duplicate
+    rule: str | None = None  # the whole duplicate rule in words, when more than a score cut
+    calibration_seconds: float = 0.0
 
 
 def outcome_of(transform: str, original: Path | None, hits: list[Hit]) -> QueryOutcome:

@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from model import Embedder
 
+from .calibration import calibrate_on_distractors
 from .machine import machine_facts
 from .methods import EmbeddingMethod, PHashMethod, random_embedder
 from .metrics import MethodScores, outcome_of, summarise
@@ -38,6 +40,8 @@ class QualityConfig:
     search_variants: tuple[dict, ...] = ()  # search_file kwargs to try with the current model
     random_init: bool = True
     phash: bool = True
+    calibrate: bool = True  # fit thresholds on variants of the distractors, as `twice calibrate` does
+    calibration_images: int | None = None  # distractors given variants for it (None: all)
     install: bool = True  # apt-get the Debian sources when missing
     work_dir: Path | None = None  # None: a temporary folder, removed afterwards
     progress: bool = True
@@ -57,14 +61,33 @@ class QualityConfig:
         return base.__class__(**{**asdict(base), **overrides})
 
 
-def make_methods(config: QualityConfig, options) -> list:
+def make_methods(config: QualityConfig, options, bench_set: BenchSet | None = None) -> list:
     """The competitors, in table order; a competitor that cannot run is a note, not an error.
 
     The current model runs twice on one index: the whole search (hash + CNN evidence) and the
     CNN alone; other models run CNN-only, so model columns compare models and nothing else.
+    With ``config.calibrate`` the current model's thresholds are fitted on variants of the
+    distractors first (other models keep their default thresholds).
     """
     current = Embedder.from_options(options)
-    search = EmbeddingMethod("twice search", options, current)
+    calibrator = None
+    if config.calibrate and bench_set is not None and bench_set.distractors:
+        images = bench_set.distractors[: config.calibration_images]
+
+        def calibrator(folder: Path):
+            return calibrate_on_distractors(
+                images,
+                bench_set.transforms,
+                options,
+                current,
+                folder,
+                seed=config.seed,
+                progress=config.progress,
+            )
+
+    elif config.calibrate:
+        config.notes.append("thresholds not calibrated: the set has no distractors to calibrate on")
+    search = EmbeddingMethod("twice search", options, current, calibrator=calibrator)
     methods: list = [
         search,
         EmbeddingMethod(f"CNN ({current.weights.source})", options, current, "cnn", base=search),
@@ -95,8 +118,11 @@ def evaluate(method, bench_set: BenchSet, workdir: Path, progress: bool) -> Meth
     shutil.rmtree(workdir, ignore_errors=True)  # a kept --work-dir must not carry an old catalog
     started = time.perf_counter()
     method.index(bench_set.indexed, workdir, progress)
-    scores.index_seconds = time.perf_counter() - started
+    calibrating = getattr(method, "calibration_seconds", 0.0)
+    scores.index_seconds = time.perf_counter() - started - calibrating
+    scores.calibration_seconds = calibrating
     scores.threshold = method.threshold
+    scores.rule = getattr(method, "rule", None)
     started = time.perf_counter()
     answers = method.query_many([q.path for q in bench_set.queries], K, progress=progress)
     scores.query_seconds = time.perf_counter() - started
@@ -129,11 +155,13 @@ def run_quality(
             config.transforms,
             config.install,
         )
-        methods = make_methods(config, options)
+        methods = make_methods(config, options, bench_set)
         try:
             results = [
                 evaluate(m, bench_set, work / f"method-{i}", config.progress) for i, m in enumerate(methods)
             ]
+            calibration = methods[0].calibration if isinstance(methods[0], EmbeddingMethod) else None
+            flat = single_colour_queries(bench_set)
         finally:
             for method in methods:
                 method.close()
@@ -141,6 +169,8 @@ def run_quality(
         if config.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
     payload = quality_payload(config, bench_set, results, command, methods[0].embedder.version)
+    payload["calibration"] = calibration.summary() if calibration is not None else None
+    payload["single_colour"] = flat_summary(bench_set, results, flat)
     if plot_path is not None:
         payload["plot"] = plot_scores(results, plot_path)
     return payload, quality_markdown(payload)
@@ -166,7 +196,9 @@ def quality_payload(
                 "name": r.name,
                 "description": r.description,
                 "threshold": r.threshold,
+                "rule": r.rule,
                 "index_seconds": round(r.index_seconds, 2),
+                "calibration_seconds": round(r.calibration_seconds, 2),
                 "query_ms": round(1000 * r.query_seconds / max(1, len(r.outcomes)), 2),
                 **summarise(r.outcomes),
                 "per_source": per_source(bench_set, r),
@@ -179,6 +211,38 @@ def quality_payload(
             for r in results
         ],
     }
+
+
+def is_flat_grey(path: Path) -> bool:
+    """Whether every pixel has one grey level (what the hash sees): nothing in it names an original."""
+    with Image.open(path) as image:
+        low, high = image.convert("RGB").convert("L").getextrema()
+    return low == high
+
+
+def single_colour_queries(bench_set: BenchSet) -> set[Path]:
+    """Transformed copies that came out one flat grey (bright:100 on near-white clip art)."""
+    return {q.path for q in bench_set.queries if q.original is not None and is_flat_grey(q.path)}
+
+
+def flat_summary(bench_set: BenchSet, results: list[MethodScores], flat: set[Path]) -> dict:
+    """Per transform with flat copies: how many, and each method's recall@1 over the others."""
+    out: dict[str, dict] = {}
+    for transform in bench_set.transforms:
+        chosen = [i for i, q in enumerate(bench_set.queries) if q.transform == transform]
+        n_flat = sum(bench_set.queries[i].path in flat for i in chosen)
+        if not n_flat:
+            continue
+        rest = [i for i in chosen if bench_set.queries[i].path not in flat]
+        out[transform] = {
+            "n": len(chosen),
+            "single_colour": n_flat,
+            "recall@1_rest": {
+                r.name: (sum(r.outcomes[i].rank == 1 for i in rest) / len(rest) if rest else None)
+                for r in results
+            },
+        }
+    return out
 
 
 def per_source(bench_set: BenchSet, scores: MethodScores) -> dict:
@@ -207,12 +271,17 @@ def quality_markdown(payload: dict) -> str:
         [t, *[_pair(m["per_transform"].get(t, {})) for m in methods]] for t in payload["set"]["transforms"]
     ]
     rows.append(["**all**", *[_pair(m) for m in methods]])
-    lines += [
-        markdown_table(headers, rows),
-        "",
-        "Recall@1 by the source of the original (copies queried):",
-        "",
-    ]
+    lines += [markdown_table(headers, rows), ""]
+    for transform, flat in (payload.get("single_colour") or {}).items():
+        rest = ", ".join(
+            f"{name} {value:.2f}" for name, value in flat["recall@1_rest"].items() if value is not None
+        )
+        lines.append(
+            f"- {transform}: {flat['single_colour']} of {flat['n']} copies are one flat grey (every"
+            f" pixel clipped to the same level), so nothing in them can name their original; recall@1"
+            f" over the other {flat['n'] - flat['single_colour']}: {rest}"
+        )
+    lines += ["", "Recall@1 by the source of the original (copies queried):", ""]
     sources = sorted({s for m in methods for s in m["per_source"]})
     rows = [
         [
@@ -223,6 +292,19 @@ def quality_markdown(payload: dict) -> str:
     ]
     lines += [markdown_table(["source", *[m["name"] for m in methods]], rows, 2), ""]
     lines += ["Duplicate verdict (top answer called a duplicate):", ""]
+    calibration = payload.get("calibration")
+    if calibration:
+        d, c = calibration["duplicate"], calibration["cnn_alone"]
+        lines += [
+            f"Thresholds of the current model fitted as `twice calibrate` fits them, on"
+            f" {calibration['positives']} known variant pairs and {calibration['negatives']} non-pairs"
+            f" made from {calibration['images']} distractors (never from the queried originals):"
+            f" duplicate = {_rule(d)} (on those pairs P {d['precision']:.3f}, R {d['recall']:.3f}"
+            f"{'' if d['target_met'] else ', target NOT met'}); the CNN row uses the CNN-alone fit,"
+            f" {_rule(c)} (P {c['precision']:.3f}, R {c['recall']:.3f}). Other models keep their"
+            " default thresholds.",
+            "",
+        ]
     headers = [
         "method",
         "threshold",
@@ -235,7 +317,7 @@ def quality_markdown(payload: dict) -> str:
     rows = [
         [
             m["name"],
-            m["threshold"],
+            m.get("rule") or m["threshold"],
             m["duplicate"]["precision"],
             m["duplicate"]["recall"],
             f"{m['duplicate']['negatives_called_duplicate']} of {m['negatives']}",
@@ -250,6 +332,11 @@ def quality_markdown(payload: dict) -> str:
     if payload.get("plot"):
         lines += ["", f"![top-1 score distributions]({Path(payload['plot']).name})"]
     return "\n".join(lines)
+
+
+def _rule(point: dict) -> str:
+    cnn = "never" if point["cnn_min"] >= 1.0 else f">= {point['cnn_min']:.4f}"
+    return (f"hash <= {point['hash_max']} or " if point["hash_max"] >= 0 else "") + f"CNN {cnn}"
 
 
 def _pair(figures: dict) -> str:

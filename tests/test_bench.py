@@ -11,14 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.calibration import calibrate_on_distractors
 from bench.machine import MemoryProbe
 from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits
-from bench.metrics import Hit, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
+from bench.metrics import Hit, MethodScores, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
+from bench.quality import flat_summary, is_flat_grey, single_colour_queries
 from bench.results import markdown_table, write_results
-from bench.sources import build_bench_set
+from bench.sources import BenchSet, Query, build_bench_set
 from bench.speed import SpeedConfig, measure_faiss_size
 from conftest import make_options
+from indexer import Catalog
 from indexer.vectors import ivf_nlist
+from search import thresholds_for
 from twice.cli import main
 
 
@@ -178,6 +182,72 @@ def test_embedding_methods_use_reindex_search_and_the_bare_index(tmp_path, embed
     search.close()
 
 
+def test_calibration_fits_on_variants_of_the_distractors_only(tmp_path, embedder):
+    bench_set = build_bench_set(
+        tmp_path / "set", 2, 4, 1, sources=("synthetic",), transforms=("rotate", "bright"), install=False
+    )
+    options = make_options(tmp_path / "data")
+
+    def calibrator(folder):
+        return calibrate_on_distractors(
+            bench_set.distractors, ["rotate", "bright"], options, embedder, folder
+        )
+
+    search = EmbeddingMethod("search", options, embedder, calibrator=calibrator)
+    search.index(bench_set.indexed, tmp_path / "data")
+    summary = search.calibration.summary()
+    assert (summary["images"], summary["positives"]) == (4, 8)  # 4 distractors x 2 transforms
+    assert summary["negatives"] > 0 and summary["transforms"] == ["rotate", "bright"]
+    # Nothing queried took part: the calibration catalog holds distractors and their variants only.
+    catalog = Catalog(options.with_overrides(data_dir=tmp_path / "data" / "calibration").catalog_url)
+    sources = {catalog.get(i).source for i in catalog.ids().tolist()}
+    catalog.close()
+    assert {str(p) for p in bench_set.distractors} <= sources and len(sources) == 4 + 8
+    assert not sources & {str(p) for p in bench_set.originals + [q.path for q in bench_set.queries]}
+    # Search answers with the fitted rule, stored with the bench index's model version.
+    catalog = Catalog(options.catalog_url)
+    stored = thresholds_for(catalog, embedder.version)
+    catalog.close()
+    fit = search.calibration.calibration.fit
+    assert stored == fit.thresholds() and search.engine.thresholds == stored
+    assert stored.weights.source == "calibrated"
+    assert search.rule == f"hash <= {stored.hash_duplicate} or CNN >= {stored.duplicate:.4f}"
+    # The CNN-only method on the same index uses the CNN's own fit.
+    cnn = EmbeddingMethod("cnn", options, embedder, "cnn", base=search)
+    cnn.index(bench_set.indexed, tmp_path / "unused")
+    assert cnn.threshold == search.calibration.cnn_alone.cnn_min and cnn.rule is None
+    search.close()
+    with pytest.raises(ValueError, match="at least one distractor"):
+        calibrate_on_distractors([], ["rotate"], options, embedder, tmp_path / "none")
+
+
+def test_flat_grey_copies_are_counted_and_left_out_of_their_recall(tmp_path):
+    paths = {}
+    for name, image in {
+        "flat": Image.new("RGB", (40, 30), (255, 255, 255)),
+        "flat-in-grey": Image.new("RGB", (40, 30), (255, 255, 254)),  # luma 255 everywhere
+        "line": Image.new("RGB", (40, 30), "white"),
+    }.items():
+        if name == "line":
+            image.putpixel((3, 4), (0, 0, 0))
+        paths[name] = tmp_path / f"{name}.png"
+        image.save(paths[name])
+    assert is_flat_grey(paths["flat"]) and is_flat_grey(paths["flat-in-grey"])
+    assert not is_flat_grey(paths["line"])
+    original = tmp_path / "original.png"
+    queries = [Query(paths["flat"], original, "bright"), Query(paths["line"], original, "bright")]
+    queries += [Query(paths["line"], original, "rotate"), Query(paths["flat-in-grey"], None, "negative")]
+    bench_set = BenchSet(tmp_path, [original], [], [], queries, ["rotate", "bright"], {}, {})
+    flat = single_colour_queries(bench_set)
+    assert flat == {paths["flat"]}  # a negative is never a copy to find
+    scores = MethodScores("m", "d")
+    scores.outcomes = [QueryOutcome("bright", None, 0.5, False), QueryOutcome("bright", 1, 0.9, True)]
+    scores.outcomes += [QueryOutcome("rotate", 2, 0.9, True), QueryOutcome("negative", None, 0.1, False)]
+    assert flat_summary(bench_set, [scores], flat) == {
+        "bright": {"n": 2, "single_colour": 1, "recall@1_rest": {"m": 1.0}}
+    }
+
+
 # FAISS -------------------------------------------------------------------------------------------
 
 
@@ -226,6 +296,10 @@ def test_bench_quality_quick_writes_tables(tmp_path, capsys, monkeypatch):
     assert payload["command"] == "twice " + " ".join(argv)
     assert payload["machine"]["cores"] >= 1 and payload["model"].startswith("vgg16-d256-s64-")
     assert [m["name"] for m in payload["methods"]] == ["twice search", "CNN (random)"]
+    # Thresholds fitted on the 2 distractors' rotate and jpeg copies, then used by both rows.
+    assert payload["calibration"]["positives"] == 4 and payload["calibration"]["images"] == 2
+    assert payload["methods"][1]["threshold"] == payload["calibration"]["cnn_alone"]["cnn_min"]
+    assert "fitted as `twice calibrate` fits them" in out
     for method in payload["methods"]:
         assert method["positives"] == 6 and method["negatives"] == 2
         assert 0.0 <= method["recall@1"] <= method["recall@5"] <= 1.0

@@ -1,0 +1,109 @@
+"""Thresholds for ``bench quality`` fitted the way ``twice calibrate`` fits them, on images the
+benchmark never queries.
+
+The distractors (indexed, never queried) get the benchmark's transforms as known variants in a
+separate data directory (``twice augment``, then ``twice reindex``); ``search.calibrate`` scores
+those pairs and hard non-pairs and fits the duplicate and similar rules and the evidence
+weights. The measured queries (copies of the originals) play no part, so the precision the
+benchmark reports is what a calibrated deployment would see on new images.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from augment import augment_catalog
+from indexer import Catalog, Indexer, VectorIndex, load_vectors_for_search, reindex
+from search.calibrate import (
+    DEFAULT_PRECISION,
+    DEFAULT_SIMILAR_PRECISION,
+    NO_HASH,
+    Calibration,
+    OperatingPoint,
+    collect_pairs,
+    fit_rule,
+    fit_thresholds,
+)
+from search.verdicts import HASH_OFF
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchCalibration:
+    """The fitted rules, the CNN-alone rule from the same pairs, and what they were fitted on."""
+
+    calibration: Calibration
+    cnn_alone: OperatingPoint
+    images: int  # distractors that got variants
+    transforms: list[str]
+
+    def summary(self) -> dict:
+        """What the benchmark's payload keeps of it."""
+        fit, pairs = self.calibration.fit, self.calibration.pairs
+        return {
+            "images": self.images,
+            "transforms": self.transforms,
+            "positives": int(pairs.labels.sum()),
+            "negatives": int((~pairs.labels).sum()),
+            "duplicate": fit.duplicate.to_dict(),
+            "similar": fit.similar.to_dict(),
+            "cnn_alone": self.cnn_alone.to_dict(),
+            "weights": fit.weights.to_dict(),
+        }
+
+
+def calibrate_on_distractors(
+    distractors: list[Path],
+    transforms: list[str],
+    options,
+    embedder,
+    workdir: Path,
+    precision: float = DEFAULT_PRECISION,
+    seed: int = 0,
+    progress: bool = False,
+) -> BenchCalibration:
+    """Index ``distractors`` and their ``transforms`` under ``workdir`` and fit the thresholds."""
+    if not distractors:
+        raise ValueError("calibration needs at least one distractor image; got none")
+    options = options.with_overrides(data_dir=workdir)
+    reindex(distractors, options, embedder, progress=progress)
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    try:
+        augment_catalog(indexer, transforms, progress=progress)
+    finally:
+        indexer.close()
+    reindex([], options, embedder, progress=progress)
+    catalog = Catalog(options.catalog_url)
+    try:
+        header = VectorIndex.read_header(Path(options.index_path))
+        vectors = load_vectors_for_search(options, header["model_version"], header["dim"])
+        pairs = collect_pairs(catalog, vectors, options, seed=seed, progress=progress)
+    finally:
+        catalog.close()
+    fit = fit_thresholds(pairs.labels, pairs.cnn, pairs.dist, precision, DEFAULT_SIMILAR_PRECISION)
+    no_hash = np.full(len(pairs), NO_HASH, np.int64)
+    cnn_alone = fit_rule(pairs.labels, pairs.cnn, no_hash, precision, max_radius=HASH_OFF)
+    calibration = Calibration(embedder.version, fit, pairs, None, stored=False)
+    LOG.info("bench calibration: %s", "; ".join(calibration.lines()[:3]))
+    return BenchCalibration(calibration, cnn_alone, len(distractors), list(transforms))
+
+
+def store_thresholds(options, result: BenchCalibration) -> None:
+    """Store the fitted thresholds with the model version in the catalog under ``options``."""
+    thresholds = result.calibration.fit.thresholds()
+    catalog = Catalog(options.catalog_url)
+    try:
+        catalog.set_thresholds(
+            result.calibration.model_version,
+            thresholds.duplicate,
+            thresholds.similar,
+            "calibrated",
+            result.calibration.details(),
+        )
+    finally:
+        catalog.close()
