@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from augment import make_collection
-from indexer import VectorIndex, reindex
+from indexer import VectorIndex, decode_image, reindex
+from indexer.imageio import read_file_bytes
 from indexer.vectors import ivf_nlist
 from model import Embedder
 from model.embedder import cpu_has_fast_bf16
@@ -235,19 +236,43 @@ def latency_figures(times_s: list[float]) -> dict:
 
 
 def measure_engine_latency(options, embedder: Embedder, queries: list[Path]) -> dict:
-    """``SearchEngine.search_file``, the path ``twice search`` takes, model and index loaded once."""
+    """``SearchEngine.search_file``, the path ``twice search`` takes, model and index loaded once;
+    and beside it, query by query so that load on the machine hits both alike, the CNN-only path
+    (``cnn_only_search``): what the exact-bytes and hash evidence cost on top of the CNN."""
     with MemoryProbe() as probe:
         engine = SearchEngine.open(options, embedder)
         try:
             engine.search_file(queries[0], 10)  # warm-up
-            times = []
+            cnn_only_search(engine, queries[0], 10)
+            times, cnn_times = [], []
             for path in queries:
                 started = time.perf_counter()
                 engine.search_file(path, 10)
                 times.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                cnn_only_search(engine, path, 10)
+                cnn_times.append(time.perf_counter() - started)
         finally:
             engine.close()
-    return {**latency_figures(times), "peak_mib": probe.peak_mib}
+    cnn = latency_figures(cnn_times)
+    return {
+        **latency_figures(times),
+        "peak_mib": probe.peak_mib,
+        "cnn_only": cnn,
+        "ratio_to_cnn_only_p50": float(np.median(times) / np.median(cnn_times)),
+    }
+
+
+def cnn_only_search(engine: SearchEngine, path: Path, k: int) -> list:
+    """The CNN-only query: read, decode, embed, FAISS top-k, catalog rows (no hash, no evidence)."""
+    options = engine.options
+    data = read_file_bytes(path, options.max_image_bytes)
+    decoded = decode_image(
+        data, str(path), options.max_image_bytes, options.max_image_pixels, engine.embedder.draft_side
+    )
+    D, I = engine.vectors.search(engine.embedder.embed_images([decoded.image]), k)
+    rows = engine.catalog.get_many(int(i) for i in I[0] if i >= 0)
+    return [(rows[int(i)], float(d)) for d, i in zip(D[0], I[0], strict=True) if int(i) in rows]
 
 
 def measure_cli_process(options, query: Path) -> dict:
@@ -583,6 +608,11 @@ def speed_markdown(payload: dict) -> str:
                 q["engine"]["peak_mib"],
             ]
         ]
+        if "cnn_only" in q["engine"]:
+            cnn = q["engine"]["cnn_only"]
+            rows.append(
+                ["CNN only: decode, embed, FAISS top-10, rows", cnn["n"], cnn["p50_ms"], cnn["p95_ms"], None]
+            )
         if "engine_1thread" in q:
             one = q["engine_1thread"]
             rows.append(
@@ -594,6 +624,9 @@ def speed_markdown(payload: dict) -> str:
                     one["peak_mib"],
                 ]
             )
+            if "cnn_only" in one:
+                cnn = one["cnn_only"]
+                rows.append(["CNN only, 1 torch thread", cnn["n"], cnn["p50_ms"], cnn["p95_ms"], None])
         if "http" in q:
             rows.append(
                 [
@@ -606,6 +639,17 @@ def speed_markdown(payload: dict) -> str:
             )
         lines += ["Single-query latency, top-10, on the reindexed collection:", ""]
         lines += [markdown_table(["path", "queries", "p50 ms", "p95 ms", "peak MiB"], rows, 1), ""]
+        ratios = [
+            f"{label}: {q[key]['ratio_to_cnn_only_p50']:.2f}×"
+            for key, label in (("engine", "default threads"), ("engine_1thread", "1 thread"))
+            if key in q and "ratio_to_cnn_only_p50" in q[key]
+        ]
+        if ratios:
+            lines += [
+                "Whole search (exact bytes + hash + CNN evidence) over the CNN-only path at p50,"
+                " timed query by query in turn: " + "; ".join(ratios) + ".",
+                "",
+            ]
         if "cli_process" in q:
             seconds = q["cli_process"]["seconds"]
             lines += [

@@ -339,12 +339,34 @@ def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
     }
     assert payload["reindex"]["images"] == 3 and payload["reindex"]["ratio_to_bare"] > 0
     assert payload["query"]["engine"]["n"] == 2 and payload["query"]["http"]["p95_ms"] > 0
+    engine = payload["query"]["engine"]
+    assert engine["cnn_only"]["n"] == 2 and engine["cnn_only"]["p50_ms"] > 0
+    assert engine["ratio_to_cnn_only_p50"] > 0
     if torch.get_num_threads() > 1:  # the one-thread twins of the forward and query figures
         assert ("fp32 channels-last, 1 thread", 1) in {(r["setting"], r["batch"]) for r in payload["forward"]}
         assert payload["query"]["engine_1thread"]["n"] == 2
     assert torch.get_num_threads() == payload["machine"]["torch_threads"]  # restored afterwards
     assert [r["nprobe"] for r in payload["faiss"]] == [None, 1, 4]
-    assert "POST /search" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "POST /search" in out and "CNN only: decode, embed, FAISS top-10, rows" in out
+    assert "over the CNN-only path at p50" in out
+
+
+def test_cnn_only_search_is_the_bare_index_lookup(tmp_path, embedder):
+    from bench.speed import cnn_only_search
+    from indexer import reindex
+    from search import SearchEngine
+
+    bench_set = build_bench_set(
+        tmp_path / "set", 3, 1, 0, sources=("synthetic",), transforms=("jpeg",), install=False
+    )
+    options = make_options(tmp_path / "data")
+    reindex(bench_set.indexed, options, embedder, progress=False)
+    engine = SearchEngine.open(options, embedder)
+    hits = cnn_only_search(engine, bench_set.originals[1], 2)
+    assert len(hits) == 2 and hits[0][0].source == str(bench_set.originals[1])
+    assert hits[0][1] == pytest.approx(1.0, abs=1e-4) and hits[0][1] >= hits[1][1]
+    engine.close()
 
 
 def test_bench_speed_rejects_bad_sizes(tmp_path, capsys):
