@@ -17,7 +17,7 @@ from search import SearchEngine, Thresholds, thresholds_for
 from search.engine import dihedral_tensors
 from search.hashing import DIHEDRAL, dihedral_image
 from search.service import SearchService
-from search.verdicts import DIFFERENT, DUPLICATE, SIMILAR, EvidenceWeights
+from search.verdicts import DIFFERENT, DUPLICATE, MAX_WEIGHT, SIMILAR, EvidenceWeights
 from twice.cli import main
 
 SIZE = (72, 72)  # square: a turned copy preprocesses to exactly the turned tensor
@@ -285,6 +285,9 @@ def test_default_weights_let_hash_bits_outweigh_a_cnn_that_cannot_tell():
     # ...while a CNN that separates (0.95 against 0.60) outweighs a few bits of JPEG noise.
     assert w.weight(0.95, 3) > w.weight(0.60, 0)
     assert w.weight(None, None) == 0.0 and w.hash_weight(64) == w.hash_weight(99) < 0
+    # Far hashes do not rank: a crop the CNN finds at 25 bits is not sunk below a stranger at 17.
+    assert w.hash_weight(17) == w.hash_weight(25) == w.hash_weight(40) > -MAX_WEIGHT
+    assert w.weight(0.80, 25) > w.weight(0.78, 17)
     # One threshold gap of each signal weighs the same.
     t = Thresholds()
     gap_cnn = w.cnn_weight(t.duplicate) - w.cnn_weight(t.similar)
