@@ -134,8 +134,9 @@ class SearchEngine:
     ) -> list[dict]:
         """The top-k results, with evidence, of a query already embedded (``embed_views``) and hashed.
 
-        Candidates: the FAISS top-k of every view, the hash matches within the lookup radius, and
-        the row with the same bytes; each gets every signal it has, a verdict and a weight.
+        Candidates: the FAISS top-k of every view, the hash matches within the lookup radius, the
+        row with the same bytes, and the originals of any of those that are known variants; each
+        gets every signal it has, a verdict and a weight.
         """
         thresholds = thresholds or self.thresholds
         cnn = self._cnn_candidates(xq, k + 1)
@@ -143,8 +144,14 @@ class SearchEngine:
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
         matches = [] if flat else self.hash_matches(query_hashes, thresholds.hash_radius)[: k + 1]
         ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
-        cnn.update(self._cnn_scores(xq, ids - set(cnn)))
         rows = self.catalog.get_many(ids)
+        # The original of a matched variant is a candidate too (judged on its own evidence): a
+        # brightened copy may sit 14 bits from its original but 12 from the original's mirror.
+        parents = {row.parent_id for row in rows.values() if row.parent_id is not None} - ids
+        if parents:
+            rows.update(self.catalog.get_many(parents))
+            ids |= parents & set(rows)
+        cnn.update(self._cnn_scores(xq, ids - set(cnn)))
         by_hash = {m.id: m for m in matches}
         for image_id, row in rows.items():  # CNN candidates beyond the lookup radius: their distance
             if image_id not in by_hash and not flat and has_current_hash(row) and not is_flat(row.phash):

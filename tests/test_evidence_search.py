@@ -339,3 +339,21 @@ def test_an_upload_says_which_image_search_calls_its_duplicate(indexed, options,
     top = service.search_bytes(turned, k=1)["results"][0]
     assert top["id"] == added["id"] and top["exact"]
     service.close()
+
+
+def test_the_original_of_a_matched_variant_is_a_candidate(tmp_path, options, embedder):
+    from indexer import Indexer
+
+    original, variant = make_image(60, SIZE), make_image(61, SIZE)  # unlike: no signal links them
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    parent = indexer.add_bytes(image_bytes(original), "original.png").row  # pending: no vector
+    child = indexer.add_bytes(image_bytes(variant), "variant.png", parent_id=parent.id, transform="bright")
+    indexer.add_vectors(np.array([child.row.id]), embedder.embed_images([variant]))
+    indexer.save()
+    indexer.close()
+    engine = open_engine(options, embedder)
+    engine.thresholds = Thresholds(hash_duplicate=-1, hash_similar=-1)  # no hash lookup either
+    hits = engine.search_bytes(image_bytes(variant), k=3)["results"]
+    assert [hit["id"] for hit in hits] == [child.row.id, parent.id]
+    assert hits[1]["evidence"]["cnn"] is None and hits[1]["verdict"] == DIFFERENT
+    engine.close()
