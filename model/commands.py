@@ -104,6 +104,14 @@ def register(subparsers) -> None:
         help="start from a twice checkpoint (fine-tune) instead of random",
     )
     p.add_argument("--resume", action="store_true", help="continue the run saved in the run folder")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        metavar="EPOCH",
+        help="stop (saved, resumable) once epoch EPOCH of the schedule is done: split a long run"
+        " across sessions; --resume continues it (default: run to the end)",
+    )
     p.add_argument("--export", type=Path, metavar="PATH", help="also copy the final fp16 checkpoint here")
     p.add_argument(
         "--evaluate",
@@ -165,13 +173,20 @@ def run_train(args: argparse.Namespace, options) -> int:
         f"{trainer.data_summary['train']} images, {trainer.steps_per_epoch} steps x {config.epochs} epochs,"
         f" batch {config.batch}, loss {config.loss}; run folder {config.out_dir}"
     )
-    outcome = trainer.run(progress=progress)
+    if args.stop_after < 0:
+        raise ValueError(f"--stop-after must be an epoch >= 1 (or 0 for no stop), not {args.stop_after}")
+    outcome = trainer.run(progress=progress, stop_after=args.stop_after)
+    resume = f"twice --data-dir {options.data_dir} train --resume" + _out_hint(args)
     if outcome == "interrupted":
         print(f"interrupted at step {trainer.step}: state saved to {trainer.state_path}")
-        print(f"continue with: twice --data-dir {options.data_dir} train --resume" + _out_hint(args))
+        print(f"continue with: {resume}")
         return 130
     path = trainer.export()
-    print(f"finished {trainer.step} steps; checkpoint {path} (load it with --checkpoint {path})")
+    if outcome == "paused":
+        print(f"stopped after epoch {args.stop_after} (step {trainer.step} of {trainer.total_steps});")
+        print(f"checkpoint {path}; continue with: {resume}")
+    else:
+        print(f"finished {trainer.step} steps; checkpoint {path} (load it with --checkpoint {path})")
     if args.export:
         print(f"exported {trainer.export(args.export)}")
     if trainer.history["epochs"]:

@@ -108,6 +108,7 @@ class Embedder:
             options.checkpoint or None,
             options.allow_download,
             options.invariance,
+            options.shipped_checkpoint,
         )
         device = pick_device(options.device)
         size = weights.image_size or options.image_size

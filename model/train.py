@@ -312,20 +312,29 @@ class Trainer:
         LOG.warning("signal %d: stopping after this step and saving %s", signum, self.state_path)
         self.stop_signal = signum
 
-    def run(self, progress: bool = True, on_step: Callable[[Trainer], None] | None = None) -> str:
-        """Train to the end or to a stop signal; returns ``"finished"`` or ``"interrupted"``."""
+    def run(
+        self,
+        progress: bool = True,
+        on_step: Callable[[Trainer], None] | None = None,
+        stop_after: int = 0,
+    ) -> str:
+        """Train to the end, to a stop signal, or to the end of epoch ``stop_after`` (when > 0) of
+        the schedule; returns ``"finished"``, ``"interrupted"`` or ``"paused"``. A paused run is
+        saved exactly as an uninterrupted one at that epoch, so ``--resume`` finishes it."""
         previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            return self._run(progress, on_step)
+            return self._run(progress, on_step, stop_after)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    def _run(self, progress: bool, on_step) -> str:
+    def _run(self, progress: bool, on_step, stop_after: int) -> str:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not progress)
         with bar:
             while self.step < self.total_steps:
                 epoch, done = divmod(self.step, self.steps_per_epoch)
+                if stop_after and epoch >= stop_after:
+                    return "paused"
                 if not self._run_epoch(epoch, done, bar, on_step):
                     self.save_state()
                     return "interrupted"

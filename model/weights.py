@@ -53,6 +53,7 @@ def build_network(
     checkpoint: str | Path | None = None,
     allow_download: bool = True,
     invariance: str = "d4",
+    use_shipped: bool = True,
 ) -> tuple[EmbeddingNet, WeightsInfo]:
     """The network with the best weights available (see the module docstring).
 
@@ -61,7 +62,7 @@ def build_network(
     """
     if checkpoint:
         return load_checkpoint(checkpoint, arch, dim, invariance)
-    if SHIPPED_CHECKPOINT.exists():
+    if use_shipped and SHIPPED_CHECKPOINT.exists():
         net, info = load_checkpoint(SHIPPED_CHECKPOINT, arch, dim, invariance)
         return net, WeightsInfo("shipped", info.digest, info.image_size, info.meta)
     net = _seeded_network(arch, dim, invariance)

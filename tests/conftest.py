@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from twice.options import Options  # noqa: E402
 
 # 64 px keeps the real VGG-16 code path fast enough for the suite.
 TEST_IMAGE_SIZE = 64
+# Tests build their own networks (seeded random, or checkpoints they write): the checkpoint
+# shipped in model/weights/ is tested on purpose where a test asks for it, and CLI runs in
+# the tests (which read TWICE_* from the environment) must not pick it up either.
+os.environ["TWICE_SHIPPED_CHECKPOINT"] = "0"
 
 
 def make_options(data_dir: Path, **overrides) -> Options:
@@ -26,6 +31,7 @@ def make_options(data_dir: Path, **overrides) -> Options:
         batch_size=8,
         workers=0,
         allow_download=False,
+        shipped_checkpoint=False,
         device="cpu",
         checkpoint_seconds=0.0,
     )

@@ -14,6 +14,7 @@ from conftest import make_options
 from imagegen import make_image
 from model import CheckpointError, Embedder, build_network, load_checkpoint, save_checkpoint
 from model.embedder import Preprocess, pick_precision
+from model.weights import SHIPPED_CHECKPOINT
 
 
 def test_embeddings_are_unit_vectors_of_the_configured_dimension(embedder):
@@ -126,7 +127,7 @@ def test_cached_imagenet_weights_are_used(tmp_path, monkeypatch):
     vgg = torchvision.models.vgg16()
     torch.save(vgg.state_dict(), hub / "checkpoints" / "vgg16-397923af.pth")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
-    net, info = build_network("vgg16", 64, allow_download=False)
+    net, info = build_network("vgg16", 64, allow_download=False, use_shipped=False)
     assert info.source == "imagenet"
     torch.testing.assert_close(net.trunk[28].weight, vgg.features[28].weight)
 
@@ -134,7 +135,7 @@ def test_cached_imagenet_weights_are_used(tmp_path, monkeypatch):
 def test_random_fallback_warns_loudly(caplog, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="model.weights"):
-        _, info = build_network("vgg16", 64, allow_download=False)
+        _, info = build_network("vgg16", 64, allow_download=False, use_shipped=False)
     assert info.source == "random"
     assert "NO TRAINED WEIGHTS" in caplog.text and "--checkpoint" in caplog.text
 
@@ -172,3 +173,18 @@ def test_bf16_autocast_keeps_embeddings_close(embedder):
     bf16 = Embedder(embedder.net, embedder.weights, 64, torch.device("cpu"), torch.bfloat16)
     cos = (bf16.embed_images(images) * embedder.embed_images(images)).sum(axis=1)
     assert cos.min() > 0.99
+
+
+@pytest.mark.skipif(not SHIPPED_CHECKPOINT.exists(), reason="no checkpoint shipped in model/weights/ yet")
+def test_shipped_checkpoint_loads_by_default_and_the_index_records_its_version(tmp_path):
+    from imagegen import write_images
+    from indexer import VectorIndex, reindex
+
+    options = make_options(tmp_path, shipped_checkpoint=True, image_size=128)
+    embedder = Embedder.from_options(options)
+    assert embedder.weights.source == "shipped" and "-shipped-" in embedder.version
+    assert embedder.weights.meta["trained_by"] == "twice train" and embedder.net.invariance == "d4"
+    assert embedder.image_size == embedder.weights.image_size  # the checkpoint's own size wins
+    write_images(tmp_path / "in", 3)
+    reindex([tmp_path / "in"], options, embedder, progress=False)
+    assert VectorIndex.load(options.index_path).model_version == embedder.version

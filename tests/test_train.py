@@ -96,6 +96,23 @@ def test_signal_then_resume_gives_the_same_weights_as_an_uninterrupted_run(unint
     assert [row[1] for row in state_a["history"]["steps"]] == [row[1] for row in state_b["history"]["steps"]]
 
 
+def test_stop_after_then_resume_through_the_cli_equals_an_uninterrupted_run(uninterrupted, folder, tmp_path):
+    out_a, _, _ = uninterrupted
+    out_b = tmp_path / "b"
+    data_dir = ["-q", "--data-dir", str(tmp_path / "data")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*data_dir, *tiny_args(folder, out_b), "--stop-after", "1"]) == 0
+        paused = torch.load(out_b / "last.pt", map_location="cpu", weights_only=False)
+        assert main([*data_dir, "train", "--resume", "--out", str(out_b), "--device", "cpu"]) == 0
+    assert "stopped after epoch 1 (step 2 of 4)" in printed.getvalue() and "--resume" in printed.getvalue()
+    assert paused["step"] == 2 and (out_b / "model.pt").is_file()
+    state_a = torch.load(out_a / "last.pt", map_location="cpu", weights_only=False)
+    state_b = torch.load(out_b / "last.pt", map_location="cpu", weights_only=False)
+    for name, tensor in state_a["model"].items():
+        assert torch.equal(tensor, state_b["model"][name]), name
+
+
 def test_exported_checkpoint_loads_in_the_embedder(uninterrupted, tmp_path):
     out, _, _ = uninterrupted
     embedder = Embedder.from_options(make_options(tmp_path, checkpoint=str(out / "model.pt")))

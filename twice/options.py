@@ -25,6 +25,7 @@ class Options:
     data_dir: Path = Path("index_data")
     db_url: str = ""  # empty: sqlite file inside data_dir
     checkpoint: str = ""  # empty: shipped checkpoint, then ImageNet weights, then random
+    shipped_checkpoint: bool = True  # False: skip model/weights/ (ImageNet weights, then random)
     arch: str = "vgg16"
     embed_dim: int = 256
     image_size: int = 128  # a shipped or given checkpoint brings its own size
