@@ -336,12 +336,16 @@ def _rank_key(result: dict) -> tuple:
     # Within a verdict, the weight of all the evidence decides (a random-init CNN's 0.9984
     # against 0.9983 weighs nothing beside 0 against 2 hash bits; a trained CNN's 0.95 against
     # 0.60 outweighs a few bits of JPEG noise); then the CNN score and the hash distance.
+    # Weights within 0.01 nats are equal evidence: with d4 pooling an image and its stored
+    # turned/mirrored variants share one embedding, and the copy in the query's own pose
+    # (no dihedral transform needed) goes first rather than whichever float noise favours.
     evidence = result["evidence"]
     distance = evidence["hash"]["distance"] if evidence["hash"] is not None else 65
     return (
         not result["exact"],
         RANK[result["verdict"]],
-        -evidence["weight"],
+        -round(evidence["weight"], 2),
+        evidence["transform"] is not None,
         -result["score"],
         distance,
         result["id"],
