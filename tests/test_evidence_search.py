@@ -261,9 +261,9 @@ def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedd
 def test_rank_order_within_a_verdict():
     from search.engine import _rank_key
 
-    def result(i, score, weight, distance, verdict=DUPLICATE, exact=False):
+    def result(i, score, weight, distance, verdict=DUPLICATE, exact=False, transform=None):
         hashed = {"distance": distance} if distance is not None else None
-        evidence = {"weight": weight, "hash": hashed}
+        evidence = {"weight": weight, "hash": hashed, "transform": transform}
         return {"id": i, "score": score, "verdict": verdict, "exact": exact, "evidence": evidence}
 
     results = [
@@ -274,8 +274,9 @@ def test_rank_order_within_a_verdict():
         result(5, 0.50, 9.0, 1),  # same weight and score: the nearer hash
         result(6, 0.10, 40.0, None, verdict=SIMILAR),  # a lower verdict, however heavy
         result(7, 0.20, -3.0, 0, exact=True),  # the same bytes first, whatever the rest
+        result(8, 1.00, 9.004, 0, transform="mirror"),  # equal weight, but only as a mirror image
     ]
-    assert [r["id"] for r in sorted(results, key=_rank_key)] == [7, 3, 2, 5, 4, 1, 6]
+    assert [r["id"] for r in sorted(results, key=_rank_key)] == [7, 3, 2, 5, 4, 8, 1, 6]
 
 
 def test_default_weights_let_hash_bits_outweigh_a_cnn_that_cannot_tell():
@@ -300,8 +301,12 @@ def test_weights_are_stored_with_the_thresholds_and_bad_ones_fall_back(indexed, 
     assert EvidenceWeights.from_dict(flat.to_dict()) == flat
     with pytest.raises(ValueError, match="one value per distance 0..64, got 3"):
         EvidenceWeights((1.0, 2.0, 3.0), (0.0,), (0.0,))
-    with pytest.raises(ValueError, match="ascending knots and one weight each, got 2 knots for 1"):
+    with pytest.raises(
+        ValueError, match="cnn weights need ascending knots and one weight each, got 2 knots for 1"
+    ):
         EvidenceWeights(tuple([0.0] * 65), (1.0, 0.0), (0.0,))
+    with pytest.raises(ValueError, match="gap weights need ascending knots"):
+        EvidenceWeights(tuple([0.0] * 65), (0.0,), (0.0,), "calibrated", (0.0, 0.0), (1.0, 1.0))
     catalog = Catalog(options.catalog_url)
     details = {"hash_duplicate": 8, "hash_similar": 12, "weights": flat.to_dict()}
     catalog.set_thresholds(embedder.version, 0.9, 0.75, "calibrated", details)
@@ -356,4 +361,23 @@ def test_the_original_of_a_matched_variant_is_a_candidate(tmp_path, options, emb
     hits = engine.search_bytes(image_bytes(variant), k=3)["results"]
     assert [hit["id"] for hit in hits] == [child.row.id, parent.id]
     assert hits[1]["evidence"]["cnn"] is None and hits[1]["verdict"] == DIFFERENT
+    engine.close()
+
+
+def test_the_gap_below_the_best_score_ranks_within_a_verdict(indexed, options, embedder):
+    engine = open_engine(options, embedder)
+    query = image_bytes(dihedral_image(indexed[44], "mirror"), "JPEG", quality=70)
+    plain = engine.search_bytes(query, k=6)["results"]
+    best = max(hit["score"] for hit in plain)
+    # Only the gap speaks: 5 nats for the best score of the query, 0 a hair below it.
+    engine.thresholds = Thresholds(
+        duplicate=1.0,
+        similar=1.0,
+        hash_duplicate=-1,
+        hash_similar=-1,
+        weights=EvidenceWeights(tuple([0.0] * 65), (0.0,), (0.0,), "calibrated", (0.0, 1e-4), (5.0, 0.0)),
+    )
+    hits = engine.search_bytes(query, k=6)["results"]
+    assert hits[0]["score"] == best and hits[0]["evidence"]["weight"] == 5.0
+    assert all(hit["evidence"]["weight"] < 5.0 for hit in hits[1:] if hit["score"] < best - 1e-4)
     engine.close()
