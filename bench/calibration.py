@@ -85,7 +85,7 @@ def calibrate_on_distractors(
         pairs = collect_pairs(catalog, vectors, options, seed=seed, progress=progress)
     finally:
         catalog.close()
-    fit = fit_thresholds(pairs.labels, pairs.cnn, pairs.dist, precision, DEFAULT_SIMILAR_PRECISION)
+    fit = fit_thresholds(pairs.labels, pairs.cnn, pairs.dist, precision, DEFAULT_SIMILAR_PRECISION, pairs.gap)
     no_hash = np.full(len(pairs), NO_HASH, np.int64)
     cnn_alone = fit_rule(pairs.labels, pairs.cnn, no_hash, precision, max_radius=HASH_OFF)
     calibration = Calibration(embedder.version, fit, pairs, None, stored=False)

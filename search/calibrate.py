@@ -184,8 +184,9 @@ def fit_thresholds(
     dist: np.ndarray,
     precision: float = DEFAULT_PRECISION,
     similar_precision: float = DEFAULT_SIMILAR_PRECISION,
+    gap: np.ndarray | None = None,
 ) -> Fit:
-    """Fit the duplicate rule for ``precision``, then the similar rule around it."""
+    """Fit the duplicate rule for ``precision``, then the similar rule around it, and the weights."""
     precision = check_precision(precision)
     similar_precision = check_precision(similar_precision, "similar precision")
     if similar_precision > precision:
@@ -200,7 +201,7 @@ def fit_thresholds(
     if labels.all():  # nothing to weigh the evidence against
         LOG.warning("no non-pairs to calibrate from: evidence weights stay the defaults")
         return Fit(duplicate, similar)
-    return Fit(duplicate, similar, fit_weights(labels, cnn, dist))
+    return Fit(duplicate, similar, fit_weights(labels, cnn, dist, gap=gap))
 
 
 def monotone(values: np.ndarray, weights: np.ndarray, increasing: bool = True) -> np.ndarray:
@@ -224,11 +225,15 @@ def _log_ratio(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
 
 
 def fit_weights(
-    labels: np.ndarray, cnn: np.ndarray, dist: np.ndarray, bins: int = WEIGHT_BINS
+    labels: np.ndarray,
+    cnn: np.ndarray,
+    dist: np.ndarray,
+    bins: int = WEIGHT_BINS,
+    gap: np.ndarray | None = None,
 ) -> EvidenceWeights:
-    """Evidence weights measured on scored pairs: non-increasing in hash distance, non-decreasing
-    in CNN score, each clipped to +-``MAX_WEIGHT`` nats. A signal that does not separate the pairs
-    comes out (nearly) flat, so it barely moves the order of results."""
+    """Evidence weights measured on scored pairs: non-increasing in hash distance and in the CNN
+    gap, non-decreasing in CNN score, each clipped to +-``MAX_WEIGHT`` nats. A signal that does
+    not separate the pairs comes out (nearly) flat, so it barely moves the order of results."""
     labels = np.asarray(labels, bool)
     cnn, dist = np.asarray(cnn, np.float64), np.asarray(dist, np.int64)
     if not labels.any() or labels.all():
@@ -237,19 +242,30 @@ def fit_weights(
     pos = np.bincount(dist[hashed & labels], minlength=HASH_DISTANCES)[:HASH_DISTANCES]
     neg = np.bincount(dist[hashed & ~labels], minlength=HASH_DISTANCES)[:HASH_DISTANCES]
     hash_weights = monotone(_log_ratio(pos, neg), pos + neg + 1, increasing=False)
-    order = np.argsort(cnn, kind="stable")
-    groups = [g for g in np.array_split(order, min(bins, len(order))) if len(g)]
-    knots = np.array([cnn[g].mean() for g in groups])
-    pos = np.array([labels[g].sum() for g in groups], np.float64)
-    neg = np.array([len(g) - labels[g].sum() for g in groups], np.float64)
-    cnn_weights = monotone(_log_ratio(pos, neg), pos + neg, increasing=True)
-    knots, first = np.unique(knots, return_index=True)  # tied scores: one knot
+    cnn_knots, cnn_weights = _binned_weights(labels, cnn, bins, increasing=True)
+    gap_knots, gap_weights = (0.0,), (0.0,)
+    if gap is not None:
+        gap_knots, gap_weights = _binned_weights(labels, np.asarray(gap, np.float64), bins, increasing=False)
     return EvidenceWeights(
         tuple(np.clip(hash_weights, -MAX_WEIGHT, MAX_WEIGHT).tolist()),
-        tuple(knots.tolist()),
-        tuple(np.clip(cnn_weights[first], -MAX_WEIGHT, MAX_WEIGHT).tolist()),
+        cnn_knots,
+        cnn_weights,
         "calibrated",
+        gap_knots,
+        gap_weights,
     )
+
+
+def _binned_weights(labels: np.ndarray, values: np.ndarray, bins: int, increasing: bool):
+    """(knots, weights): the log ratio in equal-count bins of ``values``, monotone, one knot per bin."""
+    order = np.argsort(values, kind="stable")
+    groups = [g for g in np.array_split(order, min(bins, len(order))) if len(g)]
+    knots = np.array([values[g].mean() for g in groups])
+    pos = np.array([labels[g].sum() for g in groups], np.float64)
+    neg = np.array([len(g) - labels[g].sum() for g in groups], np.float64)
+    weights = monotone(_log_ratio(pos, neg), pos + neg, increasing=increasing)
+    knots, first = np.unique(knots, return_index=True)  # tied values: one knot
+    return tuple(knots.tolist()), tuple(np.clip(weights[first], -MAX_WEIGHT, MAX_WEIGHT).tolist())
 
 
 # pairs from the catalog -----------------------------------------------------------------------
@@ -265,6 +281,7 @@ class Pairs:
     transforms: list[str | None]
     skipped: Counter = field(default_factory=Counter)
     queries: int = 0
+    gap: np.ndarray | None = None  # the query's best CNN score over other images, minus this one
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -389,6 +406,7 @@ class _PairCollector:
         self.right: list[int] = []
         self.labels: list[bool] = []
         self.query_hashes: dict[int, np.ndarray] = {}
+        self.best_other: dict[int, float] = {}
         self.skipped: Counter = Counter()
         self.all_ids = np.fromiter(view.stored, np.int64)
         self.all_ids = self.all_ids[np.isin(self.all_ids, view.ids)]
@@ -398,12 +416,15 @@ class _PairCollector:
         view = self.view
         xq = view.vector(np.asarray(ids, np.int64))
         depth = min(len(view.ids), self.k + max(self.family_size[view.root(i)] for i in ids))
-        _, I = view.vectors.search(xq, depth)
+        D, I = view.vectors.search(xq, depth)
         for row, (image_id, qh) in enumerate(zip(ids, hashes, strict=True)):
             if is_flat(qh[0]) or image_id in view.flat:
                 self.skipped["flat"] += 1
                 continue
             self.query_hashes[image_id] = qh
+            # What search compares each score with: the best one among the other images.
+            others_found = (I[row] >= 0) & (I[row] != image_id)
+            self.best_other[image_id] = float(D[row][others_found].max()) if others_found.any() else 1.0
             root = view.root(image_id)
             parent = view.parent.get(image_id)
             if parent is not None and view.has_vector(parent) and parent not in view.flat:
@@ -435,9 +456,11 @@ class _PairCollector:
                 dist[n] = int(popcount(xor).min())
         pairs = zip(left.tolist(), self.labels, strict=True)
         transforms = [view.transform.get(a) if label else None for a, label in pairs]
+        best = np.array([self.best_other[a] for a in left.tolist()], np.float64)
+        gap = np.maximum(best - cnn, 0.0) if len(left) else np.zeros(0)
         return Pairs(
             np.asarray(self.labels, bool), cnn.astype(np.float64), dist, transforms, self.skipped,
-            len(self.query_hashes),
+            len(self.query_hashes), gap,
         )  # fmt: skip
 
 
@@ -569,7 +592,7 @@ def calibrate(
     catalog = Catalog(options.catalog_url)
     try:
         scored = collect_pairs(catalog, vectors, options, pairs, k, randoms, seed, progress)
-        fit = fit_thresholds(scored.labels, scored.cnn, scored.dist, precision, similar_precision)
+        fit = fit_thresholds(scored.labels, scored.cnn, scored.dist, precision, similar_precision, scored.gap)
         plot = plot or Path(options.reports_dir) / f"calibration-{version}.png"
         plot_curves(scored, fit, plot, f"twice calibrate: {version}")
         result = Calibration(version, fit, scored, plot, store)

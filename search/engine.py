@@ -156,6 +156,8 @@ class SearchEngine:
         for image_id, row in rows.items():  # CNN candidates beyond the lookup radius: their distance
             if image_id not in by_hash and not flat and has_current_hash(row) and not is_flat(row.phash):
                 by_hash[image_id] = nearest_view(query_hashes, image_id, row.phash)
+        others = [cnn[i][0] for i in ids & set(rows) if i in cnn and (exact is None or i != exact.id)]
+        best_other = max(others, default=None)  # what each score's gap is measured from
         results = []
         for image_id in ids & set(rows):
             is_exact = exact is not None and image_id == exact.id
@@ -164,7 +166,8 @@ class SearchEngine:
             score, view = scored if scored is not None else (-1.0, 0)
             match = by_hash.get(image_id)
             judgement = thresholds.judge(score, _distance(match), is_exact)
-            weight = thresholds.weights.weight(None if scored is None else score, _distance(match))
+            gap = None if scored is None or best_other is None else max(best_other - score, 0.0)
+            weight = thresholds.weights.weight(None if scored is None else score, _distance(match), gap)
             evidence = self._evidence(judgement, scored, views[view], match, tta_of(views), weight)
             results.append(self._result(rows[image_id], score, judgement, evidence))
         results.sort(key=_rank_key)

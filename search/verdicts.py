@@ -65,17 +65,23 @@ class EvidenceWeights:
     cnn_knots: tuple[float, ...]
     cnn: tuple[float, ...]
     source: str = "default"  # default | calibrated
+    # The CNN score's gap below the query's best score among the other candidates: a CNN whose
+    # scores do not separate pairs across queries (random weights: all 0.99+) may still rank the
+    # original first within one. Flat (no say) unless calibrated.
+    gap_knots: tuple[float, ...] = (0.0,)
+    gap: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         if len(self.hash) != HASH_DISTANCES:
             raise ValueError(f"hash weights need one value per distance 0..64, got {len(self.hash)}")
-        knots = np.asarray(self.cnn_knots, np.float64)
-        if len(knots) < 1 or len(knots) != len(self.cnn) or np.any(np.diff(knots) <= 0):
-            raise ValueError(
-                f"cnn weights need ascending knots and one weight each, got {len(knots)} knots"
-                f" for {len(self.cnn)} weights"
-            )
-        if not np.all(np.isfinite(np.r_[self.hash, self.cnn, knots])):
+        for name, knots, weights in (("cnn", self.cnn_knots, self.cnn), ("gap", self.gap_knots, self.gap)):
+            knots = np.asarray(knots, np.float64)
+            if len(knots) < 1 or len(knots) != len(weights) or np.any(np.diff(knots) <= 0):
+                raise ValueError(
+                    f"{name} weights need ascending knots and one weight each, got {len(knots)} knots"
+                    f" for {len(weights)} weights"
+                )
+        if not np.all(np.isfinite(np.r_[self.hash, self.cnn, self.cnn_knots, self.gap, self.gap_knots])):
             raise ValueError("evidence weights must be finite numbers")
 
     @classmethod
@@ -96,15 +102,20 @@ class EvidenceWeights:
     def cnn_weight(self, score: float | None) -> float:
         return 0.0 if score is None else float(np.interp(score, self.cnn_knots, self.cnn))
 
-    def weight(self, score: float | None, distance: int | None) -> float:
-        """The evidence of both signals together (summed: they are treated as independent)."""
-        return self.hash_weight(distance) + self.cnn_weight(score)
+    def gap_weight(self, gap: float | None) -> float:
+        return 0.0 if gap is None else float(np.interp(gap, self.gap_knots, self.gap))
+
+    def weight(self, score: float | None, distance: int | None, gap: float | None = None) -> float:
+        """The evidence of the signals together (summed: they are treated as independent)."""
+        return self.hash_weight(distance) + self.cnn_weight(score) + self.gap_weight(gap)
 
     def to_dict(self) -> dict:
         return {
             "hash": [round(w, 4) for w in self.hash],
             "cnn_knots": [round(k, 6) for k in self.cnn_knots],
             "cnn": [round(w, 4) for w in self.cnn],
+            "gap_knots": [round(k, 7) for k in self.gap_knots],
+            "gap": [round(w, 4) for w in self.gap],
             "source": self.source,
         }
 
@@ -115,6 +126,8 @@ class EvidenceWeights:
             tuple(float(k) for k in data["cnn_knots"]),
             tuple(float(w) for w in data["cnn"]),
             str(data.get("source", "calibrated")),
+            tuple(float(k) for k in data.get("gap_knots", (0.0,))),
+            tuple(float(w) for w in data.get("gap", (0.0,))),
         )
 
 

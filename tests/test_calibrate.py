@@ -182,6 +182,17 @@ def test_weights_follow_what_separates_the_pairs():
     assert blind.hash_weight(0) - blind.hash_weight(20) > 5
     stored = EvidenceWeights.from_dict(blind.to_dict())
     assert stored.hash_weight(3) == pytest.approx(blind.hash_weight(3), abs=1e-4)
+    # Random weights can still put the original first within its query: the gap to the query's
+    # best other score says so, even when the scores themselves do not.
+    gap = np.where(
+        labels, rng.choice([0.0, 0.0, 0.0, 0.002], len(labels)), rng.uniform(0.0, 0.01, len(labels))
+    )
+    ranked = fit_weights(labels, rng.uniform(0.98, 1.0, len(labels)), dist, gap=gap)
+    assert np.all(np.diff(ranked.gap) <= 0) and ranked.gap_weight(0.0) - ranked.gap_weight(0.008) > 2
+    assert EvidenceWeights.from_dict(ranked.to_dict()).gap_weight(0.004) == pytest.approx(
+        ranked.gap_weight(0.004), abs=1e-3
+    )
+    assert blind.gap == (0.0,)  # no gaps given: no say
     with pytest.raises(ValueError, match="need pairs and non-pairs, got 2 of 2"):
         fit_weights(np.array([True, True]), np.array([0.5, 0.6]), np.array([1, 2]))
     only_pairs = fit_thresholds(np.array([True, True]), np.array([0.5, 0.6]), np.array([1, 2]))
@@ -241,6 +252,7 @@ def test_calibrate_command_stores_thresholds_that_search_and_report_use(
     assert stored.hash_similar == details["hash_similar"]
     assert stored.weights.source == "calibrated" and details["weights"]["source"] == "calibrated"
     assert stored.weights.hash_weight(0) > stored.weights.hash_weight(30)
+    assert len(stored.weights.gap) > 1  # measured from the pairs' gaps below each query's best
 
     engine = SearchEngine.open(options, embedder)
     response = engine.search_file(tmp_path / "in" / "img_3.png", k=3)
