@@ -232,8 +232,9 @@ def fit_weights(
     gap: np.ndarray | None = None,
 ) -> EvidenceWeights:
     """Evidence weights measured on scored pairs: non-increasing in hash distance and in the CNN
-    gap, non-decreasing in CNN score, each clipped to +-``MAX_WEIGHT`` nats. A signal that does
-    not separate the pairs comes out (nearly) flat, so it barely moves the order of results."""
+    gap, non-decreasing in CNN score, each clipped to +-``MAX_WEIGHT`` nats; of CNN score and gap
+    only the one that separates the pairs better is kept. A signal that does not separate the
+    pairs comes out (nearly) flat, so it barely moves the order of results."""
     labels = np.asarray(labels, bool)
     cnn, dist = np.asarray(cnn, np.float64), np.asarray(dist, np.int64)
     if not labels.any() or labels.all():
@@ -242,10 +243,17 @@ def fit_weights(
     pos = np.bincount(dist[hashed & labels], minlength=HASH_DISTANCES)[:HASH_DISTANCES]
     neg = np.bincount(dist[hashed & ~labels], minlength=HASH_DISTANCES)[:HASH_DISTANCES]
     hash_weights = monotone(_log_ratio(pos, neg), pos + neg + 1, increasing=False)
-    cnn_knots, cnn_weights = _binned_weights(labels, cnn, bins, increasing=True)
+    cnn_knots, cnn_weights, cnn_info = _binned_weights(labels, cnn, bins, increasing=True)
     gap_knots, gap_weights = (0.0,), (0.0,)
     if gap is not None:
-        gap_knots, gap_weights = _binned_weights(labels, np.asarray(gap, np.float64), bins, increasing=False)
+        gap_knots, gap_weights, gap_info = _binned_weights(labels, np.asarray(gap, np.float64), bins, False)
+        # Score and gap are two views of one CNN: summing both counts it twice (a trained CNN
+        # that scores a brightened copy 0.45 then outvoted an 8-bit hash match). Keep the one that
+        # separates the pairs better; random weights keep the gap, trained ones mostly the score.
+        if gap_info > cnn_info:
+            cnn_knots, cnn_weights = (0.0,), (0.0,)
+        else:
+            gap_knots, gap_weights = (0.0,), (0.0,)
     return EvidenceWeights(
         tuple(np.clip(hash_weights, -MAX_WEIGHT, MAX_WEIGHT).tolist()),
         cnn_knots,
@@ -257,15 +265,18 @@ def fit_weights(
 
 
 def _binned_weights(labels: np.ndarray, values: np.ndarray, bins: int, increasing: bool):
-    """(knots, weights): the log ratio in equal-count bins of ``values``, monotone, one knot per bin."""
+    """(knots, weights, information): the log ratio in equal-count bins of ``values``, monotone,
+    one knot per bin, and how well it separates pairs from non-pairs (the J-divergence, nats)."""
     order = np.argsort(values, kind="stable")
     groups = [g for g in np.array_split(order, min(bins, len(order))) if len(g)]
     knots = np.array([values[g].mean() for g in groups])
     pos = np.array([labels[g].sum() for g in groups], np.float64)
     neg = np.array([len(g) - labels[g].sum() for g in groups], np.float64)
     weights = monotone(_log_ratio(pos, neg), pos + neg, increasing=increasing)
+    information = float(np.sum((pos / pos.sum() - neg / neg.sum()) * weights))
     knots, first = np.unique(knots, return_index=True)  # tied values: one knot
-    return tuple(knots.tolist()), tuple(np.clip(weights[first], -MAX_WEIGHT, MAX_WEIGHT).tolist())
+    clipped = np.clip(weights[first], -MAX_WEIGHT, MAX_WEIGHT)
+    return tuple(knots.tolist()), tuple(clipped.tolist()), information
 
 
 # pairs from the catalog -----------------------------------------------------------------------

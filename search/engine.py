@@ -33,11 +33,12 @@ from .hashing import (
     is_flat,
     load_hashes,
 )
-from .verdicts import RANK, Judgement, Thresholds, thresholds_for
+from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
 
 MAX_K = 100
+MIN_LOOKUP_RADIUS = DEFAULT_HASH_SIMILAR  # bits; the multi-index probes the same buckets up to 15
 TTA_MODES = ("none", "d4")
 # Measured on the shared 2-core CPU, VGG-16 at 128 px, 200 originals (issue 7 report): d4 puts
 # p50 at 1.9 s against 0.48 s (4x) and lifts no recall@1 over the hash, which already finds
@@ -142,7 +143,7 @@ class SearchEngine:
         cnn = self._cnn_candidates(xq, k + 1)
         exact = self.catalog.by_sha256(decoded.sha256)
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
-        matches = [] if flat else self.hash_matches(query_hashes, thresholds.hash_radius)[: k + 1]
+        matches = [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1]
         ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
         rows = self.catalog.get_many(ids)
         # The original of a matched variant is a candidate too (judged on its own evidence): a
@@ -309,6 +310,15 @@ def nearest_view(query_hashes: np.ndarray, image_id: int, stored: int) -> HashMa
     distances = hamming(query_hashes, stored)
     view = int(np.argmin(distances))
     return HashMatch(image_id, int(distances[view]), DIHEDRAL[view])
+
+
+def lookup_radius(thresholds: Thresholds) -> int:
+    """How far the hash lookup reaches for candidates: the similar radius, and at least
+    ``MIN_LOOKUP_RADIUS`` unless the thresholds turn the hash off. A calibrated similar radius of
+    2 bits (a trained CNN carrying the rule) must not keep a brightened copy at 10 bits out of
+    the ranking; the verdict still follows the thresholds."""
+    radius = thresholds.hash_radius
+    return radius if radius < 0 else max(radius, MIN_LOOKUP_RADIUS)
 
 
 def has_current_hash(row) -> bool:

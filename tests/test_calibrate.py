@@ -189,9 +189,11 @@ def test_weights_follow_what_separates_the_pairs():
     )
     ranked = fit_weights(labels, rng.uniform(0.98, 1.0, len(labels)), dist, gap=gap)
     assert np.all(np.diff(ranked.gap) <= 0) and ranked.gap_weight(0.0) - ranked.gap_weight(0.008) > 2
-    assert EvidenceWeights.from_dict(ranked.to_dict()).gap_weight(0.004) == pytest.approx(
-        ranked.gap_weight(0.004), abs=1e-3
-    )
+    assert ranked.cnn == (0.0,)  # score and gap are one CNN: only the better of the two counts
+    restored = EvidenceWeights.from_dict(ranked.to_dict())
+    assert restored.gap_weight(0.004) == pytest.approx(ranked.gap_weight(0.004), abs=1e-3)
+    both = fit_weights(labels, cnn, dist, gap=rng.uniform(0.0, 0.01, len(labels)))  # a gap saying nothing
+    assert both.gap == (0.0,) and both.cnn_weight(0.95) - both.cnn_weight(0.6) > 5
     assert blind.gap == (0.0,)  # no gaps given: no say
     with pytest.raises(ValueError, match="need pairs and non-pairs, got 2 of 2"):
         fit_weights(np.array([True, True]), np.array([0.5, 0.6]), np.array([1, 2]))
@@ -252,7 +254,8 @@ def test_calibrate_command_stores_thresholds_that_search_and_report_use(
     assert stored.hash_similar == details["hash_similar"]
     assert stored.weights.source == "calibrated" and details["weights"]["source"] == "calibrated"
     assert stored.weights.hash_weight(0) > stored.weights.hash_weight(30)
-    assert len(stored.weights.gap) > 1  # measured from the pairs' gaps below each query's best
+    # Measured from the pairs: the CNN score or its gap below each query's best, not both.
+    assert (len(stored.weights.gap) > 1) != (len(stored.weights.cnn) > 1)
 
     engine = SearchEngine.open(options, embedder)
     response = engine.search_file(tmp_path / "in" / "img_3.png", k=3)

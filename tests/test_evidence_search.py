@@ -381,3 +381,25 @@ def test_the_gap_below_the_best_score_ranks_within_a_verdict(indexed, options, e
     assert hits[0]["score"] == best and hits[0]["evidence"]["weight"] == 5.0
     assert all(hit["evidence"]["weight"] < 5.0 for hit in hits[1:] if hit["score"] < best - 1e-4)
     engine.close()
+
+
+def test_hash_candidates_reach_past_a_small_calibrated_similar_radius(indexed, options, embedder):
+    from indexer import Indexer
+
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    fresh = make_image(74, SIZE)
+    row = indexer.add_bytes(image_bytes(fresh), "fresh.png").row  # pending: only the hash can find it
+    indexer.close()
+    engine = open_engine(options, embedder)
+    # A calibration where the hash only decides up to 2 bits (and the CNN, flat here, has no say).
+    hash_only = EvidenceWeights(EvidenceWeights.default().hash, (0.0,), (0.0,), "calibrated")
+    engine.thresholds = Thresholds(
+        1.0, 1.0, "calibrated", hash_duplicate=0, hash_similar=2, weights=hash_only
+    )
+    bright = np.clip(np.asarray(fresh, np.int16) + 100, 0, 255).astype(np.uint8)
+    hits = engine.search_bytes(image_bytes(Image.fromarray(bright)), k=6)["results"]
+    hit = next(h for h in hits if h["id"] == row.id)  # 10 bits away: still a candidate...
+    assert 2 < hit["evidence"]["hash"]["distance"] <= 12
+    assert hit["evidence"]["hash"]["verdict"] == DIFFERENT  # ...whose hash verdict follows the thresholds
+    assert hits[0]["id"] == row.id  # and the evidence weight puts it first
+    engine.close()
