@@ -66,6 +66,11 @@ class ImageRow(Base):
     phash: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # search.hashing.HASH_VERSION that made ``phash``; reindex recomputes hashes of older ones.
     phash_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The hashes of the image brightened and darkened as augment's ``bright`` and ``dark``
+    # (search.hashing.STORED_VIEWS): a clipped copy is near these when far from ``phash``.
+    # NULL where that view is flat, or until computed (hash version 3 on).
+    phash_bright: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    phash_dark: Mapped[int | None] = mapped_column(BigInteger, default=None)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     def to_dict(self) -> dict:
@@ -145,7 +150,12 @@ class Catalog:
 
     # create_all makes missing tables, never missing columns: catalogs written by older code
     # get the newer nullable columns here (NULL until backfilled by the next reindex).
-    ADDED_COLUMNS = {"phash": "BIGINT", "phash_version": "INTEGER"}
+    ADDED_COLUMNS = {
+        "phash": "BIGINT",
+        "phash_version": "INTEGER",
+        "phash_bright": "BIGINT",
+        "phash_dark": "BIGINT",
+    }
 
     def _add_missing_columns(self) -> None:
         present = {column["name"] for column in inspect(self.engine).get_columns("images")}

@@ -28,7 +28,7 @@ from model import Embedder, iter_batches
 
 from .catalog import ImageRow
 from .imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
-from .store import Indexer, image_phash, phash_version
+from .store import Indexer, image_hashes, phash_version
 
 LOG = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class NewFiles(Dataset):
                 "data": data,
                 "decoded": decoded,
                 "tensor": self.preprocess(decoded.image),
-                "phash": image_phash(decoded.image),  # here, in the worker, not in the main loop
+                "hashes": image_hashes(decoded.image),  # here, in the worker, not in the main loop
             }
         except ImageError as exc:
             return {"path": path, "error": exc}
@@ -191,7 +191,7 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
                     summary.already += 1
                     continue
                 row, created = indexer.add_decoded(
-                    session, item["data"], item["decoded"], item["path"], phash=item["phash"]
+                    session, item["data"], item["decoded"], item["path"], **item["hashes"]
                 )
                 if not created:  # the same bytes twice in this run
                     summary.already += 1
@@ -217,7 +217,7 @@ class StoredHashes(StoredImages):
             decoded = decode_image(
                 data, str(path), self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
             )
-            return {"id": image_id, "phash": image_phash(decoded.image)}
+            return {"id": image_id, "hashes": image_hashes(decoded.image)}
         except ImageError as exc:
             return {"id": image_id, "path": str(path), "error": exc}
 
@@ -235,7 +235,7 @@ def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
     bar = tqdm(total=len(items), desc="hashing catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
         good = _without_errors(batch, summary, "cannot hash catalog image")
-        values = [{"id": item["id"], "phash": item["phash"], "phash_version": version} for item in good]
+        values = [{"id": item["id"], **item["hashes"], "phash_version": version} for item in good]
         if values:
             with indexer.catalog.session() as session:
                 session.execute(update(ImageRow), values)

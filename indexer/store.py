@@ -98,13 +98,14 @@ class Indexer:
     ) -> tuple[ImageRow, bool]:
         """Store bytes and insert the catalog row inside ``session`` (no vector yet).
 
-        The row's perceptual hash is computed here unless ``columns`` carries it (``phash``).
+        The row's perceptual hashes are computed here unless ``columns`` carries them
+        (``phash`` and its photometric views, ``image_hashes``).
         """
         known = self.catalog.find_sha256(session, decoded.sha256)
         if known is not None:
             return known, False
         if columns.get("phash") is None:
-            columns["phash"] = image_phash(decoded.image)
+            columns.update(image_hashes(decoded.image))
         columns.setdefault("phash_version", phash_version())
         stored = self.store.put(data, decoded.sha256, decoded.format)
         return self.catalog.add_image(
@@ -218,6 +219,14 @@ def image_phash(image) -> int:
     from search.hashing import phash  # search imports indexer: import at call time
 
     return phash(image)
+
+
+def image_hashes(image) -> dict[str, int | None]:
+    """Every stored hash of an image as catalog columns: ``phash`` and its photometric views."""
+    from search.hashing import STORED_COLUMNS, stored_hashes  # search imports indexer
+
+    plain, *views = stored_hashes(image)
+    return {"phash": plain, **dict(zip(STORED_COLUMNS, views, strict=True))}
 
 
 def phash_version() -> int:

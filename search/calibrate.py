@@ -6,7 +6,9 @@ variant made from it): for every sampled query image, the non-family images that
 would actually put in front of it (its CNN top-k and its hash matches) plus a few random ones.
 Hard negatives make the fitted precision what a search user sees, not what random pairs see.
 
-Each pair has a CNN cosine score and a hash distance (best of the query's 8 dihedral views).
+Each pair has a CNN cosine score and a hash distance: the best of the query's 8 dihedral views
+against the other image's stored hashes, plain and photometric (``view_distances``), as search
+sees it, so a brightened copy is measured against its original's bright view.
 The duplicate rule "hash distance <= h or CNN score >= t" is fitted for the highest recall
 whose precision on these pairs reaches the target (default 0.99); the similar rule likewise
 with a lower target, never stricter than the duplicate rule. When the CNN cannot separate the
@@ -43,10 +45,20 @@ from indexer import (
 )
 from indexer.imageio import read_file_bytes
 
-from .hashing import HASH_VERSION, MAX_RADIUS, HashIndex, dihedral_hashes, is_flat, popcount
+from .hashing import (
+    HASH_VERSION,
+    MAX_RADIUS,
+    STORED_COLUMNS,
+    HashIndex,
+    dihedral_hashes,
+    is_flat,
+    row_hashes,
+    view_distances,
+)
 from .verdicts import HASH_DISTANCES, HASH_OFF, MAX_WEIGHT, EvidenceWeights, Thresholds
 
 LOG = logging.getLogger(__name__)
+STORED_HASH_COLUMNS = tuple(getattr(ImageRow, name) for name in STORED_COLUMNS)
 
 DEFAULT_PRECISION = 0.99
 DEFAULT_SIMILAR_PRECISION = 0.90
@@ -329,17 +341,24 @@ class CatalogView:
     def __init__(self, catalog: Catalog, vectors: VectorIndex) -> None:
         with catalog.session() as session:
             columns = (ImageRow.id, ImageRow.parent_id, ImageRow.transform, ImageRow.stored_path)
-            rows = session.execute(select(*columns, ImageRow.phash, ImageRow.phash_version)).all()
+            rows = session.execute(
+                select(*columns, ImageRow.phash, *STORED_HASH_COLUMNS, ImageRow.phash_version)
+            ).all()
         self.parent = {r.id: r.parent_id for r in rows}
         self.transform = {r.id: r.transform for r in rows}
         self.stored = {r.id: r.stored_path for r in rows}
-        self.phash = {r.id: r.phash for r in rows if r.phash is not None and r.phash_version == HASH_VERSION}
+        current = [r for r in rows if r.phash is not None and r.phash_version == HASH_VERSION]
+        self.phash = {r.id: r.phash for r in current}
+        # Every stored hash of an image (plain, then STORED_VIEWS; 0 where NULL), as search has them.
+        self.hashes = {r.id: np.array([h or 0 for h in row_hashes(r)], np.int64) for r in current}
         # Images without structure match each other whatever they were made from: no pairs.
         self.flat = {i for i, h in self.phash.items() if is_flat(h)}
         self.ids, self.xb = vectors.vectors()
         self.vectors = vectors
         self._root: dict[int, int] = {}
-        self.hash_index = HashIndex(self.phash.keys(), self.phash.values())
+        hashed = np.fromiter(self.hashes, np.int64, len(self.hashes))
+        stored = np.array(list(self.hashes.values()), np.int64).reshape(len(hashed), -1)
+        self.hash_index = HashIndex.of_stored(hashed, stored)
 
     def root(self, image_id: int) -> int:
         """The original a row descends from (itself for an original)."""
@@ -461,10 +480,9 @@ class _PairCollector:
         cnn = np.einsum("ij,ij->i", view.vector(left), view.vector(right)) if len(left) else np.zeros(0)
         dist = np.full(len(left), NO_HASH, np.int64)
         for n, (a, b) in enumerate(zip(left.tolist(), right.tolist(), strict=True)):
-            stored = view.phash.get(b)
+            stored = view.hashes.get(b)
             if stored is not None:
-                xor = self.query_hashes[a].view(np.uint64) ^ np.uint64(stored & (2**64 - 1))
-                dist[n] = int(popcount(xor).min())
+                dist[n] = int(view_distances(self.query_hashes[a][None], stored[None])[0])
         pairs = zip(left.tolist(), self.labels, strict=True)
         transforms = [view.transform.get(a) if label else None for a, label in pairs]
         best = np.array([self.best_other[a] for a in left.tolist()], np.float64)

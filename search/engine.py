@@ -1,7 +1,8 @@
 """The query path: exact bytes, perceptual hash and CNN evidence -> one verdict per result.
 
 Candidates come from three places: the catalog row with the same sha256, the stored hashes
-within the hash radius of any of the query's 8 dihedral views (``HashIndex``, no scan), and the
+(each image's plain hash and its bright and dark views, ``STORED_VIEWS``) within the hash
+radius of any of the query's 8 dihedral views (``HashIndex``, no scan), and the
 FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``). Every
 candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
 ``Thresholds.judge``; results are ranked by verdict, then by the weight of their evidence
@@ -29,9 +30,11 @@ from .hashing import (
     HashIndex,
     HashMatch,
     dihedral_hashes,
-    hamming,
+    flatten_stored,
     is_flat,
-    load_hashes,
+    load_stored_hashes,
+    nearest_match,
+    row_hashes,
 )
 from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for
 
@@ -156,7 +159,7 @@ class SearchEngine:
         by_hash = {m.id: m for m in matches}
         for image_id, row in rows.items():  # CNN candidates beyond the lookup radius: their distance
             if image_id not in by_hash and not flat and has_current_hash(row) and not is_flat(row.phash):
-                by_hash[image_id] = nearest_view(query_hashes, image_id, row.phash)
+                by_hash[image_id] = nearest_view(query_hashes, image_id, row_hashes(row))
         others = [cnn[i][0] for i in ids & set(rows) if i in cnn and (exact is None or i != exact.id)]
         best_other = max(others, default=None)  # what each score's gap is measured from
         results = []
@@ -198,9 +201,9 @@ class SearchEngine:
     def _refresh_hashes(self) -> None:
         # Rows only ever get larger ids, so one indexed range query keeps the lookup current;
         # rows deleted since are dropped when their catalog row is not found.
-        ids, hashes = load_hashes(self.catalog, self._hashes_after)
+        ids, stored = load_stored_hashes(self.catalog, self._hashes_after)
         if len(ids):
-            self._hashes.add(ids, hashes)
+            self._hashes.add(*flatten_stored(ids, stored))
             self._hashes_after = int(ids.max())
 
     def _cnn_candidates(self, xq: np.ndarray, k: int) -> dict[int, tuple[float, int]]:
@@ -257,6 +260,7 @@ class SearchEngine:
                 "distance": match.distance,
                 "bits": 64,
                 "transform": match.transform,
+                "stored": match.stored,  # the result's photometric view that matched; None: its hash
                 "verdict": judgement.hash,
             }
         transform = _matched_transform(judgement, match, view)
@@ -305,11 +309,10 @@ def dihedral_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
     ]
 
 
-def nearest_view(query_hashes: np.ndarray, image_id: int, stored: int) -> HashMatch:
-    """The query view nearest to one stored hash (ties: the earlier view)."""
-    distances = hamming(query_hashes, stored)
-    view = int(np.argmin(distances))
-    return HashMatch(image_id, int(distances[view]), DIHEDRAL[view])
+def nearest_view(query_hashes: np.ndarray, image_id: int, stored) -> HashMatch:
+    """The query view nearest to one stored image's hashes: its plain hash, or (plain, bright,
+    dark) as ``row_hashes`` gives them (ties: the plain hash, then the earlier view)."""
+    return nearest_match(query_hashes, image_id, stored)
 
 
 def lookup_radius(thresholds: Thresholds) -> int:

@@ -59,6 +59,7 @@ CSV_COLUMNS = (
     "verdict",
     "hash_distance",
     "hash_transform",
+    "hash_stored",
     "decided_by",
     "source",
     "page_url",
@@ -157,7 +158,12 @@ class DuplicateScan:
         judgement = self.thresholds.judge(score, None if match is None else match.distance)
         hashed = None
         if match is not None:
-            hashed = {"distance": match.distance, "bits": HASH_BITS, "transform": match.transform}
+            hashed = {
+                "distance": match.distance,
+                "bits": HASH_BITS,
+                "transform": match.transform,
+                "stored": match.stored,  # a photometric view of one side (``pair_match``); None: plain
+            }
         return score, judgement, hashed
 
 
@@ -825,6 +831,7 @@ def evidence_columns(evidence: dict | None) -> dict:
     return {
         "hash_distance": hashed.get("distance"),
         "hash_transform": hashed.get("transform"),
+        "hash_stored": hashed.get("stored"),
         "decided_by": "+".join(evidence["decided_by"]),
     }
 

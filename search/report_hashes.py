@@ -3,8 +3,11 @@
 Search compares a query's 8 dihedral hash views with the stored hashes. A report does the
 same with every stored image as the query, so it needs each image's views: they come from one
 decode of the stored file (``calibrate.QueryHashes``, the decode search gives a query), and
-view 0 is the catalog's stored hash, the hash search compares against. A pair's distance is
-the nearer of its two directions (``pair_match``), as search would see it from either side.
+view 0 is the catalog's stored hash, the hash search compares against; after the 8 views come
+the catalog's stored photometric views (``STORED_VIEWS``: the image brightened and darkened),
+which search compares a query's views with too. A pair's distance is the nearer of its two
+directions (``pair_match``), as search would see it from either side: a brightened copy pairs
+with its original through the original's bright view.
 
 Pairs come from the multi-index lookup, never a scan: a full run is ``hash_pairs``; a later run
 searches only the new images' views against every stored hash, and every image's views
@@ -33,30 +36,35 @@ from tqdm import tqdm
 from indexer import Catalog, ImageStore
 from indexer.catalog import Base
 
-from .engine import nearest_view
 from .hashing import (
     DIHEDRAL,
     INVERSE,
+    STORED_VIEWS,
     HashIndex,
     HashMatch,
     check_radius,
     dihedral_hashes,
-    hamming,
     hash_pairs,
-    load_hashes,
+    load_stored_hashes,
+    nearest_match,
+    stored_hashes,
+    stored_of,
+    stored_present,
+    view_distances,
 )
 
 LOG = logging.getLogger(__name__)
 
 # The hash kind the cache holds; ``cache_key`` adds a fingerprint of the hash function itself.
-HASH_SCHEME = "phash-dct64-dihedral8"
+HASH_SCHEME = "phash-dct64-dihedral8-photometric2"
 NO_HASH = 65  # distance of a pair where one side has no views: never fires
-VIEWS = len(DIHEDRAL)
-CHUNK_PAIRS = 1 << 18
+TURNS = len(DIHEDRAL)
+VIEWS = TURNS + len(STORED_VIEWS)  # a row of views: 8 dihedral hashes, then the stored photometric ones
+CHUNK_PAIRS = 1 << 16
 
 
 class HashPairCache(Base):
-    """Dihedral views of ``member_ids`` and their pairs within ``radius`` bits."""
+    """Dihedral and stored photometric views of ``member_ids`` and their pairs within ``radius`` bits."""
 
     __tablename__ = "report_hash_cache"
 
@@ -64,7 +72,7 @@ class HashPairCache(Base):
     radius: Mapped[int] = mapped_column(Integer)
     member_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 catalog ids, sorted
     member_keys: Mapped[bytes] = mapped_column(LargeBinary)  # int64 from each sha256
-    member_views: Mapped[bytes] = mapped_column(LargeBinary)  # int64, (members, 8)
+    member_views: Mapped[bytes] = mapped_column(LargeBinary)  # int64, (members, VIEWS)
     pair_a: Mapped[bytes] = mapped_column(LargeBinary)  # int64, a < b
     pair_b: Mapped[bytes] = mapped_column(LargeBinary)  # int64
     pair_distance: Mapped[bytes] = mapped_column(LargeBinary)  # int8
@@ -76,7 +84,8 @@ def cache_key() -> str:
     """``HASH_SCHEME`` and the hashes of a fixed probe image: views cached by another version
     of the hash function (whose stored hashes reindex recomputes) are not reused."""
     ramp = (np.add.outer(np.arange(24) * 11, np.arange(32) * 5) ** 2 // 7) % 256
-    probe = dihedral_hashes(Image.fromarray(ramp.astype(np.uint8)))
+    image = Image.fromarray(ramp.astype(np.uint8))
+    probe = np.r_[dihedral_hashes(image), [h or 0 for h in stored_hashes(image)]]
     return f"{HASH_SCHEME}-{hashlib.sha256(probe.astype(np.int64).tobytes()).hexdigest()[:16]}"
 
 
@@ -86,14 +95,16 @@ def cache_key() -> str:
 def pair_match(a: int, views_a: np.ndarray, b: int, views_b: np.ndarray) -> HashMatch:
     """The nearer direction of the pair (a, b): ``transform`` turns image a into image b.
 
-    a's views against b's stored hash, or b's views against a's (inverted); ties go to a's
-    side and then to the earlier view, as ``hash_pairs`` decides them.
+    a's dihedral views against b's stored hashes (plain and photometric), or b's against a's
+    (inverted); ``stored`` names the photometric view of the side that matched. Ties go to a's
+    side, then to the plain hash, then to the earlier view.
     """
-    forward = nearest_view(views_a, b, int(views_b[0]))
-    backward = nearest_view(views_b, a, int(views_a[0]))
+    views_a, views_b = np.asarray(views_a, np.int64), np.asarray(views_b, np.int64)
+    forward = nearest_match(views_a[:TURNS], b, stored_of(views_b[None])[0])
+    backward = nearest_match(views_b[:TURNS], a, stored_of(views_a[None])[0])
     if forward.distance <= backward.distance:
         return forward
-    return HashMatch(b, backward.distance, INVERSE[backward.transform])
+    return HashMatch(b, backward.distance, INVERSE[backward.transform], backward.stored)
 
 
 def pairs_touching(
@@ -102,19 +113,22 @@ def pairs_touching(
     """The pairs of ``hash_pairs(ids, views, radius)`` that have a member in ``new``.
 
     ``ids`` ascending (as ``hash_pairs`` needs them for its ties); ``new`` a mask over them.
-    Each new image's views are looked up among the stored hashes (view 0 of every image), and
-    its stored hash among every image's 8 views, so both directions are found without a scan;
-    ``pair_match`` then settles each pair.
+    Each new image's dihedral views are looked up among the stored hashes (plain and
+    photometric, of every image), and its stored hashes among every image's 8 dihedral views,
+    so both directions are found without a scan; ``pair_match`` then settles each pair.
     """
     radius = check_radius(radius)
     ids, views = np.asarray(ids, np.int64), np.asarray(views, np.int64)
-    stored = HashIndex(ids, views[:, 0])
-    every_view = HashIndex(np.arange(views.size, dtype=np.int64), views.reshape(-1))  # pos * 8 + view
+    stored_all = stored_of(views)
+    stored = HashIndex.of_stored(ids, stored_all)
+    turns = views[:, :TURNS]
+    every_view = HashIndex(np.arange(turns.size, dtype=np.int64), turns.reshape(-1))  # pos * 8 + view
     position = {int(i): p for p, i in enumerate(ids.tolist())}
     found: set[tuple[int, int]] = set()
     for p in np.flatnonzero(new).tolist():
-        others = [position[m.id] for m in stored.search(views[p], radius)]
-        others += [m.id // VIEWS for m in every_view.search(views[p, :1], radius)]
+        others = [position[m.id] for m in stored.search(turns[p], radius)]
+        own = stored_all[p][stored_present(stored_all[p])]
+        others += [m.id // TURNS for m in every_view.search(own, radius)]
         found.update((min(p, q), max(p, q)) for q in others if q != p)
     pairs = {}
     for p, q in sorted(found):
@@ -143,7 +157,7 @@ class HashScan:
 
     radius: int  # -1: hashes are off
     ids: np.ndarray  # sorted catalog ids with views
-    views: np.ndarray  # (len(ids), 8) int64, view 0 the stored hash
+    views: np.ndarray  # (len(ids), VIEWS) int64: view 0 the stored hash; 8, 9 the stored bright, dark
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (a, b, distance), a < b
     cache: dict = field(default_factory=dict)
 
@@ -165,11 +179,11 @@ class HashScan:
         out = np.full(len(a), NO_HASH, np.int64)
         (pa, fa), (pb, fb) = self._rows(a), self._rows(b)
         both = np.flatnonzero(fa & fb)
-        for start in range(0, len(both), CHUNK_PAIRS):  # (chunk, 8) at a time, not (pairs, 8)
+        for start in range(0, len(both), CHUNK_PAIRS):  # (chunk, 8, 3) at a time, not (pairs, 8, 3)
             rows = both[start : start + CHUNK_PAIRS]
             va, vb = self.views[pa[rows]], self.views[pb[rows]]
-            forward = hamming(va, vb[:, :1]).min(axis=1)
-            backward = hamming(vb, va[:, :1]).min(axis=1)
+            forward = view_distances(va[:, :TURNS], stored_of(vb))
+            backward = view_distances(vb[:, :TURNS], stored_of(va))
             out[rows] = np.minimum(forward, backward)
         return out
 
@@ -194,7 +208,7 @@ def stored_views(options, items: list[tuple[int, Path]], workers: int, progress:
                 views.append(item["hashes"])
         bar.update(len(batch))
     bar.close()
-    views = np.stack(views).astype(np.int64) if views else np.zeros((0, VIEWS), np.int64)
+    views = np.stack(views).astype(np.int64) if views else np.zeros((0, TURNS), np.int64)
     return np.asarray(ids, np.int64), views, skipped
 
 
@@ -217,7 +231,7 @@ def scan_hashes(
         empty = np.zeros(0, np.int64)
         return HashScan(radius, empty, np.zeros((0, VIEWS), np.int64), (empty, empty, empty), {"off": True})
     radius = check_radius(radius)
-    hashed, stored = load_hashes(catalog)
+    hashed, stored = load_stored_hashes(catalog)
     wanted = np.isin(ids, hashed)
     ids, keys, stored = ids[wanted], keys[wanted], stored[np.searchsorted(hashed, ids[wanted])]
     cached = _load(catalog) if incremental else None
@@ -230,7 +244,8 @@ def scan_hashes(
     have = known.copy()
     have[~known] = decoded
     ids, keys, views, known = ids[have], keys[have], views[have], known[have]
-    views[:, 0] = stored[have]  # what search compares a query with
+    views[:, 0] = stored[have, 0]  # what search compares a query with
+    views[:, TURNS:] = stored[have, 1:]
     reuse = cached is not None and cached["radius"] >= radius
     pairs, facts = _pairs(ids, views, known if reuse else None, cached, radius)
     _save(catalog, radius if not reuse else cached["radius"], ids, keys, views, pairs)
@@ -241,12 +256,12 @@ def scan_hashes(
 
 
 def _known(cached: dict | None, ids: np.ndarray, keys: np.ndarray, stored: np.ndarray) -> np.ndarray:
-    """Which ids the cache holds views of, for the same bytes and the same stored hash."""
+    """Which ids the cache holds views of, for the same bytes and the same stored hashes."""
     if cached is None or not len(cached["ids"]):
         return np.zeros(len(ids), bool)
     pos = np.minimum(np.searchsorted(cached["ids"], ids), len(cached["ids"]) - 1)
     same = (cached["ids"][pos] == ids) & (cached["keys"][pos] == keys)
-    return same & (cached["views"][pos, 0] == stored)
+    return same & (stored_of(cached["views"][pos]) == stored).all(axis=1)
 
 
 def _decode_new(catalog, options, ids: np.ndarray, workers: int, progress: bool):
@@ -259,7 +274,7 @@ def _decode_new(catalog, options, ids: np.ndarray, workers: int, progress: bool)
     items = [(i, store.path(paths[i])) for i in ids.tolist() if i in paths]
     got, views, reasons = stored_views(options, items, workers, progress)
     pos = np.searchsorted(ids, got)
-    out[pos], ok[pos] = views, True
+    out[pos, :TURNS], ok[pos] = views, True
     if not ok.all():
         LOG.warning("%d images left out of hash pairs: %s", int((~ok).sum()), dict(reasons))
     return out, ok

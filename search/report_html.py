@@ -189,7 +189,8 @@ def evidence_html(evidence: dict | None) -> str:
     parts = []
     if hashed is not None and "hash" in evidence["signals"]:
         turn = "" if hashed["transform"] == "identity" else f" &middot; {escape(hashed['transform'])}"
-        parts.append(f'<div class="num ev">hash {hashed["distance"]} bits{turn}</div>')
+        view = f" &middot; {escape(hashed['stored'])}" if hashed.get("stored") else ""
+        parts.append(f'<div class="num ev">hash {hashed["distance"]} bits{view}{turn}</div>')
     if evidence["decided_by"]:
         parts.append(f'<div class="ev">by {escape(" + ".join(evidence["decided_by"]))}</div>')
     return "".join(parts)

@@ -95,7 +95,8 @@ def why(hit: dict) -> str:
     parts = []
     if (hashed := evidence.get("hash")) is not None:
         turned = f", as {hashed['transform']}" if hashed.get("transform") not in (None, "identity") else ""
-        parts.append(f"hash {hashed['distance']} bits{turned}")
+        view = f" · {hashed['stored']}" if hashed.get("stored") else ""  # the result's bright/dark view
+        parts.append(f"hash {hashed['distance']} bits{view}{turned}")
     if (cnn := evidence.get("cnn")) is not None:
         parts.append(f"CNN {cnn['score']:.3f}")
     decided = ", ".join(evidence.get("decided_by") or []) or "nothing"
