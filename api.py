@@ -406,7 +406,8 @@ SCHEMAS = {
             "evidence": {
                 "type": "object",
                 "description": "signals that fired (exact, hash, cnn), their values, the matched"
-                " rotation/flip, and which decided the verdict",
+                " rotation/flip (and hash.stored: the result's bright or dark view that the hash"
+                " matched, null for its plain hash), and which decided the verdict",
                 "properties": {
                     "signals": {"type": "array", "items": {"type": "string"}},
                     "decided_by": {"type": "array", "items": {"type": "string"}},

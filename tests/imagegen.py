@@ -43,3 +43,30 @@ def write_images(folder: Path, count: int, start: int = 0, fmt: str = "PNG") -> 
         make_image(seed).save(path, format=fmt)
         paths.append(path)
     return paths
+
+
+def pale_art(seed: int, size: tuple[int, int] = (96, 96)) -> Image.Image:
+    """Light-grey (160-230) blobs and two dark outlines on white: ``bright`` (+100) clips the
+    blobs to white and leaves only the outlines, so its plain hash moves far."""
+    return _blobs_and_outlines(seed, size, "white", (160, 231), 40)
+
+
+def dusk_art(seed: int, size: tuple[int, int] = (96, 96)) -> Image.Image:
+    """Near-black (15-49) blobs and two light outlines on black: ``dark`` (-50) clips the blobs
+    to black and leaves only the outlines."""
+    return _blobs_and_outlines(seed, size, "black", (15, 50), 200)
+
+
+def _blobs_and_outlines(seed, size, background, greys, outline) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, background)
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    for _ in range(5):
+        (x0, x1), (y0, y1) = sorted(rng.integers(0, w, 2).tolist()), sorted(rng.integers(0, h, 2).tolist())
+        grey = int(rng.integers(*greys))
+        draw.ellipse((x0, y0, x1 + 8, y1 + 8), fill=(grey, grey, grey))
+    for _ in range(2):
+        (x0, x1), (y0, y1) = sorted(rng.integers(0, w, 2).tolist()), sorted(rng.integers(0, h, 2).tolist())
+        draw.rectangle((x0, y0, x1 + 6, y1 + 6), outline=(outline,) * 3, width=2)
+    return image

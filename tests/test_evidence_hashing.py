@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from imagegen import image_bytes, make_image
+from augment import apply_transform
+from imagegen import dusk_art, image_bytes, make_image, pale_art
 from indexer import Catalog, Indexer, reindex
 from search import SearchEngine
 from search.hashing import (
@@ -23,9 +24,12 @@ from search.hashing import (
     hamming,
     hash_pairs,
     load_hashes,
+    load_stored_hashes,
+    nearest_match,
     phash,
     popcount,
     resample_matrix,
+    stored_hashes,
 )
 
 # What turns a query made by transform g back into the stored original: g's inverse.
@@ -262,4 +266,87 @@ def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, o
     for seed in range(3):
         expected = phash(Image.open(folder / f"img_{seed}.png").convert("RGB"))
         assert hashes[str(folder / f"img_{seed}.png")] == expected
+    assert reindex([], options, embedder, progress=False).hashed == 0
+
+
+# stored photometric views -------------------------------------------------------------------
+
+
+def test_stored_hashes_are_the_hashes_of_the_bright_and_dark_views():
+    image = make_image(4)
+    assert stored_hashes(image) == (
+        phash(image),
+        phash(apply_transform(image, "bright")),
+        phash(apply_transform(image, "dark")),
+    )
+    # Everything at 155 or above brightens to plain white: that view says nothing (NULL).
+    pale = Image.fromarray(np.full((40, 50, 3), 160, np.uint8))
+    ImageDraw.Draw(pale).ellipse((5, 5, 30, 30), fill=(230, 230, 230))
+    plain, bright, dark = stored_hashes(pale)
+    assert plain == phash(pale) and bright is None and dark is not None
+
+
+def test_ties_prefer_the_plain_hash_then_the_earlier_view():
+    queries = np.array([0b1011, 0b0111], np.int64)
+    match = nearest_match(queries, 7, (0b0011, 0b1011, None))
+    assert (match.distance, match.stored, match.transform) == (0, "bright", "identity")
+    match = nearest_match(queries, 7, (0b1011, 0b0111, None))  # 0 bits both ways: plain wins
+    assert (match.distance, match.stored, match.transform) == (0, None, "identity")
+    index = HashIndex([7, 7], [0b0111, 0b1011], kinds=[1, 0])
+    assert index.search(queries, 0)[0].stored is None
+    assert HashIndex([7], [0b0111], kinds=[2]).search(queries, 0)[0].stored == "dark"
+    with pytest.raises(ValueError, match=r"kinds must be 1 indexes"):
+        HashIndex([7], [1], kinds=[3])
+
+
+@pytest.mark.parametrize(("make", "edit"), [(pale_art, "bright"), (dusk_art, "dark")])
+def test_a_clipped_copy_is_found_through_its_originals_stored_view(tmp_path, options, embedder, make, edit):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(4):
+        make(seed).save(folder / f"art_{seed}.png")
+    make_image(9).save(folder / "photo.png")
+    reindex([folder], options, embedder, progress=False)
+    copy = apply_transform(make(1), edit)
+    query = image_bytes(copy, "JPEG", quality=90)  # re-encoded, as copies travel
+    # Clipping moved the plain hash far: the plain hash alone cannot find the original.
+    assert hamming(dihedral_hashes(Image.open(folder / "art_1.png")), phash(copy)).min() > 8
+    engine = SearchEngine.open(options, embedder)
+    top = engine.search_bytes(query, k=3)["results"][0]
+    engine.close()
+    assert top["source"].endswith("art_1.png")
+    assert top["evidence"]["hash"]["distance"] <= 2 and top["evidence"]["hash"]["stored"] == edit
+    assert top["verdict"] == "duplicate" and "hash" in top["evidence"]["signals"]
+
+
+def test_a_version_2_catalog_gets_the_view_columns_and_reindex_fills_them(tmp_path, options, embedder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(3):
+        pale_art(seed).save(folder / f"art_{seed}.png")
+    reindex([folder], options, embedder, progress=False)
+    # Make it a catalog written by hash version 2: no view columns.
+    with sqlite3.connect(options.data_dir / "catalog.sqlite") as db:
+        db.execute("ALTER TABLE images DROP COLUMN phash_bright")
+        db.execute("ALTER TABLE images DROP COLUMN phash_dark")
+        db.execute("UPDATE images SET phash_version = 2")
+    catalog = Catalog(options.catalog_url)
+    with catalog.session() as session:
+        columns = [r[1] for r in session.connection().exec_driver_sql("PRAGMA table_info(images)")]
+    assert {"phash_bright", "phash_dark"} <= set(columns)
+    assert all(catalog.get(i).phash_bright is None for i in catalog.ids().tolist())
+    assert len(load_stored_hashes(catalog)[0]) == 0  # version 2: not comparable until rehashed
+    catalog.close()
+    assert reindex([], options, embedder, progress=False).hashed == 3
+    catalog = Catalog(options.catalog_url)
+    rows = {r.source: r for r in catalog.get_many(catalog.ids().tolist()).values()}
+    ids, stored = load_stored_hashes(catalog)
+    catalog.close()
+    assert len(ids) == 3
+    for seed in range(3):
+        image = Image.open(folder / f"art_{seed}.png").convert("RGB")
+        row = rows[str(folder / f"art_{seed}.png")]
+        assert (row.phash, row.phash_bright, row.phash_dark) == stored_hashes(image)
+        assert row.phash_bright == phash(apply_transform(image, "bright"))
+        assert row.phash_version == HASH_VERSION
     assert reindex([], options, embedder, progress=False).hashed == 0

@@ -73,7 +73,13 @@ def test_exact_bytes_are_a_duplicate_with_every_signal(indexed, options, embedde
     evidence = top["evidence"]
     assert evidence["exact"] is True
     assert evidence["signals"][0] == "exact" and "hash" in evidence["signals"]
-    assert evidence["hash"] == {"distance": 0, "bits": 64, "transform": "identity", "verdict": DUPLICATE}
+    assert evidence["hash"] == {
+        "distance": 0,
+        "bits": 64,
+        "transform": "identity",
+        "stored": None,  # its plain hash, not a photometric view
+        "verdict": DUPLICATE,
+    }
     assert evidence["cnn"]["score"] == pytest.approx(1.0, abs=1e-4)
     assert evidence["transform"] is None
     assert len(response["query"]["phash"]) == 16
