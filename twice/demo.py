@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
 
 from augment import ORIGINAL_FOUR, apply_transform, augment_catalog, make_collection
 from indexer import Catalog, Indexer, reindex
 from indexer.imageio import load_image
 from model import Embedder
 from search import SearchEngine
+from search.report import variant_parents
 
 from .commands import print_results
 
 QUERY_JPEG_QUALITY = 92
+CHECK_K = 5  # a known variant passes when its original is among its top CHECK_K results
 
 
 def register(subparsers) -> None:
@@ -25,6 +31,11 @@ def register(subparsers) -> None:
     )
     p.add_argument("--count", type=int, default=150, help="sample images to generate (default 150)")
     p.add_argument("--queries", type=int, default=3, help="originals to query with (default 3)")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help=f"skip step 5: search with every stored variant and count its original in the top {CHECK_K}",
+    )
     p.set_defaults(func=run_demo)
 
 
@@ -59,10 +70,33 @@ def run_demo(args, options) -> int:
                 top = response["results"][0] if response["results"] else {}
                 found += original_id in (top.get("id"), top.get("parent_id"))
                 total += 1
+        print(f"== top result belongs to the query's original (itself or one of its variants): {found}/{total}")
+        if not args.no_check:
+            print(f"== 5. search with every stored variant: is its original in the top {CHECK_K}?")
+            print("\n".join(variant_check_lines(engine, progress)))
     finally:
         engine.close()
-    print(f"== top result belongs to the query's original (itself or one of its variants): {found}/{total}")
     return 0
+
+
+def variant_check_lines(engine: SearchEngine, progress: bool) -> list[str]:
+    """Per transform: variants whose original is in their top CHECK_K, and whose rank 1 is themselves."""
+    parents = variant_parents(engine.catalog)
+    rows = engine.catalog.get_many(parents)
+    store = Path(engine.options.images_dir)
+    found, first, total = Counter(), Counter(), Counter()
+    for variant_id in tqdm(sorted(rows), desc="checking variants", unit="query", disable=not progress):
+        parent_id, transform = parents[variant_id]
+        ids = [r["id"] for r in engine.search_file(store / rows[variant_id].stored_path, k=CHECK_K)["results"]]
+        found[transform] += parent_id in ids
+        first[transform] += ids[:1] == [variant_id]
+        total[transform] += 1
+    lines = [
+        f"  {name:<12} original in top {CHECK_K}: {found[name]}/{n}   itself at rank 1: {first[name]}/{n}"
+        for name, n in sorted(total.items())
+    ]
+    all_found, all_n = sum(found.values()), sum(total.values())
+    return lines + [f"  all          original in top {CHECK_K}: {all_found}/{all_n}"]
 
 
 def _catalog_id(options, path) -> int | None:
