@@ -10,12 +10,22 @@ from PIL import Image
 from scipy.optimize import brentq
 from scipy.stats import norm
 
+from augment import apply_transform
 from augment.variants import augment_catalog
-from imagegen import make_image
-from indexer import Catalog, Indexer, reindex
+from imagegen import make_image, pale_art
+from indexer import Catalog, Indexer, load_vectors_for_search, reindex
 from search import SearchEngine, thresholds_for
-from search.calibrate import NO_HASH, PSEUDO_COUNT, fit_rule, fit_thresholds, fit_weights, monotone
-from search.hashing import MAX_RADIUS
+from search.calibrate import (
+    NO_HASH,
+    PSEUDO_COUNT,
+    collect_pairs,
+    fit_rule,
+    fit_thresholds,
+    fit_weights,
+    monotone,
+    transform_name,
+)
+from search.hashing import MAX_RADIUS, dihedral_hashes, hamming, phash
 from search.report import build_report
 from search.verdicts import MAX_WEIGHT, EvidenceWeights
 from twice.cli import main
@@ -297,3 +307,26 @@ def test_calibrate_errors_say_what_to_do(tmp_path, options, embedder, cli, capsy
     assert "run `twice augment` and `twice reindex` first" in capsys.readouterr().err
     assert cli("calibrate", "--precision", "2") == 1
     assert "precision must be a number in (0, 1], got 2.0" in capsys.readouterr().err
+
+
+def test_positive_distances_see_the_originals_bright_view(tmp_path, options, embedder):
+    originals = [pale_art(seed) for seed in range(4)]
+    # Plainly, each brightened copy is far from its original: the pair would look like a non-pair.
+    for image in originals:
+        assert hamming(dihedral_hashes(apply_transform(image, "bright")), phash(image)).min() > 8
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed, image in enumerate(originals):
+        image.save(folder / f"art_{seed}.png")
+    reindex([folder], options, embedder, progress=False)
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    augment_catalog(indexer, progress=False)
+    indexer.close()
+    reindex([], options, embedder, progress=False)
+    catalog = Catalog(options.catalog_url)
+    vectors = load_vectors_for_search(options, embedder.version, embedder.dim)
+    pairs = collect_pairs(catalog, vectors, options, progress=False)
+    catalog.close()
+    bright = [d for d, label, spec in zip(pairs.dist, pairs.labels, pairs.transforms, strict=True)
+              if label and transform_name(spec) == "bright"]  # fmt: skip
+    assert len(bright) == 4 and max(bright) <= 2

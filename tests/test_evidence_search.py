@@ -140,8 +140,9 @@ def test_search_uses_the_calibrated_thresholds_of_its_model(indexed, options, em
     assert thresholds_for(catalog, embedder.version) == Thresholds(1.0, 1.0, "calibrated", 0, 15)
     catalog.close()
     engine = open_engine(options, embedder)
-    # bright:100 moves a few hash bits: a duplicate at radius <= 8, only similar at 0.
-    pixels = np.clip(np.asarray(indexed[41], np.int16) + 100, 0, 255).astype(np.uint8)
+    # bright:60 moves hash bits (10 here): a duplicate at radius <= 10, only similar at 0. Not
+    # bright:100, whose copy matches the stored bright view (search.hashing.STORED_VIEWS) at 0.
+    pixels = np.clip(np.asarray(indexed[41], np.int16) + 60, 0, 255).astype(np.uint8)
     response = engine.search_bytes(image_bytes(Image.fromarray(pixels)), k=6)
     assert response["thresholds"]["source"] == "calibrated"
     assert response["thresholds"]["hash_duplicate"] == 0
@@ -232,7 +233,8 @@ def test_within_a_verdict_the_weight_of_evidence_ranks(indexed, options, embedde
     # A CNN that calls everything a duplicate (what random weights and default thresholds do):
     # the original, which the hash also supports, must still come first.
     engine.thresholds = Thresholds(duplicate=-1.0, similar=-1.0, hash_duplicate=0, hash_similar=15)
-    pixels = np.clip(np.asarray(indexed[42], np.int16) + 100, 0, 255).astype(np.uint8)
+    # +60, not the stored bright view's +100: the hash must only be similar (6 bits here).
+    pixels = np.clip(np.asarray(indexed[42], np.int16) + 60, 0, 255).astype(np.uint8)
     response = engine.search_bytes(image_bytes(Image.fromarray(pixels)), k=6)
     assert all(hit["verdict"] == DUPLICATE for hit in response["results"])
     top = response["results"][0]
@@ -402,9 +404,10 @@ def test_hash_candidates_reach_past_a_small_calibrated_similar_radius(indexed, o
     engine.thresholds = Thresholds(
         1.0, 1.0, "calibrated", hash_duplicate=0, hash_similar=2, weights=hash_only
     )
-    bright = np.clip(np.asarray(fresh, np.int16) + 100, 0, 255).astype(np.uint8)
+    # +70, not +100: a +100 copy now matches the stored bright view at 0 bits (STORED_VIEWS).
+    bright = np.clip(np.asarray(fresh, np.int16) + 70, 0, 255).astype(np.uint8)
     hits = engine.search_bytes(image_bytes(Image.fromarray(bright)), k=6)["results"]
-    hit = next(h for h in hits if h["id"] == row.id)  # 10 bits away: still a candidate...
+    hit = next(h for h in hits if h["id"] == row.id)  # 6 bits away: still a candidate...
     assert 2 < hit["evidence"]["hash"]["distance"] <= 12
     assert hit["evidence"]["hash"]["verdict"] == DIFFERENT  # ...whose hash verdict follows the thresholds
     assert hits[0]["id"] == row.id  # and the evidence weight puts it first

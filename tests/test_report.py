@@ -22,9 +22,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imagegen import image_bytes, make_image
+from augment import apply_transform
+from imagegen import image_bytes, make_image, pale_art
 from indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
-from search.hashing import INVERSE, dihedral_hashes, hamming, hash_pairs, load_hashes
+from search.hashing import (
+    INVERSE,
+    STORED_VIEWS,
+    dihedral_hashes,
+    hamming,
+    hash_pairs,
+    is_flat,
+    load_hashes,
+    phash,
+)
 from search.pairs import find_pairs, group_pairs, plant_groups
 from search.report import build_report, pick_original, render, report_csv
 from search.report_hashes import pair_match, pairs_touching
@@ -303,22 +313,26 @@ def bits(x: int) -> int:
 
 def oracle_hash_pairs(options, radius: int) -> dict[tuple[int, int], int]:
     """Every pair within ``radius`` bits by plain loops: each stored file hashed in its 8 views
-    and compared, both ways, with the other image's stored hash; the nearer way counts."""
+    and compared, both ways, with the other image's stored hash and the hashes of its bright
+    and dark views (unless flat); the nearer way counts."""
     catalog = Catalog(options.catalog_url)
     ids, stored = load_hashes(catalog)
     rows = catalog.get_many(ids.tolist())
     catalog.close()
     stored = dict(zip(ids.tolist(), stored.tolist(), strict=True))
-    views = {}
+    views, targets = {}, {}
     for i in ids.tolist():
         with Image.open(Path(options.images_dir) / rows[i].stored_path) as image:
             views[i] = dihedral_hashes(image.convert("RGB")).tolist()
+            edited = [phash(apply_transform(image.convert("RGB"), name)) for name in STORED_VIEWS]
+        targets[i] = [stored[i]] + [h for h in edited if not is_flat(h)]
     pairs = {}
     for a in ids.tolist():
         for b in ids.tolist():
             if a < b:
                 d = min(
-                    min(bits(v ^ stored[b]) for v in views[a]), min(bits(v ^ stored[a]) for v in views[b])
+                    min(bits(v ^ t) for v in views[a] for t in targets[b]),
+                    min(bits(v ^ t) for v in views[b] for t in targets[a]),
                 )
                 if d <= radius:
                     pairs[(a, b)] = d
@@ -429,6 +443,35 @@ def test_hash_pairs_group_turned_and_re_encoded_copies_the_cnn_misses(collection
     set_thresholds(collection.options, hash_duplicate=-1, hash_similar=-1)  # the CNN alone
     alone = build_report(collection.options, include_variants=True)
     assert alone["groups"] == [] and alone["recall"]["recovered"] == 0 and alone["cache"]["hash"]["off"]
+
+
+def test_a_brightened_variant_pairs_with_its_original_through_the_bright_view(collection, tmp_path):
+    set_thresholds(collection.options, hash_duplicate=2, hash_similar=4)  # the demo's calibrated cut
+    original = pale_art(3)
+    brightened = apply_transform(original, "bright")
+    # Clipping moved the plain hash far: plain hashes alone miss this pair in either direction.
+    plain = min(
+        hamming(dihedral_hashes(brightened), phash(original)).min(),
+        hamming(dihedral_hashes(original), phash(brightened)).min(),
+    )
+    assert plain > 8
+    ids = {"a": collection.add(collection.random(), image=original)}
+    ids["a_bright"] = collection.add(
+        collection.random(), image=brightened, parent_id=ids["a"], transform="bright"
+    )
+    for _ in range(6):
+        collection.add(collection.random())
+    collection.save()
+    report = build_report(collection.options, include_variants=True)
+    assert report_groups(report) == [sorted(ids.values())]
+    assert report_groups(report) == oracle_groups(set(oracle_hash_pairs(collection.options, 2)))
+    member = next(m for m in report["groups"][0]["members"] if m["id"] == ids["a_bright"])
+    assert member["evidence"]["hash"]["distance"] == 0 and member["evidence"]["hash"]["stored"] == "bright"
+    assert report["recall"]["by_transform"]["bright"] == {"recovered": 1, "total": 1}
+    page = render(report, "html", tmp_path / "r.html")
+    assert "hash 0 bits &middot; bright" in page
+    rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
+    assert rows[ids["a_bright"]]["hash_stored"] == "bright"
 
 
 def test_threshold_overrides_the_cnn_cut_and_keeps_the_hash_cut(collection):
