@@ -10,7 +10,8 @@ from twice.cli import main
 def test_demo_indexes_variants_and_checks_every_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TWICE_IMAGE_SIZE", "64")
     monkeypatch.setenv("TWICE_WORKERS", "0")
-    assert main(["--data-dir", str(tmp_path), "--device", "cpu", "-q", "demo", "--count", "4", "--queries", "1"]) == 0
+    args = ["--data-dir", str(tmp_path), "--device", "cpu", "-q", "demo", "--count", "4", "--queries", "1"]
+    assert main(args) == 0
     out = capsys.readouterr().out
     checks = dict(re.findall(r"^\s+(\S+)\s+original in top 5: (\d+/\d+)", out, re.MULTILINE))
     assert set(checks) == {"rotate", "mirror", "bright", "dark", "all"}
@@ -24,6 +25,7 @@ def test_demo_no_check_skips_step_5(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TWICE_IMAGE_SIZE", "64")
     monkeypatch.setenv("TWICE_WORKERS", "0")
     args = ["--data-dir", str(tmp_path), "--device", "cpu", "-q", "demo", "--count", "2", "--queries", "1"]
-    assert main([*args, "--no-check"]) == 0
-    out = capsys.readouterr().out
+    code = main([*args, "--no-check"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
     assert "== 4." in out and "== 5." not in out

@@ -68,9 +68,24 @@ def options_from_args(args: argparse.Namespace) -> Options:
     )
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time: a second ``main()`` in one process
+    (tests, notebooks) must not write to the stream the first one saw, which may be closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:  # third-party chatter
         for noisy in ("PIL", "urllib3", "faiss.loader"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -69,7 +69,8 @@ def run_search(args, options) -> int:
     return 0
 
 
-def print_results(response: dict, out=sys.stdout) -> None:
+def print_results(response: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up now: a default bound at import outlives a swapped stdout
     query = response["query"]
     print(f"query {query['source']} ({query['width']}x{query['height']} {query['format']})", file=out)
     if not response["results"]:

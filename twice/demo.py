@@ -70,7 +70,7 @@ def run_demo(args, options) -> int:
                 top = response["results"][0] if response["results"] else {}
                 found += original_id in (top.get("id"), top.get("parent_id"))
                 total += 1
-        print(f"== top result belongs to the query's original (itself or one of its variants): {found}/{total}")
+        print(f"== top result belongs to the query's original (itself or a variant of it): {found}/{total}")
         if not args.no_check:
             print(f"== 5. search with every stored variant: is its original in the top {CHECK_K}?")
             print("\n".join(variant_check_lines(engine, progress)))
@@ -87,7 +87,8 @@ def variant_check_lines(engine: SearchEngine, progress: bool) -> list[str]:
     found, first, total = Counter(), Counter(), Counter()
     for variant_id in tqdm(sorted(rows), desc="checking variants", unit="query", disable=not progress):
         parent_id, transform = parents[variant_id]
-        ids = [r["id"] for r in engine.search_file(store / rows[variant_id].stored_path, k=CHECK_K)["results"]]
+        response = engine.search_file(store / rows[variant_id].stored_path, k=CHECK_K)
+        ids = [r["id"] for r in response["results"]]
         found[transform] += parent_id in ids
         first[transform] += ids[:1] == [variant_id]
         total[transform] += 1
