@@ -214,13 +214,6 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
-def image_phash(image) -> int:
-    """The perceptual hash stored with every catalog row (see ``search.hashing``)."""
-    from search.hashing import phash  # search imports indexer: import at call time
-
-    return phash(image)
-
-
 def image_hashes(image) -> dict[str, int | None]:
     """Every stored hash of an image as catalog columns: ``phash`` and its photometric views."""
     from search.hashing import STORED_COLUMNS, stored_hashes  # search imports indexer
@@ -230,7 +223,7 @@ def image_hashes(image) -> dict[str, int | None]:
 
 
 def phash_version() -> int:
-    """The version of ``image_phash`` (stored beside it: other versions are recomputed)."""
+    """The version of ``image_hashes`` (stored beside it: other versions are recomputed)."""
     from search.hashing import HASH_VERSION
 
     return HASH_VERSION

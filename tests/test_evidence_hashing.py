@@ -242,6 +242,11 @@ def test_hashes_of_another_version_are_ignored_then_recomputed_by_reindex(tmp_pa
     engine.close()
 
 
+def catalog_columns(catalog: Catalog) -> list[str]:
+    with catalog.session() as session:
+        return [r[1] for r in session.connection().exec_driver_sql("PRAGMA table_info(images)")]
+
+
 def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, options, embedder):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -252,8 +257,7 @@ def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, o
     with sqlite3.connect(options.data_dir / "catalog.sqlite") as db:
         db.execute("ALTER TABLE images DROP COLUMN phash")
     catalog = Catalog(options.catalog_url)
-    with catalog.session() as session:
-        columns = [r[1] for r in session.connection().exec_driver_sql("PRAGMA table_info(images)")]
+    columns = catalog_columns(catalog)
     assert "phash" in columns
     assert all(catalog.get(i).phash is None for i in catalog.ids().tolist())
     catalog.close()
@@ -331,8 +335,7 @@ def test_a_version_2_catalog_gets_the_view_columns_and_reindex_fills_them(tmp_pa
         db.execute("ALTER TABLE images DROP COLUMN phash_dark")
         db.execute("UPDATE images SET phash_version = 2")
     catalog = Catalog(options.catalog_url)
-    with catalog.session() as session:
-        columns = [r[1] for r in session.connection().exec_driver_sql("PRAGMA table_info(images)")]
+    columns = catalog_columns(catalog)
     assert {"phash_bright", "phash_dark"} <= set(columns)
     assert all(catalog.get(i).phash_bright is None for i in catalog.ids().tolist())
     assert len(load_stored_hashes(catalog)[0]) == 0  # version 2: not comparable until rehashed
