@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -139,8 +139,9 @@ def fit_rule(
 
     ``hash_floor`` and ``ceiling`` keep the rule at least as loose as another (the similar
     rule is never stricter than the duplicate rule). Ties in recall go to the smaller hash
-    radius, then the higher CNN threshold. When no rule that finds any pair reaches the
-    target, the strictest one is returned with ``target_met`` False.
+    radius, then the higher CNN threshold, except that a CNN left off by the tie keeps the cut
+    it earns alone (``keep_cnn_on``). When no rule that finds any pair reaches the target, the
+    strictest one is returned with ``target_met`` False.
     """
     labels = np.asarray(labels, bool)
     cnn, dist = np.asarray(cnn, np.float64), np.asarray(dist, np.int64)
@@ -151,14 +152,11 @@ def fit_rule(
     best: OperatingPoint | None = None
     for hash_max in range(hash_floor, max_radius + 1):
         thresholds, tp, fp = curve(labels, cnn, dist, hash_max, ceiling)
-        fired = tp + fp
-        precision = np.where(fired > 0, tp / np.maximum(fired, 1), 1.0)
-        ok = np.flatnonzero((precision >= target) & (tp > 0))  # firing never is no answer
-        if not len(ok):
+        i = _best_cut(tp, fp, target)
+        if i is None:
             continue
-        i = int(ok[np.argmax(tp[ok])])  # first index reaching the best recall: highest t
         point = OperatingPoint(
-            hash_max, float(thresholds[i]), float(precision[i]), float(tp[i] / positives),
+            hash_max, float(thresholds[i]), float(tp[i] / (tp[i] + fp[i])), float(tp[i] / positives),
             int(tp[i]), int(fp[i]), target, True,
         )  # fmt: skip
         if best is None or point.recall > best.recall:
@@ -170,7 +168,48 @@ def fit_rule(
             hash_floor, float(ceiling), float(tp[0] / fired) if fired else 1.0, float(tp[0] / positives),
             int(tp[0]), int(fp[0]), target, False,
         )  # fmt: skip
-    return best
+        return best
+    return keep_cnn_on(best, labels, cnn, dist, ceiling)
+
+
+def _best_cut(tp: np.ndarray, fp: np.ndarray, target: float) -> int | None:
+    """Index of the first cut reaching the best recall at ``target`` precision (the highest
+    CNN threshold of that recall), or None when no cut that fires reaches it."""
+    fired = tp + fp
+    precision = np.where(fired > 0, tp / np.maximum(fired, 1), 1.0)
+    ok = np.flatnonzero((precision >= target) & (tp > 0))  # firing never is no answer
+    return int(ok[np.argmax(tp[ok])]) if len(ok) else None
+
+
+def keep_cnn_on(
+    point: OperatingPoint, labels: np.ndarray, cnn: np.ndarray, dist: np.ndarray, ceiling: float
+) -> OperatingPoint:
+    """The rule with the CNN cut it earns alone, when the best rule left the CNN off.
+
+    When the hash finds every pair it can, the best rule's CNN cut ties at the ceiling and never
+    fires. A catalog whose known variants are all turns, flips and light changes (which the
+    stored hash views match exactly) would then calibrate the CNN out of every later search,
+    crops and tilts included. So the CNN keeps the cut at which it alone reaches the target
+    precision on these pairs, provided the two signals together still reach it.
+    """
+    if point.cnn_min < ceiling:
+        return point
+    thresholds, tp, fp = curve(labels, cnn, dist, HASH_OFF, ceiling)
+    i = _best_cut(tp, fp, point.target)
+    if i is None or thresholds[i] >= point.cnn_min:
+        return point
+    fired = (dist <= point.hash_max) | (cnn >= thresholds[i])
+    hits, misses = int(np.sum(fired & labels)), int(np.sum(fired & ~labels))
+    if hits < point.target * (hits + misses):
+        return point
+    return replace(
+        point,
+        cnn_min=float(thresholds[i]),
+        precision=hits / (hits + misses),
+        recall=hits / int(labels.sum()),
+        true_positives=hits,
+        false_positives=misses,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ from search import SearchEngine, thresholds_for
 from search.calibrate import (
     NO_HASH,
     PSEUDO_COUNT,
+    OperatingPoint,
     collect_pairs,
     fit_rule,
     fit_thresholds,
     fit_weights,
+    keep_cnn_on,
     monotone,
     transform_name,
 )
@@ -87,6 +89,33 @@ def test_hash_and_cnn_together_beat_either_alone():
     assert 0.9 < fit.duplicate.cnn_min <= 0.92
     cnn_alone = fit_rule(labels, cnn, np.full(len(labels), NO_HASH), 0.99)
     assert cnn_alone.recall == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_hash_that_finds_every_pair_leaves_the_cnn_its_own_cut():
+    # Known variants that are all turns and light changes: the stored hash views find each at 0
+    # bits, so "hash <= 0" alone has full recall. The CNN must still fire on later crops.
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.ones(300, bool), np.zeros(3000, bool)]
+    dist = np.r_[np.zeros(300, int), rng.integers(10, 33, 3000)]
+    cnn = np.r_[rng.uniform(0.93, 1.0, 300), rng.uniform(0.0, 0.95, 3000)]
+    cnn_alone = fit_rule(labels, cnn, np.full(len(labels), NO_HASH), 0.99)
+    assert 0.93 < cnn_alone.cnn_min < 1.0
+    fit = fit_thresholds(labels, cnn, dist)
+    assert fit.duplicate.hash_max == 0 and fit.duplicate.recall == 1.0
+    assert fit.duplicate.cnn_min == cnn_alone.cnn_min
+    fired = (dist <= 0) | (cnn >= fit.duplicate.cnn_min)
+    assert fit.duplicate.false_positives == int((fired & ~labels).sum())
+    assert fit.duplicate.precision == pytest.approx((fired & labels).sum() / fired.sum())
+    assert fit.duplicate.precision >= 0.99
+    assert fit.similar.cnn_min <= fit.duplicate.cnn_min
+
+
+def test_the_cnn_stays_off_when_it_would_pull_precision_below_target():
+    labels = np.r_[np.ones(100, bool), np.zeros(1000, bool)]
+    dist = np.r_[np.zeros(100, int), [0], np.full(999, 30)]  # the hash alone: P 100/101
+    cnn = np.r_[np.full(100, 0.99), [0.1, 0.995], np.zeros(998)]  # the CNN alone: P 100/101
+    hash_alone = OperatingPoint(0, 1.0, 100 / 101, 1.0, 100, 1, 0.99, True)
+    assert keep_cnn_on(hash_alone, labels, cnn, dist, 1.0) == hash_alone  # together: 100/102
 
 
 def oracle(labels, cnn, dist, target):
