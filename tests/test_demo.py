@@ -19,13 +19,14 @@ def test_demo_indexes_variants_and_checks_every_one(tmp_path, monkeypatch, capsy
     assert checks["rotate"] == "4/4" and checks["mirror"] == "4/4"
     assert checks["all"].endswith("/16")
     assert "top result belongs to the query's original" in out
+    assert "thresholds stored" in out  # step 4 calibrated them for this model
 
 
-def test_demo_no_check_skips_step_5(tmp_path, monkeypatch, capsys):
+def test_demo_no_check_skips_step_6(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TWICE_IMAGE_SIZE", "64")
     monkeypatch.setenv("TWICE_WORKERS", "0")
     args = ["--data-dir", str(tmp_path), "--device", "cpu", "-q", "demo", "--count", "2", "--queries", "1"]
     code = main([*args, "--no-check"])
     out, err = capsys.readouterr()
     assert code == 0, err[-2000:]
-    assert "== 4." in out and "== 5." not in out
+    assert "== 5." in out and "== 6." not in out

@@ -13,6 +13,7 @@ from indexer import Catalog, Indexer, reindex
 from indexer.imageio import load_image
 from model import Embedder
 from search import SearchEngine
+from search.calibrate import calibrate
 from search.report import variant_parents
 
 from .commands import print_results
@@ -26,15 +27,15 @@ def register(subparsers) -> None:
         "demo",
         help="index a generated sample collection with its variants, then search it",
         description="Generate COUNT sample images (once), index them, add the original system's"
-        " four variants of each (rotate, mirror, bright, dark), index those, then query with"
-        " re-encoded transformed copies and show what comes back.",
+        " four variants of each (rotate, mirror, bright, dark), index those, fit the verdict"
+        " thresholds on them, then query with re-encoded transformed copies and show what comes back.",
     )
     p.add_argument("--count", type=int, default=150, help="sample images to generate (default 150)")
     p.add_argument("--queries", type=int, default=3, help="originals to query with (default 3)")
     p.add_argument(
         "--no-check",
         action="store_true",
-        help=f"skip step 5: search with every stored variant and count its original in the top {CHECK_K}",
+        help=f"skip step 6: search with every stored variant and count its original in the top {CHECK_K}",
     )
     p.set_defaults(func=run_demo)
 
@@ -56,7 +57,9 @@ def run_demo(args, options) -> int:
     finally:
         indexer.close()
     print("\n".join(reindex([], options, embedder, progress).lines()))
-    print("== 4. search with transformed, re-encoded copies (not byte-identical to anything stored)")
+    print("== 4. fit the verdict thresholds to this model on the known variant pairs (twice calibrate)")
+    print("\n".join(calibrate(options, progress=progress).lines()))
+    print("== 5. search with transformed, re-encoded copies (not byte-identical to anything stored)")
     picks = sorted({round(i * (len(originals) - 1) / max(1, args.queries - 1)) for i in range(args.queries)})
     found = total = 0
     engine = SearchEngine.open(options, embedder)
@@ -72,7 +75,7 @@ def run_demo(args, options) -> int:
                 total += 1
         print(f"== top result belongs to the query's original (itself or a variant of it): {found}/{total}")
         if not args.no_check:
-            print(f"== 5. search with every stored variant: is its original in the top {CHECK_K}?")
+            print(f"== 6. search with every stored variant: is its original in the top {CHECK_K}?")
             print("\n".join(variant_check_lines(engine, progress)))
     finally:
         engine.close()
