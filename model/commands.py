@@ -83,7 +83,15 @@ def register(subparsers) -> None:
         help="d4: the model pools over the 8 quarter turns/flips, positives skip them;"
         " none: one view, positives include them (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--seed", type=int, default=defaults.seed, help="data, held-out split, init and views (default 0)"
+    )
+    p.add_argument(
+        "--view-seed",
+        type=int,
+        help="seed of the augmented views and batch order only (default: --seed): a fine-tuning"
+        " stage (--init) with a new one sees new views of the same images and held-out split",
+    )
     p.add_argument(
         "--holdout",
         type=int,
@@ -153,6 +161,7 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         dim=args.dim,
         invariance=args.invariance,
         seed=args.seed,
+        view_seed=args.view_seed,
         holdout=args.holdout,
         device=args.train_device or options.device,
         workers=args.workers,

@@ -84,6 +84,7 @@ class TrainConfig:
     dim: int = 256
     invariance: str = "d4"  # d4: positives without turns/flips (the pooling handles them)
     seed: int = 0
+    view_seed: int | None = None  # augmented views and batch order; None: ``seed``
     holdout: int = 120
     device: str = "auto"
     workers: int = 0
@@ -109,6 +110,12 @@ class TrainConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         check_invariance(self.invariance)
+
+    @property
+    def views_seed(self) -> int:
+        """Seed of the views and the batch order: a fine-tuning stage with a new one sees new
+        views of the same images (same data, same held-out split)."""
+        return self.seed if self.view_seed is None else self.view_seed
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -185,7 +192,7 @@ class Trainer:
         self.dtype = autocast_dtype(self.device)
         d4 = config.invariance == "d4"
         steps = STEPS_FOR_INVARIANCE[config.invariance]
-        self.dataset = PairDataset(train_images, config.size, config.seed, steps, same_pose=d4)
+        self.dataset = PairDataset(train_images, config.size, config.views_seed, steps, same_pose=d4)
         self.holdout = holdout_images
         self.data_summary = data_summary or {}
         self.steps_per_epoch = len(train_images) // config.batch
@@ -343,7 +350,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, done: int, bar: tqdm, on_step) -> bool:
         self.dataset.epoch = epoch
-        batches = epoch_order(len(self.dataset), self.config.batch, self.config.seed, epoch)
+        batches = epoch_order(len(self.dataset), self.config.batch, self.config.views_seed, epoch)
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches[done : self.steps_per_epoch],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import io
 import json
@@ -253,3 +254,14 @@ def test_init_starts_from_a_checkpoint_and_refuses_a_mismatch(uninterrupted, fol
     config.dim = 32
     with pytest.raises(ValueError, match="a vgg16_bn d16 checkpoint cannot start a vgg16_bn d32 run"):
         Trainer(config, images, [])
+
+
+def test_view_seed_gives_new_views_of_the_same_images(folder, tmp_path):
+    images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
+    base = TrainConfig(out_dir=tmp_path, size=SIZE, batch=3, dim=16, holdout=0, device="cpu",
+                       sources=Sources([], [folder]))  # fmt: skip
+    restaged = dataclasses.replace(base, view_seed=7)
+    same, new = Trainer(base, images, []).dataset, Trainer(restaged, images, []).dataset
+    same.epoch = new.epoch = 1
+    assert same.images == new.images and not torch.equal(same[0][1], new[0][1])
+    assert base.views_seed == 0 and TrainConfig.from_json(restaged.to_json()).views_seed == 7
