@@ -355,13 +355,18 @@ def _rank_key(result: dict) -> tuple:
     # Weights within 0.01 nats are equal evidence: with d4 pooling an image and its stored
     # turned/mirrored variants share one embedding, and the copy in the query's own pose
     # (no dihedral transform needed) goes first rather than whichever float noise favours.
+    # Likewise the copy whose own hash matched before one matched through a stored photometric
+    # view: a darkened query is 0 bits from the original's stored dark view and 0 bits from a
+    # stored dark copy's plain hash, and the row that is the dark copy comes first.
     evidence = result["evidence"]
-    distance = evidence["hash"]["distance"] if evidence["hash"] is not None else 65
+    hashed = evidence["hash"]
+    distance = hashed["distance"] if hashed is not None else 65
     return (
         not result["exact"],
         RANK[result["verdict"]],
         -round(evidence["weight"], 2),
         evidence["transform"] is not None,
+        hashed is not None and hashed["stored"] is not None,
         -result["score"],
         distance,
         result["id"],

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from conftest import make_options
-from imagegen import image_bytes, make_image
+from imagegen import dusk_art, image_bytes, make_image
 from indexer import Catalog, reindex
 from model import Embedder
 from search import SearchEngine, Thresholds, thresholds_for
@@ -269,8 +269,8 @@ def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedd
 def test_rank_order_within_a_verdict():
     from search.engine import _rank_key
 
-    def result(i, score, weight, distance, verdict=DUPLICATE, exact=False, transform=None):
-        hashed = {"distance": distance} if distance is not None else None
+    def result(i, score, weight, distance, verdict=DUPLICATE, exact=False, transform=None, stored=None):
+        hashed = {"distance": distance, "stored": stored} if distance is not None else None
         evidence = {"weight": weight, "hash": hashed, "transform": transform}
         return {"id": i, "score": score, "verdict": verdict, "exact": exact, "evidence": evidence}
 
@@ -283,8 +283,9 @@ def test_rank_order_within_a_verdict():
         result(6, 0.10, 40.0, None, verdict=SIMILAR),  # a lower verdict, however heavy
         result(7, 0.20, -3.0, 0, exact=True),  # the same bytes first, whatever the rest
         result(8, 1.00, 9.004, 0, transform="mirror"),  # equal weight, but only as a mirror image
+        result(9, 1.00, 9.0, 0, stored="dark"),  # equal weight, but only through its stored dark view
     ]
-    assert [r["id"] for r in sorted(results, key=_rank_key)] == [7, 3, 2, 5, 4, 8, 1, 6]
+    assert [r["id"] for r in sorted(results, key=_rank_key)] == [7, 3, 2, 5, 4, 9, 8, 1, 6]
 
 
 def test_default_weights_let_hash_bits_outweigh_a_cnn_that_cannot_tell():
@@ -411,4 +412,31 @@ def test_hash_candidates_reach_past_a_small_calibrated_similar_radius(indexed, o
     assert 2 < hit["evidence"]["hash"]["distance"] <= 12
     assert hit["evidence"]["hash"]["verdict"] == DIFFERENT  # ...whose hash verdict follows the thresholds
     assert hits[0]["id"] == row.id  # and the evidence weight puts it first
+    engine.close()
+
+
+def test_a_copy_matched_by_its_own_hash_ranks_before_one_matched_through_a_stored_view(
+    indexed, options, embedder
+):
+    from augment import apply_transform
+    from indexer import Indexer
+
+    original = dusk_art(5, SIZE)
+    dark = apply_transform(original, "dark")  # the blobs clip to black: the plain hash moves
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    # Both pending (no vectors, no CNN score): the hash alone weighs, and both weigh the same.
+    parent = indexer.add_bytes(image_bytes(original), "dusk.png").row
+    copy = indexer.add_bytes(image_bytes(dark), "dusk_dark.png", parent_id=parent.id, transform="dark").row
+    indexer.close()
+    engine = open_engine(options, embedder)
+    query = image_bytes(dark, "PNG", compress_level=1)  # the dark copy's pixels, not its bytes
+    hits = {hit["id"]: hit for hit in engine.search_bytes(query, k=8)["results"]}
+    assert hits[parent.id]["evidence"]["hash"]["stored"] == "dark"
+    assert hits[copy.id]["evidence"]["hash"]["stored"] is None
+    for hit in (hits[parent.id], hits[copy.id]):
+        assert hit["exact"] is False and hit["verdict"] == DUPLICATE and hit["evidence"]["cnn"] is None
+        assert hit["evidence"]["hash"]["distance"] == 0 and hit["evidence"]["transform"] is None
+    assert hits[parent.id]["evidence"]["weight"] == hits[copy.id]["evidence"]["weight"]
+    # Equal evidence otherwise (the original has the smaller id): the dark copy itself first.
+    assert list(hits)[:2] == [copy.id, parent.id]
     engine.close()
