@@ -60,6 +60,7 @@ CSV_COLUMNS = (
     "hash_distance",
     "hash_transform",
     "hash_stored",
+    "hash_stored_of",
     "decided_by",
     "source",
     "page_url",
@@ -151,18 +152,23 @@ class DuplicateScan:
     def vector(self, image_id: int) -> np.ndarray:
         return self.xb[int(np.searchsorted(self.ids, image_id))]
 
-    def judge(self, a: int, b: int) -> tuple[float, Judgement, dict | None]:
-        """CNN score, verdict and hash evidence of b against a (the transform turns a into b)."""
-        score = float(np.clip(self.vector(a) @ self.vector(b), -1.0, 1.0))
-        match = self.hashes.match(a, b) if self.hashes.radius >= 0 else None
-        judgement = self.thresholds.judge(score, None if match is None else match.distance)
+    def judge(self, original: int, member: int) -> tuple[float, Judgement, dict | None]:
+        """CNN score, verdict and hash evidence of a member against its group's original (the
+        transform turns the original into the member)."""
+        score = float(np.clip(self.vector(original) @ self.vector(member), -1.0, 1.0))
+        found = self.hashes.match(original, member) if self.hashes.radius >= 0 else None
+        judgement = self.thresholds.judge(score, None if found is None else found[0].distance)
         hashed = None
-        if match is not None:
+        if found is not None:
+            match, side = found
             hashed = {
                 "distance": match.distance,
                 "bits": HASH_BITS,
                 "transform": match.transform,
-                "stored": match.stored,  # a photometric view of one side (``pair_match``); None: plain
+                # The photometric view that matched (None: the plain hashes did), and whose:
+                # search's is always the result's, a pair's may be either side's.
+                "stored": match.stored,
+                "stored_of": None if side is None else ("original" if side == original else "member"),
             }
         return score, judgement, hashed
 
@@ -592,7 +598,9 @@ def member_dict(row: ImageRow, role: str, score: float, scan: DuplicateScan, opt
 def member_evidence(scan: DuplicateScan, original: int, member: int) -> tuple[float, dict]:
     """A member's CNN score to the original and its evidence, shaped as search's ``evidence``.
 
-    ``transform`` is the dihedral map from the original to the member when the hash decided.
+    ``transform`` is the dihedral map from the original to the member when the hash decided;
+    ``hash.stored_of`` says whose stored photometric view ``hash.stored`` is ("original" or
+    "member"; in search it is always the result's).
     """
     score, judgement, hashed = scan.judge(original, member)
     if hashed is not None:
@@ -832,6 +840,7 @@ def evidence_columns(evidence: dict | None) -> dict:
         "hash_distance": hashed.get("distance"),
         "hash_transform": hashed.get("transform"),
         "hash_stored": hashed.get("stored"),
+        "hash_stored_of": hashed.get("stored_of"),
         "decided_by": "+".join(evidence["decided_by"]),
     }
 

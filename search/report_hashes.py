@@ -96,15 +96,23 @@ def pair_match(a: int, views_a: np.ndarray, b: int, views_b: np.ndarray) -> Hash
     """The nearer direction of the pair (a, b): ``transform`` turns image a into image b.
 
     a's dihedral views against b's stored hashes (plain and photometric), or b's against a's
-    (inverted); ``stored`` names the photometric view of the side that matched. Ties go to a's
-    side, then to the plain hash, then to the earlier view.
+    (inverted); ``stored`` names the photometric view that matched, of either side
+    (``pair_evidence`` says which). Ties go to a's views against b's stored hashes, then to the
+    plain hash, then to the earlier view.
     """
+    return pair_evidence(a, views_a, b, views_b)[0]
+
+
+def pair_evidence(a: int, views_a: np.ndarray, b: int, views_b: np.ndarray) -> tuple[HashMatch, int | None]:
+    """``pair_match``, and whose stored photometric view matched: a or b (an id), None when a
+    plain hash did."""
     views_a, views_b = np.asarray(views_a, np.int64), np.asarray(views_b, np.int64)
     forward = nearest_match(views_a[:TURNS], b, stored_of(views_b[None])[0])
     backward = nearest_match(views_b[:TURNS], a, stored_of(views_a[None])[0])
     if forward.distance <= backward.distance:
-        return forward
-    return HashMatch(b, backward.distance, INVERSE[backward.transform], backward.stored)
+        return forward, None if forward.stored is None else b
+    inverted = HashMatch(b, backward.distance, INVERSE[backward.transform], backward.stored)
+    return inverted, None if backward.stored is None else a
 
 
 def pairs_touching(
@@ -167,12 +175,13 @@ class HashScan:
         found = (self.ids[pos] == image_ids) if len(self.ids) else np.zeros(len(image_ids), bool)
         return pos, found
 
-    def match(self, a: int, b: int) -> HashMatch | None:
-        """Hash evidence between two images (transform turns a into b); None without views."""
+    def match(self, a: int, b: int) -> tuple[HashMatch, int | None] | None:
+        """Hash evidence between two images (transform turns a into b) and whose stored
+        photometric view matched (``pair_evidence``); None without views."""
         (pa, pb), found = self._rows(np.array([a, b]))
         if not found.all():
             return None
-        return pair_match(a, self.views[pa], b, self.views[pb])
+        return pair_evidence(a, self.views[pa], b, self.views[pb])
 
     def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Best distance of each pair (a[i], b[i]); ``NO_HASH`` where a side has no views."""

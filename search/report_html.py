@@ -189,11 +189,18 @@ def evidence_html(evidence: dict | None) -> str:
     parts = []
     if hashed is not None and "hash" in evidence["signals"]:
         turn = "" if hashed["transform"] == "identity" else f" &middot; {escape(hashed['transform'])}"
-        view = f" &middot; {escape(hashed['stored'])}" if hashed.get("stored") else ""
+        view = f" &middot; {stored_view(hashed)}" if hashed.get("stored") else ""
         parts.append(f'<div class="num ev">hash {hashed["distance"]} bits{view}{turn}</div>')
     if evidence["decided_by"]:
         parts.append(f'<div class="ev">by {escape(" + ".join(evidence["decided_by"]))}</div>')
     return "".join(parts)
+
+
+def stored_view(hashed: dict) -> str:
+    """Which stored photometric view matched, on a member's card: the original's or its own."""
+    view = escape(hashed["stored"])
+    whose = hashed.get("stored_of")
+    return {"original": f"{view} view of the original", "member": f"its own {view} view"}.get(whose, view)
 
 
 def source_html(member: dict) -> str:

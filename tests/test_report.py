@@ -34,10 +34,11 @@ from search.hashing import (
     is_flat,
     load_hashes,
     phash,
+    stored_hashes,
 )
 from search.pairs import find_pairs, group_pairs, plant_groups
 from search.report import build_report, pick_original, render, report_csv
-from search.report_hashes import pair_match, pairs_touching
+from search.report_hashes import pair_evidence, pair_match, pairs_touching
 from twice.cli import main
 
 DIM = 64
@@ -445,7 +446,10 @@ def test_hash_pairs_group_turned_and_re_encoded_copies_the_cnn_misses(collection
     assert alone["groups"] == [] and alone["recall"]["recovered"] == 0 and alone["cache"]["hash"]["off"]
 
 
-def test_a_brightened_variant_pairs_with_its_original_through_the_bright_view(collection, tmp_path):
+@pytest.mark.parametrize("bright_first", [False, True])
+def test_a_brightened_variant_pairs_with_its_original_through_the_bright_view(
+    collection, tmp_path, bright_first
+):
     set_thresholds(collection.options, hash_duplicate=2, hash_similar=4)  # the demo's calibrated cut
     original = pale_art(3)
     brightened = apply_transform(original, "bright")
@@ -455,23 +459,54 @@ def test_a_brightened_variant_pairs_with_its_original_through_the_bright_view(co
         hamming(dihedral_hashes(original), phash(brightened)).min(),
     )
     assert plain > 8
-    ids = {"a": collection.add(collection.random(), image=original)}
-    ids["a_bright"] = collection.add(
-        collection.random(), image=brightened, parent_id=ids["a"], transform="bright"
-    )
+    if bright_first:  # same size: the earlier one is the group's original, whose view did not match
+        ids = {"a_bright": collection.add(collection.random(), image=brightened)}
+        ids["a"] = collection.add(collection.random(), image=original)
+    else:
+        ids = {"a": collection.add(collection.random(), image=original)}
+        ids["a_bright"] = collection.add(
+            collection.random(), image=brightened, parent_id=ids["a"], transform="bright"
+        )
     for _ in range(6):
         collection.add(collection.random())
     collection.save()
     report = build_report(collection.options, include_variants=True)
     assert report_groups(report) == [sorted(ids.values())]
     assert report_groups(report) == oracle_groups(set(oracle_hash_pairs(collection.options, 2)))
-    member = next(m for m in report["groups"][0]["members"] if m["id"] == ids["a_bright"])
-    assert member["evidence"]["hash"]["distance"] == 0 and member["evidence"]["hash"]["stored"] == "bright"
-    assert report["recall"]["by_transform"]["bright"] == {"recovered": 1, "total": 1}
+    first, second = ("a_bright", "a") if bright_first else ("a", "a_bright")
+    assert report["groups"][0]["members"][0]["id"] == ids[first]  # the original
+    member = report["groups"][0]["members"][1]
+    assert member["id"] == ids[second]
+    # Whichever is the original, the matched view is the plain image's bright one.
+    whose = "member" if bright_first else "original"
+    hashed = member["evidence"]["hash"]
+    assert (hashed["distance"], hashed["stored"], hashed["stored_of"]) == (0, "bright", whose)
+    assert json.loads(render(report, "json"))["groups"][0]["members"][1]["evidence"]["hash"] == hashed
     page = render(report, "html", tmp_path / "r.html")
-    assert "hash 0 bits &middot; bright" in page
+    shown = "its own bright view" if bright_first else "bright view of the original"
+    assert f"hash 0 bits &middot; {shown}</div>" in page
     rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
-    assert rows[ids["a_bright"]]["hash_stored"] == "bright"
+    assert (rows[ids[second]]["hash_stored"], rows[ids[second]]["hash_stored_of"]) == ("bright", whose)
+    assert rows[ids[first]]["hash_stored"] == rows[ids[first]]["hash_stored_of"] == ""
+    if not bright_first:
+        assert report["recall"]["by_transform"]["bright"] == {"recovered": 1, "total": 1}
+
+
+def test_pair_evidence_says_whose_stored_view_matched():
+    original, turned = pale_art(4), pale_art(5)
+    brightened = apply_transform(original, "bright")
+
+    def views(image):
+        return np.r_[dihedral_hashes(image), [h or 0 for h in stored_hashes(image)[1:]]]
+
+    match, side = pair_evidence(1, views(original), 2, views(brightened))
+    assert (match.id, match.distance, match.stored, side) == (2, 0, "bright", 1)  # 1's bright view
+    match, side = pair_evidence(2, views(brightened), 1, views(original))
+    assert (match.id, match.distance, match.stored, side) == (1, 0, "bright", 1)
+    assert pair_match(2, views(brightened), 1, views(original)) == match
+    mirrored = turned.transpose(TURNS["mirror"])
+    match, side = pair_evidence(3, views(turned), 4, views(mirrored))  # plain hashes: nobody's view
+    assert (match.distance, match.transform, match.stored, side) == (0, "mirror", None, None)
 
 
 def test_threshold_overrides_the_cnn_cut_and_keeps_the_hash_cut(collection):
