@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from werkzeug.serving import make_server
 
 import api
@@ -80,6 +81,9 @@ def test_upload_shows_the_duplicate_at_rank_1(site, browser, tmp_path):
     assert badge.text == "duplicate" and "duplicate" in badge.get_attribute("class")
     assert "same bytes" in first.find_element(By.CSS_SELECTOR, ".score").text
     assert first.find_element(By.CSS_SELECTOR, ".source").text == str(paths[3])
+    # The evidence line, as `twice search` prints it.
+    evidence = first.find_element(By.CSS_SELECTOR, ".evidence").text
+    assert evidence == "hash 0 bits; CNN 1.000 (decided by exact, hash, cnn)"
     thumb = first.find_element(By.TAG_NAME, "img")
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumb))
     colour = badge.value_of_css_property("background-color")
@@ -92,6 +96,17 @@ def test_upload_shows_the_duplicate_at_rank_1(site, browser, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, Path(keep) / screenshot.name)
+
+    mirrored = tmp_path / "mirrored.png"
+    with Image.open(paths[2]) as image:
+        image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored)
+    choose_file(browser, mirrored)
+    browser.find_element(By.ID, "search-button").click()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#results li.result .evidence"), "mirror"))
+    first = browser.find_element(By.CSS_SELECTOR, "#results li.result")
+    assert first.find_element(By.CSS_SELECTOR, ".source").text == str(paths[2])
+    evidence = first.find_element(By.CSS_SELECTOR, ".evidence").text
+    assert evidence.startswith("hash 0 bits, as mirror; CNN ") and "(decided by hash" in evidence
 
     new = tmp_path / "new.png"
     new.write_bytes(image_bytes(make_image(4242)))
