@@ -508,18 +508,13 @@ def hash_pairs(ids: np.ndarray, views: np.ndarray, radius: int) -> dict[tuple[in
     return pairs
 
 
-def load_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, hashes) of catalogued images with a current-version hash and an id above ``after_id``.
+def load_stored_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (N, 3) stored hashes) of catalogued images with a current-version hash and an id
+    above ``after_id``: the plain hash, then each ``STORED_VIEWS`` view's (0 where NULL: flat,
+    see ``stored_present``).
 
     Hashes of another ``HASH_VERSION`` are left out until ``twice reindex`` recomputes them.
     """
-    ids, stored = load_stored_hashes(catalog, after_id)
-    return ids, stored[:, 0].copy()
-
-
-def load_stored_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, (N, 3) stored hashes) as ``load_hashes``: the plain hash, then each ``STORED_VIEWS``
-    view's (0 where NULL: flat, see ``stored_present``)."""
     columns = [getattr(ImageRow, name) for name in STORED_COLUMNS]
     with catalog.session() as session:
         rows = session.execute(

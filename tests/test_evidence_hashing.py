@@ -23,7 +23,6 @@ from search.hashing import (
     dihedral_image,
     hamming,
     hash_pairs,
-    load_hashes,
     load_stored_hashes,
     nearest_match,
     phash,
@@ -207,6 +206,12 @@ def test_ingest_stores_the_hash_of_the_decoded_image(options):
     indexer.close()
 
 
+def stored_by_id(catalog) -> dict[int, list[int]]:
+    """{id: [plain, bright, dark]} of the catalog's current-version stored hashes."""
+    ids, stored = load_stored_hashes(catalog)
+    return dict(zip(ids.tolist(), stored.tolist(), strict=True))
+
+
 def test_hashes_of_another_version_are_ignored_then_recomputed_by_reindex(tmp_path, options, embedder):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -214,7 +219,7 @@ def test_hashes_of_another_version_are_ignored_then_recomputed_by_reindex(tmp_pa
         line_art(seed).save(folder / f"art_{seed}.png")
     reindex([folder], options, embedder, progress=False)
     catalog = Catalog(options.catalog_url)
-    current = dict(zip(*[a.tolist() for a in load_hashes(catalog)], strict=True))
+    current = stored_by_id(catalog)
     assert len(current) == 3
     catalog.close()
     # A catalog hashed by version 1: other bits under another version number.
@@ -223,7 +228,7 @@ def test_hashes_of_another_version_are_ignored_then_recomputed_by_reindex(tmp_pa
             "UPDATE images SET phash = (phash | 255) - (phash & 255), phash_version = ?", (HASH_VERSION - 1,)
         )
     catalog = Catalog(options.catalog_url)
-    assert len(load_hashes(catalog)[0]) == 0  # not comparable: no hash evidence from them
+    assert len(load_stored_hashes(catalog)[0]) == 0  # not comparable: no hash evidence from them
     catalog.close()
     engine = SearchEngine.open(options, embedder)
     query = dihedral_image(line_art(1), "rotate 90")
@@ -233,7 +238,7 @@ def test_hashes_of_another_version_are_ignored_then_recomputed_by_reindex(tmp_pa
     summary = reindex([], options, embedder, progress=False)
     assert summary.hashed == 3 and summary.added == 0
     catalog = Catalog(options.catalog_url)
-    assert dict(zip(*[a.tolist() for a in load_hashes(catalog)], strict=True)) == current
+    assert stored_by_id(catalog) == current
     catalog.close()
     assert reindex([], options, embedder, progress=False).hashed == 0
     engine = SearchEngine.open(options, embedder)

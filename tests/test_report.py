@@ -32,7 +32,7 @@ from search.hashing import (
     hamming,
     hash_pairs,
     is_flat,
-    load_hashes,
+    load_stored_hashes,
     phash,
     stored_hashes,
 )
@@ -317,10 +317,10 @@ def oracle_hash_pairs(options, radius: int) -> dict[tuple[int, int], int]:
     and compared, both ways, with the other image's stored hash and the hashes of its bright
     and dark views (unless flat); the nearer way counts."""
     catalog = Catalog(options.catalog_url)
-    ids, stored = load_hashes(catalog)
+    ids, stored = load_stored_hashes(catalog)  # the plain hash; the views are recomputed below
     rows = catalog.get_many(ids.tolist())
     catalog.close()
-    stored = dict(zip(ids.tolist(), stored.tolist(), strict=True))
+    stored = dict(zip(ids.tolist(), stored[:, 0].tolist(), strict=True))
     views, targets = {}, {}
     for i in ids.tolist():
         with Image.open(Path(options.images_dir) / rows[i].stored_path) as image:
