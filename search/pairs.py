@@ -218,6 +218,31 @@ def group_pairs(a: np.ndarray, b: np.ndarray) -> list[list[int]]:
     return sorted((sorted(g) for g in groups.values()), key=lambda g: (-len(g), g[0]))
 
 
+def pair_graph(a: np.ndarray, b: np.ndarray) -> dict[int, list[int]]:
+    """Each image's partners in the pairs (a[i], b[i]), sorted."""
+    graph: dict[int, list[int]] = {}
+    for x, y in zip(np.asarray(a).tolist(), np.asarray(b).tolist(), strict=True):
+        graph.setdefault(x, []).append(y)
+        graph.setdefault(y, []).append(x)
+    return {x: sorted(partners) for x, partners in graph.items()}
+
+
+def chains_from(start: int, graph: dict[int, list[int]]) -> dict[int, list[int]]:
+    """For every image connected to ``start``: the images between them on a shortest chain of
+    pairs (empty for a partner of ``start`` itself). Breadth first, partners by id."""
+    between: dict[int, list[int]] = {start: []}
+    frontier = [start]
+    while frontier:
+        reached = []
+        for x in frontier:
+            for y in graph.get(x, ()):
+                if y not in between:
+                    between[y] = [*between[x], x] if x != start else []
+                    reached.append(y)
+        frontier = reached
+    return between
+
+
 def plant_groups(
     n: int,
     dim: int,

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from indexer import Catalog, ImageRow, IndexFileError, IndexMismatchError, Vecto
 from indexer.catalog import Base
 
 from .hashing import HASH_BITS
-from .pairs import METHODS, canonical_pairs, check_threshold, find_pairs, group_pairs
+from .pairs import METHODS, canonical_pairs, chains_from, check_threshold, find_pairs, group_pairs, pair_graph
 from .report_hashes import HashScan, scan_hashes
 from .verdicts import RANK, Judgement, Thresholds, thresholds_for
 
@@ -62,6 +63,7 @@ CSV_COLUMNS = (
     "hash_stored",
     "hash_stored_of",
     "decided_by",
+    "via",
     "source",
     "page_url",
     "path",
@@ -151,6 +153,11 @@ class DuplicateScan:
 
     def vector(self, image_id: int) -> np.ndarray:
         return self.xb[int(np.searchsorted(self.ids, image_id))]
+
+    @cached_property
+    def graph(self) -> dict[int, list[int]]:
+        """Each image's duplicate partners."""
+        return pair_graph(self.pairs.a, self.pairs.b)
 
     def judge(self, original: int, member: int) -> tuple[float, Judgement, dict | None]:
         """CNN score, verdict and hash evidence of a member against its group's original (the
@@ -573,7 +580,11 @@ def describe_changes(
 # the report ----------------------------------------------------------------------------------
 
 
-def member_dict(row: ImageRow, role: str, score: float, scan: DuplicateScan, options, evidence=None) -> dict:
+def member_dict(
+    row: ImageRow, role: str, score: float, scan: DuplicateScan, options, evidence=None, via=()
+) -> dict:
+    """One image of a group; ``via``: the images that chain it to the original when the two are
+    not a duplicate pair themselves (single linkage joins A-B-C though A-C may be different)."""
     score = float(np.clip(score, -1.0, 1.0))
     verdict = scan.thresholds.verdict(score) if evidence is None else evidence.pop("verdict")
     return {
@@ -582,6 +593,7 @@ def member_dict(row: ImageRow, role: str, score: float, scan: DuplicateScan, opt
         "score": round(score, 6),
         "verdict": verdict,
         "evidence": evidence,
+        "via": list(via),
         "source": row.source,
         "page_url": row.page_url,
         "path": str(Path(options.images_dir) / row.stored_path),
@@ -636,13 +648,14 @@ def describe_group(group, rows, parents, scan, options, include_variants: bool) 
     """One group: the original first, then the others in search's order against it."""
     original = pick_original([rows[i] for i in group])
     expected = known_variants(group, parents) - {original.id}
+    chains = chains_from(original.id, scan.graph)
     others = []
     for i in group:
         if i == original.id or (i in expected and not include_variants):
             continue
         role = "variant" if i in expected else "duplicate"
         score, evidence = member_evidence(scan, original.id, i)
-        others.append(member_dict(rows[i], role, score, scan, options, evidence))
+        others.append(member_dict(rows[i], role, score, scan, options, evidence, chains[i]))
     others.sort(key=member_rank)
     findings = len(group) - 1 - len(expected)
     distances = [m["evidence"]["hash"]["distance"] for m in others if m["evidence"]["hash"] is not None]
@@ -823,6 +836,7 @@ def report_csv(report: dict) -> str:
                 {
                     **member,
                     **evidence_columns(member["evidence"]),
+                    "via": via_cell(member),
                     "group": group["group"],
                     "group_size": group["size"],
                     "change": group.get("change"),
@@ -843,6 +857,10 @@ def evidence_columns(evidence: dict | None) -> dict:
         "hash_stored_of": hashed.get("stored_of"),
         "decided_by": "+".join(evidence["decided_by"]),
     }
+
+
+def via_cell(member: dict) -> str:
+    return " ".join(str(i) for i in member.get("via", ()))
 
 
 def report_json(report: dict) -> str:

@@ -175,6 +175,7 @@ def member_card(member: dict, thumbs: Thumbnails, base: Path | None) -> str:
     return (
         f'<div class="card role-{role}"><a href="{escape(link)}">{picture}</a>{badges}'
         f'<div class="num">#{member["id"]} &middot; {score}</div>{evidence_html(member.get("evidence"))}'
+        f"{via_html(member)}"
         f'<div class="num">{member["width"]}&times;{member["height"]}'
         f" {escape(member['format'] or '')}{transform}</div>"
         f"{source_html(member)}</div>"
@@ -201,6 +202,14 @@ def stored_view(hashed: dict) -> str:
     view = escape(hashed["stored"])
     whose = hashed.get("stored_of")
     return {"original": f"{view} view of the original", "member": f"its own {view} view"}.get(whose, view)
+
+
+def via_html(member: dict) -> str:
+    """The chain of duplicate pairs that joined a member not paired with the original itself."""
+    if not member.get("via"):
+        return ""
+    chain = " &rarr; ".join(f"#{i}" for i in member["via"])
+    return f'<div class="ev">joined via {chain}</div>'
 
 
 def source_html(member: dict) -> str:

@@ -14,6 +14,7 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
+from itertools import pairwise
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -36,7 +37,7 @@ from search.hashing import (
     phash,
     stored_hashes,
 )
-from search.pairs import find_pairs, group_pairs, plant_groups
+from search.pairs import chains_from, find_pairs, group_pairs, pair_graph, plant_groups
 from search.report import build_report, pick_original, render, report_csv
 from search.report_hashes import pair_evidence, pair_match, pairs_touching
 from twice.cli import main
@@ -155,6 +156,30 @@ def test_group_pairs_joins_chains_and_orders_largest_first():
     assert group_pairs(np.array([], dtype=np.int64), np.array([], dtype=np.int64)) == []
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_chains_are_shortest_chains_of_pairs(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 30, 45), rng.integers(0, 30, 45)
+    a, b = a[a != b], b[a != b]
+    graph = pair_graph(a, b)
+    linked = {frozenset(p) for p in zip(a.tolist(), b.tolist(), strict=True)}
+    hops = {0: 0}  # oracle: relax every pair until nothing changes
+    while True:
+        before = dict(hops)
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            for u, v in ((x, y), (y, x)):
+                if u in hops and hops[u] + 1 < hops.get(v, 10**9):
+                    hops[v] = hops[u] + 1
+        if hops == before:
+            break
+    chains = chains_from(0, graph)
+    assert set(chains) == set(hops)
+    for end, between in chains.items():
+        path = [0, *between, end] if end != 0 else [0]
+        assert len(path) - 1 == hops[end]
+        assert all(frozenset(step) in linked for step in pairwise(path))
+
+
 def test_find_pairs_rejects_bad_arguments():
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(4))
     xq = unit(np.ones((2, 4), dtype=np.float32))
@@ -187,6 +212,27 @@ def test_report_finds_every_planted_group_with_scores_to_the_original(collection
             assert member["verdict"] == "duplicate"
             assert Path(member["path"]).is_file()
     assert [g["size"] for g in report["groups"]] == [4, 3, 2]  # largest group first
+
+
+def test_a_member_chained_to_the_original_says_through_which_images(collection, tmp_path):
+    # A-B and B-C are duplicate pairs (cosine 0.93), A-C is not (0.72): one group, and C's
+    # evidence against the original A says `different`, so the report names the chain.
+    u, w = collection.random(), collection.random()
+    w = unit(w - (w @ u) * u)
+    angle = np.radians([0.0, 22.0, 44.0])
+    a, b, c = (unit(np.cos(t) * u + np.sin(t) * w) for t in angle)
+    first = collection.add(a, size=(64, 48))  # the largest: the original
+    middle, last = collection.add(b), collection.add(c)
+    collection.save()
+    report = build_report(collection.options)
+    (group,) = report["groups"]
+    members = {m["id"]: m for m in group["members"]}
+    assert group["members"][0]["id"] == first
+    assert members[middle]["via"] == [] and members[middle]["verdict"] == "duplicate"
+    assert members[last]["via"] == [middle] and members[last]["verdict"] == "different"
+    assert f"joined via #{middle}<" in render(report, "html", tmp_path / "r.html")
+    rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
+    assert (rows[last]["via"], rows[middle]["via"], rows[first]["via"]) == (str(middle), "", "")
 
 
 def test_report_refuses_bad_input(collection, options):
