@@ -81,7 +81,7 @@ def print_results(response: dict, out=None) -> None:
         print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}", file=out)
         print(f"     {why(hit)}", file=out)
     t = response["thresholds"]
-    rules = f"CNN >= {t['duplicate']} or hash <= {t.get('hash_duplicate', '-')} bits"
+    rules = f"CNN >= {t['duplicate']:.6g} or hash <= {t.get('hash_duplicate', '-')} bits"
     print(
         f"model {response['model']}; duplicate: {rules} ({t['source']}); {response['took_ms']:.0f} ms",
         file=out,
