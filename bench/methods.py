@@ -31,7 +31,7 @@ def random_embedder(options) -> Embedder:
     """A seeded random-init VGG-16 (the same weights twice falls back to without any)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # model.weights' HEAD_SEED: same version id as the fallback
-        net = EmbeddingNet(options.arch, options.embed_dim)
+        net = EmbeddingNet(options.arch, options.embed_dim, options.invariance)
     device = pick_device(options.device)
     info = WeightsInfo("random", "random|seed0")
     return Embedder(net, info, options.image_size, device, pick_precision(device, options.precision))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench.calibration import calibrate_on_distractors
 from bench.machine import MemoryProbe
-from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits
+from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits, random_embedder
 from bench.metrics import Hit, MethodScores, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
 from bench.quality import flat_summary, is_flat_grey, single_colour_queries
 from bench.results import markdown_table, write_results
@@ -378,3 +378,9 @@ def test_bench_speed_rejects_bad_sizes(tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert main(["--data-dir", str(tmp_path), "bench", "quality", "--tag", "../x"]) == 1
     assert "--tag may hold letters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("invariance", ["d4", "none"])
+def test_the_random_init_competitor_has_the_configured_pooling(tmp_path, invariance):
+    embedder = random_embedder(make_options(tmp_path, invariance=invariance))
+    assert embedder.net.invariance == invariance and f"-{invariance}-random-" in embedder.version
