@@ -92,6 +92,8 @@ class VectorIndex:
                 xb = self.index.index.reconstruct_n(0, len(ids)) if len(ids) else self._empty()
             else:
                 ids, xb = self._ivf_lists()
+        if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
+            return ids, xb  # already in id order: no second copy of every vector
         order = np.argsort(ids, kind="stable")
         return ids[order], xb[order]
 

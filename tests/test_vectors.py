@@ -126,3 +126,14 @@ def test_tiny_flat_limit_still_converts_to_ivf():
     index.add(np.arange(120), xb)
     assert index.kind == "ivf"
     np.testing.assert_array_equal(index.search(xb[:5], 1)[1][:, 0], np.arange(5))
+
+
+def test_vectors_come_in_id_order_whatever_the_insertion_order():
+    xb = unit_vectors(3)
+    index = VectorIndex("m1", 16)
+    index.add(np.array([5, 2, 9]), xb)
+    ids, stored = index.vectors()
+    assert ids.tolist() == [2, 5, 9]
+    np.testing.assert_allclose(stored, xb[[1, 0, 2]], atol=1e-6)
+    index.add(np.array([1]), xb[:1])
+    assert index.vectors()[0].tolist() == [1, 2, 5, 9]
