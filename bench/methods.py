@@ -9,13 +9,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
 from indexer import ImageError, decode_image, reindex
 from indexer.imageio import read_file_bytes
-from model import Embedder, EmbeddingNet, WeightsInfo, pick_device, pick_precision
+from model import Embedder, WeightsInfo, pick_device, pick_precision, seeded_network
 from search import SearchEngine
 
 from .calibration import BenchCalibration, store_thresholds
@@ -29,9 +28,7 @@ PHASH_THRESHOLD = 10  # imagededup's default max_distance_threshold for find_dup
 
 def random_embedder(options) -> Embedder:
     """A seeded random-init VGG-16 (the same weights twice falls back to without any)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # model.weights' HEAD_SEED: same version id as the fallback
-        net = EmbeddingNet(options.arch, options.embed_dim, options.invariance)
+    net = seeded_network(options.arch, options.embed_dim, options.invariance)
     device = pick_device(options.device)
     info = WeightsInfo("random", "random|seed0")
     return Embedder(net, info, options.image_size, device, pick_precision(device, options.precision))

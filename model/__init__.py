@@ -2,7 +2,14 @@
 
 from .embedder import Embedder, Preprocess, iter_batches, pick_device, pick_precision
 from .network import ARCHS, EmbeddingNet, GeM
-from .weights import CheckpointError, WeightsInfo, build_network, load_checkpoint, save_checkpoint
+from .weights import (
+    CheckpointError,
+    WeightsInfo,
+    build_network,
+    load_checkpoint,
+    save_checkpoint,
+    seeded_network,
+)
 
 __all__ = [
     "ARCHS",
@@ -18,4 +25,5 @@ __all__ = [
     "pick_device",
     "pick_precision",
     "save_checkpoint",
+    "seeded_network",
 ]

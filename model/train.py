@@ -31,7 +31,7 @@ from augment import apply_transform
 
 from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss
-from .network import ARCHS, EmbeddingNet, check_invariance
+from .network import ARCHS, check_invariance
 from .training_data import (
     STEPS_FOR_INVARIANCE,
     PairDataset,
@@ -41,7 +41,7 @@ from .training_data import (
     load_images,
     split_holdout,
 )
-from .weights import WeightsInfo, load_checkpoint, save_checkpoint
+from .weights import WeightsInfo, load_checkpoint, save_checkpoint, seeded_network
 
 LOG = logging.getLogger(__name__)
 
@@ -143,12 +143,6 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def seeded_network(arch: str, dim: int, seed: int, invariance: str = "d4") -> EmbeddingNet:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return EmbeddingNet(arch, dim, invariance)
-
-
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """fp16 (bf16 where supported) on CUDA; bf16 on CPUs with fast bf16; otherwise fp32."""
     if device.type == "cuda":
@@ -201,7 +195,7 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch {config.batch} is larger than the {len(train_images)} training images")
         self.total_steps = self.steps_per_epoch * config.epochs
-        self.net = seeded_network(config.arch, config.dim, config.seed, config.invariance)
+        self.net = seeded_network(config.arch, config.dim, config.invariance, config.seed)
         if config.init:
             self._load_init(config.init)
         self.net.to(self.device)

@@ -65,7 +65,7 @@ def build_network(
     if use_shipped and SHIPPED_CHECKPOINT.exists():
         net, info = load_checkpoint(SHIPPED_CHECKPOINT, arch, dim, invariance)
         return net, WeightsInfo("shipped", info.digest, info.image_size, info.meta)
-    net = _seeded_network(arch, dim, invariance)
+    net = seeded_network(arch, dim, invariance)
     state = imagenet_state_dict(arch, allow_download)
     if state is not None:
         _load_trunk(net, state)
@@ -144,7 +144,7 @@ def load_checkpoint(
             raise CheckpointError(f"{path}: weights do not fit the network ({exc})") from exc
         return net, WeightsInfo("checkpoint", digest, blob.get("image_size"), blob.get("meta", {}))
     if isinstance(blob, dict) and "features.0.weight" in blob:
-        net = _seeded_network(arch, dim, invariance)
+        net = seeded_network(arch, dim, invariance)
         _load_trunk(net, blob, path)
         return net, WeightsInfo("checkpoint", f"{digest}|head{HEAD_SEED}|{INIT_ID}")
     raise CheckpointError(f"{path}: neither a twice checkpoint nor a torchvision VGG state dict")
@@ -158,9 +158,10 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _seeded_network(arch: str, dim: int, invariance: str = "d4") -> EmbeddingNet:
+def seeded_network(arch: str, dim: int, invariance: str = "d4", seed: int = HEAD_SEED) -> EmbeddingNet:
+    """A randomly initialised network, the same for the same seed, leaving the global RNG as it was."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(HEAD_SEED)
+        torch.manual_seed(seed)
         return EmbeddingNet(arch, dim, invariance)
 
 
