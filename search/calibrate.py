@@ -49,6 +49,7 @@ from .hashing import (
     HASH_VERSION,
     MAX_RADIUS,
     STORED_COLUMNS,
+    STORED_KINDS,
     HashIndex,
     dihedral_hashes,
     is_flat,
@@ -396,7 +397,7 @@ class CatalogView:
         self.vectors = vectors
         self._root: dict[int, int] = {}
         hashed = np.fromiter(self.hashes, np.int64, len(self.hashes))
-        stored = np.array(list(self.hashes.values()), np.int64).reshape(len(hashed), -1)
+        stored = np.array(list(self.hashes.values()), np.int64).reshape(len(hashed), len(STORED_KINDS))
         self.hash_index = HashIndex.of_stored(hashed, stored)
 
     def root(self, image_id: int) -> int:

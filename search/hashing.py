@@ -433,8 +433,8 @@ def stored_present(stored: np.ndarray) -> np.ndarray:
 
 def flatten_stored(ids: np.ndarray, stored: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(ids, hashes, kinds) entries for ``HashIndex`` from (N, 3) stored hashes, absent views left out."""
-    ids, stored = np.asarray(ids, np.int64), np.asarray(stored, np.int64)
-    stored = stored.reshape(len(ids), -1) if len(ids) else stored.reshape(0, 1)  # none hashed yet
+    ids = np.asarray(ids, np.int64)
+    stored = np.asarray(stored, np.int64).reshape(len(ids), len(STORED_KINDS))  # also when none is hashed
     present = stored_present(stored)
     rows, kinds = np.nonzero(present)
     return ids[rows], stored[rows, kinds], kinds.astype(np.int8)
