@@ -5,7 +5,7 @@
 'rotate'
 """
 
-from .pipeline import DEFAULT_STEPS, RandomAugment, Step
+from .pipeline import DEFAULT_STEPS, RandomAugment, Step, parse_step, with_overrides
 from .preview import contact_sheet
 from .synthetic import make_collection, make_synthetic_image
 from .transforms import (
@@ -42,8 +42,10 @@ __all__ = [
     "contact_sheet",
     "make_collection",
     "make_synthetic_image",
+    "parse_step",
     "parse_transform",
     "parse_transforms",
     "valid_transforms",
     "variant_bytes",
+    "with_overrides",
 ]

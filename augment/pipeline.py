@@ -70,6 +70,36 @@ class Step:
         return parse_transform(f"{self.name}:{text}")
 
 
+def parse_step(text: str) -> Step:
+    """``NAME:P`` or ``NAME:P:LOW:HIGH`` (e.g. ``bright:0.6:60:110``) as a Step."""
+    name, *numbers = text.split(":")
+    if len(numbers) not in (1, 3):
+        raise ValueError(f"step {text!r}: expected NAME:P or NAME:P:LOW:HIGH")
+    try:
+        p, *bounds = (float(n) for n in numbers)
+    except ValueError:
+        raise ValueError(f"step {text!r}: P, LOW and HIGH must be numbers") from None
+    return Step(name, p, *bounds)
+
+
+def with_overrides(steps: Sequence[Step], overrides: Sequence[str]) -> tuple[Step, ...]:
+    """``steps`` with each ``NAME:P[:LOW:HIGH]`` override replacing the step of that name
+    (keeping its range when none is given), or added at the end when there is none."""
+    result = list(steps)
+    for text in overrides:
+        step = parse_step(text)
+        names = [s.name for s in result]
+        if step.name not in names:
+            result.append(step)
+            continue
+        i = names.index(step.name)
+        old = result[i]
+        if step.low is None:
+            step = Step(step.name, step.p, old.low, old.high, old.choices)
+        result[i] = step
+    return tuple(result)
+
+
 # Geometry first, then colour, then the stamp, then compression, as images travel the web.
 DEFAULT_STEPS: tuple[Step, ...] = (
     Step("crop", 0.5, 0.6, 0.95),

@@ -93,6 +93,14 @@ def register(subparsers) -> None:
         " stage (--init) with a new one sees new views of the same images and held-out split",
     )
     p.add_argument(
+        "--step",
+        action="append",
+        default=[],
+        metavar="NAME:P[:LOW:HIGH]",
+        help="change one step of the positives' augmentation, e.g. bright:0.6:60:110 (draw +60..110"
+        " brightness in 60%% of views); repeatable",
+    )
+    p.add_argument(
         "--holdout",
         type=int,
         default=defaults.holdout,
@@ -166,6 +174,7 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         device=args.train_device or options.device,
         workers=args.workers,
         init=str(args.init or ""),
+        step_overrides=tuple(args.step),
         sources=sources,
     )
 

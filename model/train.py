@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from augment import apply_transform
+from augment import apply_transform, with_overrides
 
 from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss
@@ -89,6 +89,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     init: str = ""  # start from these weights (a twice checkpoint) instead of a seeded random init
+    step_overrides: tuple[str, ...] = ()  # NAME:P[:LOW:HIGH] changes to the positives' pipeline
     sources: Sources = field(default_factory=Sources)
 
     def __post_init__(self) -> None:
@@ -110,6 +111,12 @@ class TrainConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         check_invariance(self.invariance)
+        self.step_overrides = tuple(self.step_overrides)
+        self.view_steps()  # a bad override fails here, not after the data is gathered
+
+    def view_steps(self) -> tuple:
+        """The augmentation steps that make the positive views."""
+        return with_overrides(STEPS_FOR_INVARIANCE[self.invariance], self.step_overrides)
 
     @property
     def views_seed(self) -> int:
@@ -185,7 +192,7 @@ class Trainer:
         self.device = pick_device(config.device)
         self.dtype = autocast_dtype(self.device)
         d4 = config.invariance == "d4"
-        steps = STEPS_FOR_INVARIANCE[config.invariance]
+        steps = config.view_steps()
         self.dataset = PairDataset(train_images, config.size, config.views_seed, steps, same_pose=d4)
         self.holdout = holdout_images
         self.data_summary = data_summary or {}

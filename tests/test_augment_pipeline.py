@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment import DEFAULT_STEPS, RandomAugment, Step, apply_transforms, parse_transform
+from augment import DEFAULT_STEPS, RandomAugment, Step, apply_transforms, parse_transform, with_overrides
 from imagegen import make_image
 
 
@@ -104,3 +104,24 @@ def test_max_ops_and_at_least_one():
 def test_bad_pipeline_settings_are_refused(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_overrides_replace_a_step_keep_its_range_or_add_one():
+    no_jpeg = DEFAULT_STEPS[:-1]
+    steps = with_overrides(no_jpeg, ["bright:0.9:60:110", "dark:0", "jpeg:0.5:30:40"])
+    by_name = {step.name: step for step in steps}
+    assert by_name["bright"] == Step("bright", 0.9, 60, 110)
+    assert by_name["dark"] == Step("dark", 0.0, 20, 80)
+    assert steps[-1] == Step("jpeg", 0.5, 30, 40)
+    assert [s.name for s in steps] == [s.name for s in DEFAULT_STEPS]
+    assert with_overrides(DEFAULT_STEPS, []) == DEFAULT_STEPS
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("bright", "NAME:P"), ("bright:x", "must be numbers"), ("bright:0.5:1", "NAME:P"),
+     ("bright:2", "probability"), ("bright:0.5:90:10", "low <= high"), ("bright:0.5:1:900", "bright")],
+)  # fmt: skip
+def test_bad_overrides_are_refused(override, message):
+    with pytest.raises(ValueError, match=message):
+        with_overrides(DEFAULT_STEPS, [override])

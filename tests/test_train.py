@@ -265,3 +265,16 @@ def test_view_seed_gives_new_views_of_the_same_images(folder, tmp_path):
     same.epoch = new.epoch = 1
     assert same.images == new.images and not torch.equal(same[0][1], new[0][1])
     assert base.views_seed == 0 and TrainConfig.from_json(restaged.to_json()).views_seed == 7
+
+
+def test_step_overrides_change_the_views_and_survive_a_resume(folder, tmp_path):
+    images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
+    base = TrainConfig(out_dir=tmp_path, size=SIZE, batch=3, dim=16, holdout=0, device="cpu",
+                       sources=Sources([], [folder]))  # fmt: skip
+    brighter = dataclasses.replace(base, step_overrides=("bright:1:100:100",))
+    plain, bright = Trainer(base, images, []).dataset, Trainer(brighter, images, []).dataset
+    plain.epoch = bright.epoch = 1
+    assert plain[0][0].shape == bright[0][0].shape and not torch.equal(plain[0][1], bright[0][1])
+    assert TrainConfig.from_json(json.loads(json.dumps(brighter.to_json()))) == brighter
+    with pytest.raises(ValueError, match="probability"):
+        dataclasses.replace(base, step_overrides=("bright:3",))
