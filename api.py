@@ -415,6 +415,7 @@ SCHEMAS = {
                     "hash": {"type": "object", "nullable": True},
                     "cnn": {"type": "object", "nullable": True},
                     "transform": NULLABLE_STRING,
+                    "summary": {"type": "string", "description": "the evidence in one line"},
                 },
             },
             "url": {"type": "string"},

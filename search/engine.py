@@ -264,7 +264,7 @@ class SearchEngine:
                 "verdict": judgement.hash,
             }
         transform = _matched_transform(judgement, match, view)
-        return {
+        evidence = {
             "signals": judgement.signals,
             "decided_by": judgement.decided_by,
             "exact": judgement.exact,
@@ -273,6 +273,8 @@ class SearchEngine:
             "transform": transform,
             "weight": round(weight, 3),
         }
+        evidence["summary"] = summarize(evidence)
+        return evidence
 
     def _result(self, row, score: float, judgement: Judgement, evidence: dict) -> dict:
         score = float(np.clip(score, -1.0, 1.0))
@@ -331,6 +333,19 @@ def has_current_hash(row) -> bool:
 
 def tta_of(views: tuple[str, ...]) -> str:
     return "none" if len(views) == 1 else "d4"
+
+
+def summarize(evidence: dict) -> str:
+    """One line for people: which signals fired, how strongly, and which decided."""
+    parts = ["same bytes (sha256)"] if evidence["exact"] else []
+    if (hashed := evidence["hash"]) is not None:
+        turned = f", as {hashed['transform']}" if hashed["transform"] not in (None, "identity") else ""
+        view = f" · {hashed['stored']}" if hashed["stored"] else ""  # the result's bright/dark view
+        parts.append(f"hash {hashed['distance']} bits{view}{turned}")
+    if (cnn := evidence["cnn"]) is not None:
+        parts.append(f"CNN {cnn['score']:.3f}")
+    decided = ", ".join(evidence["decided_by"]) or "nothing"
+    return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
 
 
 def _distance(match: HashMatch | None) -> int | None:

@@ -83,7 +83,7 @@ def test_upload_shows_the_duplicate_at_rank_1(site, browser, tmp_path):
     assert first.find_element(By.CSS_SELECTOR, ".source").text == str(paths[3])
     # The evidence line, as `twice search` prints it.
     evidence = first.find_element(By.CSS_SELECTOR, ".evidence").text
-    assert evidence == "hash 0 bits; CNN 1.000 (decided by exact, hash, cnn)"
+    assert evidence == "same bytes (sha256); hash 0 bits; CNN 1.000 (decided by exact, hash, cnn)"
     thumb = first.find_element(By.TAG_NAME, "img")
     wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", thumb))
     colour = badge.value_of_css_property("background-color")

@@ -82,6 +82,7 @@ def test_exact_bytes_are_a_duplicate_with_every_signal(indexed, options, embedde
     }
     assert evidence["cnn"]["score"] == pytest.approx(1.0, abs=1e-4)
     assert evidence["transform"] is None
+    assert evidence["summary"] == "same bytes (sha256); hash 0 bits; CNN 1.000 (decided by exact, hash, cnn)"
     assert len(response["query"]["phash"]) == 16
     assert response["tta"] == "none"
     assert {"hash_duplicate", "hash_similar"} <= set(response["thresholds"])
@@ -105,9 +106,13 @@ def test_a_turned_copy_is_a_duplicate_by_hash_and_says_which_turn(indexed, optio
     undo = {"rotate 90": "rotate 270", "mirror": "mirror", "transverse": "transverse"}[name]
     assert evidence["hash"]["transform"] == evidence["transform"] == undo
     assert evidence["cnn"]["verdict"] == DIFFERENT
+    score = f"{evidence['cnn']['score']:.3f}"
+    bits = evidence["hash"]["distance"]
+    assert evidence["summary"] == f"hash {bits} bits, as {undo}; CNN {score} (decided by hash)"
     # Every other original: no signal fired, nothing decided.
     for hit in response["results"][1:]:
         assert hit["verdict"] == DIFFERENT and hit["evidence"]["decided_by"] == []
+        assert hit["evidence"]["summary"].endswith("(decided by nothing)")
         # Beyond the lookup radius the distance is still measured and shown.
         assert hit["evidence"]["hash"]["distance"] > engine.thresholds.hash_similar
         assert hit["evidence"]["hash"]["verdict"] == DIFFERENT

@@ -79,29 +79,13 @@ def print_results(response: dict, out=None) -> None:
         variant = f"  [{hit['transform']} of #{hit['parent_id']}]" if hit["transform"] else ""
         score = f"{hit['score']:.4f}  {hit['verdict']:<9}"
         print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}", file=out)
-        print(f"     {why(hit)}", file=out)
+        print(f"     {hit['evidence']['summary']}", file=out)
     t = response["thresholds"]
     rules = f"CNN >= {t['duplicate']:.6g} or hash <= {t.get('hash_duplicate', '-')} bits"
     print(
         f"model {response['model']}; duplicate: {rules} ({t['source']}); {response['took_ms']:.0f} ms",
         file=out,
     )
-
-
-def why(hit: dict) -> str:
-    """One line of evidence: which signals fired and how strongly."""
-    if hit["exact"]:
-        return "same bytes (sha256)"
-    evidence = hit.get("evidence") or {}
-    parts = []
-    if (hashed := evidence.get("hash")) is not None:
-        turned = f", as {hashed['transform']}" if hashed.get("transform") not in (None, "identity") else ""
-        view = f" · {hashed['stored']}" if hashed.get("stored") else ""  # the result's bright/dark view
-        parts.append(f"hash {hashed['distance']} bits{view}{turned}")
-    if (cnn := evidence.get("cnn")) is not None:
-        parts.append(f"CNN {cnn['score']:.3f}")
-    decided = ", ".join(evidence.get("decided_by") or []) or "nothing"
-    return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
 
 
 def run_status(args, options) -> int:
