@@ -119,7 +119,7 @@ class TrainConfig:
         return with_overrides(STEPS_FOR_INVARIANCE[self.invariance], self.step_overrides)
 
     @property
-    def views_seed(self) -> int:
+    def view_seed_in_use(self) -> int:
         """Seed of the views and the batch order: a fine-tuning stage with a new one sees new
         views of the same images (same data, same held-out split)."""
         return self.seed if self.view_seed is None else self.view_seed
@@ -193,7 +193,7 @@ class Trainer:
         self.dtype = autocast_dtype(self.device)
         d4 = config.invariance == "d4"
         steps = config.view_steps()
-        self.dataset = PairDataset(train_images, config.size, config.views_seed, steps, same_pose=d4)
+        self.dataset = PairDataset(train_images, config.size, config.view_seed_in_use, steps, same_pose=d4)
         self.holdout = holdout_images
         self.data_summary = data_summary or {}
         self.steps_per_epoch = len(train_images) // config.batch
@@ -351,7 +351,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, done: int, bar: tqdm, on_step) -> bool:
         self.dataset.epoch = epoch
-        batches = epoch_order(len(self.dataset), self.config.batch, self.config.views_seed, epoch)
+        batches = epoch_order(len(self.dataset), self.config.batch, self.config.view_seed_in_use, epoch)
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches[done : self.steps_per_epoch],

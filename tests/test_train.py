@@ -264,7 +264,7 @@ def test_view_seed_gives_new_views_of_the_same_images(folder, tmp_path):
     same, new = Trainer(base, images, []).dataset, Trainer(restaged, images, []).dataset
     same.epoch = new.epoch = 1
     assert same.images == new.images and not torch.equal(same[0][1], new[0][1])
-    assert base.views_seed == 0 and TrainConfig.from_json(restaged.to_json()).views_seed == 7
+    assert base.view_seed_in_use == 0 and TrainConfig.from_json(restaged.to_json()).view_seed_in_use == 7
 
 
 def test_step_overrides_change_the_views_and_survive_a_resume(folder, tmp_path):
