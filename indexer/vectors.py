@@ -82,16 +82,15 @@ class VectorIndex:
         with self._lock:
             if self.kind == "flat":
                 return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
-            return np.sort(self._ivf_lists()[0])
+            return np.sort(self._ivf_ids()[1])
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """All (ids, vectors), in id order; used by reports and index conversion."""
         with self._lock:
-            if self.kind == "flat":
-                ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
-                xb = self.index.index.reconstruct_n(0, len(ids)) if len(ids) else self._empty()
-            else:
-                ids, xb = self._ivf_lists()
+            if self.kind == "ivf":
+                return self._ivf_vectors()
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            xb = self.index.index.reconstruct_n(0, len(ids)) if len(ids) else self._empty()
         if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
             return ids, xb  # already in id order: no second copy of every vector
         order = np.argsort(ids, kind="stable")
@@ -237,20 +236,34 @@ class VectorIndex:
         index.add_with_ids(xb, ids)
         self.index = index
 
-    def _ivf_lists(self) -> tuple[np.ndarray, np.ndarray]:
-        ivf = faiss.extract_index_ivf(self.index)
-        invlists = ivf.invlists
-        all_ids, all_codes = [], []
-        for list_no in range(ivf.nlist):
-            n = invlists.list_size(list_no)
-            if n == 0:
-                continue
-            all_ids.append(faiss.rev_swig_ptr(invlists.get_ids(list_no), n).copy())
-            codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), n * invlists.code_size)
-            all_codes.append(np.frombuffer(codes.copy().tobytes(), dtype=np.float32))
-        if not all_ids:
-            return np.zeros(0, np.int64), self._empty()
-        return np.concatenate(all_ids), np.concatenate(all_codes).reshape(-1, self.dim)
+    def _ivf_ids(self) -> tuple[list[int], np.ndarray]:
+        """Each inverted list's size, and every stored id in list order."""
+        invlists = faiss.extract_index_ivf(self.index).invlists
+        sizes = [invlists.list_size(list_no) for list_no in range(invlists.nlist)]
+        ids = np.empty(sum(sizes), np.int64)
+        start = 0
+        for list_no, n in enumerate(sizes):
+            if n:
+                ids[start : start + n] = faiss.rev_swig_ptr(invlists.get_ids(list_no), n)
+                start += n
+        return sizes, ids
+
+    def _ivf_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) in id order, each list's codes written once, straight to its rows:
+        at a million vectors, gathering the lists and then sorting held three copies."""
+        sizes, ids = self._ivf_ids()
+        order = np.argsort(ids, kind="stable")
+        row = np.empty_like(order)
+        row[order] = np.arange(len(order))
+        xb = np.empty((len(ids), self.dim), np.float32)
+        invlists = faiss.extract_index_ivf(self.index).invlists
+        start = 0
+        for list_no, n in enumerate(sizes):
+            if n:
+                codes = faiss.rev_swig_ptr(invlists.get_codes(list_no), n * invlists.code_size)
+                xb[row[start : start + n]] = codes.view(np.float32).reshape(n, self.dim)
+                start += n
+        return ids[order], xb
 
     def _searcher(self) -> faiss.Index:
         if self.kind == "ivf":

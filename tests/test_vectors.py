@@ -137,3 +137,17 @@ def test_vectors_come_in_id_order_whatever_the_insertion_order():
     np.testing.assert_allclose(stored, xb[[1, 0, 2]], atol=1e-6)
     index.add(np.array([1]), xb[:1])
     assert index.vectors()[0].tolist() == [1, 2, 5, 9]
+
+
+def test_an_ivf_index_gives_its_vectors_and_ids_in_id_order():
+    xb = unit_vectors(400, seed=6)
+    ids = np.random.default_rng(1).permutation(400) * 3 + 1
+    index = VectorIndex("m1", 16, flat_limit=10, nprobe=64)
+    index.add(ids, xb)
+    index.remove(ids[:5])
+    assert index.kind == "ivf"
+    stored_ids, stored = index.vectors()
+    order = np.argsort(ids[5:])
+    np.testing.assert_array_equal(stored_ids, ids[5:][order])
+    np.testing.assert_array_equal(stored, xb[5:][order])
+    np.testing.assert_array_equal(index.ids(), stored_ids)
