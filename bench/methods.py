@@ -116,7 +116,12 @@ class EmbeddingMethod:
                 f"search variant {self.search_kwargs} not supported by this twice: {exc}"
             ) from exc
         return [
-            Hit(Path(r["source"]), float(r["score"]), r["verdict"] == "duplicate")
+            Hit(
+                Path(r["source"]),
+                float(r["score"]),
+                r["verdict"] == "duplicate",
+                tuple(r["evidence"]["decided_by"]) if r["verdict"] == "duplicate" else (),
+            )
             for r in response["results"]
         ]
 

@@ -8,7 +8,7 @@ positive. Recall counts true positives over all transformed copies.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ class Hit:
     path: Path
     score: float
     duplicate: bool
+    decided_by: tuple[str, ...] = ()  # the signals behind a duplicate call, where a method says
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class QueryOutcome:
     rank: int | None  # 1-based rank of the query's original among the answers; None if absent
     top_score: float | None
     top_duplicate: bool
+    top_decided_by: tuple[str, ...] = ()
 
     @property
     def positive(self) -> bool:
@@ -52,7 +54,9 @@ class MethodScores:
 def outcome_of(transform: str, original: Path | None, hits: list[Hit]) -> QueryOutcome:
     rank = next((i for i, hit in enumerate(hits, 1) if original is not None and hit.path == original), None)
     top = hits[0] if hits else None
-    return QueryOutcome(transform, rank, top.score if top else None, bool(top and top.duplicate))
+    if top is None:
+        return QueryOutcome(transform, rank, None, False)
+    return QueryOutcome(transform, rank, top.score, top.duplicate, top.decided_by)
 
 
 def recall_at(outcomes: list[QueryOutcome], k: int) -> float | None:
@@ -68,6 +72,7 @@ def duplicate_figures(outcomes: list[QueryOutcome]) -> dict:
     tp = sum(o.top_duplicate and o.rank == 1 for o in positives)
     fp = sum(o.top_duplicate for o in negatives) + sum(o.top_duplicate and o.rank != 1 for o in positives)
     negatives_flagged = sum(o.top_duplicate for o in negatives)
+    wrong = [o for o in outcomes if o.top_duplicate and (not o.positive or o.rank != 1)]
     return {
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / len(positives) if positives else None,
@@ -75,7 +80,15 @@ def duplicate_figures(outcomes: list[QueryOutcome]) -> dict:
         "false_positives": fp,
         "negatives_called_duplicate": negatives_flagged,
         "negative_false_rate": negatives_flagged / len(negatives) if negatives else None,
+        "false_positives_by_signal": false_positives_by_signal(wrong),
     }
+
+
+def false_positives_by_signal(wrong: list[QueryOutcome]) -> dict[str, int]:
+    """How many wrong duplicate calls each combination of deciding signals made (``hash+cnn``:
+    both said duplicate), so a lost point of precision can be traced to its signal."""
+    counts = Counter("+".join(o.top_decided_by) for o in wrong if o.top_decided_by)
+    return dict(counts.most_common())
 
 
 def summarise(outcomes: list[QueryOutcome]) -> dict:

@@ -327,6 +327,12 @@ def quality_markdown(payload: dict) -> str:
         for m in methods
     ]
     lines += [markdown_table(headers, rows), ""]
+    lines += [
+        f"- {m['name']}: wrong duplicate calls by the signals that made them: "
+        + ", ".join(f"{signals} {n}" for signals, n in by_signal.items())
+        for m in methods
+        if (by_signal := m["duplicate"].get("false_positives_by_signal"))
+    ]
     lines += [f"- {m['name']}: {m['description']}" for m in methods]
     lines += [f"- note: {note}" for note in payload["notes"]]
     if payload.get("plot"):

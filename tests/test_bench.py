@@ -44,10 +44,10 @@ def test_outcome_rank_is_the_originals_position():
 def test_recall_and_duplicate_figures_match_a_hand_count():
     outcomes = [
         QueryOutcome("rotate", 1, 0.99, True),  # TP
-        QueryOutcome("rotate", 3, 0.95, True),  # wrong image called duplicate: FP
+        QueryOutcome("rotate", 3, 0.95, True, ("hash", "cnn")),  # wrong image called duplicate: FP
         QueryOutcome("blur", 1, 0.70, False),  # right, not called duplicate: FN
         QueryOutcome("blur", None, 0.50, False),  # missed
-        QueryOutcome("negative", None, 0.97, True),  # FP
+        QueryOutcome("negative", None, 0.97, True, ("cnn",)),  # FP
         QueryOutcome("negative", None, 0.20, False),
     ]
     assert recall_at(outcomes, 1) == 2 / 4
@@ -56,6 +56,7 @@ def test_recall_and_duplicate_figures_match_a_hand_count():
     assert figures["true_positives"] == 1 and figures["false_positives"] == 2
     assert figures["precision"] == 1 / 3 and figures["recall"] == 1 / 4
     assert figures["negative_false_rate"] == 1 / 2
+    assert figures["false_positives_by_signal"] == {"hash+cnn": 1, "cnn": 1}
     summary = summarise(outcomes)
     assert summary["per_transform"]["rotate"] == {"n": 2, "recall@1": 0.5, "recall@5": 1.0}
     assert summary["per_transform"]["blur"] == {"n": 2, "recall@1": 0.5, "recall@5": 0.5}
@@ -163,6 +164,8 @@ def test_embedding_methods_use_reindex_search_and_the_bare_index(tmp_path, embed
     search.index(bench_set.indexed, tmp_path / "data")
     hits = search.query(bench_set.originals[0], 4)  # the exact bytes rank first
     assert hits[0].path == bench_set.originals[0] and hits[0].duplicate and len(hits) == 4
+    assert hits[0].decided_by[0] == "exact"
+    assert all(hit.decided_by == () for hit in hits if not hit.duplicate)
     cnn = EmbeddingMethod("cnn", options, embedder, "cnn", base=search)
     cnn.index(bench_set.indexed, tmp_path / "unused")
     assert cnn.engine is search.engine and not (tmp_path / "unused").exists()
