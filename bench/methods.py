@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from indexer import ImageError, decode_image, reindex
 from indexer.imageio import read_file_bytes
-from model import Embedder, WeightsInfo, pick_device, pick_precision, seeded_network
+from model import RANDOM_WEIGHTS, Embedder, pick_device, pick_precision, seeded_network
 from search import SearchEngine
 
 from .calibration import BenchCalibration, store_thresholds
@@ -30,8 +30,8 @@ def random_embedder(options) -> Embedder:
     """A seeded random-init VGG-16 (the same weights twice falls back to without any)."""
     net = seeded_network(options.arch, options.embed_dim, options.invariance)
     device = pick_device(options.device)
-    info = WeightsInfo("random", "random|seed0")
-    return Embedder(net, info, options.image_size, device, pick_precision(device, options.precision))
+    precision = pick_precision(device, options.precision)
+    return Embedder(net, RANDOM_WEIGHTS, options.image_size, device, precision)
 
 
 class EmbeddingMethod:

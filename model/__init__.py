@@ -3,6 +3,7 @@
 from .embedder import Embedder, Preprocess, iter_batches, pick_device, pick_precision
 from .network import ARCHS, EmbeddingNet, GeM
 from .weights import (
+    RANDOM_WEIGHTS,
     CheckpointError,
     WeightsInfo,
     build_network,
@@ -13,6 +14,7 @@ from .weights import (
 
 __all__ = [
     "ARCHS",
+    "RANDOM_WEIGHTS",
     "CheckpointError",
     "Embedder",
     "EmbeddingNet",

@@ -47,6 +47,10 @@ class WeightsInfo:
     meta: dict = field(default_factory=dict)
 
 
+# The seeded random init (``seeded_network`` with HEAD_SEED): the fallback and the bench's baseline.
+RANDOM_WEIGHTS = WeightsInfo("random", f"random|seed{HEAD_SEED}|{INIT_ID}")
+
+
 def build_network(
     arch: str,
     dim: int,
@@ -78,7 +82,7 @@ def build_network(
         arch,
         torch.hub.get_dir(),
     )
-    return net, WeightsInfo("random", f"random|seed{HEAD_SEED}|{INIT_ID}")
+    return net, RANDOM_WEIGHTS
 
 
 def imagenet_state_dict(arch: str, allow_download: bool) -> dict | None:

@@ -22,6 +22,7 @@ from bench.speed import SpeedConfig, measure_faiss_size
 from conftest import make_options
 from indexer import Catalog
 from indexer.vectors import ivf_nlist
+from model import build_network
 from search import thresholds_for
 from twice.cli import main
 
@@ -387,3 +388,13 @@ def test_bench_speed_rejects_bad_sizes(tmp_path, capsys):
 def test_the_random_init_competitor_has_the_configured_pooling(tmp_path, invariance):
     embedder = random_embedder(make_options(tmp_path, invariance=invariance))
     assert embedder.net.invariance == invariance and f"-{invariance}-random-" in embedder.version
+
+
+def test_the_random_init_competitor_is_the_weights_twice_falls_back_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-cache"))  # no ImageNet weights here
+    options = make_options(tmp_path)
+    fallback, info = build_network(options.arch, options.embed_dim, use_shipped=False, allow_download=False)
+    embedder = random_embedder(options)
+    assert info == embedder.weights
+    for mine, theirs in zip(embedder.net.state_dict().values(), fallback.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
