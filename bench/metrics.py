@@ -70,9 +70,9 @@ def duplicate_figures(outcomes: list[QueryOutcome]) -> dict:
     positives = [o for o in outcomes if o.positive]
     negatives = [o for o in outcomes if not o.positive]
     tp = sum(o.top_duplicate and o.rank == 1 for o in positives)
-    fp = sum(o.top_duplicate for o in negatives) + sum(o.top_duplicate and o.rank != 1 for o in positives)
-    negatives_flagged = sum(o.top_duplicate for o in negatives)
     wrong = [o for o in outcomes if o.top_duplicate and (not o.positive or o.rank != 1)]
+    fp = len(wrong)
+    negatives_flagged = sum(o.top_duplicate for o in negatives)
     return {
         "precision": tp / (tp + fp) if tp + fp else None,
         "recall": tp / len(positives) if positives else None,
