@@ -189,6 +189,7 @@ def quality_payload(
             "counts": bench_set.counts(),
             "sources": bench_set.sources,
             "transforms": bench_set.transforms,
+            "left_out": bench_set.left_out,
         },
         "notes": config.notes,
         "methods": [
@@ -264,6 +265,7 @@ def quality_markdown(payload: dict) -> str:
         f" {counts['negatives']['total']} never-indexed negatives. Sources: "
         + "; ".join(f"{name}: {note}" for name, note in payload["set"]["sources"].items())
         + "."
+        + _left_out_text(payload["set"].get("left_out") or {})
     )
     lines += ["", "Recall@1 / recall@5 per transform:", ""]
     headers = ["transform", *[m["name"] for m in methods]]
@@ -338,6 +340,26 @@ def quality_markdown(payload: dict) -> str:
     if payload.get("plot"):
         lines += ["", f"![top-1 score distributions]({Path(payload['plot']).name})"]
     return "\n".join(lines)
+
+
+LEFT_OUT_WORDS = {
+    "repeat": "repeats of a drawn image",
+    "series": "further members of a numbered series",
+    "near-copy": "near-copies of a drawn image under a turn or flip",
+    "blank": "blank images",
+}
+
+
+def _left_out_text(left_out: dict[str, int]) -> str:
+    """Why drawn images were kept out of the set (``bench.sources.PoolFilter``)."""
+    if not left_out:
+        return ""
+    parts = [f"{n} {LEFT_OUT_WORDS.get(reason, reason)}" for reason, n in sorted(left_out.items())]
+    return (
+        " Left out of the draw, since the set must hold no two images that are one picture: "
+        + ", ".join(parts)
+        + "."
+    )
 
 
 def _rule(point: dict) -> str:

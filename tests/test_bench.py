@@ -9,15 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from augment import make_synthetic_image
 from bench.calibration import calibrate_on_distractors
 from bench.machine import MemoryProbe
 from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits, random_embedder
 from bench.metrics import Hit, MethodScores, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
 from bench.quality import flat_summary, is_flat_grey, single_colour_queries
 from bench.results import markdown_table, write_results
-from bench.sources import BenchSet, Query, build_bench_set
+from bench.sources import BenchSet, Candidate, PoolFilter, Query, build_bench_set
 from bench.speed import SpeedConfig, measure_faiss_size
 from conftest import make_options
 from indexer import Catalog
@@ -103,7 +104,45 @@ def test_bench_set_roles_are_disjoint_seeded_and_complete(tmp_path):
     rotated = next(q for q in copies if q.transform == "rotate")
     with Image.open(rotated.original) as original, Image.open(rotated.path) as copy:
         assert copy.size == original.size[::-1]
-    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["counts"]["queries"] == 10
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["counts"]["queries"] == 10 and manifest["left_out"] == first.left_out == {}
+
+
+def drawing(shape: str) -> Image.Image:
+    """A clip-art-like drawing on white that is not symmetric, so its mirror is another image."""
+    image = Image.new("RGB", (120, 90), "white")
+    draw = ImageDraw.Draw(image)
+    if shape == "flag":
+        draw.polygon([(20, 15), (100, 30), (20, 45)], fill=(200, 30, 30))
+        draw.line([(20, 15), (20, 80)], fill="black", width=4)
+    else:
+        draw.ellipse([10, 10, 60, 80], fill=(30, 90, 200))
+        draw.rectangle([70, 50, 110, 85], fill=(20, 160, 60))
+    return image
+
+
+def test_pool_filter_keeps_out_repeats_near_copies_series_and_blanks():
+    def clip(name):
+        return Candidate("openclipart", name, lambda: None)
+
+    flag = drawing("flag")
+    pool_filter = PoolFilter()
+    assert pool_filter.admit(clip("shapes/stars/star_41pt04step.png"), flag)
+    assert not pool_filter.admit(clip("elsewhere/flag.png"), flag.copy())  # the same pixels
+    mirrored = flag.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((150, 112))
+    assert not pool_filter.admit(clip("elsewhere/flag_mirrored.png"), mirrored)
+    shapes = drawing("shapes")
+    assert not pool_filter.admit(clip("shapes/stars/star_43pt03step.png"), shapes)  # same series
+    assert not pool_filter.admit(
+        clip("special/gradients/faint.png"), Image.new("RGB", (90, 90), (252, 252, 252))
+    )
+    assert pool_filter.admit(clip("shapes/shapes.png"), shapes)
+    assert pool_filter.left_out == {"repeat": 1, "near-copy": 1, "series": 1, "blank": 1}
+    # Generated photos are named by number but are no series, and distinct pictures pass.
+    for i in range(6):
+        photo = make_synthetic_image(0, i)
+        assert pool_filter.admit(Candidate("synthetic", f"synthetic-{i}", lambda: None), photo)
+    assert sum(pool_filter.left_out.values()) == 4
 
 
 def test_bench_set_refuses_unknown_source_and_bad_counts(tmp_path):
