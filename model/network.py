@@ -1,4 +1,5 @@
-"""The embedding network: a torchvision VGG-16 trunk, GeM pooling, a linear head, L2 norm."""
+"""The embedding network: a torchvision VGG-16 trunk, GeM pooling, a linear head, L2 norm, and
+a whitening fitted after training (identity until ``twice whiten`` fits it)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,42 @@ def check_invariance(invariance: str) -> str:
     return invariance
 
 
+class Whitening(nn.Module):
+    """``normalize((x - mean) @ projection)``: PCA whitening of unit embeddings, fitted after training.
+
+    A trained net spends most of its variance on directions every image shares (clip art on
+    white, say), so unrelated images score high against each other; whitening (Jégou & Chum,
+    ECCV 2012) gives each direction equal weight. It starts as the identity, is not trained
+    (buffers), and is computed in fp32 whatever the autocast: it amplifies low-variance directions,
+    where bf16 rounding would become noise.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("projection", torch.eye(dim))
+
+    @property
+    def fitted(self) -> bool:
+        eye = torch.eye(len(self.mean), device=self.mean.device)
+        return bool(self.mean.any() or not torch.equal(self.projection, eye))
+
+    def set(self, mean: torch.Tensor, projection: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.projection.copy_(projection)
+
+    def reset(self) -> None:
+        """Back to the identity (before training changes the embedding it was fitted to)."""
+        self.mean.zero_()
+        self.projection.copy_(torch.eye(len(self.mean)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fitted:
+            return x
+        with torch.autocast(x.device.type, enabled=False):
+            return F.normalize((x.float() - self.mean) @ self.projection, dim=1)
+
+
 class EmbeddingNet(nn.Module):
     """Image batch (N,3,H,W), standardised -> L2-normalised embeddings (N, dim).
 
@@ -76,6 +113,7 @@ class EmbeddingNet(nn.Module):
         self.trunk = vgg_features(batch_norm=arch.endswith("_bn"))[:-1]
         self.pool = GeM()
         self.head = nn.Linear(TRUNK_CHANNELS, dim)
+        self.whitening = Whitening(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.invariance == "none":
@@ -89,4 +127,5 @@ class EmbeddingNet(nn.Module):
         return self._project(self.pool(self.trunk(x)))
 
     def _project(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(features.to(self.head.weight.dtype)).float(), dim=1)
+        unit = F.normalize(self.head(features.to(self.head.weight.dtype)).float(), dim=1)
+        return self.whitening(unit)

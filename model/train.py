@@ -228,6 +228,9 @@ class Trainer:
                 f" d{self.config.dim} run (pass --arch {net.arch} --dim {net.dim})"
             )
         self.net.load_state_dict(net.state_dict())
+        if self.net.whitening.fitted:  # fitted to the embedding this run is about to change
+            self.net.whitening.reset()
+            LOG.info("dropped the whitening of %s: run `twice whiten` on the trained model", path)
         LOG.info("starting from the weights in %s", path)
 
     # state ------------------------------------------------------------------------------------

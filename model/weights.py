@@ -26,6 +26,7 @@ CHECKPOINT_FORMAT = "twice-embedder"
 CHECKPOINT_FORMAT_VERSION = 1
 SHIPPED_CHECKPOINT = Path(__file__).parent / "weights" / "twice-vgg16.pt"
 HEAD_SEED = 0
+WHITENING_PREFIX = "whitening."
 INIT_ID = "features-init-v2"  # part of every digest that involves seeded random weights
 IMAGENET_WEIGHTS = {
     "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
@@ -104,8 +105,12 @@ def imagenet_state_dict(arch: str, allow_download: bool) -> dict | None:
 def save_checkpoint(
     net: EmbeddingNet, path: str | Path, image_size: int, meta: dict | None = None, half: bool = True
 ) -> Path:
-    """Save trunk + pooling + head (fp16 by default) with what is needed to rebuild the net."""
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    """Save trunk + pooling + head (fp16 by default; the whitening stays fp32) with what is needed
+    to rebuild the net."""
+    state = {
+        k: (v.half() if half and v.is_floating_point() and not k.startswith(WHITENING_PREFIX) else v)
+        for k, v in net.state_dict().items()
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -142,6 +147,10 @@ def load_checkpoint(
         # Checkpoints written before the d4 pooling existed were trained for a single view.
         net = EmbeddingNet(blob["arch"], blob["dim"], blob.get("invariance", "none"))
         state = {k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()}
+        # Checkpoints from before the whitening existed: the identity.
+        for key, value in net.state_dict().items():
+            if key.startswith(WHITENING_PREFIX):
+                state.setdefault(key, value)
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:

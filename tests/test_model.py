@@ -12,9 +12,10 @@ from PIL import Image
 
 from conftest import make_options
 from imagegen import make_image
-from model import CheckpointError, Embedder, build_network, load_checkpoint, save_checkpoint
+from model import CheckpointError, Embedder, build_network, load_checkpoint, save_checkpoint, seeded_network
 from model.embedder import Preprocess, pick_precision
 from model.weights import SHIPPED_CHECKPOINT
+from model.whiten import fit_whitening
 
 
 def test_embeddings_are_unit_vectors_of_the_configured_dimension(embedder):
@@ -188,3 +189,45 @@ def test_shipped_checkpoint_loads_by_default_and_the_index_records_its_version(t
     write_images(tmp_path / "in", 3)
     reindex([tmp_path / "in"], options, embedder, progress=False)
     assert VectorIndex.load(options.index_path).model_version == embedder.version
+
+
+# whitening ------------------------------------------------------------------------------------
+
+
+def test_fitted_whitening_makes_the_covariance_the_identity():
+    rng = np.random.default_rng(0)
+    mixing = rng.normal(size=(8, 8)) * np.geomspace(1.0, 0.01, 8)  # very unequal variances
+    x = rng.normal(size=(4000, 8)) @ mixing.T + rng.normal(size=8)
+    mean, projection = fit_whitening(x, shrinkage=0.0)
+    white = (x - mean) @ projection
+    np.testing.assert_allclose(white.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(8), atol=1e-3)
+    with pytest.raises(ValueError, match="needs at least 16 images, got 15"):
+        fit_whitening(x[:15])
+
+
+def test_the_nets_whitening_matches_the_formula_and_travels_in_the_checkpoint(tmp_path):
+    net = seeded_network("vgg16", 16, "none")
+    plain = Embedder(
+        net, load_checkpoint(save_checkpoint(net, tmp_path / "plain.pt", 32))[1], 32, torch.device("cpu")
+    )
+    images = [make_image(i) for i in range(6)]
+    raw = plain.embed_images(images)
+    rng = np.random.default_rng(1)
+    mean, projection = fit_whitening(rng.normal(size=(64, 16)))
+    net.whitening.set(torch.from_numpy(mean), torch.from_numpy(projection))
+    expected = (raw - mean) @ projection
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(plain.embed_images(images), expected, atol=1e-4)
+
+    path = save_checkpoint(net, tmp_path / "white.pt", 32)  # fp16 weights, fp32 whitening
+    loaded, info = load_checkpoint(path)
+    assert loaded.whitening.fitted and loaded.whitening.projection.dtype == torch.float32
+    torch.testing.assert_close(loaded.whitening.projection, torch.from_numpy(projection))
+    whitened = Embedder(loaded, info, 32, torch.device("cpu"))
+    assert whitened.version != plain.version
+    # A checkpoint written before the whitening existed loads with the identity.
+    blob = torch.load(path, weights_only=True)
+    blob["state_dict"] = {k: v for k, v in blob["state_dict"].items() if not k.startswith("whitening.")}
+    torch.save(blob, tmp_path / "old.pt")
+    assert not load_checkpoint(tmp_path / "old.pt")[0].whitening.fitted

@@ -278,3 +278,33 @@ def test_step_overrides_change_the_views_and_survive_a_resume(folder, tmp_path):
     assert TrainConfig.from_json(json.loads(json.dumps(brighter.to_json()))) == brighter
     with pytest.raises(ValueError, match="probability"):
         dataclasses.replace(base, step_overrides=("bright:3",))
+
+
+def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrupted, folder, tmp_path):
+    out, _, _ = uninterrupted
+    whitened = tmp_path / "white.pt"
+    printed = io.StringIO()
+    args = [
+        "whiten",
+        "--out",
+        str(whitened),
+        "--sources",
+        "synthetic",
+        "--synthetic",
+        "20",
+        "--data",
+        str(folder),
+    ]
+    with contextlib.redirect_stdout(printed):  # 34 images: a 16-d whitening needs 32
+        code = main(["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(out / "model.pt"), *args])
+    assert code == 0 and f"wrote {whitened}" in printed.getvalue()
+    blob = torch.load(whitened, weights_only=True)
+    record = blob["meta"]["whitening"]
+    assert record["images"] == 34 and record["sources"] == {"synthetic": 20, str(folder): 14}
+    assert blob["meta"]["trained_by"] == "twice train"  # the training record is kept
+    net = Embedder.from_options(make_options(tmp_path, checkpoint=str(whitened))).net
+    assert net.whitening.fitted
+    images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
+    config = TrainConfig(out_dir=tmp_path / "fine", size=SIZE, batch=3, dim=16, holdout=0, device="cpu",
+                         init=str(whitened), sources=Sources([], [folder]))  # fmt: skip
+    assert not Trainer(config, images, []).net.whitening.fitted

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "search.calibrate",
     "bench.commands",
     "model.commands",
+    "model.whiten",
 )
 
 LOG = logging.getLogger("twice")

@@ -1,0 +1,116 @@
+"""``twice whiten``: fit the embedding's PCA whitening on training images, write the checkpoint.
+
+The trained net puts most of its variance into directions that many unrelated images share, so
+two different drawings on white can score 0.95 while a tilted copy of a photo scores 0.92.
+Whitening the embedding (centre it, rotate to the principal axes, scale each to unit variance;
+Jégou & Chum, ECCV 2012) weighs every direction equally. It is fitted on the training sources
+(never on the bench's images), after training, and stored in the checkpoint
+(``EmbeddingNet.whitening``), so the index, the search and the reports all see it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .training_data import SOURCES, Sources, gather_paths, load_images
+from .weights import save_checkpoint
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_IMAGES = 4000
+# Added to every eigenvalue, as a share of the largest: no direction is scaled up more than
+# ~300x, so a direction the fit images barely span cannot turn rounding into signal.
+SHRINKAGE = 1e-5
+MIN_IMAGES_PER_DIM = 2  # fewer images than this per dimension leave the covariance rank-poor
+
+
+def fit_whitening(embeddings: np.ndarray, shrinkage: float = SHRINKAGE) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection) such that ``(x - mean) @ projection`` has (about) identity covariance."""
+    x = np.asarray(embeddings, np.float64)
+    n, dim = x.shape
+    if n < MIN_IMAGES_PER_DIM * dim:
+        raise ValueError(
+            f"whitening a {dim}-d embedding needs at least {MIN_IMAGES_PER_DIM * dim} images, got {n}"
+        )
+    mean = x.mean(axis=0)
+    eigenvalues, axes = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    projection = axes / np.sqrt(eigenvalues + shrinkage * eigenvalues.max())
+    return mean.astype(np.float32), projection.astype(np.float32)
+
+
+def whiten_checkpoint(embedder, sources: Sources, out: Path, images: int, progress: bool = True) -> dict:
+    """Fit the whitening of ``embedder``'s net on ``images`` training images and save it to ``out``."""
+    net = embedder.net
+    net.whitening.reset()  # fit on what the trained layers say, not on an earlier whitening
+    cache = out.parent / "whiten-cache"
+    found = gather_paths(sources, cache)
+    paths = [p for source_paths in found.values() for p in source_paths]
+    if images and len(paths) > images:
+        keep = np.sort(np.random.default_rng(sources.seed).choice(len(paths), images, replace=False))
+        paths = [paths[i] for i in keep]
+    pictures = load_images(paths, 2 * embedder.image_size, progress)
+    embeddings = embed_all(embedder, pictures, progress)
+    mean, projection = fit_whitening(embeddings)
+    net.whitening.set(torch.from_numpy(mean), torch.from_numpy(projection))
+    record = {
+        "images": len(pictures),
+        "sources": {name: len(p) for name, p in found.items()},
+        "seed": sources.seed,
+        "shrinkage": SHRINKAGE,
+        "fitted_on": embedder.weights.digest,
+    }
+    meta = {**embedder.weights.meta, "whitening": record}
+    save_checkpoint(net.cpu().float(), out, embedder.image_size, meta)
+    return record
+
+
+def embed_all(embedder, pictures: list, progress: bool, batch: int = 32) -> np.ndarray:
+    bar = tqdm(total=len(pictures), desc="embedding", unit="img", disable=not progress)
+    chunks = []
+    for start in range(0, len(pictures), batch):
+        chunks.append(embedder.embed_images(pictures[start : start + batch], batch))
+        bar.update(len(chunks[-1]))
+    bar.close()
+    return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "whiten",
+        help="fit the embedding's whitening on training images and write the checkpoint",
+        description="Embed training images with the current model (--checkpoint, else the shipped"
+        " one), fit a PCA whitening of the embedding on them and write the model with it to --out."
+        " The bench's images are never used. Run it after `twice train`; then `twice reindex`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
+    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images to fit on (0: all found)")
+    p.add_argument("--sources", default=",".join(SOURCES), help="built-in sources, comma-separated")
+    p.add_argument("--data", nargs="+", type=Path, default=[], metavar="DIR", help="extra image folders")
+    p.add_argument("--synthetic", type=int, default=Sources.synthetic_count, help="generated images")
+    p.add_argument("--max-per-source", type=int, default=Sources.max_per_source, help="cap per source")
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn")
+    p.set_defaults(func=run_whiten)
+
+
+def run_whiten(args: argparse.Namespace, options) -> int:
+    from .embedder import Embedder
+
+    if args.images < 0:
+        raise ValueError(f"--images must be >= 0, not {args.images}")
+    names = [s.strip() for s in args.sources.split(",") if s.strip() and s.strip().lower() != "none"]
+    sources = Sources(names, list(args.data), args.synthetic, args.max_per_source, args.seed)
+    embedder = Embedder.from_options(options)
+    record = whiten_checkpoint(embedder, sources, args.out, args.images, progress=not args.quiet)
+    print(
+        f"whitening of {embedder.version} fitted on {record['images']} images; wrote {args.out}"
+        f" (load it with --checkpoint {args.out}; an index built before needs `twice reindex`)"
+    )
+    return 0
