@@ -45,12 +45,14 @@ def fit_whitening(embeddings: np.ndarray, shrinkage: float = SHRINKAGE) -> tuple
     return mean.astype(np.float32), projection.astype(np.float32)
 
 
-def whiten_checkpoint(embedder, sources: Sources, out: Path, images: int, progress: bool = True) -> dict:
-    """Fit the whitening of ``embedder``'s net on ``images`` training images and save it to ``out``."""
+def whiten_checkpoint(
+    embedder, sources: Sources, out: Path, images: int, cache_dir: Path, progress: bool = True
+) -> dict:
+    """Fit the whitening of ``embedder``'s net on ``images`` training images and save it to ``out``;
+    generated images are written under ``cache_dir``."""
     net = embedder.net
     net.whitening.reset()  # fit on what the trained layers say, not on an earlier whitening
-    cache = out.parent / "whiten-cache"
-    found = gather_paths(sources, cache)
+    found = gather_paths(sources, cache_dir)
     paths = [p for source_paths in found.values() for p in source_paths]
     if images and len(paths) > images:
         keep = np.sort(np.random.default_rng(sources.seed).choice(len(paths), images, replace=False))
@@ -108,7 +110,8 @@ def run_whiten(args: argparse.Namespace, options) -> int:
     names = [s.strip() for s in args.sources.split(",") if s.strip() and s.strip().lower() != "none"]
     sources = Sources(names, list(args.data), args.synthetic, args.max_per_source, args.seed)
     embedder = Embedder.from_options(options)
-    record = whiten_checkpoint(embedder, sources, args.out, args.images, progress=not args.quiet)
+    cache_dir = options.models_dir / "whiten-data"
+    record = whiten_checkpoint(embedder, sources, args.out, args.images, cache_dir, progress=not args.quiet)
     print(
         f"whitening of {embedder.version} fitted on {record['images']} images; wrote {args.out}"
         f" (load it with --checkpoint {args.out}; an index built before needs `twice reindex`)"
