@@ -54,6 +54,11 @@ def whiten_checkpoint(
     net.whitening.reset()  # fit on what the trained layers say, not on an earlier whitening
     found = gather_paths(sources, cache_dir)
     paths = [p for source_paths in found.values() for p in source_paths]
+    if len(paths) < MIN_IMAGES_PER_DIM * embedder.dim:  # say so before minutes of embedding
+        raise ValueError(
+            f"whitening a {embedder.dim}-d embedding needs at least {MIN_IMAGES_PER_DIM * embedder.dim}"
+            f" images; the sources hold {len(paths)} (add --data DIR or more --sources)"
+        )
     if images and len(paths) > images:
         keep = np.sort(np.random.default_rng(sources.seed).choice(len(paths), images, replace=False))
         paths = [paths[i] for i in keep]

@@ -298,6 +298,11 @@ def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrup
     with contextlib.redirect_stdout(printed):  # 34 images: a 16-d whitening needs 32
         code = main(["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(out / "model.pt"), *args])
     assert code == 0 and f"wrote {whitened}" in printed.getvalue()
+    few = ["whiten", "--out", str(tmp_path / "few.pt"), "--sources", "none", "--data", str(folder)]
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        failed = main(["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(out / "model.pt"), *few])
+    assert failed != 0 and "needs at least 32 images; the sources hold 14" in err.getvalue()
+    assert not (tmp_path / "few.pt").exists()
     blob = torch.load(whitened, weights_only=True)
     record = blob["meta"]["whitening"]
     assert record["images"] == 34 and record["sources"] == {"synthetic": 20, str(folder): 14}
