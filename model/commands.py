@@ -31,24 +31,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", nargs="+", type=Path, default=[], metavar="DIR", help="extra image folders")
-    p.add_argument(
-        "--sources",
-        default=",".join(SOURCES),
-        help=f"built-in sources, comma-separated, or 'none' (default: {','.join(SOURCES)})",
-    )
-    p.add_argument(
-        "--synthetic",
-        type=int,
-        default=Sources.synthetic_count,
-        help="generated images (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-per-source",
-        type=int,
-        default=Sources.max_per_source,
-        help="cap per source (default %(default)s)",
-    )
+    add_source_arguments(p)
     p.add_argument(
         "--include-bench-images",
         action="store_true",
@@ -142,15 +125,37 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_train)
 
 
+def add_source_arguments(p) -> None:
+    """The training-image flags that `twice train` and `twice whiten` share."""
+    p.add_argument("--data", nargs="+", type=Path, default=[], metavar="DIR", help="extra image folders")
+    p.add_argument(
+        "--sources",
+        default=",".join(SOURCES),
+        help=f"built-in sources, comma-separated, or 'none' (default: {','.join(SOURCES)})",
+    )
+    p.add_argument(
+        "--synthetic",
+        type=int,
+        default=Sources.synthetic_count,
+        help="generated images (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-per-source",
+        type=int,
+        default=Sources.max_per_source,
+        help="cap per source (default %(default)s)",
+    )
+
+
+def sources_from_args(args: argparse.Namespace, exclude_bench: bool = True) -> Sources:
+    """What ``add_source_arguments``' flags (and ``--seed``) ask for."""
+    text = args.sources.strip()
+    names = [] if text.lower() == "none" else [s.strip() for s in text.split(",") if s.strip()]
+    return Sources(names, list(args.data), args.synthetic, args.max_per_source, args.seed, exclude_bench)
+
+
 def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
-    names = (
-        []
-        if args.sources.strip().lower() == "none"
-        else [s.strip() for s in args.sources.split(",") if s.strip()]
-    )
-    sources = Sources(
-        names, list(args.data), args.synthetic, args.max_per_source, args.seed, not args.include_bench_images
-    )
+    sources = sources_from_args(args, exclude_bench=not args.include_bench_images)
     if not sources.names and not sources.folders:
         raise ValueError("no training data: give --data DIR or keep a built-in --sources")
     return TrainConfig(

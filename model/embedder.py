@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from .network import EmbeddingNet
 from .weights import WeightsInfo, build_network
@@ -141,16 +142,18 @@ class Embedder:
             out = self.net(batch)
         return out.float().cpu().numpy()
 
-    def embed_images(self, images: Iterable[Image.Image], batch_size: int = 32) -> np.ndarray:
-        """Embed PIL images in the calling process (queries, small batches)."""
-        tensors = [self.preprocess(image) for image in images]
-        if not tensors:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        chunks = [
-            self.embed_tensors(torch.stack(tensors[i : i + batch_size]))
-            for i in range(0, len(tensors), batch_size)
-        ]
-        return np.concatenate(chunks)
+    def embed_images(
+        self, images: Iterable[Image.Image], batch_size: int = 32, progress: bool = False
+    ) -> np.ndarray:
+        """Embed PIL images in the calling process (queries, small batches), a batch at a time."""
+        images = list(images)
+        chunks = []
+        with tqdm(total=len(images), desc="embedding", unit="img", disable=not progress) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                chunks.append(self.embed_tensors(torch.stack([self.preprocess(image) for image in batch])))
+                bar.update(len(batch))
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
 
 
 def _worker_init(_worker_id: int) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .training_data import SOURCES, Sources, gather_paths, load_images
+from .commands import add_source_arguments, sources_from_args
+from .training_data import Sources, gather_paths, load_images
 from .weights import save_checkpoint
 
 LOG = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def whiten_checkpoint(
         keep = np.sort(np.random.default_rng(sources.seed).choice(len(paths), images, replace=False))
         paths = [paths[i] for i in keep]
     pictures = load_images(paths, 2 * embedder.image_size, progress)
-    embeddings = embed_all(embedder, pictures, progress)
+    embeddings = embedder.embed_images(pictures, progress=progress)
     mean, projection = fit_whitening(embeddings)
     net.whitening.set(torch.from_numpy(mean), torch.from_numpy(projection))
     record = {
@@ -78,16 +78,6 @@ def whiten_checkpoint(
     return record
 
 
-def embed_all(embedder, pictures: list, progress: bool, batch: int = 32) -> np.ndarray:
-    bar = tqdm(total=len(pictures), desc="embedding", unit="img", disable=not progress)
-    chunks = []
-    for start in range(0, len(pictures), batch):
-        chunks.append(embedder.embed_images(pictures[start : start + batch], batch))
-        bar.update(len(chunks[-1]))
-    bar.close()
-    return np.concatenate(chunks) if chunks else np.zeros((0, embedder.dim), np.float32)
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "whiten",
@@ -95,15 +85,16 @@ def register(subparsers) -> None:
         description="Embed training images with the current model (--checkpoint, else the shipped"
         " one), fit a PCA whitening of the embedding on them and write the model with it to --out."
         " The bench's images are never used. Run it after `twice train`; then `twice reindex`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    p.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="images to fit on (0: all found)")
-    p.add_argument("--sources", default=",".join(SOURCES), help="built-in sources, comma-separated")
-    p.add_argument("--data", nargs="+", type=Path, default=[], metavar="DIR", help="extra image folders")
-    p.add_argument("--synthetic", type=int, default=Sources.synthetic_count, help="generated images")
-    p.add_argument("--max-per-source", type=int, default=Sources.max_per_source, help="cap per source")
-    p.add_argument("--seed", type=int, default=0, help="which images are drawn")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=DEFAULT_IMAGES,
+        help="images to fit on, 0: all found (default %(default)s)",
+    )
+    add_source_arguments(p)
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default %(default)s)")
     p.set_defaults(func=run_whiten)
 
 
@@ -112,8 +103,7 @@ def run_whiten(args: argparse.Namespace, options) -> int:
 
     if args.images < 0:
         raise ValueError(f"--images must be >= 0, not {args.images}")
-    names = [s.strip() for s in args.sources.split(",") if s.strip() and s.strip().lower() != "none"]
-    sources = Sources(names, list(args.data), args.synthetic, args.max_per_source, args.seed)
+    sources = sources_from_args(args)
     embedder = Embedder.from_options(options)
     cache_dir = options.models_dir / "whiten-data"
     record = whiten_checkpoint(embedder, sources, args.out, args.images, cache_dir, progress=not args.quiet)
