@@ -353,28 +353,31 @@ class PoolFilter:
         self.left_out: Counter = Counter()
 
     def admit(self, candidate: Candidate, image: Image.Image) -> bool:
-        reason = self.reason_to_leave_out(candidate, image)
+        """Whether ``image`` joins the set; what joins is remembered, what not is counted."""
+        digest = hashlib.sha256(image.tobytes()).hexdigest()
+        series = series_key(candidate)
+        views = dihedral_signatures(image)
+        reason = self.reason_to_leave_out(digest, series, views)
         if reason:
             self.left_out[reason] += 1
             return False
-        return True
-
-    def reason_to_leave_out(self, candidate: Candidate, image: Image.Image) -> str | None:
-        digest = hashlib.sha256(image.tobytes()).hexdigest()
-        if digest in self.pixels:
-            return "repeat"
-        series = series_key(candidate)
-        if series is not None and series in self.series:
-            return "series"
-        views = dihedral_signatures(image)
-        if views is None:
-            return "blank"
-        if self.signatures and float(np.max(np.stack(self.signatures) @ views.T)) >= NEAR_COPY_CORRELATION:
-            return "near-copy"
         self.pixels.add(digest)
         if series is not None:
             self.series.add(series)
         self.signatures.append(views[0])
+        return True
+
+    def reason_to_leave_out(
+        self, digest: str, series: tuple[str, str] | None, views: np.ndarray | None
+    ) -> str | None:
+        if digest in self.pixels:
+            return "repeat"
+        if series is not None and series in self.series:
+            return "series"
+        if views is None:
+            return "blank"
+        if self.signatures and float(np.max(np.stack(self.signatures) @ views.T)) >= NEAR_COPY_CORRELATION:
+            return "near-copy"
         return None
 
 
