@@ -413,7 +413,13 @@ SCHEMAS = {
                     "decided_by": {"type": "array", "items": {"type": "string"}},
                     "exact": {"type": "boolean"},
                     "hash": {"type": "object", "nullable": True},
-                    "cnn": {"type": "object", "nullable": True},
+                    "cnn": {
+                        "type": "object",
+                        "nullable": True,
+                        "description": "score and its own verdict; with a calibrated clear-match"
+                        " rule also margin (the score minus the best other family's) and clear"
+                        " (whether that rule made it a duplicate)",
+                    },
                     "transform": NULLABLE_STRING,
                     "summary": {"type": "string", "description": "the evidence in one line"},
                 },

@@ -20,13 +20,12 @@ from augment import augment_catalog
 from indexer import Catalog, Indexer, VectorIndex, load_vectors_for_search, reindex
 from search.calibrate import (
     DEFAULT_PRECISION,
-    DEFAULT_SIMILAR_PRECISION,
     NO_HASH,
     Calibration,
     OperatingPoint,
     collect_pairs,
+    fit_pairs,
     fit_rule,
-    fit_thresholds,
 )
 from search.verdicts import HASH_OFF
 
@@ -85,7 +84,7 @@ def calibrate_on_distractors(
         pairs = collect_pairs(catalog, vectors, options, seed=seed, progress=progress)
     finally:
         catalog.close()
-    fit = fit_thresholds(pairs.labels, pairs.cnn, pairs.dist, precision, DEFAULT_SIMILAR_PRECISION, pairs.gap)
+    fit = fit_pairs(pairs, precision)
     no_hash = np.full(len(pairs), NO_HASH, np.int64)
     cnn_alone = fit_rule(pairs.labels, pairs.cnn, no_hash, precision, max_radius=HASH_OFF)
     calibration = Calibration(embedder.version, fit, pairs, None, stored=False)

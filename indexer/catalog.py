@@ -210,6 +210,15 @@ class Catalog:
             rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))
             return {row.id: row for row in rows}
 
+    def parent_ids(self, ids: Iterable[int]) -> dict[int, int | None]:
+        """{id: parent_id} of the rows among ``ids`` (a light query: two columns)."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        with self.session() as session:
+            rows = session.execute(select(ImageRow.id, ImageRow.parent_id).where(ImageRow.id.in_(ids)))
+            return {image_id: parent for image_id, parent in rows}
+
     def by_sha256(self, sha256: str) -> ImageRow | None:
         with self.session() as session:
             return self.find_sha256(session, sha256)

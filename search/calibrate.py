@@ -11,9 +11,13 @@ against the other image's stored hashes, plain and photometric (``view_distances
 sees it, so a brightened copy is measured against its original's bright view.
 The duplicate rule "hash distance <= h or CNN score >= t" is fitted for the highest recall
 whose precision on these pairs reaches the target (default 0.99); the similar rule likewise
-with a lower target, never stricter than the duplicate rule. When the CNN cannot separate the
-pairs (random weights score everything ~0.99) its duplicate threshold ends up at 1.0 and the
-hash decides alone.
+with a lower target, never stricter than the duplicate rule. Then the clear-match rule
+(``search.verdicts``): "CNN score >= t1 and at least m above the best other family", fitted so
+that the three together still reach the target. Its margin is measured as search would see it
+if the pair were a false match: against the best image of any third family (neither the query's
+nor the other image's), which is what a query whose original is not catalogued has. When the
+CNN cannot separate the pairs (random weights score everything ~0.99) its duplicate threshold
+ends up at 1.0 and the hash decides alone.
 
 The same pairs give the evidence weights that order results within a verdict
 (``fit_weights``): for each hash distance and each band of CNN scores, the log of how much
@@ -56,7 +60,7 @@ from .hashing import (
     row_hashes,
     view_distances,
 )
-from .verdicts import HASH_DISTANCES, HASH_OFF, MAX_WEIGHT, EvidenceWeights, Thresholds
+from .verdicts import CLEAR_OFF, HASH_DISTANCES, HASH_OFF, MAX_WEIGHT, EvidenceWeights, Thresholds
 
 LOG = logging.getLogger(__name__)
 STORED_HASH_COLUMNS = tuple(getattr(ImageRow, name) for name in STORED_COLUMNS)
@@ -68,6 +72,7 @@ DEFAULT_K = 10
 DEFAULT_RANDOM = 5
 NO_HASH = 64 + 1  # distance of a pair where one side has no hash: never fires
 WEIGHT_BINS = 20  # CNN score bands of the weight curve (equal numbers of pairs)
+CLEAR_CUTS = 40  # candidate score floors (and as many duplicate cuts) tried for the clear-match rule
 PSEUDO_COUNT = 0.5  # added to every count, so an empty cell is not an infinite weight
 
 
@@ -76,7 +81,8 @@ PSEUDO_COUNT = 0.5  # added to every count, so an empty cell is not an infinite 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """One rule "hash <= hash_max or cnn >= cnn_min" and how it does on the pairs."""
+    """One rule "hash <= hash_max or cnn >= cnn_min [or (cnn >= clear_score and margin >=
+    clear_margin)]" and how it does on the pairs."""
 
     hash_max: int
     cnn_min: float
@@ -86,9 +92,18 @@ class OperatingPoint:
     false_positives: int
     target: float
     target_met: bool
+    clear_score: float = 1.0
+    clear_margin: float = CLEAR_OFF
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def fires(self, cnn: np.ndarray, dist: np.ndarray, margin: np.ndarray | None = None) -> np.ndarray:
+        """Which pairs the rule calls duplicate (``margin`` None: the clear-match rule is off)."""
+        fired = (dist <= self.hash_max) | (cnn >= self.cnn_min)
+        if margin is not None:
+            fired |= (cnn >= self.clear_score) & (margin >= self.clear_margin)
+        return fired
 
 
 def check_precision(value: float, name: str = "precision") -> float:
@@ -213,6 +228,62 @@ def keep_cnn_on(
     )
 
 
+def add_clear_rule(
+    point: OperatingPoint, labels: np.ndarray, cnn: np.ndarray, dist: np.ndarray, margin: np.ndarray
+) -> OperatingPoint:
+    """``point`` with the clear-match rule that adds the most recall at its target precision.
+
+    The duplicate cut may rise to make room: every candidate pair (cut t2 >= point.cnn_min,
+    floor t1 < t2) gets the best margin cut, and the highest recall wins (then the fewest false
+    duplicates); none that adds recall leaves ``point`` as it was.
+    """
+    labels = np.asarray(labels, bool)
+    cnn, dist, margin = (np.asarray(a, np.float64) for a in (cnn, dist, margin))
+    if not point.target_met:
+        return point
+    positives = int(labels.sum())
+    best = point
+    for t2 in _duplicate_cuts(point, labels, cnn, dist):
+        base = (dist <= point.hash_max) | (cnn >= t2)
+        tp0, fp0 = int(np.sum(base & labels)), int(np.sum(base & ~labels))
+        rest = ~base
+        for t1 in _clear_floors(cnn[rest & labels], t2):
+            pool = rest & (cnn >= t1)
+            order = np.argsort(-margin[pool], kind="stable")
+            cuts, kept = _cuts(margin[pool][order], CLEAR_OFF)
+            positive = labels[pool][order]
+            tp = tp0 + np.r_[0, np.cumsum(positive)][kept]
+            fp = fp0 + np.r_[0, np.cumsum(~positive)][kept]
+            i = _best_cut(tp, fp, point.target)
+            if i is not None and (tp[i], -fp[i]) > (best.true_positives, -best.false_positives):
+                best = replace(
+                    point, cnn_min=float(t2), clear_score=float(t1), clear_margin=float(cuts[i]),
+                    precision=float(tp[i] / (tp[i] + fp[i])), recall=float(tp[i] / positives),
+                    true_positives=int(tp[i]), false_positives=int(fp[i]),
+                )  # fmt: skip
+    return best
+
+
+def _duplicate_cuts(point: OperatingPoint, labels, cnn, dist) -> np.ndarray:
+    """Up to ``CLEAR_CUTS`` duplicate cuts from ``point``'s upwards, evenly spread over the
+    positive pairs they would give up to the clear-match rule."""
+    thresholds, tp, _ = curve(labels, cnn, dist, point.hash_max)
+    above = thresholds >= point.cnn_min
+    thresholds, tp = thresholds[above], tp[above]
+    wanted = np.linspace(tp.min(), tp.max(), CLEAR_CUTS)
+    picks = np.searchsorted(tp, wanted)  # tp rises as the cut falls, one entry per cut
+    return np.unique(thresholds[np.minimum(picks, len(tp) - 1)])
+
+
+def _clear_floors(positive_scores: np.ndarray, ceiling: float) -> np.ndarray:
+    """Candidate score floors for the clear-match rule: the scores of the positive pairs the
+    duplicate cut leaves (each floor keeps its pair), at most ``CLEAR_CUTS`` evenly spread."""
+    scores = np.unique(positive_scores[positive_scores < ceiling])
+    if len(scores) > CLEAR_CUTS:
+        scores = scores[np.linspace(0, len(scores) - 1, CLEAR_CUTS).round().astype(int)]
+    return scores
+
+
 @dataclass(frozen=True)
 class Fit:
     duplicate: OperatingPoint
@@ -226,6 +297,8 @@ class Fit:
             source=source,
             hash_duplicate=self.duplicate.hash_max,
             hash_similar=self.similar.hash_max,
+            clear_score=self.duplicate.clear_score,
+            clear_margin=self.duplicate.clear_margin,
             weights=self.weights,
         )
 
@@ -237,8 +310,10 @@ def fit_thresholds(
     precision: float = DEFAULT_PRECISION,
     similar_precision: float = DEFAULT_SIMILAR_PRECISION,
     gap: np.ndarray | None = None,
+    margin: np.ndarray | None = None,
 ) -> Fit:
-    """Fit the duplicate rule for ``precision``, then the similar rule around it, and the weights."""
+    """Fit the duplicate rule for ``precision`` (with the clear-match rule when pairs come with
+    their ``margin``), then the similar rule around it, and the weights."""
     precision = check_precision(precision)
     similar_precision = check_precision(similar_precision, "similar precision")
     if similar_precision > precision:
@@ -246,6 +321,8 @@ def fit_thresholds(
             f"similar precision {similar_precision} must not exceed duplicate precision {precision}"
         )
     duplicate = fit_rule(labels, cnn, dist, precision)
+    if margin is not None:
+        duplicate = add_clear_rule(duplicate, labels, cnn, dist, margin)
     similar = fit_rule(
         labels, cnn, dist, similar_precision, hash_floor=duplicate.hash_max, ceiling=duplicate.cnn_min
     )
@@ -254,6 +331,13 @@ def fit_thresholds(
         LOG.warning("no non-pairs to calibrate from: evidence weights stay the defaults")
         return Fit(duplicate, similar)
     return Fit(duplicate, similar, fit_weights(labels, cnn, dist, gap=gap))
+
+
+def fit_pairs(pairs: Pairs, precision: float, similar_precision: float = DEFAULT_SIMILAR_PRECISION) -> Fit:
+    """``fit_thresholds`` on scored pairs, with every signal they carry."""
+    return fit_thresholds(
+        pairs.labels, pairs.cnn, pairs.dist, precision, similar_precision, pairs.gap, pairs.margin
+    )
 
 
 def monotone(values: np.ndarray, weights: np.ndarray, increasing: bool = True) -> np.ndarray:
@@ -345,6 +429,8 @@ class Pairs:
     skipped: Counter = field(default_factory=Counter)
     queries: int = 0
     gap: np.ndarray | None = None  # the query's best CNN score over other images, minus this one
+    # This score minus the query's best over a third family (neither side's): the clear margin.
+    margin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -477,6 +563,7 @@ class _PairCollector:
         self.labels: list[bool] = []
         self.query_hashes: dict[int, np.ndarray] = {}
         self.best_other: dict[int, float] = {}
+        self.context: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}  # query -> roots, scores, floor
         self.skipped: Counter = Counter()
         self.all_ids = np.fromiter(view.stored, np.int64)
         self.all_ids = self.all_ids[np.isin(self.all_ids, view.ids)]
@@ -485,7 +572,8 @@ class _PairCollector:
     def add_batch(self, ids: list[int], hashes: np.ndarray) -> None:
         view = self.view
         xq = view.vector(np.asarray(ids, np.int64))
-        depth = min(len(view.ids), self.k + max(self.family_size[view.root(i)] for i in ids))
+        # Deep enough that a third family shows up after the query's and another's.
+        depth = min(len(view.ids), self.k + 2 * max(self.family_size.values()))
         D, I = view.vectors.search(xq, depth)
         for row, (image_id, qh) in enumerate(zip(ids, hashes, strict=True)):
             if is_flat(qh[0]) or image_id in view.flat:
@@ -495,6 +583,10 @@ class _PairCollector:
             # What search compares each score with: the best one among the other images.
             others_found = (I[row] >= 0) & (I[row] != image_id)
             self.best_other[image_id] = float(D[row][others_found].max()) if others_found.any() else 1.0
+            found = I[row] >= 0
+            floor = float(D[row][-1]) if found.all() and depth < len(view.ids) else -1.0
+            roots = np.array([view.root(int(j)) for j in I[row][found]], np.int64)
+            self.context[image_id] = (roots, D[row][found].astype(np.float64), floor)
             root = view.root(image_id)
             parent = view.parent.get(image_id)
             if parent is not None and view.has_vector(parent) and parent not in view.flat:
@@ -527,10 +619,20 @@ class _PairCollector:
         transforms = [view.transform.get(a) if label else None for a, label in pairs]
         best = np.array([self.best_other[a] for a in left.tolist()], np.float64)
         gap = np.maximum(best - cnn, 0.0) if len(left) else np.zeros(0)
+        pairs = zip(left.tolist(), right.tolist(), strict=True)
+        third = np.array([self._third_family(a, b) for a, b in pairs], np.float64)
+        margin = cnn - third if len(left) else np.zeros(0)
         return Pairs(
             np.asarray(self.labels, bool), cnn.astype(np.float64), dist, transforms, self.skipped,
-            len(self.query_hashes), gap,
+            len(self.query_hashes), gap, margin.astype(np.float64),
         )  # fmt: skip
+
+    def _third_family(self, query: int, other: int) -> float:
+        """The query's best score over images of neither its family nor ``other``'s: beyond the
+        searched depth, no image scores above its last score."""
+        roots, scores, floor = self.context[query]
+        third = (roots != self.view.root(query)) & (roots != self.view.root(other))
+        return float(scores[third].max()) if third.any() else floor
 
 
 # the command ----------------------------------------------------------------------------------
@@ -542,7 +644,7 @@ def transform_name(spec: str | None) -> str:
 
 
 def recall_by_transform(pairs: Pairs, point: OperatingPoint) -> dict[str, float]:
-    fired = (pairs.dist <= point.hash_max) | (pairs.cnn >= point.cnn_min)
+    fired = point.fires(pairs.cnn, pairs.dist, pairs.margin)
     totals, hits = Counter(), Counter()
     for label, spec, hit in zip(pairs.labels, pairs.transforms, fired, strict=True):
         if label:
@@ -590,6 +692,8 @@ def _rule_text(point: OperatingPoint) -> str:
     # 1.0 means the CNN could not help at this precision (random weights, say): only the
     # same pixels reach it.
     parts.append(f"CNN >= {point.cnn_min:.4f}" + (" (CNN alone: never)" if point.cnn_min >= 1.0 else ""))
+    if point.clear_margin < CLEAR_OFF:
+        parts.append(f"(CNN >= {point.clear_score:.4f} and {point.clear_margin:.4f} clear of other images)")
     return " or ".join(parts) + f" (P {point.precision:.3f}, R {point.recall:.3f})"
 
 
@@ -606,6 +710,8 @@ class Calibration:
         return {
             "hash_duplicate": self.fit.duplicate.hash_max,
             "hash_similar": self.fit.similar.hash_max,
+            "clear_score": self.fit.duplicate.clear_score,
+            "clear_margin": self.fit.duplicate.clear_margin,
             "duplicate": self.fit.duplicate.to_dict(),
             "similar": self.fit.similar.to_dict(),
             "positives": int(labels.sum()),
@@ -661,7 +767,7 @@ def calibrate(
     catalog = Catalog(options.catalog_url)
     try:
         scored = collect_pairs(catalog, vectors, options, pairs, k, randoms, seed, progress)
-        fit = fit_thresholds(scored.labels, scored.cnn, scored.dist, precision, similar_precision, scored.gap)
+        fit = fit_pairs(scored, precision, similar_precision)
         plot = plot or Path(options.reports_dir) / f"calibration-{version}.png"
         plot_curves(scored, fit, plot, f"twice calibrate: {version}")
         result = Calibration(version, fit, scored, plot, store)

@@ -7,7 +7,9 @@ FAISS top-k of the query's embedding (of its 8 dihedral views with ``tta="d4"``)
 candidate gets a CNN score, a hash distance when both sides have a hash, and a verdict from
 ``Thresholds.judge``; results are ranked by verdict, then by the weight of their evidence
 (``EvidenceWeights``: calibrated log-likelihood ratios of the hash distance and the CNN score,
-summed), then by CNN score and hash distance.
+summed), then by CNN score and hash distance. With a calibrated clear-match rule the FAISS
+search reaches ``CONTEXT_K`` deep, so that each result's CNN margin over the best image of
+another family (an original and its variants are one family) is known.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresho
 LOG = logging.getLogger(__name__)
 
 MAX_K = 100
+# How deep the FAISS search looks for the clear-match rule's rival families: past a whole family
+# (an original and the 11 variants `twice augment` makes of it by default).
+CONTEXT_K = 32
 MIN_LOOKUP_RADIUS = DEFAULT_HASH_SIMILAR  # bits; the multi-index probes the same buckets up to 15
 TTA_MODES = ("none", "d4")
 # Measured on the shared 2-core CPU, VGG-16 at 128 px, 200 originals (issue 7 report): d4 puts
@@ -143,7 +148,9 @@ class SearchEngine:
         gets every signal it has, a verdict and a weight.
         """
         thresholds = thresholds or self.thresholds
-        cnn = self._cnn_candidates(xq, k + 1)
+        depth = max(k + 1, CONTEXT_K) if thresholds.clear_rule else k + 1
+        D, I = self.vectors.search(xq, depth)
+        cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
         exact = self.catalog.by_sha256(decoded.sha256)
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
         matches = [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1]
@@ -162,6 +169,7 @@ class SearchEngine:
                 by_hash[image_id] = nearest_view(query_hashes, image_id, row_hashes(row))
         others = [cnn[i][0] for i in ids & set(rows) if i in cnn and (exact is None or i != exact.id)]
         best_other = max(others, default=None)  # what each score's gap is measured from
+        margins = self._margins(cnn, D, I, rows) if thresholds.clear_rule else {}
         results = []
         for image_id in ids & set(rows):
             is_exact = exact is not None and image_id == exact.id
@@ -169,10 +177,11 @@ class SearchEngine:
             scored = cnn.get(image_id, (1.0, 0) if is_exact else None)
             score, view = scored if scored is not None else (-1.0, 0)
             match = by_hash.get(image_id)
-            judgement = thresholds.judge(score, _distance(match), is_exact)
+            margin = margins.get(image_id)
+            judgement = thresholds.judge(score, _distance(match), is_exact, margin)
             gap = None if scored is None or best_other is None else max(best_other - score, 0.0)
             weight = thresholds.weights.weight(None if scored is None else score, _distance(match), gap)
-            evidence = self._evidence(judgement, scored, views[view], match, tta_of(views), weight)
+            evidence = self._evidence(judgement, scored, views[view], match, tta_of(views), weight, margin)
             results.append(self._result(rows[image_id], score, judgement, evidence))
         results.sort(key=_rank_key)
         return results[:k]
@@ -206,10 +215,16 @@ class SearchEngine:
             self._hashes.add(*flatten_stored(ids, stored))
             self._hashes_after = int(ids.max())
 
-    def _cnn_candidates(self, xq: np.ndarray, k: int) -> dict[int, tuple[float, int]]:
-        """{id: (best score, view index)} over the FAISS top-k of every view."""
-        D, I = self.vectors.search(xq, k)
-        return self._cnn_best(D, I)
+    def _margins(self, cnn: dict, D: np.ndarray, I: np.ndarray, rows: dict) -> dict[int, float]:
+        """Each scored candidate's CNN margin over the best image of another family, from the
+        candidates and the deeper FAISS list; no image beyond that list scores above its end."""
+        scores = self._cnn_best(D, I) | {i: scored for i, scored in cnn.items()}
+        unknown = set(scores) - set(rows)
+        parents = {i: row.parent_id for i, row in rows.items()} | self.catalog.parent_ids(unknown)
+        family = {i: parents.get(i) or i for i in scores}
+        full = I[:, -1] >= 0  # a view whose list is full may hide images scoring up to its end
+        floor = float(D[full, -1].max()) if full.any() and len(self.vectors) > I.shape[1] else -1.0
+        return family_margins({i: s for i, (s, _) in scores.items()}, family, floor)
 
     def _cnn_scores(self, xq: np.ndarray, ids: set[int]) -> dict[int, tuple[float, int]]:
         """Scores of chosen ids (hash or exact candidates outside the top-k)."""
@@ -248,10 +263,14 @@ class SearchEngine:
         match: HashMatch | None,
         tta: str,
         weight: float,
+        margin: float | None = None,
     ) -> dict:
         cnn = None
         if scored is not None:
             cnn = {"score": round(float(np.clip(scored[0], -1.0, 1.0)), 6), "verdict": judgement.cnn}
+            if margin is not None:
+                cnn["margin"] = round(float(margin), 6)
+                cnn["clear"] = judgement.clear
             if tta != "none":
                 cnn["view"] = view
         hashed = None
@@ -343,9 +362,25 @@ def summarize(evidence: dict) -> str:
         view = f" · {hashed['stored']}" if hashed["stored"] else ""  # the result's bright/dark view
         parts.append(f"hash {hashed['distance']} bits{view}{turned}")
     if (cnn := evidence["cnn"]) is not None:
-        parts.append(f"CNN {cnn['score']:.3f}")
+        clear = f", {cnn['margin']:.3f} clear of other images" if cnn.get("clear") else ""
+        parts.append(f"CNN {cnn['score']:.3f}{clear}")
     decided = ", ".join(evidence["decided_by"]) or "nothing"
     return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
+
+
+def family_margins(scores: dict[int, float], family: dict[int, int], floor: float = -1.0) -> dict[int, float]:
+    """Each image's score minus the best score of any other family (at least ``floor``, the
+    most an unseen image can score)."""
+    best: dict[int, float] = {}
+    for image_id, score in scores.items():
+        best[family[image_id]] = max(score, best.get(family[image_id], -np.inf))
+    top = sorted(best.items(), key=lambda item: -item[1])[:2]
+
+    def rival(own: int) -> float:
+        others = [score for fam, score in top if fam != own]
+        return max(others[0] if others else floor, floor)
+
+    return {image_id: score - rival(family[image_id]) for image_id, score in scores.items()}
 
 
 def _distance(match: HashMatch | None) -> int | None:

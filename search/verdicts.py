@@ -6,6 +6,13 @@ alone (best of the query's 8 dihedral views, in bits of 64): ``duplicate`` <= h_
 always a duplicate, otherwise the higher of the hash verdict and the CNN verdict. ``twice
 calibrate`` fits all four numbers for a target precision of that combined rule.
 
+A CNN score under t_dup is still a duplicate when it stands clear of the query's other images:
+score >= clear_score and score - (best score of any other family) >= clear_margin. This is
+Lowe's ratio test as a difference. A copy that the model finds hard (a photo tilted 10 degrees
+with white corners, at 0.6) is far above every other image of the catalog. An image that merely
+resembles the query (another photo of the same kind of scene) has near rivals. Calibration fits
+both numbers; until then the rule is off.
+
 Results of one verdict are ranked by the weight of their evidence (``EvidenceWeights``): how
 strongly each signal's value says "duplicate", as a log-likelihood ratio, summed over signals.
 A lexicographic order (CNN score first, say) lets a signal that cannot tell images apart decide:
@@ -36,6 +43,7 @@ DEFAULT_HASH_DUPLICATE = 8
 DEFAULT_HASH_SIMILAR = 12
 HASH_OFF = -1  # a hash threshold that never fires
 HASH_DISTANCES = 65  # 0..64 bits
+CLEAR_OFF = 2.0  # a clear margin no cosine score can reach: the clear-match rule never fires
 
 # Default evidence weights, until calibration measures them: one bit of hash distance is one
 # nat, and the CNN is scaled so that the gap between its default similar and duplicate
@@ -139,6 +147,7 @@ class Judgement:
     cnn: str  # the CNN score's own verdict
     hash: str | None  # the hash distance's own verdict; None without hashes
     exact: bool
+    clear: bool = False  # the CNN's duplicate came from the clear-match rule, not its score alone
 
     @property
     def signals(self) -> list[str]:
@@ -164,6 +173,8 @@ class Thresholds:
     source: str = "default"  # default | calibrated | manual
     hash_duplicate: int = DEFAULT_HASH_DUPLICATE
     hash_similar: int = DEFAULT_HASH_SIMILAR
+    clear_score: float = 1.0
+    clear_margin: float = CLEAR_OFF
     # How results of one verdict are ordered; not part of the verdict rule (nor of equality).
     weights: EvidenceWeights = field(default_factory=EvidenceWeights.default, compare=False, repr=False)
 
@@ -179,14 +190,28 @@ class Thresholds:
                 f" <= {MAX_RADIUS}, got hash_duplicate={self.hash_duplicate},"
                 f" hash_similar={self.hash_similar}"
             )
+        if not (-1.0 <= self.clear_score <= 1.0 and 0.0 <= self.clear_margin <= CLEAR_OFF):
+            raise ValueError(
+                f"the clear-match rule needs -1 <= clear_score <= 1 and 0 <= clear_margin <= {CLEAR_OFF},"
+                f" got clear_score={self.clear_score}, clear_margin={self.clear_margin}"
+            )
 
-    def verdict(self, score: float) -> str:
-        """The verdict of a CNN cosine score alone."""
-        if score >= self.duplicate:
+    @property
+    def clear_rule(self) -> bool:
+        """Whether the clear-match rule can fire below the duplicate threshold."""
+        return self.clear_margin < CLEAR_OFF and self.clear_score < self.duplicate
+
+    def verdict(self, score: float, margin: float | None = None) -> str:
+        """The verdict of a CNN cosine score, and of its margin over the query's other families."""
+        if score >= self.duplicate or self.is_clear(score, margin):
             return DUPLICATE
         if score >= self.similar:
             return SIMILAR
         return DIFFERENT
+
+    def is_clear(self, score: float, margin: float | None) -> bool:
+        """Whether the clear-match rule makes a score a duplicate (None: margin unknown)."""
+        return margin is not None and score >= self.clear_score and margin >= self.clear_margin
 
     def hash_verdict(self, distance: int | None) -> str | None:
         """The verdict of a hash Hamming distance alone; None when there is no distance."""
@@ -198,11 +223,14 @@ class Thresholds:
             return SIMILAR
         return DIFFERENT
 
-    def judge(self, score: float, distance: int | None = None, exact: bool = False) -> Judgement:
+    def judge(
+        self, score: float, distance: int | None = None, exact: bool = False, margin: float | None = None
+    ) -> Judgement:
         """The combined verdict: exact bytes, else the stronger of hash and CNN."""
-        cnn, hashed = self.verdict(score), self.hash_verdict(distance)
+        cnn, hashed = self.verdict(score, margin), self.hash_verdict(distance)
         verdict = DUPLICATE if exact else min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
-        return Judgement(verdict, cnn, hashed, exact)
+        clear = cnn == DUPLICATE and score < self.duplicate
+        return Judgement(verdict, cnn, hashed, exact, clear)
 
     @property
     def hash_radius(self) -> int:
@@ -221,30 +249,45 @@ def thresholds_for(catalog, model_version: str) -> Thresholds:
     if record is None:
         return Thresholds()
     hashes = _hash_thresholds(record.details)
+    clear = _clear_rule(record.details)
     weights = _weights(record.details, model_version)
     try:
-        return Thresholds(record.duplicate, record.similar, record.source, *hashes, weights)
+        return Thresholds(record.duplicate, record.similar, record.source, *hashes, *clear, weights)
     except ValueError as exc:  # a hand-edited row must not take search down
-        LOG.warning("ignoring stored hash thresholds of %s: %s", model_version, exc)
+        LOG.warning("ignoring stored hash thresholds and clear-match rule of %s: %s", model_version, exc)
         return Thresholds(record.duplicate, record.similar, record.source, weights=weights)
+
+
+def _details(details: str | None) -> dict:
+    try:
+        data = json.loads(details) if details else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _hash_thresholds(details: str | None) -> tuple[int, int]:
     """The hash thresholds kept in a threshold record's details (JSON text)."""
+    data = _details(details)
     try:
-        data = json.loads(details) if details else {}
         return int(data["hash_duplicate"]), int(data["hash_similar"])
     except (ValueError, KeyError, TypeError):
         return DEFAULT_HASH_DUPLICATE, DEFAULT_HASH_SIMILAR
 
 
+def _clear_rule(details: str | None) -> tuple[float, float]:
+    """The clear-match rule kept in a threshold record's details; off when there is none."""
+    data = _details(details)
+    try:
+        return float(data["clear_score"]), float(data["clear_margin"])
+    except (ValueError, KeyError, TypeError):
+        return 1.0, CLEAR_OFF
+
+
 def _weights(details: str | None, model_version: str) -> EvidenceWeights:
     """The evidence weights kept in a threshold record's details, or the defaults."""
-    try:
-        data = json.loads(details) if details else {}
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict) or "weights" not in data:
+    data = _details(details)
+    if "weights" not in data:
         return EvidenceWeights.default()
     try:
         return EvidenceWeights.from_dict(data["weights"])

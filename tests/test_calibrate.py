@@ -18,7 +18,10 @@ from search import SearchEngine, thresholds_for
 from search.calibrate import (
     NO_HASH,
     PSEUDO_COUNT,
+    CatalogView,
     OperatingPoint,
+    _PairCollector,
+    add_clear_rule,
     collect_pairs,
     fit_rule,
     fit_thresholds,
@@ -29,7 +32,7 @@ from search.calibrate import (
 )
 from search.hashing import MAX_RADIUS, dihedral_hashes, hamming, phash
 from search.report import build_report
-from search.verdicts import MAX_WEIGHT, EvidenceWeights
+from search.verdicts import CLEAR_OFF, MAX_WEIGHT, EvidenceWeights
 from twice.cli import main
 
 
@@ -359,3 +362,94 @@ def test_positive_distances_see_the_originals_bright_view(tmp_path, options, emb
     bright = [d for d, label, spec in zip(pairs.dist, pairs.labels, pairs.transforms, strict=True)
               if label and transform_name(spec) == "bright"]  # fmt: skip
     assert len(bright) == 4 and max(bright) <= 2
+
+
+# the clear-match rule -------------------------------------------------------------------------
+
+
+def planted_clear_pairs(rng, n_pos=400, n_neg=4000):
+    """Half the positives score high; the other half (tilts, say) score like the negatives'
+    best but stand far clear of the query's other images, which no negative does."""
+    labels = np.r_[np.ones(n_pos, bool), np.zeros(n_neg, bool)]
+    half = n_pos // 2
+    cnn = np.r_[rng.uniform(0.9, 1.0, half), rng.uniform(0.5, 0.7, half), rng.uniform(0.0, 0.8, n_neg)]
+    margin = np.r_[rng.uniform(0.0, 0.5, half), rng.uniform(0.3, 0.5, half), rng.uniform(-0.4, 0.2, n_neg)]
+    return labels, cnn, np.full(len(labels), NO_HASH), margin
+
+
+def test_the_clear_match_rule_finds_copies_the_score_alone_cannot():
+    labels, cnn, dist, margin = planted_clear_pairs(np.random.default_rng(7))
+    plain = fit_thresholds(labels, cnn, dist)
+    assert plain.duplicate.recall == pytest.approx(0.5, abs=0.01)
+    assert plain.duplicate.clear_margin == CLEAR_OFF  # no margins: the rule stays off
+    fit = fit_thresholds(labels, cnn, dist, margin=margin)
+    point = fit.duplicate
+    assert point.recall == 1.0 and point.precision >= 0.99
+    assert 0.2 <= point.clear_margin <= 0.3 and point.clear_score < 0.7 < point.cnn_min
+    fired = point.fires(cnn, dist, margin)
+    assert point.true_positives == int((fired & labels).sum())
+    assert point.false_positives == int((fired & ~labels).sum())
+    t = fit.thresholds()
+    assert (t.clear_score, t.clear_margin) == (point.clear_score, point.clear_margin)
+    assert t.judge(0.6, None, margin=0.35).verdict == "duplicate"
+    assert t.judge(0.6, None, margin=0.1).verdict != "duplicate"
+    assert fit.similar.cnn_min <= point.cnn_min
+
+
+def clear_oracle(point, labels, cnn, dist, margin, target):
+    """Best recall of "point's rule, its CNN cut raised to any t2, or (cnn >= t1 and margin >= m)"
+    with precision >= target, over every measured t2, t1 and m."""
+    best = point.recall
+    for t2 in [t for t in set(cnn.tolist()) | {1.0} if t >= point.cnn_min]:
+        base = (dist <= point.hash_max) | (cnn >= t2)
+        for t1 in set(cnn[labels].tolist()):
+            for m in set(margin.tolist()):
+                fired = base | ((cnn >= t1) & (margin >= m))
+                tp, fp = int((fired & labels).sum()), int((fired & ~labels).sum())
+                if tp and tp >= target * (tp + fp):
+                    best = max(best, tp / labels.sum())
+    return best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_clear_match_rule_matches_a_brute_force_oracle(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(60) < 0.35
+    labels[0] = True
+    cnn = np.round(np.where(labels, rng.uniform(0.4, 1.0, 60), rng.uniform(0.0, 0.85, 60)), 2)
+    margin = np.round(np.where(labels, rng.uniform(0.0, 0.5, 60), rng.uniform(-0.3, 0.3, 60)), 2)
+    dist = np.where(labels, rng.integers(0, 20, 60), rng.integers(5, 40, 60))
+    for target in (0.99, 0.9):
+        point = fit_rule(labels, cnn, dist, target)
+        clear = add_clear_rule(point, labels, cnn, dist, margin)
+        assert clear.recall == pytest.approx(clear_oracle(point, labels, cnn, dist, margin, target))
+        assert clear.recall >= point.recall and clear.hash_max == point.hash_max
+        fired = clear.fires(cnn, dist, margin)
+        assert clear.true_positives == int((fired & labels).sum())
+        assert clear.false_positives == int((fired & ~labels).sum())
+        assert clear.precision >= target
+
+
+def test_pair_margins_are_measured_against_a_third_family(tmp_path, options, embedder):
+    build_collection(tmp_path, options, embedder, count=6)
+    catalog = Catalog(options.catalog_url)
+    vectors = load_vectors_for_search(options, embedder.version, embedder.dim)
+    view = CatalogView(catalog, vectors)
+    rng = np.random.default_rng(0)
+    collector = _PairCollector(view, 10, 5, rng)
+    queries = [i for i in view.stored if view.has_vector(i)]
+    hashes = {
+        i: dihedral_hashes(Image.open(options.images_dir / view.stored[i]).convert("RGB")) for i in queries
+    }
+    collector.add_batch(queries, np.stack([hashes[i] for i in queries]))
+    pairs = collector.pairs()
+    catalog.close()
+    # Brute force: every vector against every other, by family.
+    S = view.xb @ view.xb.T
+    row = {int(i): n for n, i in enumerate(view.ids)}
+    roots = np.array([view.root(int(i)) for i in view.ids])
+    assert pairs.labels.any() and (~pairs.labels).any()
+    for a, b, score, margin in zip(collector.left, collector.right, pairs.cnn, pairs.margin, strict=True):
+        third = (roots != view.root(a)) & (roots != view.root(b))
+        assert score == pytest.approx(S[row[a], row[b]], abs=1e-5)
+        assert margin == pytest.approx(score - S[row[a]][third].max(), abs=1e-5)

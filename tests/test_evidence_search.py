@@ -14,7 +14,7 @@ from imagegen import dusk_art, image_bytes, make_image
 from indexer import Catalog, reindex
 from model import Embedder
 from search import SearchEngine, Thresholds, thresholds_for
-from search.engine import dihedral_tensors
+from search.engine import dihedral_tensors, family_margins
 from search.hashing import DIHEDRAL, dihedral_image
 from search.service import SearchService
 from search.verdicts import DIFFERENT, DUPLICATE, MAX_WEIGHT, SIMILAR, EvidenceWeights
@@ -445,3 +445,83 @@ def test_a_copy_matched_by_its_own_hash_ranks_before_one_matched_through_a_store
     # Equal evidence otherwise (the original has the smaller id): the dark copy itself first.
     assert list(hits)[:2] == [copy.id, parent.id]
     engine.close()
+
+
+def test_the_clear_match_rule_calls_a_score_that_stands_clear_a_duplicate():
+    t = Thresholds(duplicate=0.9, similar=0.7, clear_score=0.5, clear_margin=0.3)
+    assert t.clear_rule and not Thresholds().clear_rule  # off until calibrated
+    clear = t.judge(0.6, None, margin=0.35)
+    assert (clear.verdict, clear.cnn, clear.clear, clear.decided_by) == (DUPLICATE, DUPLICATE, True, ["cnn"])
+    assert t.judge(0.6, None, margin=0.29).verdict == DIFFERENT  # a near rival
+    assert t.judge(0.6, None).verdict == DIFFERENT  # margin unknown
+    assert t.judge(0.45, None, margin=0.9).verdict == DIFFERENT  # under the floor
+    assert t.judge(0.8, None, margin=0.1).verdict == SIMILAR
+    plain = t.judge(0.95, None, margin=0.0)
+    assert plain.verdict == DUPLICATE and not plain.clear  # the score alone decides
+    with pytest.raises(ValueError, match="clear_score=0.5, clear_margin=-0.1"):
+        Thresholds(clear_score=0.5, clear_margin=-0.1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_family_margins_match_a_brute_force_oracle(seed):
+    rng = np.random.default_rng(seed)
+    scores = {i: float(s) for i, s in enumerate(rng.uniform(-0.2, 1.0, 15))}
+    family = {i: int(rng.integers(0, 4)) for i in scores}
+    floor = float(rng.uniform(-0.5, 0.5))
+    margins = family_margins(scores, family, floor)
+    for i, score in scores.items():
+        rivals = [s for j, s in scores.items() if family[j] != family[i]]
+        assert margins[i] == pytest.approx(score - max([*rivals, floor]))
+
+
+def test_search_measures_each_margin_against_the_best_other_family(indexed, options, embedder, tmp_path):
+    from augment.variants import augment_catalog
+    from indexer import Indexer
+
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    augment_catalog(indexer, progress=False)  # each original and its 4 variants: one family
+    indexer.close()
+    reindex([], options, embedder, progress=False)
+    engine = open_engine(options, embedder)
+    query = image_bytes(indexed[43], "JPEG", quality=60)
+    assert "margin" not in engine.search_bytes(query, k=3)["results"][0]["evidence"]["cnn"]  # rule off
+
+    engine.thresholds = Thresholds(
+        1.0, 1.0, hash_duplicate=-1, hash_similar=-1, clear_score=-1.0, clear_margin=1.9
+    )
+    hits = engine.search_bytes(query, k=30)["results"]  # every row of the catalog
+    family = {hit["id"]: hit["parent_id"] or hit["id"] for hit in hits}
+    for hit in hits:
+        rival = max(other["score"] for other in hits if family[other["id"]] != family[hit["id"]])
+        assert hit["evidence"]["cnn"]["margin"] == pytest.approx(hit["score"] - rival, abs=2e-6)
+    top = hits[0]
+    assert top["source"].endswith("img_43.png") and top["verdict"] == DIFFERENT
+
+    margin = top["evidence"]["cnn"]["margin"]
+    assert margin > 0  # its own variants are no rivals
+    engine.thresholds = Thresholds(
+        1.0,
+        1.0,
+        hash_duplicate=-1,
+        hash_similar=-1,
+        clear_score=top["score"] - 0.01,
+        clear_margin=margin - 1e-4,
+    )
+    response = engine.search_bytes(query, k=30)
+    top = response["results"][0]
+    assert top["verdict"] == DUPLICATE and top["evidence"]["cnn"]["clear"] is True
+    assert "clear of other images (decided by cnn)" in top["evidence"]["summary"]
+    # Its own variants may stand as clear; no other family's image does.
+    assert {family[hit["id"]] for hit in response["results"] if hit["verdict"] == DUPLICATE} == {top["id"]}
+    assert response["thresholds"]["clear_margin"] == pytest.approx(margin - 1e-4)
+    engine.close()
+
+
+def test_a_stored_clear_match_rule_reaches_search_and_a_broken_one_falls_back(indexed, options, embedder):
+    catalog = Catalog(options.catalog_url)
+    rule = {"hash_duplicate": 2, "hash_similar": 6, "clear_score": 0.55, "clear_margin": 0.25}
+    catalog.set_thresholds(embedder.version, 0.8, 0.7, "calibrated", rule)
+    assert thresholds_for(catalog, embedder.version) == Thresholds(0.8, 0.7, "calibrated", 2, 6, 0.55, 0.25)
+    catalog.set_thresholds(embedder.version, 0.8, 0.7, "calibrated", rule | {"clear_margin": -3})
+    assert thresholds_for(catalog, embedder.version) == Thresholds(0.8, 0.7, "calibrated")
+    catalog.close()
