@@ -97,7 +97,7 @@ class EmbeddingMethod:
         if self.mode == "cnn" and self.calibration is not None:
             self.threshold = self.calibration.cnn_alone.cnn_min  # the CNN's own best rule
         elif self.mode == "search" and thresholds.hash_duplicate >= 0:
-            self.rule = f"hash <= {thresholds.hash_duplicate} or CNN >= {thresholds.duplicate:.4f}"
+            self.rule = thresholds.duplicate_rule()
 
     def query_many(self, paths: list[Path], k: int, progress: bool = False) -> list[list[Hit]]:
         if self.mode == "cnn":

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from model import Embedder
+from search.verdicts import CLEAR_OFF, rule_text
 
 from .calibration import calibrate_on_distractors
 from .machine import machine_facts
@@ -363,8 +364,8 @@ def _left_out_text(left_out: dict[str, int]) -> str:
 
 
 def _rule(point: dict) -> str:
-    cnn = "never" if point["cnn_min"] >= 1.0 else f">= {point['cnn_min']:.4f}"
-    return (f"hash <= {point['hash_max']} or " if point["hash_max"] >= 0 else "") + f"CNN {cnn}"
+    clear = point.get("clear_score", 1.0), point.get("clear_margin", CLEAR_OFF)
+    return rule_text(point["hash_max"], point["cnn_min"], *clear)
 
 
 def _pair(figures: dict) -> str:

@@ -60,7 +60,15 @@ from .hashing import (
     row_hashes,
     view_distances,
 )
-from .verdicts import CLEAR_OFF, HASH_DISTANCES, HASH_OFF, MAX_WEIGHT, EvidenceWeights, Thresholds
+from .verdicts import (
+    CLEAR_OFF,
+    HASH_DISTANCES,
+    HASH_OFF,
+    MAX_WEIGHT,
+    EvidenceWeights,
+    Thresholds,
+    rule_text,
+)
 
 LOG = logging.getLogger(__name__)
 STORED_HASH_COLUMNS = tuple(getattr(ImageRow, name) for name in STORED_COLUMNS)
@@ -686,15 +694,8 @@ def plot_curves(pairs: Pairs, fit: Fit, path: Path, title: str) -> Path:
 
 
 def _rule_text(point: OperatingPoint) -> str:
-    parts = []
-    if point.hash_max >= 0:
-        parts.append(f"hash <= {point.hash_max}")
-    # 1.0 means the CNN could not help at this precision (random weights, say): only the
-    # same pixels reach it.
-    parts.append(f"CNN >= {point.cnn_min:.4f}" + (" (CNN alone: never)" if point.cnn_min >= 1.0 else ""))
-    if point.clear_margin < CLEAR_OFF:
-        parts.append(f"(CNN >= {point.clear_score:.4f} and {point.clear_margin:.4f} clear of other images)")
-    return " or ".join(parts) + f" (P {point.precision:.3f}, R {point.recall:.3f})"
+    rule = rule_text(point.hash_max, point.cnn_min, point.clear_score, point.clear_margin)
+    return f"{rule} (P {point.precision:.3f}, R {point.recall:.3f})"
 
 
 @dataclass

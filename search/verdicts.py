@@ -232,6 +232,10 @@ class Thresholds:
         clear = cnn == DUPLICATE and score < self.duplicate
         return Judgement(verdict, cnn, hashed, exact, clear)
 
+    def duplicate_rule(self) -> str:
+        """The duplicate rule in one line, for people."""
+        return rule_text(self.hash_duplicate, self.duplicate, self.clear_score, self.clear_margin)
+
     @property
     def hash_radius(self) -> int:
         """How far the hash lookup must reach to find every hash that can fire (-1: none)."""
@@ -241,6 +245,18 @@ class Thresholds:
         """The verdict rule and where the ranking weights come from (not the curves themselves)."""
         rule = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights"}
         return rule | {"weights": self.weights.source}
+
+
+def rule_text(
+    hash_max: int, cnn_min: float, clear_score: float = 1.0, clear_margin: float = CLEAR_OFF
+) -> str:
+    """ "hash <= h or CNN >= t [or (CNN >= t1 and m clear of other images)]"."""
+    parts = [f"hash <= {hash_max}"] if hash_max >= 0 else []
+    # 1.0 means the CNN could not help (random weights, say): only the same pixels reach it.
+    parts.append(f"CNN >= {cnn_min:.4f}" + (" (CNN alone: never)" if cnn_min >= 1.0 else ""))
+    if clear_margin < CLEAR_OFF:
+        parts.append(f"(CNN >= {clear_score:.4f} and {clear_margin:.4f} clear of other images)")
+    return " or ".join(parts)
 
 
 def thresholds_for(catalog, model_version: str) -> Thresholds:

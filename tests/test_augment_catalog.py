@@ -139,7 +139,10 @@ def test_large_originals_are_bounded_before_transforming(options, capsys):
     assert summary["bounded"] == 1
     variants = [r for r in all_rows(options) if r.parent_id == original]
     assert sorted((r.transform, r.width, r.height) for r in variants) == [
-        ("bright", 50, 25), ("dark", 50, 25), ("mirror", 50, 25), ("rotate", 25, 50)
+        ("bright", 50, 25),
+        ("dark", 50, 25),
+        ("mirror", 50, 25),
+        ("rotate", 25, 50),
     ]
     assert all(r.meta == {"augment": {"bounded_from": [200, 100]}} for r in variants)
     with pytest.raises(ValueError, match="max_side must be at least 16 pixels, not 4"):
@@ -192,8 +195,10 @@ def test_preview_writes_a_labelled_contact_sheet(options, tmp_path, capsys):
     with Image.open(sheet_path) as sheet:
         assert sheet.format == "PNG"
         full = sheet.size
-    assert run_augment(options, "--preview", str(source), "--transforms", "rotate,mirror", "-o",
-                       str(sheet_path)) == 0
+    assert (
+        run_augment(options, "--preview", str(source), "--transforms", "rotate,mirror", "-o", str(sheet_path))
+        == 0
+    )
     with Image.open(sheet_path) as sheet:
         small = np.asarray(sheet.convert("RGB"))
     # 13 tiles in 4 columns and 4 rows, versus 3 tiles in one row
@@ -227,7 +232,10 @@ def test_variants_are_embedded_by_reindex_and_found_as_themselves(options, embed
             data = (options.images_dir / row.stored_path).read_bytes()
             top = engine.search_bytes(data, k=5)["results"][0]
             assert (top["id"], top["exact"], top["parent_id"], top["transform"]) == (
-                row.id, True, row.parent_id, row.transform
+                row.id,
+                True,
+                row.parent_id,
+                row.transform,
             )
     finally:
         engine.close()

@@ -61,8 +61,12 @@ def test_step_probabilities_are_respected():
 
 
 def test_parameters_stay_inside_their_ranges():
-    steps = (Step("bright", 1.0, 20, 40), Step("blur", 1.0, 0.5, 1.0), Step("rotate", 1.0, choices=(180,)),
-             Step("crop", 1.0, 0.6, 0.7))
+    steps = (
+        Step("bright", 1.0, 20, 40),
+        Step("blur", 1.0, 0.5, 1.0),
+        Step("rotate", 1.0, choices=(180,)),
+        Step("crop", 1.0, 0.6, 0.7),
+    )
     aug = RandomAugment(seed=1, steps=steps)
     seen = set()
     for _ in range(200):

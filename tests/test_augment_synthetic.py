@@ -67,8 +67,10 @@ def test_single_image_function_matches_the_files(tmp_path):
     assert make_synthetic_image(5, 1, SIZE).tobytes() != make_synthetic_image(5, 0, SIZE).tobytes()
 
 
-@pytest.mark.parametrize(("count", "size", "message"), [(-1, SIZE, "count must be >= 0"),
-                                                        (2, (8, 64), "size must be at least 16x16")])
+@pytest.mark.parametrize(
+    ("count", "size", "message"),
+    [(-1, SIZE, "count must be >= 0"), (2, (8, 64), "size must be at least 16x16")],
+)
 def test_bad_arguments_are_refused(tmp_path, count, size, message):
     with pytest.raises(ValueError, match=message):
         make_collection(tmp_path, count, size=size)

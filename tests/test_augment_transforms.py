@@ -73,8 +73,9 @@ def test_bright_adds_100_to_every_channel_clipped_at_255():
     out = apply_transform(row_image([0, 100, 154, 155, 156, 255]), "bright")
     np.testing.assert_array_equal(pixels(out)[0, :, 0], [100, 200, 254, 255, 255, 255])
     # every channel, not just grey: (10, 20, 30) -> (110, 120, 130); (200, 100, 50) -> (255, 200, 150)
-    np.testing.assert_array_equal(pixels(apply_transform(grid_image(GRID), "bright"))[1, :2],
-                                  [[110, 120, 130], [255, 200, 150]])
+    np.testing.assert_array_equal(
+        pixels(apply_transform(grid_image(GRID), "bright"))[1, :2], [[110, 120, 130], [255, 200, 150]]
+    )
 
 
 def test_dark_subtracts_50_clipped_at_0_and_amounts_are_parameters():
@@ -237,8 +238,20 @@ def test_canonical_spec_drops_defaults_and_normalises_numbers(spec, canonical):
 def test_original_four_are_registered_with_the_original_defaults():
     assert ORIGINAL_FOUR == ("rotate", "mirror", "bright", "dark")
     assert [parse_transform(n).values for n in ORIGINAL_FOUR] == [(90,), (), (100,), (50,)]
-    assert set(TRANSFORMS) >= {"rotate", "mirror", "flip", "bright", "dark", "crop", "jpeg", "scale",
-                               "blur", "gray", "tilt", "overlay"}
+    assert set(TRANSFORMS) >= {
+        "rotate",
+        "mirror",
+        "flip",
+        "bright",
+        "dark",
+        "crop",
+        "jpeg",
+        "scale",
+        "blur",
+        "gray",
+        "tilt",
+        "overlay",
+    }
 
 
 def test_unknown_transform_is_refused_with_the_valid_list():
@@ -275,7 +288,9 @@ def test_bad_parameters_are_refused_naming_the_spec_and_range(spec, message):
 
 def test_parse_transforms_splits_dedupes_and_expands_all():
     assert [s.canonical for s in parse_transforms("rotate, rotate:90,mirror,,bright:100")] == [
-        "rotate", "mirror", "bright",
+        "rotate",
+        "mirror",
+        "bright",
     ]
     assert [s.canonical for s in parse_transforms("all")] == list(TRANSFORMS)
     assert [s.canonical for s in parse_transforms(["jpeg:30", "all"])][0] == "jpeg:30"
