@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from model import Embedder
 from search.verdicts import CLEAR_OFF, rule_text
@@ -162,7 +161,6 @@ def run_quality(
                 evaluate(m, bench_set, work / f"method-{i}", config.progress) for i, m in enumerate(methods)
             ]
             calibration = methods[0].calibration if isinstance(methods[0], EmbeddingMethod) else None
-            flat = single_colour_queries(bench_set)
         finally:
             for method in methods:
                 method.close()
@@ -171,7 +169,6 @@ def run_quality(
             shutil.rmtree(work, ignore_errors=True)
     payload = quality_payload(config, bench_set, results, command, methods[0].embedder.version)
     payload["calibration"] = calibration.summary() if calibration is not None else None
-    payload["single_colour"] = flat_summary(bench_set, results, flat)
     if plot_path is not None:
         payload["plot"] = plot_scores(results, plot_path)
     return payload, quality_markdown(payload)
@@ -215,38 +212,6 @@ def quality_payload(
     }
 
 
-def is_flat_grey(path: Path) -> bool:
-    """Whether every pixel has one grey level (what the hash sees): nothing in it names an original."""
-    with Image.open(path) as image:
-        low, high = image.convert("RGB").convert("L").getextrema()
-    return low == high
-
-
-def single_colour_queries(bench_set: BenchSet) -> set[Path]:
-    """Transformed copies that came out one flat grey (bright:100 on near-white clip art)."""
-    return {q.path for q in bench_set.queries if q.original is not None and is_flat_grey(q.path)}
-
-
-def flat_summary(bench_set: BenchSet, results: list[MethodScores], flat: set[Path]) -> dict:
-    """Per transform with flat copies: how many, and each method's recall@1 over the others."""
-    out: dict[str, dict] = {}
-    for transform in bench_set.transforms:
-        chosen = [i for i, q in enumerate(bench_set.queries) if q.transform == transform]
-        n_flat = sum(bench_set.queries[i].path in flat for i in chosen)
-        if not n_flat:
-            continue
-        rest = [i for i in chosen if bench_set.queries[i].path not in flat]
-        out[transform] = {
-            "n": len(chosen),
-            "single_colour": n_flat,
-            "recall@1_rest": {
-                r.name: (sum(r.outcomes[i].rank == 1 for i in rest) / len(rest) if rest else None)
-                for r in results
-            },
-        }
-    return out
-
-
 def per_source(bench_set: BenchSet, scores: MethodScores) -> dict:
     """recall@1 of the transformed copies, by the source of their original."""
     found: dict[str, list[bool]] = {}
@@ -275,15 +240,6 @@ def quality_markdown(payload: dict) -> str:
     ]
     rows.append(["**all**", *[_pair(m) for m in methods]])
     lines += [markdown_table(headers, rows), ""]
-    for transform, flat in (payload.get("single_colour") or {}).items():
-        rest = ", ".join(
-            f"{name} {value:.2f}" for name, value in flat["recall@1_rest"].items() if value is not None
-        )
-        lines.append(
-            f"- {transform}: {flat['single_colour']} of {flat['n']} copies are one flat grey (every"
-            f" pixel clipped to the same level), so nothing in them can name their original; recall@1"
-            f" over the other {flat['n'] - flat['single_colour']}: {rest}"
-        )
     lines += ["", "Recall@1 by the source of the original (copies queried):", ""]
     sources = sorted({s for m in methods for s in m["per_source"]})
     rows = [
@@ -348,6 +304,7 @@ LEFT_OUT_WORDS = {
     "series": "further members of a numbered series",
     "near-copy": "near-copies of a drawn image under a turn or flip",
     "blank": "blank images",
+    "blank copy": "originals that a transform turns blank (pale clip art under bright +100)",
 }
 
 
@@ -357,9 +314,8 @@ def _left_out_text(left_out: dict[str, int]) -> str:
         return ""
     parts = [f"{n} {LEFT_OUT_WORDS.get(reason, reason)}" for reason, n in sorted(left_out.items())]
     return (
-        " Left out of the draw, since the set must hold no two images that are one picture: "
-        + ", ".join(parts)
-        + "."
+        " Left out of the draw, since the set must hold no two images that are one picture and"
+        " no copy without a picture: " + ", ".join(parts) + "."
     )
 
 

@@ -288,7 +288,10 @@ def build_bench_set(
     found = collect_sources(sources, total, seed, install)
     pool = draw_pool([s for s in found if s.candidates], total, seed)
     chosen, left_out = write_images(
-        folder, pool, [("originals", originals), ("distractors", distractors), ("negatives", negatives)]
+        folder,
+        pool,
+        [("originals", originals), ("distractors", distractors), ("negatives", negatives)],
+        specs,
     )
     if len(chosen["originals"]) < originals:
         raise RuntimeError(
@@ -314,9 +317,10 @@ def build_bench_set(
 
 
 def write_images(
-    folder: Path, pool: list[Candidate], roles: list[tuple[str, int]]
+    folder: Path, pool: list[Candidate], roles: list[tuple[str, int]], specs: Sequence[TransformSpec] = ()
 ) -> tuple[dict[str, list[tuple[Path, str]]], Counter]:
-    """Fill each role in order from the pool, skipping what ``PoolFilter`` leaves out."""
+    """Fill each role in order from the pool, skipping what ``PoolFilter`` leaves out and any
+    original that one of ``specs`` would blank."""
     chosen: dict[str, list[tuple[Path, str]]] = {role: [] for role, _ in roles}
     pool_filter = PoolFilter()
     items = iter(pool)
@@ -328,7 +332,12 @@ def write_images(
                 LOG.warning("sources ran out: %s has %d of %d", role, len(chosen[role]), wanted)
                 break
             image = prepare(candidate)
-            if image is None or not pool_filter.admit(candidate, image):
+            if image is None:
+                continue
+            if role == "originals" and blanked_by(image, specs):
+                pool_filter.left_out["blank copy"] += 1
+                continue
+            if not pool_filter.admit(candidate, image):
                 continue
             path = save_prepared(folder / role, len(chosen[role]), candidate, image)
             chosen[role].append((path, candidate.source))
@@ -379,6 +388,16 @@ class PoolFilter:
         if self.signatures and float(np.max(np.stack(self.signatures) @ views.T)) >= NEAR_COPY_CORRELATION:
             return "near-copy"
         return None
+
+
+def blanked_by(image: Image.Image, specs: Sequence[TransformSpec]) -> str | None:
+    """The first transform whose copy of ``image`` has no structure left (bright +100 turns pale
+    clip art pure white): such a copy matches every blank image alike, so no method can find its
+    original and the query would measure nothing."""
+    for spec in specs:
+        if dihedral_signatures(spec.apply(image)) is None:
+            return spec.canonical
+    return None
 
 
 def series_key(candidate: Candidate) -> tuple[str, str] | None:

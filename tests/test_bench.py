@@ -11,14 +11,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from augment import make_synthetic_image
+from augment import make_synthetic_image, parse_transforms
 from bench.calibration import calibrate_on_distractors
 from bench.machine import MemoryProbe
 from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits, random_embedder
-from bench.metrics import Hit, MethodScores, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
-from bench.quality import flat_summary, is_flat_grey, single_colour_queries
+from bench.metrics import Hit, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
 from bench.results import markdown_table, write_results
-from bench.sources import BenchSet, Candidate, PoolFilter, Query, build_bench_set
+from bench.sources import Candidate, PoolFilter, blanked_by, build_bench_set, write_images
 from bench.speed import SpeedConfig, measure_faiss_size
 from conftest import make_options
 from indexer import Catalog
@@ -265,31 +264,29 @@ def test_calibration_fits_on_variants_of_the_distractors_only(tmp_path, embedder
         calibrate_on_distractors([], ["rotate"], options, embedder, tmp_path / "none")
 
 
-def test_flat_grey_copies_are_counted_and_left_out_of_their_recall(tmp_path):
-    paths = {}
-    for name, image in {
-        "flat": Image.new("RGB", (40, 30), (255, 255, 255)),
-        "flat-in-grey": Image.new("RGB", (40, 30), (255, 255, 254)),  # luma 255 everywhere
-        "line": Image.new("RGB", (40, 30), "white"),
-    }.items():
-        if name == "line":
-            image.putpixel((3, 4), (0, 0, 0))
-        paths[name] = tmp_path / f"{name}.png"
-        image.save(paths[name])
-    assert is_flat_grey(paths["flat"]) and is_flat_grey(paths["flat-in-grey"])
-    assert not is_flat_grey(paths["line"])
-    original = tmp_path / "original.png"
-    queries = [Query(paths["flat"], original, "bright"), Query(paths["line"], original, "bright")]
-    queries += [Query(paths["line"], original, "rotate"), Query(paths["flat-in-grey"], None, "negative")]
-    bench_set = BenchSet(tmp_path, [original], [], [], queries, ["rotate", "bright"], {}, {})
-    flat = single_colour_queries(bench_set)
-    assert flat == {paths["flat"]}  # a negative is never a copy to find
-    scores = MethodScores("m", "d")
-    scores.outcomes = [QueryOutcome("bright", None, 0.5, False), QueryOutcome("bright", 1, 0.9, True)]
-    scores.outcomes += [QueryOutcome("rotate", 2, 0.9, True), QueryOutcome("negative", None, 0.1, False)]
-    assert flat_summary(bench_set, [scores], flat) == {
-        "bright": {"n": 2, "single_colour": 1, "recall@1_rest": {"m": 1.0}}
-    }
+def test_an_original_that_a_transform_blanks_is_left_out(tmp_path):
+    pale = Image.new("RGB", (120, 90), "white")
+    ImageDraw.Draw(pale).ellipse([20, 20, 100, 70], outline=(215, 215, 215), width=3)  # +100: white
+    specs = parse_transforms(["rotate", "bright"])
+    assert blanked_by(pale, specs) == "bright"
+    assert blanked_by(drawing("flag"), specs) is None
+    assert blanked_by(pale, parse_transforms(["rotate", "dark"])) is None
+    pool = [
+        Candidate("openclipart", name, lambda image=image: image)
+        for name, image in (
+            ("pale.png", pale),
+            ("flag.png", drawing("flag")),
+            ("shapes.png", drawing("shapes")),
+        )
+    ]
+    chosen, left_out = write_images(tmp_path, pool, [("originals", 1), ("distractors", 1)], specs)
+    assert left_out == {"blank copy": 1}
+    assert [source for _, source in chosen["originals"]] == ["openclipart"]
+    with Image.open(chosen["originals"][0][0]) as original:
+        assert blanked_by(original.convert("RGB"), specs) is None
+    # A distractor gets no copies: a pale one may stay.
+    chosen, left_out = write_images(tmp_path / "d", pool[:1], [("distractors", 1)], specs)
+    assert left_out == {} and len(chosen["distractors"]) == 1
 
 
 # FAISS -------------------------------------------------------------------------------------------
