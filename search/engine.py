@@ -218,7 +218,7 @@ class SearchEngine:
     def _margins(self, cnn: dict, D: np.ndarray, I: np.ndarray, rows: dict) -> dict[int, float]:
         """Each scored candidate's CNN margin over the best image of another family, from the
         candidates and the deeper FAISS list; no image beyond that list scores above its end."""
-        scores = self._cnn_best(D, I) | {i: scored for i, scored in cnn.items()}
+        scores = self._cnn_best(D, I) | cnn  # with hash candidates beyond the FAISS list
         unknown = set(scores) - set(rows)
         parents = {i: row.parent_id for i, row in rows.items()} | self.catalog.parent_ids(unknown)
         family = {i: parents.get(i) or i for i in scores}
