@@ -86,3 +86,21 @@ def test_verdicts_follow_thresholds(tmp_path, options, embedder):
     assert Thresholds(0.9, 0.7).verdict(0.95) == "duplicate"
     assert Thresholds(0.9, 0.7).verdict(0.8) == "similar"
     assert Thresholds(0.9, 0.7).verdict(0.2) == "different"
+
+
+def test_cli_search_prints_the_stored_clear_match_rule(cli_env, capsys):
+    from indexer import Catalog
+    from twice.options import Options
+
+    paths = write_images(cli_env / "in", 4)
+    assert main(["-q", "reindex", str(cli_env / "in")]) == 0
+    assert main(["-q", "search", str(paths[1]), "-k", "2"]) == 0
+    assert "clear of other images" not in capsys.readouterr().out  # off until calibrated
+    catalog = Catalog(Options.from_env().catalog_url)
+    version = catalog.index_record().model_version
+    rule = {"hash_duplicate": 2, "hash_similar": 6, "clear_score": 0.55, "clear_margin": 0.25}
+    catalog.set_thresholds(version, 0.8, 0.7, "calibrated", rule)
+    catalog.close()
+    assert main(["-q", "search", str(paths[1]), "-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "duplicate: CNN >= 0.8 or hash <= 2 bits or CNN >= 0.55 and 0.25 clear of other images" in out

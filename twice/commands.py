@@ -8,6 +8,7 @@ import sys
 from indexer import Catalog, VectorIndex, reindex
 from model import Embedder
 from search import SearchEngine
+from search.verdicts import CLEAR_OFF
 
 
 def register(subparsers) -> None:
@@ -82,6 +83,8 @@ def print_results(response: dict, out=None) -> None:
         print(f"     {hit['evidence']['summary']}", file=out)
     t = response["thresholds"]
     rules = f"CNN >= {t['duplicate']:.6g} or hash <= {t.get('hash_duplicate', '-')} bits"
+    if t.get("clear_margin", CLEAR_OFF) < CLEAR_OFF:
+        rules += f" or CNN >= {t['clear_score']:.4g} and {t['clear_margin']:.4g} clear of other images"
     print(
         f"model {response['model']}; duplicate: {rules} ({t['source']}); {response['took_ms']:.0f} ms",
         file=out,
