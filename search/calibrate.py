@@ -141,13 +141,16 @@ def curve(labels: np.ndarray, cnn: np.ndarray, dist: np.ndarray, hash_max: int, 
     """(thresholds, tp, fp) of "hash <= hash_max or cnn >= t" for every cut t <= ceiling."""
     by_hash = dist <= hash_max
     tp0, fp0 = int(np.sum(labels & by_hash)), int(np.sum(~labels & by_hash))
-    rest = ~by_hash
-    order = np.argsort(-cnn[rest], kind="stable")
-    scores, positive = cnn[rest][order], labels[rest][order]
-    thresholds, kept = _cuts(scores, ceiling)
-    tp_cum = np.r_[0, np.cumsum(positive)]
-    fp_cum = np.r_[0, np.cumsum(~positive)]
-    return thresholds, tp0 + tp_cum[kept], fp0 + fp_cum[kept]
+    return _sweep(labels[~by_hash], cnn[~by_hash], ceiling, tp0, fp0)
+
+
+def _sweep(labels: np.ndarray, values: np.ndarray, ceiling: float, tp0: int = 0, fp0: int = 0):
+    """(thresholds, tp, fp) as a cut on ``values`` falls from ``ceiling``, on top of ``tp0`` and
+    ``fp0`` pairs that another part of the rule already fires."""
+    order = np.argsort(-values, kind="stable")
+    thresholds, kept = _cuts(values[order], ceiling)
+    positive = labels[order]
+    return thresholds, tp0 + np.r_[0, np.cumsum(positive)][kept], fp0 + np.r_[0, np.cumsum(~positive)][kept]
 
 
 def fit_rule(
@@ -257,11 +260,7 @@ def add_clear_rule(
         rest = ~base
         for t1 in _clear_floors(cnn[rest & labels], t2):
             pool = rest & (cnn >= t1)
-            order = np.argsort(-margin[pool], kind="stable")
-            cuts, kept = _cuts(margin[pool][order], CLEAR_OFF)
-            positive = labels[pool][order]
-            tp = tp0 + np.r_[0, np.cumsum(positive)][kept]
-            fp = fp0 + np.r_[0, np.cumsum(~positive)][kept]
+            cuts, tp, fp = _sweep(labels[pool], margin[pool], CLEAR_OFF, tp0, fp0)
             i = _best_cut(tp, fp, point.target)
             if i is not None and (tp[i], -fp[i]) > (best.true_positives, -best.false_positives):
                 best = replace(
