@@ -319,8 +319,8 @@ def build_bench_set(
 def write_images(
     folder: Path, pool: list[Candidate], roles: list[tuple[str, int]], specs: Sequence[TransformSpec] = ()
 ) -> tuple[dict[str, list[tuple[Path, str]]], Counter]:
-    """Fill each role in order from the pool, skipping what ``PoolFilter`` leaves out and any
-    original that one of ``specs`` would blank."""
+    """Fill each role in order from the pool, skipping what ``PoolFilter`` leaves out (originals
+    are checked with the copies ``specs`` will make of them)."""
     chosen: dict[str, list[tuple[Path, str]]] = {role: [] for role, _ in roles}
     pool_filter = PoolFilter()
     items = iter(pool)
@@ -332,12 +332,8 @@ def write_images(
                 LOG.warning("sources ran out: %s has %d of %d", role, len(chosen[role]), wanted)
                 break
             image = prepare(candidate)
-            if image is None:
-                continue
-            if role == "originals" and blanked_by(image, specs):
-                pool_filter.left_out["blank copy"] += 1
-                continue
-            if not pool_filter.admit(candidate, image):
+            copies = specs if role == "originals" else ()
+            if image is None or not pool_filter.admit(candidate, image, copies):
                 continue
             path = save_prepared(folder / role, len(chosen[role]), candidate, image)
             chosen[role].append((path, candidate.source))
@@ -351,8 +347,9 @@ class PoolFilter:
     picture: a repeat (same pixels), a near-copy (same picture under a turn or flip, as Tux Paint's
     mirrored stamps are), a second member of a numbered series (openclipart's 1,378
     ``shapes/stars/star_NNptMMstep`` polygons render as nearly the same ring), or a blank (a
-    gradient that flattens to white, which every bright copy then matches). None of these tests
-    looks at a model, so no method is favoured.
+    gradient that flattens to white, which every bright copy then matches). Nor may an original
+    have a copy without a picture (``blanked_by``). None of these tests looks at a model, so no
+    method is favoured.
     """
 
     def __init__(self) -> None:
@@ -361,8 +358,12 @@ class PoolFilter:
         self.signatures: list[np.ndarray] = []  # each admitted image's thumbnail as it stands
         self.left_out: Counter = Counter()
 
-    def admit(self, candidate: Candidate, image: Image.Image) -> bool:
-        """Whether ``image`` joins the set; what joins is remembered, what not is counted."""
+    def admit(self, candidate: Candidate, image: Image.Image, copies: Sequence[TransformSpec] = ()) -> bool:
+        """Whether ``image`` joins the set (as an original when it gets ``copies``); what joins is
+        remembered, what not is counted."""
+        if blanked_by(image, copies):
+            self.left_out["blank copy"] += 1
+            return False
         digest = hashlib.sha256(image.tobytes()).hexdigest()
         series = series_key(candidate)
         views = dihedral_signatures(image)
