@@ -103,4 +103,4 @@ def test_cli_search_prints_the_stored_clear_match_rule(cli_env, capsys):
     catalog.close()
     assert main(["-q", "search", str(paths[1]), "-k", "2"]) == 0
     out = capsys.readouterr().out
-    assert "duplicate: CNN >= 0.8 or hash <= 2 bits or CNN >= 0.55 and 0.25 clear of other images" in out
+    assert "duplicate: hash <= 2 or CNN >= 0.8000 or (CNN >= 0.5500 and 0.2500 clear of other images)" in out

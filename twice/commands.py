@@ -8,7 +8,7 @@ import sys
 from indexer import Catalog, VectorIndex, reindex
 from model import Embedder
 from search import SearchEngine
-from search.verdicts import CLEAR_OFF
+from search.verdicts import CLEAR_OFF, rule_text
 
 
 def register(subparsers) -> None:
@@ -82,9 +82,12 @@ def print_results(response: dict, out=None) -> None:
         print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}", file=out)
         print(f"     {hit['evidence']['summary']}", file=out)
     t = response["thresholds"]
-    rules = f"CNN >= {t['duplicate']:.6g} or hash <= {t.get('hash_duplicate', '-')} bits"
-    if t.get("clear_margin", CLEAR_OFF) < CLEAR_OFF:
-        rules += f" or CNN >= {t['clear_score']:.4g} and {t['clear_margin']:.4g} clear of other images"
+    rules = rule_text(
+        t.get("hash_duplicate", -1),
+        t["duplicate"],
+        t.get("clear_score", 1.0),
+        t.get("clear_margin", CLEAR_OFF),
+    )
     print(
         f"model {response['model']}; duplicate: {rules} ({t['source']}); {response['took_ms']:.0f} ms",
         file=out,
