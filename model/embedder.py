@@ -19,9 +19,12 @@ from .weights import WeightsInfo, build_network
 LOG = logging.getLogger(__name__)
 
 # Any change to Preprocess must change this id: it is part of the model version.
-PREPROCESS_ID = "jpegdraft2x-squash-bilinear-standardise-v2"
+PREPROCESS_ID = "jpegdraft2x-squash-bilinear-blackpoint-standardise-v3"
 # Added to each image's standard deviation, so a nearly flat image is not blown up into noise.
 STD_FLOOR = 0.05
+# The black point is moved to 0 from at most this level, so the stretch stays under 4x and a
+# nearly flat light channel is not blown up into noise.
+MAX_BLACK_POINT = 0.75
 
 
 class Preprocess:
@@ -33,15 +36,29 @@ class Preprocess:
     brightening or darkening mostly cancels before the network sees it: with random weights
     that alone lifts recall@1 on "bright +100" from 0.02 to 0.93 and on "dark -50" from 0.32 to
     1.00 (64 px, 120 images; ImageNet's fixed mean/std leave the shift in).
+
+    With ``black_point`` each channel is first stretched so that its darkest value in the whole
+    image becomes 0 while white stays 1. Brightening lifts every channel and clips it at white,
+    often one channel entirely while the others still carry the drawing; one standardisation
+    over all channels cannot undo that, the stretch maps the copy back onto its original's
+    range (only the clipped highlights stay lost). Images with a black pixel in every channel
+    (most) are left as they are. Training turns it off: a brightened view should teach the
+    invariance itself, and the shipped weights were trained without it.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, black_point: bool = True) -> None:
         self.size = int(size)
+        self.black_point = black_point
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        resized = image.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR)
+        rgb = image.convert("RGB")
+        resized = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
+        if self.black_point:
+            lows = torch.tensor([low for low, _ in rgb.getextrema()], dtype=torch.float32) / 255.0
+            black = lows.clamp(max=MAX_BLACK_POINT).view(3, 1, 1)
+            tensor = (tensor - black) / (1.0 - black)
         return (tensor - tensor.mean()) / (tensor.std() + STD_FLOOR)
 
 

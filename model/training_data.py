@@ -233,7 +233,7 @@ class PairDataset(Dataset):
         if not images:
             raise ValueError("no training images")
         self.images = images
-        self.preprocess = Preprocess(size)
+        self.preprocess = Preprocess(size, black_point=False)
         self.augment = RandomAugment(seed, steps)
         self.seed = seed
         self.same_pose = same_pose

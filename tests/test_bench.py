@@ -253,8 +253,12 @@ def test_calibration_fits_on_variants_of_the_distractors_only(tmp_path, embedder
     fit = search.calibration.calibration.fit
     assert stored == fit.thresholds() and search.engine.thresholds == stored
     assert stored.weights.source == "calibrated"
-    assert search.rule == stored.duplicate_rule()
-    assert search.rule.startswith(f"hash <= {stored.hash_duplicate} or CNN >= {stored.duplicate:.4f}")
+    assert search.threshold == stored.duplicate
+    if stored.hash_duplicate >= 0:  # the rule is given in words when the hash takes part
+        assert search.rule == stored.duplicate_rule()
+        assert search.rule.startswith(f"hash <= {stored.hash_duplicate} or CNN >= {stored.duplicate:.4f}")
+    else:
+        assert search.rule is None
     # The CNN-only method on the same index uses the CNN's own fit.
     cnn = EmbeddingMethod("cnn", options, embedder, "cnn", base=search)
     cnn.index(bench_set.indexed, tmp_path / "unused")

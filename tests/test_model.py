@@ -10,6 +10,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from augment import apply_transform
 from conftest import make_options
 from imagegen import make_image
 from model import CheckpointError, Embedder, build_network, load_checkpoint, save_checkpoint, seeded_network
@@ -78,9 +79,30 @@ def test_unknown_invariance_is_refused(tmp_path):
 
 def test_standardising_cancels_a_uniform_brightness_shift():
     array = (np.asarray(make_image(12), dtype=np.int16) * 0.5 + 40).astype(np.uint8)  # 40..167
-    preprocess = Preprocess(32)
+    preprocess = Preprocess(32, black_point=False)
     shifted = preprocess(Image.fromarray(array + 60))  # no value reaches 255: nothing clips
     torch.testing.assert_close(shifted, preprocess(Image.fromarray(array)), atol=1e-4, rtol=0)
+
+
+def test_black_point_leaves_an_image_with_black_in_every_channel_alone():
+    array = np.asarray(make_image(13)).copy()
+    array[0, 0] = 0
+    image = Image.fromarray(array)
+    torch.testing.assert_close(Preprocess(32)(image), Preprocess(32, black_point=False)(image))
+
+
+def test_black_point_turns_a_clipped_brightening_into_the_original_with_its_top_cut():
+    """Pale blue clip art on white (the blue channel is 255 everywhere, red and green hold the
+    drawing): bright +100 squeezes red and green into 100..255. The stretch maps them back,
+    values over 155 cut at white, as if the original's contrast had been raised."""
+    array = np.asarray(make_image(14)).copy()
+    array[..., 2] = 255
+    array[:4, :, :2] = 0  # a black-ish (blue) edge: red and green reach 0
+    copy = apply_transform(Image.fromarray(array), "bright")
+    top_cut = np.clip(array.astype(np.float32) * 255 / 155, 0, 255).round().astype(np.uint8)
+    expected = Preprocess(32, black_point=False)(Image.fromarray(top_cut))
+    torch.testing.assert_close(Preprocess(32)(copy), expected, atol=0.03, rtol=0)
+    assert (Preprocess(32, black_point=False)(copy) - expected).abs().max() > 0.15
 
 
 def test_checkpoint_keeps_its_invariance_and_old_ones_load_as_single_view(tmp_path, embedder):
