@@ -71,11 +71,18 @@ def whiten_checkpoint(
         "sources": {name: len(p) for name, p in found.items()},
         "seed": sources.seed,
         "shrinkage": SHRINKAGE,
-        "fitted_on": embedder.weights.digest,
+        "fitted_on": trained_weights_digest(embedder.weights),
     }
     meta = {**embedder.weights.meta, "whitening": record}
     save_checkpoint(net.cpu().float(), out, embedder.image_size, meta)
     return record
+
+
+def trained_weights_digest(weights) -> str:
+    """The file the trained layers came from. Whitening a whitened checkpoint again refits on the
+    same layers, so it keeps that name: the result is then the same file as whitening the
+    training run's own checkpoint (the reproduction command in the model card)."""
+    return weights.meta.get("whitening", {}).get("fitted_on", weights.digest)
 
 
 def register(subparsers) -> None:

@@ -28,6 +28,7 @@ from model.training_data import (
     load_images,
     split_holdout,
 )
+from model.weights import file_sha256
 from twice.cli import main
 
 SIZE = 32  # the smallest input VGG's four pools accept; keeps a step around a second on CPU
@@ -307,6 +308,15 @@ def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrup
     record = blob["meta"]["whitening"]
     assert record["images"] == 34 and record["sources"] == {"synthetic": 20, str(folder): 14}
     assert blob["meta"]["trained_by"] == "twice train"  # the training record is kept
+    assert record["fitted_on"] == file_sha256(out / "model.pt")
+    # Whitening the whitened file again refits on the same layers: the very same file (under
+    # the same name: torch.save writes the file's name into the archive).
+    (tmp_path / "again").mkdir()
+    again = tmp_path / "again" / whitened.name
+    rewhiten = ["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(whitened), *args[:2], str(again)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([*rewhiten, *args[3:]]) == 0
+    assert file_sha256(again) == file_sha256(whitened)
     net = Embedder.from_options(make_options(tmp_path, checkpoint=str(whitened))).net
     assert net.whitening.fitted
     images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
