@@ -22,7 +22,7 @@ LOG = logging.getLogger(__name__)
 PREPROCESS_ID = "jpegdraft2x-squash-bilinear-blackpoint-standardise-v3"
 # Added to each image's standard deviation, so a nearly flat image is not blown up into noise.
 STD_FLOOR = 0.05
-# The black point is moved to 0 from at most this level, so the stretch stays under 4x and a
+# The black point is moved to 0 from at most this level, so the stretch is at most 4x and a
 # nearly flat light channel is not blown up into noise.
 MAX_BLACK_POINT = 0.75
 

@@ -285,17 +285,8 @@ def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrup
     out, _, _ = uninterrupted
     whitened = tmp_path / "white.pt"
     printed = io.StringIO()
-    args = [
-        "whiten",
-        "--out",
-        str(whitened),
-        "--sources",
-        "synthetic",
-        "--synthetic",
-        "20",
-        "--data",
-        str(folder),
-    ]
+    sources = ["--sources", "synthetic", "--synthetic", "20", "--data", str(folder)]
+    args = ["whiten", "--out", str(whitened), *sources]
     with contextlib.redirect_stdout(printed):  # 34 images: a 16-d whitening needs 32
         code = main(["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(out / "model.pt"), *args])
     assert code == 0 and f"wrote {whitened}" in printed.getvalue()
@@ -313,9 +304,9 @@ def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrup
     # the same name: torch.save writes the file's name into the archive).
     (tmp_path / "again").mkdir()
     again = tmp_path / "again" / whitened.name
-    rewhiten = ["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(whitened), *args[:2], str(again)]
+    rewhiten = ["whiten", "--out", str(again), *sources]
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main([*rewhiten, *args[3:]]) == 0
+        assert main(["-q", "--data-dir", str(tmp_path / "d"), "--checkpoint", str(whitened), *rewhiten]) == 0
     assert file_sha256(again) == file_sha256(whitened)
     net = Embedder.from_options(make_options(tmp_path, checkpoint=str(whitened))).net
     assert net.whitening.fitted
