@@ -7,9 +7,9 @@ counts from the machine's cores, gthread workers, graceful reload with ``kill -H
     TWICE_BIND=127.0.0.1:8000   TWICE_WEB_WORKERS=2   TWICE_WEB_THREADS=4
     TWICE_LOG_DIR=index_data/logs ('-' for stderr)   TWICE_DATA_DIR, TWICE_CHECKPOINT, ...
 
-``twice serve`` uses the same settings (twice/serve.py) with command-line flags instead.
+``twice serve`` uses the same settings (twice/web/serve.py) with command-line flags instead.
 """
 
-from twice.serve import settings_from_env
+from twice.web.serve import settings_from_env
 
 globals().update(settings_from_env())

@@ -39,9 +39,7 @@ def contact_sheet(
     font = ImageFont.load_default(size=max(10, cell // 14))
     label_h = font.size + 8
     pad = 8
-    sheet = Image.new(
-        "RGB", (columns * (cell + pad) + pad, rows * (cell + label_h + pad) + pad), BACKGROUND
-    )
+    sheet = Image.new("RGB", (columns * (cell + pad) + pad, rows * (cell + label_h + pad) + pad), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     zoom = cell / max(max(tile.size) for _, tile in tiles)
     for i, (label, tile) in enumerate(tiles):

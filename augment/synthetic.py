@@ -233,8 +233,10 @@ def _house(draw, rng, x: float, y: float, h: int) -> None:
     size = h * rng.uniform(0.06, 0.16)
     wall = hsv(rng.random(), rng.uniform(0.1, 0.5), rng.uniform(0.6, 0.95))
     draw.rectangle((x - size, y - size, x + size, y), fill=wall)
-    draw.polygon([(x - size * 1.2, y - size), (x + size * 1.2, y - size), (x, y - size * 1.8)],
-                 fill=hsv(rng.uniform(0.0, 0.08), 0.7, 0.5))
+    draw.polygon(
+        [(x - size * 1.2, y - size), (x + size * 1.2, y - size), (x, y - size * 1.8)],
+        fill=hsv(rng.uniform(0.0, 0.08), 0.7, 0.5),
+    )
     draw.rectangle((x - size * 0.2, y - size * 0.6, x + size * 0.2, y), fill=(70, 50, 40))
 
 

@@ -250,29 +250,44 @@ TRANSFORMS: dict[str, Transform] = {
     t.name: t
     for t in (
         Transform(
-            "rotate", rotate, (Param("degrees", int, 90, choices=(90, 180, 270)),), True,
+            "rotate",
+            rotate,
+            (Param("degrees", int, 90, choices=(90, 180, 270)),),
+            True,
             "quarter turns clockwise (plain rotate = 90° clockwise)",
         ),
         Transform("mirror", mirror, (), True, "left-right flip"),
         Transform("flip", flip, (), True, "top-bottom flip"),
         Transform(
-            "bright", bright, (Param("amount", int, 100, 1, 255),), True,
+            "bright",
+            bright,
+            (Param("amount", int, 100, 1, 255),),
+            True,
             "add AMOUNT to every channel, clipped to 255",
         ),
         Transform(
-            "dark", dark, (Param("amount", int, 50, 1, 255),), True,
+            "dark",
+            dark,
+            (Param("amount", int, 50, 1, 255),),
+            True,
             "subtract AMOUNT from every channel, clipped to 0",
         ),
         Transform("gray", gray, (), True, "greyscale (ITU-R 601 luma)"),
         Transform(
-            "crop", crop, (Param("fraction", float, 0.8, 0.05, 1.0), Param("seed", int, -1, 0, 2**31 - 1)),
-            True, "keep FRACTION of each side, centred, or placed at random by SEED",
+            "crop",
+            crop,
+            (Param("fraction", float, 0.8, 0.05, 1.0), Param("seed", int, -1, 0, 2**31 - 1)),
+            True,
+            "keep FRACTION of each side, centred, or placed at random by SEED",
         ),
         Transform("jpeg", jpeg, (Param("quality", int, 50, 1, 95),), False, "re-encode as JPEG of QUALITY"),
         Transform("scale", scale, (Param("factor", float, 0.5, 0.05, 2.0),), False, "resize by FACTOR"),
         Transform("blur", blur, (Param("sigma", float, 2.0, 0.1, 20.0),), False, "Gaussian blur of SIGMA px"),
         Transform(
-            "tilt", tilt, (Param("degrees", float, 10.0, -45.0, 45.0),), False,
+            "tilt",
+            tilt,
+            (Param("degrees", float, 10.0, -45.0, 45.0),),
+            False,
             "rotate by a small angle, clockwise, canvas expanded",
         ),
         Transform("overlay", overlay, (Param("text", str, "twice"),), False, "stamp a watermark with TEXT"),
@@ -301,7 +316,7 @@ def parse_transform(spec: str | TransformSpec) -> TransformSpec:
             f"transform {spec!r} takes at most {len(transform.params)} parameter(s): {transform.usage()}"
         )
     values = [p.parse(t, spec) for p, t in zip(transform.params, texts, strict=False)]
-    values += [p.default for p in transform.params[len(values):]]
+    values += [p.default for p in transform.params[len(values) :]]
     return TransformSpec(name, tuple(values))
 
 

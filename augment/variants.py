@@ -19,8 +19,8 @@ from PIL import Image
 from sqlalchemy import select
 from tqdm import tqdm
 
-from indexer import ImageError, ImageRow, Indexer
-from indexer.imageio import read_file_bytes
+from twice.imageio import read_file_bytes
+from twice.indexer import ImageError, ImageRow, Indexer
 
 from .transforms import ORIGINAL_FOUR, TransformSpec, encode_jpeg, parse_transforms
 
@@ -49,8 +49,12 @@ class AugmentSummary:
         return sum(self.added.values())
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "added": dict(self.added), "skipped": dict(self.skipped),
-                "total_added": self.total_added}
+        return {
+            **self.__dict__,
+            "added": dict(self.added),
+            "skipped": dict(self.skipped),
+            "total_added": self.total_added,
+        }
 
     def lines(self, hint: bool = True) -> list[str]:
         """Human summary; with ``hint``, a last line saying what to run next (when there is one)."""
@@ -59,9 +63,11 @@ class AugmentSummary:
         reasons = ", ".join(f"{n} {reason}" for reason, n in self.skipped.most_common())
         lines = [
             f"originals {self.originals}, transforms {','.join(self.transforms)}",
-            f"added {self.total_added} variants" + (f" ({per})" if per else "")
+            f"added {self.total_added} variants"
+            + (f" ({per})" if per else "")
             + f", already present {self.existing}, identical to a stored image {self.identical}",
-            f"skipped {skipped}" + (f" ({reasons})" if reasons else "")
+            f"skipped {skipped}"
+            + (f" ({reasons})" if reasons else "")
             + (f"; {self.bounded} large originals bounded" if self.bounded else ""),
             f"took {self.seconds:.1f}s",
         ]

@@ -10,20 +10,18 @@ from .machine import MemoryProbe, machine_facts
 from .metrics import MethodScores, QueryOutcome, summarise
 from .quality import QualityConfig, run_quality
 from .results import RESULTS_DIR, markdown_table, write_results
-from .sources import BenchSet, BenchSource, build_bench_set, ensure_apt_sources
+from .sources import BenchSet, build_bench_set
 from .speed import SpeedConfig, run_speed
 
 __all__ = [
     "RESULTS_DIR",
     "BenchSet",
-    "BenchSource",
     "MemoryProbe",
     "MethodScores",
     "QualityConfig",
     "QueryOutcome",
     "SpeedConfig",
     "build_bench_set",
-    "ensure_apt_sources",
     "machine_facts",
     "markdown_table",
     "run_quality",

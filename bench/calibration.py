@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from augment import augment_catalog
-from indexer import Catalog, Indexer, VectorIndex, load_vectors_for_search, reindex
-from search.calibrate import (
+from twice.augment import augment_catalog
+from twice.indexer import Catalog, Indexer, VectorIndex, load_vectors_for_search, reindex
+from twice.search.calibrate import (
     DEFAULT_PRECISION,
     NO_HASH,
     Calibration,
@@ -27,7 +27,7 @@ from search.calibrate import (
     fit_pairs,
     fit_rule,
 )
-from search.verdicts import HASH_OFF
+from twice.search.verdicts import HASH_OFF
 
 LOG = logging.getLogger(__name__)
 

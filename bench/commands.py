@@ -1,14 +1,20 @@
-"""``twice bench setup | quality | speed``: the figures the README quotes, from one command."""
+"""``twice bench setup | quality | speed`` (or ``python -m bench ...``): the figures the README
+quotes, from one command. bench/ lives in the checkout and is not installed with twice."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+
+from twice.augment.sources import APT_SOURCES, SOURCE_NAMES, ensure_apt_sources
+from twice.options import Options
 
 from .quality import QualityConfig, run_quality
 from .results import RESULTS_DIR, command_line, write_results
-from .sources import APT_SOURCES, DEFAULT_SOURCES, DEFAULT_TRANSFORMS, ensure_apt_sources
+from .sources import DEFAULT_TRANSFORMS
 from .speed import SpeedConfig, run_speed
 
 LOG = logging.getLogger(__name__)
@@ -16,14 +22,29 @@ LOG = logging.getLogger(__name__)
 QUICK_IMAGE_SIZE = 64  # --quick: the real code paths at a size two cores run in seconds
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench",
-        help="measure quality and speed (results in bench/results/)",
-        description="Reproducible figures: `bench quality` (recall per transform, duplicate"
-        " precision/recall, against a random-init VGG-16 and imagededup's PHash) and `bench speed`"
-        " (model, reindex, query latency, FAISS). --quick is a smoke test sized for CI.",
-    )
+DESCRIPTION = (
+    "Reproducible figures: `bench quality` (recall per transform, duplicate"
+    " precision/recall, against a random-init VGG-16 and imagededup's PHash) and `bench speed`"
+    " (model, reindex, query latency, FAISS). --quick is a smoke test sized for CI."
+)
+
+
+def main(argv: Sequence[str] | None = None, options: Options | None = None) -> int:
+    """``python -m bench KIND ...`` from a checkout; ``twice bench KIND ...`` forwards here."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO)
+    try:
+        return int(args.func(args, options or Options.from_env()) or 0)
+    except (ValueError, OSError, RuntimeError) as exc:
+        print(f"twice bench {args.bench_command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="twice bench", description=DESCRIPTION)
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars")
     sub = p.add_subparsers(dest="bench_command", metavar="KIND", required=True)
 
     s = sub.add_parser(
@@ -36,7 +57,7 @@ def register(subparsers) -> None:
     q.add_argument("--originals", type=int, help="indexed originals whose copies are queried (default 100)")
     q.add_argument("--distractors", type=int, help="indexed images never queried (default 200)")
     q.add_argument("--negatives", type=int, help="never-indexed query images (default 100)")
-    q.add_argument("--sources", help=f"comma-separated sources (default {','.join(DEFAULT_SOURCES)})")
+    q.add_argument("--sources", help=f"comma-separated sources (default {','.join(SOURCE_NAMES)})")
     q.add_argument(
         "--transforms", help=f"comma-separated transform specs (default {','.join(DEFAULT_TRANSFORMS)})"
     )
@@ -91,6 +112,7 @@ def register(subparsers) -> None:
         "--no-cli-process", action="store_true", help="skip timing a whole `twice search` process"
     )
     sp.set_defaults(func=run_speed_command)
+    return p
 
 
 def _common(p: argparse.ArgumentParser) -> None:

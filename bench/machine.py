@@ -47,7 +47,7 @@ def machine_facts() -> dict:
     import faiss
     import torch
 
-    from model.embedder import cpu_has_fast_bf16
+    from twice.model.embedder import cpu_has_fast_bf16
 
     return {
         "cpu": cpu_model(),

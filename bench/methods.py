@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from indexer import ImageError, decode_image, reindex
-from indexer.imageio import read_file_bytes
-from model import RANDOM_WEIGHTS, Embedder, pick_device, pick_precision, seeded_network
-from search import SearchEngine
+from twice.imageio import read_file_bytes
+from twice.indexer import ImageError, decode_image, reindex
+from twice.model import RANDOM_WEIGHTS, Embedder, pick_device, pick_precision, seeded_network
+from twice.search import SearchEngine
 
 from .calibration import BenchCalibration, store_thresholds
 from .metrics import Hit

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from model import Embedder
-from search.verdicts import CLEAR_OFF, rule_text
+from twice.augment.sources import HELD_OUT_DRAW
+from twice.model import Embedder
+from twice.search.verdicts import CLEAR_OFF, rule_text
 
 from .calibration import calibrate_on_distractors
 from .machine import machine_facts
 from .methods import EmbeddingMethod, PHashMethod, random_embedder
 from .metrics import MethodScores, outcome_of, summarise
 from .results import markdown_table, stamp_lines
-from .sources import DEFAULT_SOURCES, DEFAULT_TRANSFORMS, BenchSet, build_bench_set
+from .sources import DEFAULT_TRANSFORMS, BenchSet, build_bench_set
 
 LOG = logging.getLogger(__name__)
 
@@ -33,8 +34,8 @@ class QualityConfig:
     originals: int = 100
     distractors: int = 200
     negatives: int = 100
-    seed: int = 0
-    sources: tuple[str, ...] = DEFAULT_SOURCES
+    seed: int = HELD_OUT_DRAW.seed
+    sources: tuple[str, ...] = HELD_OUT_DRAW.sources
     transforms: tuple[str, ...] = DEFAULT_TRANSFORMS
     checkpoints: tuple[str, ...] = ()  # extra models; the current model and random init always run
     search_variants: tuple[dict, ...] = ()  # search_file kwargs to try with the current model

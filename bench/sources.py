@@ -11,32 +11,35 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import subprocess
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from augment import (
+from twice.augment import (
     ORIGINAL_FOUR,
     TransformSpec,
     bound_image,
-    make_synthetic_image,
     parse_transforms,
     variant_bytes,
+)
+from twice.augment.sources import (
+    APT_SOURCES,
+    SOURCE_NAMES,
+    Candidate,
+    collect_sources,
+    draw_pool,
+    flatten_rgb,
 )
 
 LOG = logging.getLogger(__name__)
 
 # The original system's four, then the harder edits the issue names.
 DEFAULT_TRANSFORMS = (*ORIGINAL_FOUR, "crop", "tilt", "jpeg", "scale", "blur", "gray", "overlay")
-DEFAULT_SOURCES = ("synthetic", "skimage", "openclipart", "tuxpaint")
 MAX_SIDE = 512  # originals are stored at most this big: the bench measures matching, not decoding
 MIN_SIDE = 32  # smaller clip-art is an icon, not a picture anyone copies
 # Two drawn images whose grey thumbnails correlate this well under some turn or flip are one
@@ -46,54 +49,6 @@ MIN_SIDE = 32  # smaller clip-art is an icon, not a picture anyone copies
 NEAR_COPY_CORRELATION = 0.98
 BLANK_STD = 2.0  # grey levels: a thumbnail flatter than this shows nothing (a faint gradient)
 SIGNATURE_SIDE = 32
-
-# Debian package -> folder its PNGs live in.
-APT_SOURCES = {
-    "openclipart": ("openclipart-png", Path("/usr/share/openclipart/png")),
-    "tuxpaint": ("tuxpaint-stamps-default", Path("/usr/share/tuxpaint/stamps")),
-}
-# scikit-image samples that ship inside the wheel (no download); `cat` is `chelsea` again.
-SKIMAGE_SAMPLES = (
-    "astronaut",
-    "brick",
-    "camera",
-    "chelsea",
-    "clock",
-    "coffee",
-    "coins",
-    "colorwheel",
-    "cell",
-    "grass",
-    "gravel",
-    "horse",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "logo",
-    "microaneurysms",
-    "moon",
-    "page",
-    "retina",
-    "rocket",
-    "text",
-)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One image a source can give, loaded only when chosen."""
-
-    source: str
-    name: str
-    load: Callable[[], Image.Image]
-
-
-@dataclass
-class BenchSource:
-    """A named source's candidates and a note on what it gave or why it gave nothing."""
-
-    name: str
-    candidates: list[Candidate] = field(default_factory=list)
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -132,138 +87,7 @@ class BenchSet:
         } | {"queries": len(self.queries)}
 
 
-# set-up: Debian packages ------------------------------------------------------------------
-
-
-def ensure_apt_sources(names: Sequence[str] = tuple(APT_SOURCES), install: bool = True) -> dict[str, str]:
-    """Make the Debian image packages present (apt-get, as root) and say what happened to each."""
-    notes, updated = {}, False
-    for name in names:
-        package, folder = APT_SOURCES[name]
-        if folder.is_dir():
-            notes[name] = "present"
-            continue
-        if not install:
-            notes[name] = f"skipped: {package} not installed (run `twice bench setup`)"
-            continue
-        why_not = _cannot_apt()
-        if why_not:
-            notes[name] = f"skipped: {package} not installed and {why_not}"
-            continue
-        try:
-            if not updated:
-                _apt(["apt-get", "update"])
-                updated = True
-            _apt(["apt-get", "install", "-y", "--no-install-recommends", package])
-        except (OSError, subprocess.SubprocessError) as exc:
-            notes[name] = f"skipped: apt-get install {package} failed ({exc})"
-            continue
-        notes[name] = "installed" if folder.is_dir() else f"skipped: {package} installed but {folder} missing"
-    for name, note in notes.items():
-        LOG.info("source %s: %s", name, note)
-    return notes
-
-
-def _cannot_apt() -> str:
-    if shutil.which("apt-get") is None:
-        return "this system has no apt-get"
-    if hasattr(os, "geteuid") and os.geteuid() != 0:
-        return "installing needs root (sudo twice bench setup)"
-    return ""
-
-
-def _apt(argv: list[str]) -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    LOG.info("running %s", " ".join(argv))
-    subprocess.run(argv, check=True, env=env, timeout=900, capture_output=True)
-
-
-# sources -------------------------------------------------------------------------------------
-
-
-def synthetic_source(count: int, seed: int) -> BenchSource:
-    items = [
-        Candidate("synthetic", f"synthetic-{i}", lambda i=i: make_synthetic_image(seed, i))
-        for i in range(count)
-    ]
-    return BenchSource("synthetic", items, f"{count} generated (augment.make_synthetic_image, seed {seed})")
-
-
-def skimage_source() -> BenchSource:
-    try:
-        import skimage.data
-    except ImportError:
-        return BenchSource("skimage", note="skipped: scikit-image not installed (pip install -e '.[bench]')")
-    items = []
-    for name in SKIMAGE_SAMPLES:
-        loader = getattr(skimage.data, name, None)
-        if loader is not None:
-            items.append(Candidate("skimage", name, lambda loader=loader: array_to_image(loader())))
-    return BenchSource("skimage", items, f"{len(items)} bundled samples")
-
-
-def folder_source(name: str, folder: Path) -> BenchSource:
-    files = sorted(folder.rglob("*.png"))
-    items = [Candidate(name, str(p.relative_to(folder)), lambda p=p: Image.open(p)) for p in files]
-    return BenchSource(name, items, f"{len(items)} PNGs under {folder}")
-
-
-def collect_sources(
-    names: Sequence[str], synthetic_count: int, seed: int, install: bool
-) -> list[BenchSource]:
-    """The requested sources, each with a note; unknown names are a caller mistake."""
-    unknown = [n for n in names if n not in DEFAULT_SOURCES]
-    if unknown:
-        raise ValueError(f"unknown bench source(s) {unknown}; choose from {', '.join(DEFAULT_SOURCES)}")
-    apt_notes = ensure_apt_sources([n for n in names if n in APT_SOURCES], install)
-    sources = []
-    for name in names:
-        if name == "synthetic":
-            sources.append(synthetic_source(synthetic_count, seed))
-        elif name == "skimage":
-            sources.append(skimage_source())
-        elif apt_notes[name].startswith("skipped"):
-            sources.append(BenchSource(name, note=apt_notes[name]))
-        else:
-            sources.append(folder_source(name, APT_SOURCES[name][1]))
-    return sources
-
-
-def array_to_image(array: np.ndarray) -> Image.Image:
-    """A scikit-image sample (bool, grey, RGB or RGBA array) as a PIL image."""
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    return Image.fromarray(np.ascontiguousarray(array.astype(np.uint8)))
-
-
-def flatten_rgb(image: Image.Image) -> Image.Image:
-    """RGB on white: clip-art and stamps are mostly transparent."""
-    image.load()
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
 # the split ----------------------------------------------------------------------------------
-
-
-def draw_pool(sources: Sequence[BenchSource], total: int, seed: int) -> list[Candidate]:
-    """Round-robin over the sources (each shuffled by the seed), then one seeded shuffle of the
-    pool, so every role gets a mix of sources; more than ``total`` so failures can be skipped."""
-    shuffled = []
-    for k, source in enumerate(sources):
-        order = np.random.default_rng([seed, k]).permutation(len(source.candidates))
-        shuffled.append([source.candidates[i] for i in order])
-    pool: list[Candidate] = []
-    for i in range(max((len(s) for s in shuffled), default=0)):
-        pool += [s[i] for s in shuffled if i < len(s)]
-        if len(pool) >= 2 * total + 16:
-            break
-    head, tail = pool[:total], pool[total:]
-    order = np.random.default_rng([seed, 999]).permutation(len(head))
-    return [head[i] for i in order] + tail
 
 
 def build_bench_set(
@@ -272,7 +96,7 @@ def build_bench_set(
     distractors: int,
     negatives: int,
     seed: int = 0,
-    sources: Sequence[str] = DEFAULT_SOURCES,
+    sources: Sequence[str] = SOURCE_NAMES,
     transforms: Sequence[str] = DEFAULT_TRANSFORMS,
     install: bool = True,
 ) -> BenchSet:

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from augment import make_collection
-from indexer import VectorIndex, decode_image, reindex
-from indexer.imageio import read_file_bytes
-from indexer.vectors import ivf_nlist
-from model import Embedder
-from model.embedder import cpu_has_fast_bf16
-from search import SearchEngine
+from twice.augment import make_collection
+from twice.imageio import read_file_bytes
+from twice.indexer import VectorIndex, decode_image, reindex
+from twice.indexer.vectors import ivf_nlist
+from twice.model import Embedder
+from twice.model.embedder import cpu_has_fast_bf16
+from twice.search import SearchEngine
 
 from .machine import MemoryProbe, machine_facts
 from .results import markdown_table, stamp_lines
@@ -283,7 +283,7 @@ def measure_cli_process(options, query: Path) -> dict:
     argv = [
         sys.executable,
         "-m",
-        "twice.cli",
+        "twice",
         "-q",
         "--data-dir",
         str(options.data_dir),
@@ -316,7 +316,7 @@ def served(options, work: Path, timeout: float = 300.0):
     argv = [
         sys.executable,
         "-m",
-        "twice.cli",
+        "twice",
         "-q",
         "--data-dir",
         str(options.data_dir),

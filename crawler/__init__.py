@@ -2,7 +2,7 @@
 
 Usage (``options`` is a ``twice.options.Options``)::
 
-    from crawler import CrawlConfig, HtmlListing, crawl
+    from twice.crawler import CrawlConfig, HtmlListing, crawl
     summary = crawl(options, HtmlListing("https://example.org/gallery/"), CrawlConfig(pages=2))
     print("\n".join(summary.lines()))
 """

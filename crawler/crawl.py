@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from indexer import ImageError, Indexer
-from indexer.catalog import utcnow
-from indexer.imageio import sha256_bytes
+from twice.imageio import sha256_bytes
+from twice.indexer import ImageError, Indexer
+from twice.indexer.catalog import utcnow
 
 from .fetcher import FetchConfig, Fetched, Fetcher
 from .listings import Listing

@@ -29,7 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
-from twice import __version__
+from twice.version import __version__
 
 from .robots import RobotsCache
 from .safety import AddressPolicy, Refused, check_url, redact_url

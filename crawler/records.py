@@ -16,8 +16,8 @@ from datetime import datetime
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer import Catalog
-from indexer.catalog import Base, utcnow
+from twice.indexer import Catalog
+from twice.indexer.catalog import Base, utcnow
 
 LOG = logging.getLogger(__name__)
 

@@ -32,6 +32,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from twice.hashing import HASH_VERSION, STORED_COLUMNS, STORED_KINDS
+
 LOG = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ class ImageRow(Base):
     meta: Mapped[dict | None] = mapped_column(JSON, default=None)  # alt text, tags, crawl ids
     # 64-bit DCT perceptual hash as a signed integer (search.hashing); NULL until computed.
     phash: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    # search.hashing.HASH_VERSION that made ``phash``; reindex recomputes hashes of older ones.
+    # twice.hashing.HASH_VERSION that made ``phash``; reindex recomputes hashes of older ones.
     phash_version: Mapped[int | None] = mapped_column(Integer, default=None)
     # The hashes of the image brightened and darkened as augment's ``bright`` and ``dark``
     # (search.hashing.STORED_VIEWS): a clipped copy is near these when far from ``phash``.
@@ -279,3 +281,23 @@ class Catalog:
             record.details = json.dumps(details) if details else None
             record.updated_at = utcnow()
             session.add(record)
+
+
+def load_stored_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, (N, 3) stored hashes) of catalogued images with a current-version hash and an id
+    above ``after_id``: the plain hash, then each ``STORED_VIEWS`` view's (0 where NULL: flat,
+    see ``stored_present``).
+
+    Hashes of another ``HASH_VERSION`` are left out until ``twice reindex`` recomputes them.
+    """
+    columns = [getattr(ImageRow, name) for name in STORED_COLUMNS]
+    with catalog.session() as session:
+        rows = session.execute(
+            select(ImageRow.id, ImageRow.phash, *columns)
+            .where(ImageRow.phash.is_not(None), ImageRow.phash_version == HASH_VERSION)
+            .where(ImageRow.id > after_id)
+            .order_by(ImageRow.id)
+        ).all()
+    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+    stored = np.array([[0 if h is None else h for h in r[1:]] for r in rows], np.int64)
+    return ids, stored.reshape(len(rows), len(STORED_KINDS))

@@ -15,22 +15,34 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
-import torch
 from sqlalchemy import or_, select, update
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from model import Embedder, iter_batches
+from twice.imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
 
+from .batches import iter_batches
 from .catalog import ImageRow
-from .imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
 from .store import Indexer, image_hashes, phash_version
 
 LOG = logging.getLogger(__name__)
+
+
+class BatchEmbedder(Protocol):
+    """What reindex needs of a model (``twice.model.Embedder`` is one): a version and size to
+    record with the index, a preprocess that runs in decode workers, and a batch embedding."""
+
+    version: str
+    dim: int
+    draft_side: int | None
+    preprocess: Callable[[Any], Any]
+
+    def embed_tensors(self, batch: Sequence[Any]) -> np.ndarray: ...
 
 
 @dataclass
@@ -64,10 +76,10 @@ class ReindexSummary:
         ]
 
 
-class NewFiles(Dataset):
+class NewFiles:
     """Files to index: hashed in the worker; unknown ones decoded and preprocessed there too."""
 
-    def __init__(self, paths: list[Path], known_sha256: set[str], embedder: Embedder, options) -> None:
+    def __init__(self, paths: list[Path], known_sha256: set[str], embedder: BatchEmbedder, options) -> None:
         self.paths, self.known, self.options = paths, known_sha256, options
         self.preprocess, self.draft_side = embedder.preprocess, embedder.draft_side
 
@@ -95,10 +107,10 @@ class NewFiles(Dataset):
             return {"path": path, "error": exc}
 
 
-class StoredImages(Dataset):
+class StoredImages:
     """Catalogued images read back from the image store, for pending embeddings."""
 
-    def __init__(self, rows: list[tuple[int, Path]], embedder: Embedder, options) -> None:
+    def __init__(self, rows: list[tuple[int, Path]], embedder: BatchEmbedder, options) -> None:
         self.rows, self.options = rows, options
         self.preprocess, self.draft_side = embedder.preprocess, embedder.draft_side
 
@@ -135,7 +147,9 @@ class Checkpointer:
         self.last = time.monotonic()
 
 
-def reindex(paths: list[str | Path], options, embedder: Embedder, progress: bool = True) -> ReindexSummary:
+def reindex(
+    paths: list[str | Path], options, embedder: BatchEmbedder, progress: bool = True
+) -> ReindexSummary:
     """Bring the index up to date with the catalog and the given files and folders."""
     started = time.monotonic()
     files = list(iter_image_files(paths))
@@ -167,7 +181,7 @@ def _embed_pending(indexer, embedder, options, summary, checkpointer, progress) 
         good = _without_errors(batch, summary, "skipped catalog image")
         if good:
             ids = np.array([item["id"] for item in good], dtype=np.int64)
-            indexer.add_vectors(ids, embedder.embed_tensors(torch.stack([g["tensor"] for g in good])))
+            indexer.add_vectors(ids, embedder.embed_tensors([g["tensor"] for g in good]))
             summary.embedded_pending += len(good)
         bar.update(len(batch))
         checkpointer.maybe_save()
@@ -199,7 +213,7 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
                 ids.append(row.id)
                 tensors.append(item["tensor"])
         if ids:
-            indexer.add_vectors(np.array(ids, dtype=np.int64), embedder.embed_tensors(torch.stack(tensors)))
+            indexer.add_vectors(np.array(ids, dtype=np.int64), embedder.embed_tensors(tensors))
             summary.added += len(ids)
         bar.update(len(batch))
         bar.set_postfix(added=summary.added, skipped=sum(summary.skipped.values()))

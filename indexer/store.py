@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from twice.files import ImageStore
+from twice.hashing import HASH_VERSION, STORED_COLUMNS, stored_hashes
+from twice.imageio import DecodedImage, decode_image
+
 from .catalog import Catalog, ImageRow
-from .files import ImageStore
-from .imageio import DecodedImage, decode_image
 from .vectors import IndexFileError, IndexMismatchError, VectorIndex
 
 LOG = logging.getLogger(__name__)
@@ -216,16 +218,12 @@ def file_stamp(path: Path) -> tuple[int, int, int] | None:
 
 def image_hashes(image) -> dict[str, int | None]:
     """Every stored hash of an image as catalog columns: ``phash`` and its photometric views."""
-    from search.hashing import STORED_COLUMNS, stored_hashes  # search imports indexer
-
     plain, *views = stored_hashes(image)
     return {"phash": plain, **dict(zip(STORED_COLUMNS, views, strict=True))}
 
 
 def phash_version() -> int:
     """The version of ``image_hashes`` (stored beside it: other versions are recomputed)."""
-    from search.hashing import HASH_VERSION
-
     return HASH_VERSION
 
 

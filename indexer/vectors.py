@@ -18,7 +18,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .files import atomic_write
+from twice.files import atomic_write
 
 LOG = logging.getLogger(__name__)
 

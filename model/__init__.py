@@ -1,6 +1,6 @@
 """The embedding model: VGG-16 trunk + GeM + linear head, weights loading, batch embedding."""
 
-from .embedder import Embedder, Preprocess, iter_batches, pick_device, pick_precision
+from .embedder import Embedder, Preprocess, pick_device, pick_precision
 from .network import ARCHS, EmbeddingNet, GeM
 from .weights import (
     RANDOM_WEIGHTS,
@@ -22,7 +22,6 @@ __all__ = [
     "Preprocess",
     "WeightsInfo",
     "build_network",
-    "iter_batches",
     "load_checkpoint",
     "pick_device",
     "pick_precision",

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .network import EmbeddingNet
@@ -149,8 +148,11 @@ class Embedder:
         }
 
     @torch.inference_mode()
-    def embed_tensors(self, batch: torch.Tensor) -> np.ndarray:
-        """(N,3,S,S) preprocessed tensors -> (N, dim) float32 unit vectors."""
+    def embed_tensors(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
+        """(N,3,S,S) preprocessed tensors (stacked, or a sequence of (3,S,S)) -> (N, dim) float32
+        unit vectors."""
+        if not isinstance(batch, torch.Tensor):
+            batch = torch.stack(list(batch))
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -171,21 +173,3 @@ class Embedder:
                 chunks.append(self.embed_tensors(torch.stack([self.preprocess(image) for image in batch])))
                 bar.update(len(batch))
         return np.concatenate(chunks) if chunks else np.zeros((0, self.dim), dtype=np.float32)
-
-
-def _worker_init(_worker_id: int) -> None:
-    torch.set_num_threads(1)  # decode workers must not fight the network for cores
-
-
-def iter_batches(dataset: Dataset, batch_size: int, workers: int) -> Iterator[list]:
-    """Batches of dataset items (lists, uncollated) decoded in worker processes."""
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=2 if workers else None,
-        persistent_workers=False,
-    )
-    yield from loader

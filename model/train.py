@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from augment import apply_transform, with_overrides
+from twice.augment import apply_transform, with_overrides
 
 from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss

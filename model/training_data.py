@@ -22,8 +22,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from augment import RandomAugment, Step, make_collection
-from indexer.imageio import ImageError, iter_image_files, load_image
+from twice.augment import RandomAugment, Step, make_collection
+from twice.augment.sources import HELD_OUT_DRAW, drawn_names
+from twice.imageio import ImageError, iter_image_files, load_image
 
 from .embedder import Preprocess
 
@@ -106,7 +107,7 @@ def gather_paths(sources: Sources, cache_dir: Path) -> dict[str, list[Path]]:
     """Image files per source; generated ones are written under ``cache_dir`` once."""
     found: dict[str, list[Path]] = {}
     bench_named = {"skimage", "openclipart", "tuxpaint"} & set(sources.names)
-    excluded = bench_images() if sources.exclude_bench and bench_named else {}
+    excluded = drawn_names(HELD_OUT_DRAW) if sources.exclude_bench and bench_named else {}
     for name in sources.names:
         if name == "synthetic":
             # Collection seed 1000+: the bench draws its synthetic images from collection 0.
@@ -127,26 +128,6 @@ def gather_paths(sources: Sources, cache_dir: Path) -> dict[str, list[Path]]:
     for name, paths in found.items():
         LOG.info("training source %s: %d files", name, len(paths))
     return found
-
-
-def bench_images() -> dict[str, set[str]]:
-    """Per source, the names ``twice bench quality`` draws by default (empty without bench/).
-
-    Folder sources name files relative to their folder; skimage names its samples.
-    """
-    try:
-        from bench.quality import QualityConfig
-        from bench.sources import collect_sources, draw_pool
-    except ImportError:
-        return {}
-    cfg = QualityConfig()
-    total = cfg.originals + cfg.distractors + cfg.negatives
-    found = collect_sources(cfg.sources, total, cfg.seed, install=False)
-    pool = draw_pool([s for s in found if s.candidates], total, cfg.seed)
-    names: dict[str, set[str]] = {}
-    for candidate in pool:
-        names.setdefault(candidate.source, set()).add(candidate.name)
-    return names
 
 
 def _drop_excluded(source: str, paths: list[Path], names: set[str]) -> list[Path]:

@@ -10,14 +10,12 @@ Jégou & Chum, ECCV 2012) weighs every direction equally. It is fitted on the tr
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .commands import add_source_arguments, sources_from_args
 from .training_data import Sources, gather_paths, load_images
 from .weights import save_checkpoint
 
@@ -83,39 +81,3 @@ def trained_weights_digest(weights) -> str:
     same layers, so it keeps that name: the result is then the same file as whitening the
     training run's own checkpoint (the reproduction command in the model card)."""
     return weights.meta.get("whitening", {}).get("fitted_on", weights.digest)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "whiten",
-        help="fit the embedding's whitening on training images and write the checkpoint",
-        description="Embed training images with the current model (--checkpoint, else the shipped"
-        " one), fit a PCA whitening of the embedding on them and write the model with it to --out."
-        " The bench's images are never used. Run it after `twice train`; then `twice reindex`.",
-    )
-    p.add_argument("--out", type=Path, required=True, help="checkpoint to write")
-    p.add_argument(
-        "--images",
-        type=int,
-        default=DEFAULT_IMAGES,
-        help="images to fit on, 0: all found (default %(default)s)",
-    )
-    add_source_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="which images are drawn (default %(default)s)")
-    p.set_defaults(func=run_whiten)
-
-
-def run_whiten(args: argparse.Namespace, options) -> int:
-    from .embedder import Embedder
-
-    if args.images < 0:
-        raise ValueError(f"--images must be >= 0, not {args.images}")
-    sources = sources_from_args(args)
-    embedder = Embedder.from_options(options)
-    cache_dir = options.models_dir / "whiten-data"
-    record = whiten_checkpoint(embedder, sources, args.out, args.images, cache_dir, progress=not args.quiet)
-    print(
-        f"whitening of {embedder.version} fitted on {record['images']} images; wrote {args.out}"
-        f" (load it with --checkpoint {args.out}; an index built before needs `twice reindex`)"
-    )
-    return 0

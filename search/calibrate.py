@@ -26,7 +26,6 @@ more often known variant pairs have it than non-pairs, smoothed and made monoton
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -35,21 +34,9 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from indexer import (
-    Catalog,
-    ImageError,
-    ImageRow,
-    ImageStore,
-    VectorIndex,
-    decode_image,
-    load_vectors_for_search,
-)
-from indexer.imageio import read_file_bytes
-
-from .hashing import (
+from twice.hashing import (
     HASH_VERSION,
     MAX_RADIUS,
     STORED_COLUMNS,
@@ -60,6 +47,18 @@ from .hashing import (
     row_hashes,
     view_distances,
 )
+from twice.imageio import read_file_bytes
+from twice.indexer import (
+    Catalog,
+    ImageError,
+    ImageRow,
+    ImageStore,
+    VectorIndex,
+    decode_image,
+    load_vectors_for_search,
+)
+from twice.indexer.batches import iter_batches
+
 from .verdicts import (
     CLEAR_OFF,
     HASH_DISTANCES,
@@ -443,7 +442,7 @@ class Pairs:
         return len(self.labels)
 
 
-class QueryHashes(Dataset):
+class QueryHashes:
     """Dihedral hashes of catalogued images, decoded from the image store (in workers)."""
 
     def __init__(self, items: list[tuple[int, Path]], options) -> None:
@@ -526,7 +525,6 @@ def collect_pairs(
     progress: bool = True,
 ) -> Pairs:
     """Score sampled known variant pairs and hard + random non-pairs of the catalog."""
-    from model import iter_batches  # torch's DataLoader, only for this batch job
 
     view = CatalogView(catalog, vectors)
     rng = np.random.default_rng(seed)
@@ -777,47 +775,3 @@ def calibrate(
     finally:
         catalog.close()
     return result
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "calibrate",
-        help="fit the duplicate/similar thresholds from known variant pairs",
-        description="Score the catalog's known variant pairs (rows made by `twice augment`) and"
-        " non-pairs (the other images search shows next to them, plus random ones) by CNN"
-        " cosine and perceptual-hash distance; fit 'hash <= h or CNN >= t' for the duplicate"
-        " verdict at the target precision and for the similar verdict at a lower one; store"
-        " them with the model version and write the precision/recall curves as a PNG.",
-    )
-    p.add_argument("--precision", type=float, default=DEFAULT_PRECISION, help="duplicate target (0.99)")
-    p.add_argument(
-        "--similar-precision", type=float, default=DEFAULT_SIMILAR_PRECISION, help="similar target (0.90)"
-    )
-    p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help="variant pairs sampled (3000)")
-    p.add_argument("-k", type=int, default=DEFAULT_K, help="hard negatives per query and signal (10)")
-    p.add_argument("--random", type=int, default=DEFAULT_RANDOM, help="random negatives per query (5)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
-    p.add_argument("--plot", metavar="PNG", help="where to write the curves (default DATA_DIR/reports/)")
-    p.add_argument("--dry-run", action="store_true", help="fit and report, but do not store")
-    p.add_argument("--json", action="store_true", help="print the details as JSON")
-    p.set_defaults(func=run_calibrate)
-
-
-def run_calibrate(args, options) -> int:
-    result = calibrate(
-        options,
-        precision=args.precision,
-        similar_precision=args.similar_precision,
-        pairs=args.pairs,
-        k=args.k,
-        randoms=args.random,
-        seed=args.seed,
-        plot=Path(args.plot) if args.plot else None,
-        store=not args.dry_run,
-        progress=not args.quiet,
-    )
-    if args.json:
-        print(json.dumps({"model": result.model_version, **result.details()}, indent=2))
-    else:
-        print("\n".join(result.lines()))
-    return 0

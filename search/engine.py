@@ -23,10 +23,7 @@ import faiss
 import numpy as np
 import torch
 
-from indexer import Catalog, DecodedImage, VectorIndex, decode_image, load_vectors_for_search
-from indexer.imageio import read_file_bytes
-
-from .hashing import (
+from twice.hashing import (
     DIHEDRAL,
     HASH_VERSION,
     HashIndex,
@@ -34,10 +31,13 @@ from .hashing import (
     dihedral_hashes,
     flatten_stored,
     is_flat,
-    load_stored_hashes,
     nearest_match,
     row_hashes,
 )
+from twice.imageio import read_file_bytes
+from twice.indexer import Catalog, DecodedImage, VectorIndex, decode_image, load_vectors_for_search
+from twice.indexer.catalog import load_stored_hashes
+
 from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)

@@ -32,10 +32,10 @@ import numpy as np
 from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from indexer import Catalog, ImageRow, IndexFileError, IndexMismatchError, VectorIndex
-from indexer.catalog import Base
+from twice.hashing import HASH_BITS
+from twice.indexer import Catalog, ImageRow, IndexFileError, IndexMismatchError, VectorIndex
+from twice.indexer.catalog import Base
 
-from .hashing import HASH_BITS
 from .pairs import METHODS, canonical_pairs, chains_from, check_threshold, find_pairs, group_pairs, pair_graph
 from .report_hashes import HashScan, scan_hashes
 from .verdicts import RANK, Judgement, Thresholds, thresholds_for
@@ -1079,7 +1079,7 @@ def _bench_catalog(options, ids: np.ndarray, parents: dict[int, int], when: date
 def _bench_index(index_kind: str, dim: int, xb: np.ndarray, ids: np.ndarray) -> VectorIndex:
     import faiss
 
-    from indexer.vectors import ivf_nlist
+    from twice.indexer.vectors import ivf_nlist
 
     if index_kind == "flat":
         vectors = VectorIndex(BENCH_MODEL, dim, flat_limit=10**9)

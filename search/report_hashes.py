@@ -33,10 +33,7 @@ from sqlalchemy import DateTime, Integer, LargeBinary, String, delete
 from sqlalchemy.orm import Mapped, mapped_column
 from tqdm import tqdm
 
-from indexer import Catalog, ImageStore
-from indexer.catalog import Base
-
-from .hashing import (
+from twice.hashing import (
     DIHEDRAL,
     INVERSE,
     STORED_VIEWS,
@@ -45,13 +42,15 @@ from .hashing import (
     check_radius,
     dihedral_hashes,
     hash_pairs,
-    load_stored_hashes,
     nearest_match,
     stored_hashes,
     stored_of,
     stored_present,
     view_distances,
 )
+from twice.indexer import Catalog, ImageStore
+from twice.indexer.batches import iter_batches
+from twice.indexer.catalog import Base, load_stored_hashes
 
 LOG = logging.getLogger(__name__)
 
@@ -199,7 +198,6 @@ class HashScan:
 
 def stored_views(options, items: list[tuple[int, Path]], workers: int, progress: bool):
     """(ids, views, skipped) of the stored images ``items``, decoded in worker processes."""
-    from model import iter_batches  # torch's DataLoader, only for this batch job
 
     from .calibrate import QueryHashes
 

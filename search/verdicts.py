@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from .hashing import MAX_RADIUS
+from twice.hashing import MAX_RADIUS
 
 LOG = logging.getLogger(__name__)
 

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from twice.model import Embedder
+from twice.options import Options
 
-from model import Embedder  # noqa: E402
-from twice.options import Options  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # 64 px keeps the real VGG-16 code path fast enough for the suite.
 TEST_IMAGE_SIZE = 64
@@ -45,5 +42,5 @@ def options(tmp_path: Path) -> Options:
 
 @pytest.fixture(scope="session")
 def embedder() -> Embedder:
-    logging.getLogger("model.weights").setLevel(logging.ERROR)
+    logging.getLogger("twice.model.weights").setLevel(logging.ERROR)
     return Embedder.from_options(make_options(Path("unused")))

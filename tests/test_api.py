@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import api
 from awkward import bad_images
 from conftest import make_options
 from imagegen import image_bytes, make_image, write_images
-from indexer import Catalog, VectorIndex, reindex
-from indexer.files import atomic_write
-from search.service import FileStamp, SearchService
+from twice.files import atomic_write
+from twice.indexer import Catalog, VectorIndex, reindex
+from twice.web import app as api
+from twice.web.service import FileStamp, SearchService
 
 N_IMAGES = 6
 

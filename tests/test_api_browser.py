@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from werkzeug.serving import make_server
 
-import api
 from conftest import make_options
 from imagegen import image_bytes, make_image, write_images
-from indexer import reindex
+from twice.indexer import reindex
+from twice.web import app as api
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -12,10 +12,10 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-import api  # noqa: E402
 from conftest import make_options  # noqa: E402
 from imagegen import write_images  # noqa: E402
-from indexer import reindex  # noqa: E402
+from twice.indexer import reindex  # noqa: E402
+from twice.web import app as api  # noqa: E402
 
 
 @pytest.fixture(scope="module")

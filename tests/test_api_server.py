@@ -15,11 +15,11 @@ import requests
 from flask import Flask
 from gunicorn.config import Config
 
-import api
 from conftest import ROOT, TEST_IMAGE_SIZE, make_options
 from imagegen import image_bytes, make_image, write_images
-from indexer import reindex
-from twice.serve import gunicorn_settings, settings_from_env
+from twice.indexer import reindex
+from twice.web import app as api
+from twice.web.serve import gunicorn_settings, settings_from_env
 
 # The server and the reindex subprocesses must build the same model as the test fixture.
 CHILD_ENV = {

@@ -10,11 +10,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from augment import apply_transform, augment_catalog
 from imagegen import image_bytes, make_image
-from indexer import ImageRow, Indexer, decode_image, reindex
-from search import SearchEngine
+from twice.augment import apply_transform, augment_catalog
 from twice.cli import main
+from twice.indexer import ImageRow, Indexer, decode_image, reindex
+from twice.search import SearchEngine
 
 VERSION, DIM = "test-no-model", 4
 

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment import DEFAULT_STEPS, RandomAugment, Step, apply_transforms, parse_transform, with_overrides
 from imagegen import make_image
+from twice.augment import (
+    DEFAULT_STEPS,
+    RandomAugment,
+    Step,
+    apply_transforms,
+    parse_transform,
+    with_overrides,
+)
 
 
 def test_same_seed_same_views_different_seed_different_views():

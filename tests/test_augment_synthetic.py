@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment import make_collection, make_synthetic_image
-from augment.synthetic import FAMILIES, JPEG_QUALITY
 from imagegen import image_bytes
+from twice.augment import make_collection, make_synthetic_image
+from twice.augment.synthetic import FAMILIES, JPEG_QUALITY
 
 SIZE = (96, 64)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment import (
+from twice.augment import (
     ORIGINAL_FOUR,
     TRANSFORMS,
     all_transforms,
@@ -17,7 +17,7 @@ from augment import (
     parse_transform,
     parse_transforms,
 )
-from augment.transforms import encode_jpeg
+from twice.augment.transforms import encode_jpeg
 
 # Six distinct colours, one per label, so a grid of labels is a tiny image whose expected
 # rotations and flips can be written down by hand.

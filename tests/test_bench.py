@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from augment import make_synthetic_image, parse_transforms
 from bench.calibration import calibrate_on_distractors
 from bench.machine import MemoryProbe
 from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits, random_embedder
@@ -20,11 +19,12 @@ from bench.results import markdown_table, write_results
 from bench.sources import Candidate, PoolFilter, blanked_by, build_bench_set, write_images
 from bench.speed import SpeedConfig, measure_faiss_size
 from conftest import make_options
-from indexer import Catalog
-from indexer.vectors import ivf_nlist
-from model import build_network
-from search import thresholds_for
+from twice.augment import make_synthetic_image, parse_transforms
 from twice.cli import main
+from twice.indexer import Catalog
+from twice.indexer.vectors import ivf_nlist
+from twice.model import build_network
+from twice.search import thresholds_for
 
 
 def sha(path: Path) -> str:
@@ -399,8 +399,8 @@ def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
 
 def test_cnn_only_search_is_the_bare_index_lookup(tmp_path, embedder):
     from bench.speed import cnn_only_search
-    from indexer import reindex
-    from search import SearchEngine
+    from twice.indexer import reindex
+    from twice.search import SearchEngine
 
     bench_set = build_bench_set(
         tmp_path / "set", 3, 1, 0, sources=("synthetic",), transforms=("jpeg",), install=False

@@ -10,12 +10,14 @@ from PIL import Image
 from scipy.optimize import brentq
 from scipy.stats import norm
 
-from augment import apply_transform
-from augment.variants import augment_catalog
 from imagegen import make_image, pale_art
-from indexer import Catalog, Indexer, load_vectors_for_search, reindex
-from search import SearchEngine, thresholds_for
-from search.calibrate import (
+from twice.augment import apply_transform
+from twice.augment.variants import augment_catalog
+from twice.cli import main
+from twice.hashing import MAX_RADIUS, dihedral_hashes, hamming, phash
+from twice.indexer import Catalog, Indexer, load_vectors_for_search, reindex
+from twice.search import SearchEngine, thresholds_for
+from twice.search.calibrate import (
     NO_HASH,
     PSEUDO_COUNT,
     CatalogView,
@@ -30,10 +32,8 @@ from search.calibrate import (
     monotone,
     transform_name,
 )
-from search.hashing import MAX_RADIUS, dihedral_hashes, hamming, phash
-from search.report import build_report
-from search.verdicts import CLEAR_OFF, MAX_WEIGHT, EvidenceWeights
-from twice.cli import main
+from twice.search.report import build_report
+from twice.search.verdicts import CLEAR_OFF, MAX_WEIGHT, EvidenceWeights
 
 
 def planted_gaussians(rng, n_pos=10000, n_neg=100000):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from indexer import Catalog
+from twice.indexer import Catalog
 
 
 def columns(sha: str, **extra) -> dict:

@@ -18,12 +18,12 @@ from PIL import Image
 from test_crawler_site import Reply, Site, fast_fetch
 
 from conftest import make_options
-from crawler import CrawlConfig, HtmlListing, crawl, pixabay_listing
-from crawler.records import CrawlLog
 from imagegen import image_bytes, make_image
-from indexer import Catalog
-from indexer.imageio import sha256_bytes
 from twice.cli import main
+from twice.crawler import CrawlConfig, HtmlListing, crawl, pixabay_listing
+from twice.crawler.records import CrawlLog
+from twice.imageio import sha256_bytes
+from twice.indexer import Catalog
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000

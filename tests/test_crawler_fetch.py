@@ -10,8 +10,8 @@ import time
 import pytest
 from test_crawler_site import LOCAL_ONLY, Reply, Site, fast_fetch, make_certificate
 
-from crawler import AddressPolicy, Fetcher, Refused, check_url, classify_address, redact_url
-from crawler.fetcher import parse_retry_after
+from twice.crawler import AddressPolicy, Fetcher, Refused, check_url, classify_address, redact_url
+from twice.crawler.fetcher import parse_retry_after
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from crawler import PixabayApiListing, is_placeholder, largest_candidate, parse_listing, parse_srcset
-from crawler.fetcher import Fetched
-from crawler.listings import HtmlListing, pixabay_listing, with_query
+from twice.crawler import PixabayApiListing, is_placeholder, largest_candidate, parse_listing, parse_srcset
+from twice.crawler.fetcher import Fetched
+from twice.crawler.listings import HtmlListing, pixabay_listing, with_query
 
 BASE = "https://site.example/search/cats/"
 

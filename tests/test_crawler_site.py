@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from crawler import AddressPolicy, FetchConfig
 from imagegen import image_bytes, make_image
+from twice.crawler import AddressPolicy, FetchConfig
 
 LOCAL_ONLY = AddressPolicy(allow_networks=(ip_network("127.0.0.1/32"),))
 

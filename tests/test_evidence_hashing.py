@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from augment import apply_transform
 from imagegen import dusk_art, image_bytes, make_image, pale_art
-from indexer import Catalog, Indexer, reindex
-from search import SearchEngine
-from search.hashing import (
+from twice.augment import apply_transform
+from twice.hashing import (
     DIHEDRAL,
     HASH_VERSION,
     MAX_RADIUS,
@@ -23,13 +21,15 @@ from search.hashing import (
     dihedral_image,
     hamming,
     hash_pairs,
-    load_stored_hashes,
     nearest_match,
     phash,
     popcount,
     resample_matrix,
     stored_hashes,
 )
+from twice.indexer import Catalog, Indexer, reindex
+from twice.indexer.catalog import load_stored_hashes
+from twice.search import SearchEngine
 
 # What turns a query made by transform g back into the stored original: g's inverse.
 INVERSE = {

@@ -11,14 +11,14 @@ from PIL import Image
 
 from conftest import make_options
 from imagegen import dusk_art, image_bytes, make_image
-from indexer import Catalog, reindex
-from model import Embedder
-from search import SearchEngine, Thresholds, thresholds_for
-from search.engine import dihedral_tensors, family_margins
-from search.hashing import DIHEDRAL, dihedral_image
-from search.service import SearchService
-from search.verdicts import DIFFERENT, DUPLICATE, MAX_WEIGHT, SIMILAR, EvidenceWeights
 from twice.cli import main
+from twice.hashing import DIHEDRAL, dihedral_image
+from twice.indexer import Catalog, reindex
+from twice.model import Embedder
+from twice.search import SearchEngine, Thresholds, thresholds_for
+from twice.search.engine import dihedral_tensors, family_margins
+from twice.search.verdicts import DIFFERENT, DUPLICATE, MAX_WEIGHT, SIMILAR, EvidenceWeights
+from twice.web.service import SearchService
 
 SIZE = (72, 72)  # square: a turned copy preprocesses to exactly the turned tensor
 
@@ -176,7 +176,7 @@ def test_hash_candidates_outside_the_cnn_top_k_are_scored_and_found(indexed, opt
 
 
 def test_new_catalog_rows_are_found_by_hash_without_reopening(indexed, options, embedder):
-    from indexer import Indexer
+    from twice.indexer import Indexer
 
     engine = open_engine(options, embedder)
     engine.search_bytes(image_bytes(indexed[40]), k=2)  # builds the hash lookup
@@ -272,7 +272,7 @@ def test_hash_candidates_are_scored_exactly_on_an_ivf_index_too(tmp_path, embedd
 
 
 def test_rank_order_within_a_verdict():
-    from search.engine import _rank_key
+    from twice.search.engine import _rank_key
 
     def result(i, score, weight, distance, verdict=DUPLICATE, exact=False, transform=None, stored=None):
         hashed = {"distance": distance, "stored": stored} if distance is not None else None
@@ -361,7 +361,7 @@ def test_an_upload_says_which_image_search_calls_its_duplicate(indexed, options,
 
 
 def test_the_original_of_a_matched_variant_is_a_candidate(tmp_path, options, embedder):
-    from indexer import Indexer
+    from twice.indexer import Indexer
 
     original, variant = make_image(60, SIZE), make_image(61, SIZE)  # unlike: no signal links them
     indexer = Indexer(options, embedder.version, embedder.dim)
@@ -398,7 +398,7 @@ def test_the_gap_below_the_best_score_ranks_within_a_verdict(indexed, options, e
 
 
 def test_hash_candidates_reach_past_a_small_calibrated_similar_radius(indexed, options, embedder):
-    from indexer import Indexer
+    from twice.indexer import Indexer
 
     indexer = Indexer(options, embedder.version, embedder.dim)
     fresh = make_image(74, SIZE)
@@ -423,8 +423,8 @@ def test_hash_candidates_reach_past_a_small_calibrated_similar_radius(indexed, o
 def test_a_copy_matched_by_its_own_hash_ranks_before_one_matched_through_a_stored_view(
     indexed, options, embedder
 ):
-    from augment import apply_transform
-    from indexer import Indexer
+    from twice.augment import apply_transform
+    from twice.indexer import Indexer
 
     original = dusk_art(5, SIZE)
     dark = apply_transform(original, "dark")  # the blobs clip to black: the plain hash moves
@@ -475,8 +475,8 @@ def test_family_margins_match_a_brute_force_oracle(seed):
 
 
 def test_search_measures_each_margin_against_the_best_other_family(indexed, options, embedder, tmp_path):
-    from augment.variants import augment_catalog
-    from indexer import Indexer
+    from twice.augment.variants import augment_catalog
+    from twice.indexer import Indexer
 
     indexer = Indexer(options, embedder.version, embedder.dim)
     augment_catalog(indexer, progress=False)  # each original and its 4 variants: one family

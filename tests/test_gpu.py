@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from imagegen import make_image
-from indexer import VectorIndex
-from model import Embedder
+from twice.indexer import VectorIndex
+from twice.model import Embedder
 
 needs_faiss_gpu = pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="FAISS sees no GPU")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")

@@ -10,13 +10,20 @@ import torch
 import torchvision
 from PIL import Image
 
-from augment import apply_transform
 from conftest import make_options
 from imagegen import make_image
-from model import CheckpointError, Embedder, build_network, load_checkpoint, save_checkpoint, seeded_network
-from model.embedder import Preprocess, pick_precision
-from model.weights import SHIPPED_CHECKPOINT
-from model.whiten import fit_whitening
+from twice.augment import apply_transform
+from twice.model import (
+    CheckpointError,
+    Embedder,
+    build_network,
+    load_checkpoint,
+    save_checkpoint,
+    seeded_network,
+)
+from twice.model.embedder import Preprocess, pick_precision
+from twice.model.weights import SHIPPED_CHECKPOINT
+from twice.model.whiten import fit_whitening
 
 
 def test_embeddings_are_unit_vectors_of_the_configured_dimension(embedder):
@@ -157,7 +164,7 @@ def test_cached_imagenet_weights_are_used(tmp_path, monkeypatch):
 
 def test_random_fallback_warns_loudly(caplog, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="model.weights"):
+    with caplog.at_level(logging.WARNING, logger="twice.model.weights"):
         _, info = build_network("vgg16", 64, allow_download=False, use_shipped=False)
     assert info.source == "random"
     assert "NO TRAINED WEIGHTS" in caplog.text and "--checkpoint" in caplog.text
@@ -201,7 +208,7 @@ def test_bf16_autocast_keeps_embeddings_close(embedder):
 @pytest.mark.skipif(not SHIPPED_CHECKPOINT.exists(), reason="no checkpoint shipped in model/weights/ yet")
 def test_shipped_checkpoint_loads_by_default_and_the_index_records_its_version(tmp_path):
     from imagegen import write_images
-    from indexer import VectorIndex, reindex
+    from twice.indexer import VectorIndex, reindex
 
     options = make_options(tmp_path, shipped_checkpoint=True, image_size=128)
     embedder = Embedder.from_options(options)

@@ -15,8 +15,8 @@ import numpy as np
 from awkward import bad_images, good_images
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
-from indexer import Catalog, Indexer, VectorIndex, reindex
-from model import Embedder
+from twice.indexer import Catalog, Indexer, VectorIndex, reindex
+from twice.model import Embedder
 
 
 def state(options) -> tuple[dict[str, np.ndarray], list[int]]:

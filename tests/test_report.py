@@ -23,24 +23,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment import apply_transform
 from imagegen import image_bytes, make_image, pale_art
-from indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
-from search.hashing import (
+from twice.augment import apply_transform
+from twice.cli import main
+from twice.hashing import (
     INVERSE,
     STORED_VIEWS,
     dihedral_hashes,
     hamming,
     hash_pairs,
     is_flat,
-    load_stored_hashes,
     phash,
     stored_hashes,
 )
-from search.pairs import chains_from, find_pairs, group_pairs, pair_graph, plant_groups
-from search.report import build_report, pick_original, render, report_csv
-from search.report_hashes import pair_evidence, pair_match, pairs_touching
-from twice.cli import main
+from twice.indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
+from twice.indexer.catalog import load_stored_hashes
+from twice.search.pairs import chains_from, find_pairs, group_pairs, pair_graph, plant_groups
+from twice.search.report import build_report, pick_original, render, report_csv
+from twice.search.report_hashes import pair_evidence, pair_match, pairs_touching
 
 DIM = 64
 MODEL = "test-model-v1"

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from imagegen import image_bytes, make_image, write_images
-from indexer import IndexFileError, IndexMismatchError, reindex
-from model import Embedder
-from search import SearchEngine, Thresholds
 from twice.cli import main
+from twice.indexer import IndexFileError, IndexMismatchError, reindex
+from twice.model import Embedder
+from twice.search import SearchEngine, Thresholds
 
 CLI_ENV = {
     "TWICE_IMAGE_SIZE": "64",
@@ -89,7 +89,7 @@ def test_verdicts_follow_thresholds(tmp_path, options, embedder):
 
 
 def test_cli_search_prints_the_stored_clear_match_rule(cli_env, capsys):
-    from indexer import Catalog
+    from twice.indexer import Catalog
     from twice.options import Options
 
     paths = write_images(cli_env / "in", 4)

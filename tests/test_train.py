@@ -18,9 +18,10 @@ import torch
 
 from conftest import make_options
 from imagegen import make_image, write_images
-from model import Embedder
-from model.train import TrainConfig, Trainer, build_trainer, evaluate, lr_factor
-from model.training_data import (
+from twice.cli import main
+from twice.model import Embedder
+from twice.model.train import TrainConfig, Trainer, build_trainer, evaluate, lr_factor
+from twice.model.training_data import (
     PairDataset,
     Sources,
     epoch_order,
@@ -28,8 +29,7 @@ from model.training_data import (
     load_images,
     split_holdout,
 )
-from model.weights import file_sha256
-from twice.cli import main
+from twice.model.weights import file_sha256
 
 SIZE = 32  # the smallest input VGG's four pools accept; keeps a step around a second on CPU
 
@@ -52,7 +52,7 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(folder, tmp_path_factory) -> tuple[Path, int, str]:
     """One whole tiny run through the CLI, as a user would start it."""
-    logging.getLogger("model.weights").setLevel(logging.ERROR)
+    logging.getLogger("twice.model.weights").setLevel(logging.ERROR)
     out = tmp_path_factory.mktemp("run") / "a"
     data_dir = out.parent / "data"
     printed = io.StringIO()
@@ -190,7 +190,7 @@ def test_bad_and_tiny_files_are_skipped_and_counted(tmp_path, caplog):
     (tmp_path / "imgs" / "broken.png").write_bytes(good[0].read_bytes()[:60])
     make_image(1, (40, 40)).resize((10, 10)).save(tmp_path / "imgs" / "tiny.png")
     files = sorted((tmp_path / "imgs").iterdir())
-    with caplog.at_level(logging.INFO, logger="model.training_data"):
+    with caplog.at_level(logging.INFO, logger="twice.model.training_data"):
         images = load_images(files, max_side=40, progress=False)
     assert len(images) == 2 and max(images[0].size) == 40
     assert "training image skipped" in caplog.text and "broken.png" in caplog.text
@@ -199,7 +199,7 @@ def test_bad_and_tiny_files_are_skipped_and_counted(tmp_path, caplog):
 
 def test_sources_generated_bundled_and_missing(tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(
-        __import__("model.training_data").training_data.DEBIAN_FOLDERS,
+        __import__("twice.model.training_data").training_data.DEBIAN_FOLDERS,
         "tuxpaint", (tmp_path / "no-stamps", "tuxpaint-stamps-default"),
     )  # fmt: skip
     with caplog.at_level(logging.WARNING):

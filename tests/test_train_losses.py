@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.losses import InfoNCELoss, TripletLoss, make_loss
+from twice.model.losses import InfoNCELoss, TripletLoss, make_loss
 
 LABELS = torch.tensor([0, 0, 1, 1, 2])  # item 4 has no positive: it only ever serves as a negative
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer import IndexFileError, IndexMismatchError, VectorIndex
+from twice.indexer import IndexFileError, IndexMismatchError, VectorIndex
 
 
 def unit_vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:

@@ -1,3 +1,5 @@
-"""twice: a duplicate-aware image search engine (application shell: options, CLI)."""
+"""twice: a duplicate-aware image search engine."""
 
-__version__ = "0.1.0"
+from twice.version import __version__
+
+__all__ = ["__version__"]

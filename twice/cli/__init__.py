@@ -1,8 +1,9 @@
 """The ``twice`` command: global options, logging, and one subcommand per stage.
 
-Each subcommand lives beside the code it drives, in a module with
-``register(subparsers) -> None`` that adds a parser whose ``func(args, options) -> int``
-does the work; this file only wires them together.
+Each subcommand group is a module of this package with ``register(subparsers) -> None``
+that adds a parser whose ``func(args, options) -> int`` does the work; this file only wires
+them together. The modules import the stages they drive inside ``func``-reachable code only
+where the import is heavy (torch, FAISS), so ``twice --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,33 +13,23 @@ import importlib
 import logging
 import sys
 
-from . import __version__
-from .options import Options
+from twice.options import Options
+from twice.version import __version__
 
 COMMAND_MODULES = (
-    "twice.commands",
-    "twice.demo",
-    "augment.commands",
-    "twice.serve",
-    "search.commands",
-    "crawler.commands",
-    "search.calibrate",
-    "bench.commands",
-    "model.commands",
-    "model.whiten",
+    "twice.cli.index",
+    "twice.cli.demo",
+    "twice.cli.augment",
+    "twice.cli.serve",
+    "twice.cli.report",
+    "twice.cli.crawl",
+    "twice.cli.calibrate",
+    "twice.cli.bench",
+    "twice.cli.train",
+    "twice.cli.whiten",
 )
 
 LOG = logging.getLogger("twice")
-
-
-class PreformattedEpilog(argparse.HelpFormatter):
-    """Wraps one-paragraph text (descriptions) as usual; keeps text with line breaks
-    (epilogs: example lists, tables) exactly as written."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
 
 
 def build_parser() -> argparse.ArgumentParser:

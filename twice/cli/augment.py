@@ -6,12 +6,12 @@ import json
 import logging
 from pathlib import Path
 
-from indexer import Indexer, VectorIndex, load_image
-from twice.cli import PreformattedEpilog
+from twice.augment.preview import contact_sheet
+from twice.augment.transforms import ORIGINAL_FOUR, TRANSFORMS, parse_transforms
+from twice.augment.variants import DEFAULT_MAX_SIDE, augment_catalog
+from twice.indexer import Indexer, VectorIndex, load_image
 
-from .preview import contact_sheet
-from .transforms import ORIGINAL_FOUR, TRANSFORMS, parse_transforms
-from .variants import DEFAULT_MAX_SIDE, augment_catalog
+from .formatting import PreformattedEpilog
 
 LOG = logging.getLogger(__name__)
 
@@ -48,7 +48,6 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", metavar="PNG", help="contact sheet file (default IMAGE-variants.png)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_augment)
-
 
 
 def run_augment(args, options) -> int:

@@ -36,9 +36,6 @@ from itertools import combinations
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import select
-
-from indexer.catalog import ImageRow
 
 LOG = logging.getLogger(__name__)
 
@@ -57,6 +54,7 @@ MAX_RADIUS = 4 * BANDS - 1  # 15: at most 3 differing bits per probed band
 # amounts): clipping cannot be undone on a query, so the catalog keeps the original's hash
 # after it. Catalog columns ``phash_<view>``; NULL where the view's hash is flat.
 STORED_VIEWS = ("bright", "dark")
+VIEW_SHIFTS = {"bright": 100, "dark": -50}  # grey levels added: augment's bright and dark defaults
 STORED_KINDS = (None, *STORED_VIEWS)  # what each stored hash of an image is; None the plain one
 STORED_COLUMNS = tuple(f"phash_{name}" for name in STORED_VIEWS)
 
@@ -205,15 +203,19 @@ def dihedral_hashes(image: Image.Image) -> np.ndarray:
     return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
 
 
+def shifted(image: Image.Image, amount: int) -> Image.Image:
+    """``amount`` added to every channel of every pixel, clipped to 0..255 (RGB in, RGB out)."""
+    pixels = np.asarray(image, dtype=np.int16) + amount
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+
+
 def stored_hashes(image: Image.Image) -> tuple[int, ...]:
     """What the catalog stores of ``image``: its pHash, then one per ``STORED_VIEWS`` view.
 
     A view's hash is None when flat (all clipped to white, say): it would match anything.
     """
-    from augment.transforms import apply_transform  # augment imports indexer, which imports us
-
     image = image.convert("RGB")
-    views = (phash(apply_transform(image, name)) for name in STORED_VIEWS)
+    views = (phash(shifted(image, VIEW_SHIFTS[name])) for name in STORED_VIEWS)
     return (phash(image), *(None if is_flat(h) else h for h in views))
 
 
@@ -506,26 +508,6 @@ def hash_pairs(ids: np.ndarray, views: np.ndarray, radius: int) -> dict[tuple[in
                 else:  # seen from b's side: the inverse turn takes a to b
                     pairs[key] = HashMatch(a, match.distance, INVERSE[match.transform], match.stored)
     return pairs
-
-
-def load_stored_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, (N, 3) stored hashes) of catalogued images with a current-version hash and an id
-    above ``after_id``: the plain hash, then each ``STORED_VIEWS`` view's (0 where NULL: flat,
-    see ``stored_present``).
-
-    Hashes of another ``HASH_VERSION`` are left out until ``twice reindex`` recomputes them.
-    """
-    columns = [getattr(ImageRow, name) for name in STORED_COLUMNS]
-    with catalog.session() as session:
-        rows = session.execute(
-            select(ImageRow.id, ImageRow.phash, *columns)
-            .where(ImageRow.phash.is_not(None), ImageRow.phash_version == HASH_VERSION)
-            .where(ImageRow.id > after_id)
-            .order_by(ImageRow.id)
-        ).all()
-    ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-    stored = np.array([[0 if h is None else h for h in r[1:]] for r in rows], np.int64)
-    return ids, stored.reshape(len(rows), len(STORED_KINDS))
 
 
 def row_hashes(row) -> tuple[int | None, ...]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import sys
 
-from indexer import Catalog, VectorIndex, reindex
-from model import Embedder
-from search import SearchEngine
-from search.verdicts import CLEAR_OFF, rule_text
+from twice.indexer import Catalog, VectorIndex, reindex
+from twice.model import Embedder
+from twice.search import SearchEngine
+from twice.search.verdicts import CLEAR_OFF, rule_text
 
 
 def register(subparsers) -> None:

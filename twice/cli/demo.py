@@ -8,15 +8,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from augment import ORIGINAL_FOUR, apply_transform, augment_catalog, make_collection
-from indexer import Catalog, Indexer, reindex
-from indexer.imageio import load_image
-from model import Embedder
-from search import SearchEngine
-from search.calibrate import calibrate
-from search.report import variant_parents
+from twice.augment import ORIGINAL_FOUR, apply_transform, augment_catalog, make_collection
+from twice.imageio import load_image
+from twice.indexer import Catalog, Indexer, reindex
+from twice.model import Embedder
+from twice.search import SearchEngine
+from twice.search.calibrate import calibrate
+from twice.search.report import variant_parents
 
-from .commands import print_results
+from .index import print_results
 
 QUERY_JPEG_QUALITY = 92
 CHECK_K = 5  # a known variant passes when its original is among its top CHECK_K results

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 
-from twice.cli import PreformattedEpilog
+from twice.crawler.crawl import CrawlConfig, CrawlSummary, crawl, open_indexer
+from twice.crawler.fetcher import FetchConfig
+from twice.crawler.listings import HtmlListing, pixabay_listing
+from twice.crawler.records import CrawlLog, get_crawl, list_crawls
+from twice.crawler.safety import AddressPolicy
 
-from .crawl import CrawlConfig, CrawlSummary, crawl, open_indexer
-from .fetcher import FetchConfig
-from .listings import HtmlListing, pixabay_listing
-from .records import CrawlLog, get_crawl, list_crawls
-from .safety import AddressPolicy
+from .formatting import PreformattedEpilog
 
 LOG = logging.getLogger(__name__)
 
@@ -82,7 +82,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_crawl)
 
 
-
 def build_listing(args):
     if bool(args.url) == bool(args.pixabay):
         raise ValueError("give a URL or --pixabay TERM (one of them)")
@@ -140,7 +139,7 @@ def run_crawl(args, options) -> int:
 def run_augment_step(options, summary: CrawlSummary, args) -> dict:
     """Variants of every image this crawl stored or met (idempotent: missing pairs only)."""
     try:
-        from augment import ORIGINAL_FOUR, augment_catalog
+        from twice.augment import ORIGINAL_FOUR, augment_catalog
     except ImportError as exc:
         raise RuntimeError(f"--augment needs the augment package ({exc})") from None
     indexer = open_indexer(options)
@@ -155,8 +154,8 @@ def run_augment_step(options, summary: CrawlSummary, args) -> dict:
 
 
 def run_index_step(options, args) -> dict:
-    from indexer import reindex
-    from model import Embedder
+    from twice.indexer import reindex
+    from twice.model import Embedder
 
     result = reindex([], options, Embedder.from_options(options), progress=not args.quiet)
     _print(args, ["index: " + line for line in result.lines()])
@@ -164,7 +163,7 @@ def run_index_step(options, args) -> dict:
 
 
 def print_crawls(options, as_json: bool) -> int:
-    from indexer import Catalog
+    from twice.indexer import Catalog
 
     catalog = Catalog(options.catalog_url)
     try:
@@ -187,7 +186,7 @@ def print_crawls(options, as_json: bool) -> int:
 
 
 def print_refused(options, crawl_id: int, as_json: bool) -> int:
-    from indexer import Catalog
+    from twice.indexer import Catalog
 
     catalog = Catalog(options.catalog_url)
     try:

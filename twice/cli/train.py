@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from .train import VAL_TRANSFORMS, TrainConfig, build_trainer, evaluate, prepare_data
-from .training_data import SOURCES, Sources
+from twice.model.train import VAL_TRANSFORMS, TrainConfig, build_trainer, evaluate, prepare_data
+from twice.model.training_data import SOURCES, Sources
 
 LOG = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _out_hint(args: argparse.Namespace) -> str:
 
 
 def run_evaluate(config: TrainConfig, options, as_json: bool, progress: bool) -> int:
-    from .embedder import Embedder
+    from twice.model.embedder import Embedder
 
     _, holdout, summary = prepare_data(config, progress)
     embedder = Embedder.from_options(options)

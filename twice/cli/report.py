@@ -8,10 +8,9 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from indexer import atomic_write
-
-from .pairs import METHODS
-from .report import FORMATS, build_report, format_for, render, run_benchmark, summary_lines
+from twice.indexer import atomic_write
+from twice.search.pairs import METHODS
+from twice.search.report import FORMATS, build_report, format_for, render, run_benchmark, summary_lines
 
 LOG = logging.getLogger(__name__)
 

@@ -28,8 +28,9 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
-from crawler import AddressPolicy, FetchConfig, Fetcher, Refused
-from indexer import (
+from twice.crawler import AddressPolicy, FetchConfig, Fetcher, Refused
+from twice.hashing import dihedral_hashes
+from twice.indexer import (
     Catalog,
     DecodedImage,
     ImageError,
@@ -40,10 +41,8 @@ from indexer import (
     IndexMismatchError,
     decode_image,
 )
-
-from .engine import SearchEngine, check_k
-from .hashing import dihedral_hashes
-from .verdicts import DUPLICATE, Thresholds, thresholds_for
+from twice.search.engine import SearchEngine, check_k
+from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
 
 LOG = logging.getLogger(__name__)
 
@@ -221,7 +220,7 @@ class SearchService:
         return self
 
     def _build_embedder(self):
-        from model import Embedder  # torch and the weights: only when serving
+        from twice.model import Embedder  # torch and the weights: only when serving
 
         try:
             return Embedder.from_options(self.options)
@@ -373,7 +372,7 @@ class SearchService:
 
     def health(self) -> dict:
         """Model, index and version facts; ``status`` is ``ok`` or ``not_ready``."""
-        from twice import __version__
+        from twice.version import __version__
 
         self.refresh()
         engine = self._engine

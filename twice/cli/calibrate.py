@@ -1,0 +1,59 @@
+"""``twice calibrate``: fit the verdict thresholds on the catalog's known variant pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from twice.search.calibrate import (
+    DEFAULT_K,
+    DEFAULT_PAIRS,
+    DEFAULT_PRECISION,
+    DEFAULT_RANDOM,
+    DEFAULT_SIMILAR_PRECISION,
+    calibrate,
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="fit the duplicate/similar thresholds from known variant pairs",
+        description="Score the catalog's known variant pairs (rows made by `twice augment`) and"
+        " non-pairs (the other images search shows next to them, plus random ones) by CNN"
+        " cosine and perceptual-hash distance; fit 'hash <= h or CNN >= t' for the duplicate"
+        " verdict at the target precision and for the similar verdict at a lower one; store"
+        " them with the model version and write the precision/recall curves as a PNG.",
+    )
+    p.add_argument("--precision", type=float, default=DEFAULT_PRECISION, help="duplicate target (0.99)")
+    p.add_argument(
+        "--similar-precision", type=float, default=DEFAULT_SIMILAR_PRECISION, help="similar target (0.90)"
+    )
+    p.add_argument("--pairs", type=int, default=DEFAULT_PAIRS, help="variant pairs sampled (3000)")
+    p.add_argument("-k", type=int, default=DEFAULT_K, help="hard negatives per query and signal (10)")
+    p.add_argument("--random", type=int, default=DEFAULT_RANDOM, help="random negatives per query (5)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--plot", metavar="PNG", help="where to write the curves (default DATA_DIR/reports/)")
+    p.add_argument("--dry-run", action="store_true", help="fit and report, but do not store")
+    p.add_argument("--json", action="store_true", help="print the details as JSON")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args, options) -> int:
+    result = calibrate(
+        options,
+        precision=args.precision,
+        similar_precision=args.similar_precision,
+        pairs=args.pairs,
+        k=args.k,
+        randoms=args.random,
+        seed=args.seed,
+        plot=Path(args.plot) if args.plot else None,
+        store=not args.dry_run,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps({"model": result.model_version, **result.details()}, indent=2))
+    else:
+        print("\n".join(result.lines()))
+    return 0

@@ -1,0 +1,3 @@
+"""The version of twice (a leaf: anything may import it)."""
+
+__version__ = "0.1.0"
