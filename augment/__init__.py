@@ -5,47 +5,28 @@
 'rotate'
 """
 
-from .pipeline import DEFAULT_STEPS, RandomAugment, Step, parse_step, with_overrides
-from .preview import contact_sheet
-from .synthetic import make_collection, make_synthetic_image
-from .transforms import (
-    ORIGINAL_FOUR,
-    TRANSFORMS,
-    Param,
-    Transform,
-    TransformSpec,
-    all_transforms,
-    apply_transform,
-    apply_transforms,
-    parse_transform,
-    parse_transforms,
-    valid_transforms,
-)
-from .variants import DEFAULT_MAX_SIDE, AugmentSummary, augment_catalog, bound_image, variant_bytes
+import lazy_loader
 
-__all__ = [
-    "DEFAULT_MAX_SIDE",
-    "DEFAULT_STEPS",
-    "ORIGINAL_FOUR",
-    "TRANSFORMS",
-    "AugmentSummary",
-    "Param",
-    "RandomAugment",
-    "Step",
-    "Transform",
-    "TransformSpec",
-    "all_transforms",
-    "apply_transform",
-    "apply_transforms",
-    "augment_catalog",
-    "bound_image",
-    "contact_sheet",
-    "make_collection",
-    "make_synthetic_image",
-    "parse_step",
-    "parse_transform",
-    "parse_transforms",
-    "valid_transforms",
-    "variant_bytes",
-    "with_overrides",
-]
+# Names load on first use, so importing the package (for one small part) stays light.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "pipeline": ["DEFAULT_STEPS", "RandomAugment", "Step", "parse_step", "with_overrides"],
+        "preview": ["contact_sheet"],
+        "synthetic": ["make_collection", "make_synthetic_image"],
+        "transforms": [
+            "ORIGINAL_FOUR",
+            "TRANSFORMS",
+            "Param",
+            "Transform",
+            "TransformSpec",
+            "all_transforms",
+            "apply_transform",
+            "apply_transforms",
+            "parse_transform",
+            "parse_transforms",
+            "valid_transforms",
+        ],
+        "variants": ["DEFAULT_MAX_SIDE", "AugmentSummary", "augment_catalog", "bound_image", "variant_bytes"],
+    },
+)

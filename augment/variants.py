@@ -19,8 +19,8 @@ from PIL import Image
 from sqlalchemy import select
 from tqdm import tqdm
 
-from twice.imageio import read_file_bytes
-from twice.indexer import ImageError, ImageRow, Indexer
+from twice.imageio import ImageError, read_file_bytes
+from twice.indexer import ImageRow, Indexer
 
 from .transforms import ORIGINAL_FOUR, TransformSpec, encode_jpeg, parse_transforms
 

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from twice.imageio import read_file_bytes
-from twice.indexer import ImageError, decode_image, reindex
+from twice.imageio import ImageError, decode_image, read_file_bytes
+from twice.indexer import reindex
 from twice.model import RANDOM_WEIGHTS, Embedder, pick_device, pick_precision, seeded_network
 from twice.search import SearchEngine
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from twice.indexer import atomic_write
+from twice.files import atomic_write
 
 LOG = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 
 from twice.augment import make_collection
-from twice.imageio import read_file_bytes
-from twice.indexer import VectorIndex, decode_image, reindex
+from twice.imageio import decode_image, read_file_bytes
+from twice.indexer import VectorIndex, reindex
 from twice.indexer.vectors import ivf_nlist
 from twice.model import Embedder
 from twice.model.embedder import cpu_has_fast_bf16

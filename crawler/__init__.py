@@ -4,43 +4,29 @@ Usage (``options`` is a ``twice.options.Options``)::
 
     from twice.crawler import CrawlConfig, HtmlListing, crawl
     summary = crawl(options, HtmlListing("https://example.org/gallery/"), CrawlConfig(pages=2))
-    print("\n".join(summary.lines()))
+    print("
+".join(summary.lines()))
 """
 
-from .crawl import CrawlConfig, Crawler, CrawlSummary, crawl
-from .fetcher import FetchConfig, Fetched, Fetcher
-from .listings import HtmlListing, Listing, PixabayApiListing, pixabay_listing
-from .parse import ImageLink, ListingPage, is_placeholder, largest_candidate, parse_listing, parse_srcset
-from .records import CrawlLog, CrawlRecord, CrawlUrl, list_crawls
-from .robots import RobotsCache
-from .safety import AddressPolicy, Refused, check_url, classify_address, redact_url
+import lazy_loader
 
-__all__ = [
-    "AddressPolicy",
-    "CrawlConfig",
-    "CrawlLog",
-    "CrawlRecord",
-    "CrawlSummary",
-    "CrawlUrl",
-    "Crawler",
-    "FetchConfig",
-    "Fetched",
-    "Fetcher",
-    "HtmlListing",
-    "ImageLink",
-    "Listing",
-    "ListingPage",
-    "PixabayApiListing",
-    "RobotsCache",
-    "Refused",
-    "check_url",
-    "classify_address",
-    "crawl",
-    "is_placeholder",
-    "largest_candidate",
-    "list_crawls",
-    "parse_listing",
-    "parse_srcset",
-    "pixabay_listing",
-    "redact_url",
-]
+# Names load on first use, so importing the package (for one small part) stays light.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "crawl": ["CrawlConfig", "Crawler", "CrawlSummary", "crawl"],
+        "fetcher": ["FetchConfig", "Fetched", "Fetcher"],
+        "listings": ["HtmlListing", "Listing", "PixabayApiListing", "pixabay_listing"],
+        "parse": [
+            "ImageLink",
+            "ListingPage",
+            "is_placeholder",
+            "largest_candidate",
+            "parse_listing",
+            "parse_srcset",
+        ],
+        "records": ["CrawlLog", "CrawlRecord", "CrawlUrl", "list_crawls"],
+        "robots": ["RobotsCache"],
+        "safety": ["AddressPolicy", "Refused", "check_url", "classify_address", "redact_url"],
+    },
+)

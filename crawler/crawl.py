@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from twice.imageio import sha256_bytes
-from twice.indexer import ImageError, Indexer
+from twice.imageio import ImageError, sha256_bytes
+from twice.indexer import Indexer
 from twice.indexer.catalog import utcnow
 
 from .fetcher import FetchConfig, Fetched, Fetcher

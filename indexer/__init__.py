@@ -1,28 +1,14 @@
 """The catalog, the image store, the FAISS vector index and the reindex command."""
 
-from twice.files import ImageStore, atomic_write
-from twice.imageio import DecodedImage, ImageError, decode_image, load_image
+import lazy_loader
 
-from .catalog import Catalog, ImageRow
-from .reindex import ReindexSummary, reindex
-from .store import Added, Indexer, load_vectors_for_search
-from .vectors import IndexFileError, IndexMismatchError, VectorIndex
-
-__all__ = [
-    "Added",
-    "Catalog",
-    "DecodedImage",
-    "ImageError",
-    "ImageRow",
-    "ImageStore",
-    "IndexFileError",
-    "IndexMismatchError",
-    "Indexer",
-    "ReindexSummary",
-    "VectorIndex",
-    "atomic_write",
-    "decode_image",
-    "load_image",
-    "load_vectors_for_search",
-    "reindex",
-]
+# Names load on first use, so importing the package (for one small part) stays light.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "catalog": ["Catalog", "ImageRow"],
+        "reindex": ["ReindexSummary", "reindex"],
+        "store": ["Added", "Indexer", "load_vectors_for_search"],
+        "vectors": ["IndexFileError", "IndexMismatchError", "VectorIndex"],
+    },
+)

@@ -1,17 +1,13 @@
 """Queries, verdicts and their thresholds, calibration, and duplicate-group reports."""
 
-from .engine import MAX_K, SearchEngine, check_k
-from .report import build_report
-from .verdicts import DIFFERENT, DUPLICATE, SIMILAR, Thresholds, thresholds_for
+import lazy_loader
 
-__all__ = [
-    "DIFFERENT",
-    "DUPLICATE",
-    "MAX_K",
-    "SIMILAR",
-    "SearchEngine",
-    "Thresholds",
-    "build_report",
-    "check_k",
-    "thresholds_for",
-]
+# Names load on first use, so importing the package (for one small part) stays light.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "engine": ["MAX_K", "SearchEngine", "check_k"],
+        "report": ["build_report"],
+        "verdicts": ["DIFFERENT", "DUPLICATE", "SIMILAR", "Thresholds", "thresholds_for"],
+    },
+)

@@ -36,6 +36,7 @@ import numpy as np
 from sqlalchemy import select
 from tqdm import tqdm
 
+from twice.files import ImageStore
 from twice.hashing import (
     HASH_VERSION,
     MAX_RADIUS,
@@ -47,16 +48,8 @@ from twice.hashing import (
     row_hashes,
     view_distances,
 )
-from twice.imageio import read_file_bytes
-from twice.indexer import (
-    Catalog,
-    ImageError,
-    ImageRow,
-    ImageStore,
-    VectorIndex,
-    decode_image,
-    load_vectors_for_search,
-)
+from twice.imageio import ImageError, decode_image, read_file_bytes
+from twice.indexer import Catalog, ImageRow, VectorIndex, load_vectors_for_search
 from twice.indexer.batches import iter_batches
 
 from .verdicts import (

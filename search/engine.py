@@ -34,8 +34,8 @@ from twice.hashing import (
     nearest_match,
     row_hashes,
 )
-from twice.imageio import read_file_bytes
-from twice.indexer import Catalog, DecodedImage, VectorIndex, decode_image, load_vectors_for_search
+from twice.imageio import DecodedImage, decode_image, read_file_bytes
+from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
 
 from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from PIL import Image
 from tqdm import tqdm
 
-from twice.indexer import ImageError, load_image
+from twice.imageio import ImageError, load_image
 
 LOG = logging.getLogger(__name__)
 

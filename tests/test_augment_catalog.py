@@ -13,7 +13,8 @@ from sqlalchemy import select
 from imagegen import image_bytes, make_image
 from twice.augment import apply_transform, augment_catalog
 from twice.cli import main
-from twice.indexer import ImageRow, Indexer, decode_image, reindex
+from twice.imageio import decode_image
+from twice.indexer import ImageRow, Indexer, reindex
 from twice.search import SearchEngine
 
 VERSION, DIM = "test-no-model", 4

@@ -6,7 +6,7 @@ import pytest
 
 from awkward import bad_images, exif_rotated_jpeg, good_images
 from imagegen import image_bytes, make_image
-from twice.indexer import ImageError, decode_image, load_image
+from twice.imageio import ImageError, decode_image, load_image
 
 
 @pytest.mark.parametrize("name", sorted(good_images()))

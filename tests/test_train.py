@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import io
 import json
 import logging
@@ -22,6 +21,7 @@ from twice.cli import main
 from twice.model import Embedder
 from twice.model.train import TrainConfig, Trainer, build_trainer, evaluate, lr_factor
 from twice.model.training_data import (
+    DEBIAN_FOLDERS,
     PairDataset,
     Sources,
     epoch_order,
@@ -198,10 +198,7 @@ def test_bad_and_tiny_files_are_skipped_and_counted(tmp_path, caplog):
 
 
 def test_sources_generated_bundled_and_missing(tmp_path, caplog, monkeypatch):
-    monkeypatch.setitem(
-        __import__("twice.model.training_data").training_data.DEBIAN_FOLDERS,
-        "tuxpaint", (tmp_path / "no-stamps", "tuxpaint-stamps-default"),
-    )  # fmt: skip
+    monkeypatch.setitem(DEBIAN_FOLDERS, "tuxpaint", (tmp_path / "no-stamps", "tuxpaint-stamps-default"))
     with caplog.at_level(logging.WARNING):
         found = gather_paths(Sources(["synthetic", "tuxpaint"], synthetic_count=3), tmp_path / "cache")
     # Collection 1000, not the bench's collection 0: training never sees the bench's images.
@@ -217,8 +214,6 @@ def test_bundled_skimage_samples_without_the_benchs_images(tmp_path):
     pytest.importorskip("skimage")
     every = gather_paths(Sources(["skimage"], exclude_bench=False), tmp_path)["skimage"]
     assert any(p.name == "astronaut.png" for p in every) and all(p.is_file() for p in every)
-    if importlib.util.find_spec("bench") is None:
-        pytest.skip("no bench package: nothing to leave out")
     kept = gather_paths(Sources(["skimage"]), tmp_path)["skimage"]
     names = {p.name for p in kept}
     assert kept and set(kept) < set(every)

@@ -2,8 +2,8 @@
 
 Each subcommand group is a module of this package with ``register(subparsers) -> None``
 that adds a parser whose ``func(args, options) -> int`` does the work; this file only wires
-them together. The modules import the stages they drive inside ``func``-reachable code only
-where the import is heavy (torch, FAISS), so ``twice --help`` stays fast.
+them together. Only the module of the command being run is imported (``commands.COMMANDS``),
+so ``twice --help`` and quick commands do not wait for torch.
 """
 
 from __future__ import annotations
@@ -16,23 +16,12 @@ import sys
 from twice.options import Options
 from twice.version import __version__
 
-COMMAND_MODULES = (
-    "twice.cli.index",
-    "twice.cli.demo",
-    "twice.cli.augment",
-    "twice.cli.serve",
-    "twice.cli.report",
-    "twice.cli.crawl",
-    "twice.cli.calibrate",
-    "twice.cli.bench",
-    "twice.cli.train",
-    "twice.cli.whiten",
-)
+from .commands import COMMANDS
 
 LOG = logging.getLogger("twice")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twice",
         description="Duplicate-aware image search: index folders, find copies and near-copies.",
@@ -49,9 +38,25 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    chosen = chosen_command(argv or [])
+    if chosen:
+        importlib.import_module(f"{__name__}.{COMMANDS[chosen][0]}").register(subparsers)
+    for name, (_, help_text) in COMMANDS.items():
+        if name not in subparsers.choices:  # listed in --help; parsed only when chosen
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def chosen_command(argv: list[str]) -> str | None:
+    """The subcommand in ``argv``: the first word that is not a global option or its value."""
+    takes_value = {"--data-dir", "--checkpoint", "--device"}
+    words = iter(argv)
+    for word in words:
+        if word in takes_value:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
@@ -79,13 +84,18 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
     if verbose < 2:  # third-party chatter
-        for noisy in ("PIL", "urllib3", "faiss.loader"):
+        for noisy in ("PIL", "urllib3", "faiss.loader", "alembic"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "forwarded"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # a command that hands its arguments on (twice bench) takes them all
+        args.forwarded = extra + args.forwarded
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -9,8 +9,10 @@ from pathlib import Path
 from twice.augment.preview import contact_sheet
 from twice.augment.transforms import ORIGINAL_FOUR, TRANSFORMS, parse_transforms
 from twice.augment.variants import DEFAULT_MAX_SIDE, augment_catalog
-from twice.indexer import Indexer, VectorIndex, load_image
+from twice.imageio import load_image
+from twice.indexer import Indexer, VectorIndex
 
+from .commands import help_for
 from .formatting import PreformattedEpilog
 
 LOG = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ def register(subparsers) -> None:
     names = "\n".join(f"  {t.usage():<24} {t.describe()}" for t in TRANSFORMS.values())
     p = subparsers.add_parser(
         "augment",
-        help="add transformed variants (rotate, mirror, bright, dark, ...) of every original",
+        help=help_for("augment"),
         description="For every catalogued original, store one variant per transform as a new"
         " catalog row linked to it (parent id, transform spec). Idempotent: pairs already in the"
         " catalog are skipped. Variants are embedded by the next `twice reindex`. With --preview,"

@@ -15,15 +15,17 @@ from pathlib import Path
 
 import twice
 
+from .commands import help_for
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
-        help="measure quality and speed (from a source checkout; results in bench/results/)",
+        help=help_for("bench"),
         description="Forwarded to bench/ of a source checkout: `twice bench --help` lists its kinds.",
         add_help=False,  # --help goes to the bench's own parser
     )
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.add_argument("forwarded", nargs=argparse.REMAINDER)
     p.set_defaults(func=run_bench)
 
 
@@ -44,7 +46,7 @@ def load_bench():
 
 
 def run_bench(args, options) -> int:
-    argv = list(args.bench_args)
+    argv = list(args.forwarded)
     if args.quiet and not {"-q", "--quiet"} & set(argv):
         argv.insert(0, "--quiet")
     return load_bench().main(argv, options)

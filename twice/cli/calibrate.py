@@ -14,11 +14,13 @@ from twice.search.calibrate import (
     calibrate,
 )
 
+from .commands import help_for
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "calibrate",
-        help="fit the duplicate/similar thresholds from known variant pairs",
+        help=help_for("calibrate"),
         description="Score the catalog's known variant pairs (rows made by `twice augment`) and"
         " non-pairs (the other images search shows next to them, plus random ones) by CNN"
         " cosine and perceptual-hash distance; fit 'hash <= h or CNN >= t' for the duplicate"

@@ -12,6 +12,7 @@ from twice.crawler.listings import HtmlListing, pixabay_listing
 from twice.crawler.records import CrawlLog, get_crawl, list_crawls
 from twice.crawler.safety import AddressPolicy
 
+from .commands import help_for
 from .formatting import PreformattedEpilog
 
 LOG = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ robots.txt is obeyed. Re-running the same crawl resumes it (--fresh starts over)
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "crawl",
-        help="download the images of web listing pages into the catalog (polite, resumable)",
+        help=help_for("crawl"),
         description="Fetch listing pages, collect their images (src, srcset, lazy-load attributes),"
         " download each one with a byte cap, decode it safely and store it once by sha256. New"
         " images are pending until `twice reindex` (or --index) embeds them.",

@@ -16,6 +16,7 @@ from twice.search import SearchEngine
 from twice.search.calibrate import calibrate
 from twice.search.report import variant_parents
 
+from .commands import help_for
 from .index import print_results
 
 QUERY_JPEG_QUALITY = 92
@@ -25,7 +26,7 @@ CHECK_K = 5  # a known variant passes when its original is among its top CHECK_K
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="index a generated sample collection with its variants, then search it",
+        help=help_for("demo"),
         description="Generate COUNT sample images (once), index them, add the original system's"
         " four variants of each (rotate, mirror, bright, dark), index those, fit the verdict"
         " thresholds on them, then query with re-encoded transformed copies and show what comes back.",

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import sys
 
-from twice.indexer import Catalog, VectorIndex, reindex
-from twice.model import Embedder
-from twice.search import SearchEngine
+from twice.indexer import Catalog, VectorIndex
+from twice.library import Library
 from twice.search.verdicts import CLEAR_OFF, rule_text
+
+from .commands import help_for
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "reindex",
-        help="index image files and folders (incremental, resumable)",
+        help=help_for("reindex"),
         description="Walk the given files and folders, add new images (by sha256) to the"
         " catalog and the vector index, and embed any catalogued image that has no vector yet.",
     )
@@ -26,7 +27,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "search",
-        help="find the nearest indexed images to a query image",
+        help=help_for("search"),
         description="Embed IMAGE, return its top-k neighbours with a score and a verdict each.",
     )
     p.add_argument("image", metavar="IMAGE", help="query image file")
@@ -40,15 +41,15 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the full response as JSON")
     p.set_defaults(func=run_search)
 
-    p = subparsers.add_parser("status", help="what the data directory holds")
+    p = subparsers.add_parser("status", help=help_for("status"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_status)
 
 
 def run_reindex(args, options) -> int:
     options = options.with_overrides(batch_size=args.batch_size, workers=args.workers)
-    embedder = Embedder.from_options(options)
-    summary = reindex(args.paths, options, embedder, progress=not args.quiet)
+    with Library(options) as library:
+        summary = library.add(args.paths, progress=not args.quiet)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
@@ -57,12 +58,8 @@ def run_reindex(args, options) -> int:
 
 
 def run_search(args, options) -> int:
-    embedder = Embedder.from_options(options)
-    engine = SearchEngine.open(options, embedder)
-    try:
-        response = engine.search_file(args.image, args.k, tta=args.tta)
-    finally:
-        engine.close()
+    with Library(options) as library:
+        response = library.search(args.image, args.k, tta=args.tta).to_dict()
     if args.json:
         print(json.dumps(response, indent=2))
     else:

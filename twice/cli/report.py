@@ -8,9 +8,11 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from twice.indexer import atomic_write
+from twice.files import atomic_write
 from twice.search.pairs import METHODS
 from twice.search.report import FORMATS, build_report, format_for, render, run_benchmark, summary_lines
+
+from .commands import help_for
 
 LOG = logging.getLogger(__name__)
 
@@ -18,7 +20,7 @@ LOG = logging.getLogger(__name__)
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
-        help="find every duplicate group in the index (HTML, JSON or CSV)",
+        help=help_for("report"),
         description="Find all pairs of indexed images that search would call duplicates (CNN score at"
         " or above the duplicate threshold, or perceptual-hash distance, best of 8 rotations/flips,"
         " at or below the duplicate hash threshold; both stored with the model version), join"

@@ -9,13 +9,15 @@ from pathlib import Path
 from twice.options import Options
 from twice.web.serve import DEFAULT_HOST, DEFAULT_PORT, ServeApplication, gunicorn_settings
 
+from .commands import help_for
+
 LOG = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "serve",
-        help="run the search service (HTTP JSON API and web page) under gunicorn",
+        help=help_for("serve"),
         description="Serve POST /search, POST /images, GET /images/<id>, /health, /stats,"
         " /openapi.json and the web page at / with gunicorn. Workers pick up a finished"
         " `twice reindex` without a restart; `kill -HUP <pid>` reloads gracefully.",

@@ -10,6 +10,8 @@ from pathlib import Path
 from twice.model.train import VAL_TRANSFORMS, TrainConfig, build_trainer, evaluate, prepare_data
 from twice.model.training_data import SOURCES, Sources
 
+from .commands import help_for
+
 LOG = logging.getLogger(__name__)
 
 EPILOG = """examples:
@@ -25,7 +27,7 @@ def register(subparsers) -> None:
     defaults = TrainConfig()
     p = subparsers.add_parser(
         "train",
-        help="train the embedding network on generated and local images",
+        help=help_for("train"),
         description="Train the VGG-16 embedding network: each image against an augmented view of"
         " itself, the rest of the batch as negatives. Checkpoints every epoch and on Ctrl-C.",
         epilog=EPILOG,

@@ -8,13 +8,14 @@ from pathlib import Path
 from twice.model import Embedder
 from twice.model.whiten import DEFAULT_IMAGES, whiten_checkpoint
 
+from .commands import help_for
 from .train import add_source_arguments, sources_from_args
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "whiten",
-        help="fit the embedding's whitening on training images and write the checkpoint",
+        help=help_for("whiten"),
         description="Embed training images with the current model (--checkpoint, else the shipped"
         " one), fit a PCA whitening of the embedding on them and write the model with it to --out."
         " The bench's images are never used. Run it after `twice train`; then `twice reindex`.",

@@ -29,18 +29,10 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from twice.crawler import AddressPolicy, FetchConfig, Fetcher, Refused
+from twice.files import ImageStore
 from twice.hashing import dihedral_hashes
-from twice.indexer import (
-    Catalog,
-    DecodedImage,
-    ImageError,
-    ImageRow,
-    ImageStore,
-    Indexer,
-    IndexFileError,
-    IndexMismatchError,
-    decode_image,
-)
+from twice.imageio import DecodedImage, ImageError, decode_image
+from twice.indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
 from twice.search.engine import SearchEngine, check_k
 from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
 
