@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from twice.imageio import ImageError, sha256_bytes
 from twice.indexer import Indexer
-from twice.indexer.catalog import utcnow
+from twice.indexer.schema import utcnow
 
 from .fetcher import FetchConfig, Fetched, Fetcher
 from .listings import Listing

@@ -11,13 +11,11 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint, func, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import func, select
 
 from twice.indexer import Catalog
-from twice.indexer.catalog import Base, utcnow
+from twice.indexer.schema import CrawlRecord, CrawlUrl, utcnow
 
 LOG = logging.getLogger(__name__)
 
@@ -26,66 +24,6 @@ LOG = logging.getLogger(__name__)
 STORED, DUPLICATE, REFUSED, FAILED = "stored", "duplicate", "refused", "failed"
 DONE, PARTIAL = "done", "partial"
 FINAL_STATES = frozenset({STORED, DUPLICATE, REFUSED, DONE})
-
-
-class CrawlRecord(Base):
-    """One crawl: what it lists, when it ran, what it found."""
-
-    __tablename__ = "crawls"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    key: Mapped[str] = mapped_column(String(40), index=True)
-    listing: Mapped[dict] = mapped_column(JSON)
-    status: Mapped[str] = mapped_column(String(16), default="running")
-    runs: Mapped[int] = mapped_column(Integer, default=0)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
-    pages: Mapped[int] = mapped_column(Integer, default=0)
-    found: Mapped[int] = mapped_column(Integer, default=0)
-    downloaded: Mapped[int] = mapped_column(Integer, default=0)
-    duplicates: Mapped[int] = mapped_column(Integer, default=0)
-    refused: Mapped[dict] = mapped_column(JSON, default=dict)  # reason -> count
-    failed: Mapped[dict] = mapped_column(JSON, default=dict)  # reason -> count (retried on resume)
-    last_run: Mapped[dict | None] = mapped_column(JSON, default=None)
-
-    def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "listing": self.listing,
-            "status": self.status,
-            "runs": self.runs,
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "pages": self.pages,
-            "found": self.found,
-            "downloaded": self.downloaded,
-            "duplicates": self.duplicates,
-            "refused": self.refused,
-            "failed": self.failed,
-        }
-
-
-class CrawlUrl(Base):
-    """One page or image URL of a crawl and what became of it."""
-
-    __tablename__ = "crawl_urls"
-    __table_args__ = (UniqueConstraint("crawl_id", "kind", "url"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    crawl_id: Mapped[int] = mapped_column(ForeignKey("crawls.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(8))  # page | image
-    url: Mapped[str] = mapped_column(String)
-    state: Mapped[str] = mapped_column(String(16))
-    reason: Mapped[str | None] = mapped_column(String(32), default=None)
-    detail: Mapped[str | None] = mapped_column(String, default=None)
-    image_id: Mapped[int | None] = mapped_column(
-        ForeignKey("images.id", ondelete="SET NULL"), default=None, index=True
-    )
-    page_url: Mapped[str | None] = mapped_column(String, default=None)  # images: where found
-    next_url: Mapped[str | None] = mapped_column(String, default=None)  # pages: the next page
-    page_number: Mapped[int | None] = mapped_column(Integer, default=None)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def crawl_key(identity: dict) -> str:
@@ -102,7 +40,6 @@ class CrawlLog:
     @classmethod
     def open(cls, catalog: Catalog, identity: dict, fresh: bool = False) -> tuple[CrawlLog, bool]:
         """The latest crawl of ``identity`` (resumed), or a new one; returns (log, resumed)."""
-        Base.metadata.create_all(catalog.engine, tables=[CrawlRecord.__table__, CrawlUrl.__table__])
         key = crawl_key(identity)
         with catalog.session() as session:
             record = None
@@ -204,13 +141,11 @@ class CrawlLog:
 
 
 def get_crawl(catalog: Catalog, crawl_id: int) -> CrawlRecord | None:
-    Base.metadata.create_all(catalog.engine, tables=[CrawlRecord.__table__, CrawlUrl.__table__])
     with catalog.session() as session:
         return session.get(CrawlRecord, crawl_id)
 
 
 def list_crawls(catalog: Catalog, limit: int = 20) -> list[CrawlRecord]:
     """The most recent crawls, newest first."""
-    Base.metadata.create_all(catalog.engine, tables=[CrawlRecord.__table__, CrawlUrl.__table__])
     with catalog.session() as session:
         return list(session.scalars(select(CrawlRecord).order_by(CrawlRecord.id.desc()).limit(limit)))

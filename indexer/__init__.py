@@ -6,7 +6,8 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "catalog": ["Catalog", "ImageRow"],
+        "catalog": ["Catalog"],
+        "schema": ["ImageRow"],
         "reindex": ["ReindexSummary", "reindex"],
         "store": ["Added", "Indexer", "load_vectors_for_search"],
         "vectors": ["IndexFileError", "IndexMismatchError", "VectorIndex"],

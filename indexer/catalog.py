@@ -9,114 +9,20 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    create_engine,
-    delete,
-    event,
-    func,
-    inspect,
-    select,
-    text,
-)
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
 
 from twice.hashing import HASH_VERSION, STORED_COLUMNS, STORED_KINDS
 
+from .migrate import upgrade_schema
+from .schema import ImageRow, IndexRecord, ThresholdRecord, utcnow
+
 LOG = logging.getLogger(__name__)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ImageRow(Base):
-    """One stored image: an original, or a variant made from one (``parent_id``, ``transform``)."""
-
-    __tablename__ = "images"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sha256: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    stored_path: Mapped[str] = mapped_column(String)  # relative to the image store
-    source: Mapped[str] = mapped_column(String)  # original path or URL
-    page_url: Mapped[str | None] = mapped_column(String, default=None)
-    width: Mapped[int] = mapped_column(Integer)
-    height: Mapped[int] = mapped_column(Integer)
-    format: Mapped[str] = mapped_column(String(16))
-    bytes: Mapped[int] = mapped_column(Integer)
-    parent_id: Mapped[int | None] = mapped_column(
-        ForeignKey("images.id", ondelete="SET NULL"), default=None, index=True
-    )
-    transform: Mapped[str | None] = mapped_column(String, default=None)
-    meta: Mapped[dict | None] = mapped_column(JSON, default=None)  # alt text, tags, crawl ids
-    # 64-bit DCT perceptual hash as a signed integer (search.hashing); NULL until computed.
-    phash: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    # twice.hashing.HASH_VERSION that made ``phash``; reindex recomputes hashes of older ones.
-    phash_version: Mapped[int | None] = mapped_column(Integer, default=None)
-    # The hashes of the image brightened and darkened as augment's ``bright`` and ``dark``
-    # (search.hashing.STORED_VIEWS): a clipped copy is near these when far from ``phash``.
-    # NULL where that view is flat, or until computed (hash version 3 on).
-    phash_bright: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    phash_dark: Mapped[int | None] = mapped_column(BigInteger, default=None)
-    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-    def to_dict(self) -> dict:
-        return {
-            "id": self.id,
-            "sha256": self.sha256,
-            "path": self.stored_path,
-            "source": self.source,
-            "page_url": self.page_url,
-            "width": self.width,
-            "height": self.height,
-            "format": self.format,
-            "bytes": self.bytes,
-            "parent_id": self.parent_id,
-            "transform": self.transform,
-            "meta": self.meta,
-            "added_at": self.added_at.isoformat() if self.added_at else None,
-        }
-
-
-class IndexRecord(Base):
-    """What the saved vector index holds; written only after the index file is durable."""
-
-    __tablename__ = "index_record"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    model_version: Mapped[str] = mapped_column(String)
-    dim: Mapped[int] = mapped_column(Integer)
-    index_type: Mapped[str] = mapped_column(String)
-    vector_count: Mapped[int] = mapped_column(Integer)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class ThresholdRecord(Base):
-    """Verdict thresholds of one model version (defaults until calibrated)."""
-
-    __tablename__ = "thresholds"
-
-    model_version: Mapped[str] = mapped_column(String, primary_key=True)
-    duplicate: Mapped[float]
-    similar: Mapped[float]
-    source: Mapped[str] = mapped_column(String, default="default")
-    details: Mapped[str | None] = mapped_column(String, default=None)  # JSON text
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def make_engine(url: str) -> Engine:
@@ -143,34 +49,11 @@ class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+        upgrade_schema(self.engine)  # the one place tables are created or changed
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
         self.engine.dispose()
-
-    # create_all makes missing tables, never missing columns: catalogs written by older code
-    # get the newer nullable columns here (NULL until backfilled by the next reindex).
-    ADDED_COLUMNS = {
-        "phash": "BIGINT",
-        "phash_version": "INTEGER",
-        "phash_bright": "BIGINT",
-        "phash_dark": "BIGINT",
-    }
-
-    def _add_missing_columns(self) -> None:
-        present = {column["name"] for column in inspect(self.engine).get_columns("images")}
-        for name, sql_type in self.ADDED_COLUMNS.items():
-            if name in present:
-                continue
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(text(f"ALTER TABLE images ADD COLUMN {name} {sql_type}"))
-                LOG.info("catalog %s: added column images.%s", self.url, name)
-            except OperationalError:  # another process added it first
-                if name not in {c["name"] for c in inspect(self.engine).get_columns("images")}:
-                    raise
 
     @contextmanager
     def session(self) -> Iterator[Session]:

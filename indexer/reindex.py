@@ -27,7 +27,7 @@ from tqdm import tqdm
 from twice.imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
 
 from .batches import iter_batches
-from .catalog import ImageRow
+from .schema import ImageRow
 from .store import Indexer, image_hashes, phash_version
 
 LOG = logging.getLogger(__name__)

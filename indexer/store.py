@@ -25,7 +25,8 @@ from twice.files import ImageStore
 from twice.hashing import HASH_VERSION, STORED_COLUMNS, stored_hashes
 from twice.imageio import DecodedImage, decode_image
 
-from .catalog import Catalog, ImageRow
+from .catalog import Catalog
+from .schema import ImageRow
 from .vectors import IndexFileError, IndexMismatchError, VectorIndex
 
 LOG = logging.getLogger(__name__)

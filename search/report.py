@@ -29,12 +29,11 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import JSON, DateTime, Float, Integer, LargeBinary, String, delete, func, select
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import delete, func, select
 
 from twice.hashing import HASH_BITS
 from twice.indexer import Catalog, ImageRow, IndexFileError, IndexMismatchError, VectorIndex
-from twice.indexer.catalog import Base
+from twice.indexer.schema import PairCache, ReportRun
 
 from .pairs import METHODS, canonical_pairs, chains_from, check_threshold, find_pairs, group_pairs, pair_graph
 from .report_hashes import HashScan, scan_hashes
@@ -82,43 +81,8 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# tables ------------------------------------------------------------------------------------
-
-
-class PairCache(Base):
-    """Pairs found at ``threshold`` or above among the vectors ``member_ids`` of one model."""
-
-    __tablename__ = "report_pair_cache"
-
-    model_version: Mapped[str] = mapped_column(String, primary_key=True)
-    threshold: Mapped[float] = mapped_column(Float)
-    index_type: Mapped[str] = mapped_column(String)
-    member_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 catalog ids
-    member_keys: Mapped[bytes] = mapped_column(LargeBinary)  # int64 from each sha256
-    pair_a: Mapped[bytes] = mapped_column(LargeBinary)  # int64, a < b
-    pair_b: Mapped[bytes] = mapped_column(LargeBinary)  # int64
-    pair_score: Mapped[bytes] = mapped_column(LargeBinary)  # float32
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class ReportRun(Base):
-    """One recorded report: its groups, so the next report can say what changed."""
-
-    __tablename__ = "report_runs"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    model_version: Mapped[str] = mapped_column(String)
-    threshold: Mapped[float] = mapped_column(Float)
-    images: Mapped[int] = mapped_column(Integer)
-    groups: Mapped[list] = mapped_column(JSON)  # every group, as sorted id lists
-    summary: Mapped[dict] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
 def open_catalog(options) -> Catalog:
-    catalog = Catalog(options.catalog_url)
-    Base.metadata.create_all(catalog.engine)
-    return catalog
+    return Catalog(options.catalog_url)
 
 
 # the scan: vectors -> pairs -> groups --------------------------------------------------------

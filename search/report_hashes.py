@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import DateTime, Integer, LargeBinary, String, delete
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import delete
 from tqdm import tqdm
 
+from twice.files import ImageStore
 from twice.hashing import (
     DIHEDRAL,
     INVERSE,
@@ -48,9 +48,10 @@ from twice.hashing import (
     stored_present,
     view_distances,
 )
-from twice.indexer import Catalog, ImageStore
+from twice.indexer import Catalog
 from twice.indexer.batches import iter_batches
-from twice.indexer.catalog import Base, load_stored_hashes
+from twice.indexer.catalog import load_stored_hashes
+from twice.indexer.schema import HashPairCache
 
 LOG = logging.getLogger(__name__)
 
@@ -60,22 +61,6 @@ NO_HASH = 65  # distance of a pair where one side has no views: never fires
 TURNS = len(DIHEDRAL)
 VIEWS = TURNS + len(STORED_VIEWS)  # a row of views: 8 dihedral hashes, then the stored photometric ones
 CHUNK_PAIRS = 1 << 16
-
-
-class HashPairCache(Base):
-    """Dihedral and stored photometric views of ``member_ids`` and their pairs within ``radius`` bits."""
-
-    __tablename__ = "report_hash_cache"
-
-    scheme: Mapped[str] = mapped_column(String, primary_key=True)
-    radius: Mapped[int] = mapped_column(Integer)
-    member_ids: Mapped[bytes] = mapped_column(LargeBinary)  # int64 catalog ids, sorted
-    member_keys: Mapped[bytes] = mapped_column(LargeBinary)  # int64 from each sha256
-    member_views: Mapped[bytes] = mapped_column(LargeBinary)  # int64, (members, VIEWS)
-    pair_a: Mapped[bytes] = mapped_column(LargeBinary)  # int64, a < b
-    pair_b: Mapped[bytes] = mapped_column(LargeBinary)  # int64
-    pair_distance: Mapped[bytes] = mapped_column(LargeBinary)  # int8
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 @lru_cache(maxsize=1)
