@@ -64,8 +64,10 @@ def test_readme_example_runs_and_finds_the_copy(photos, tmp_path):
     assert float(score) > 0.9
     groups = namespace["groups"]
     assert all(isinstance(g, twice.DuplicateGroup) for g in groups)
-    sources = [{m.source for m in g.members} for g in groups]
-    assert {"photos/img_0003.png", "photos/again.jpg"} in sources
+    # The test model is a seeded random VGG-16 (everything scores above 0.99 against
+    # everything), so a group may hold more; its two closest images are the two copies.
+    closest = [{m.source for m in g.members[:2]} for g in groups]
+    assert {"photos/img_0003.png", "photos/again.jpg"} in closest
     assert (tmp_path / "index_data" / "catalog.sqlite").is_file()
 
 

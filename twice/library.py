@@ -15,7 +15,14 @@ layers over this surface.
 
 from __future__ import annotations
 
+import fcntl
 import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -23,9 +30,54 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from twice.indexer import ReindexSummary, reindex
+from twice.hashing import dihedral_hashes
+from twice.imageio import DecodedImage, decode_image
+from twice.indexer import (
+    Catalog,
+    ImageRow,
+    Indexer,
+    IndexFileError,
+    IndexMismatchError,
+    ReindexSummary,
+    reindex,
+)
 from twice.options import Options
 from twice.search import SearchEngine, build_report
+from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
+
+LOG = logging.getLogger(__name__)
+
+THRESHOLDS_TTL = 30.0  # seconds between re-reads of the calibrated thresholds
+
+
+class LibraryError(Exception):
+    """A request the library cannot answer; ``code`` names the kind for machines (the web
+    service's JSON error code)."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(LibraryError, ValueError):
+    code = "bad_request"
+
+
+class NotFound(LibraryError, LookupError):
+    code = "not_found"
+
+
+class NotReady(LibraryError):
+    """No usable index yet (or one of another model), or no model."""
+
+    code = "index_not_ready"
+
+
+class ModelNotReady(NotReady):
+    code = "model_not_ready"
+
 
 ImageInput = str | Path | bytes | Image.Image | np.ndarray
 
@@ -37,6 +89,23 @@ def from_json(cls, data: dict):
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     return cls(**data)
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """Identity of one version of a file: a rename changes the inode, a rewrite mtime or size."""
+
+    inode: int
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return cls(st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class JsonRecord:
@@ -140,39 +209,82 @@ class DuplicateGroup(JsonRecord):
         return from_json(cls, {**data, "members": members})
 
 
+@dataclass(frozen=True)
+class AddedImage(JsonRecord):
+    """What adding one image did: ``created`` a row, or found it there already (``match``:
+    ``exact`` same bytes, ``duplicate`` a copy search calls a duplicate: ``duplicate_of``)."""
+
+    id: int
+    created: bool
+    already_indexed: bool
+    match: str | None
+    duplicate_of: dict[str, Any] | None
+    image: dict[str, Any]
+
+
 class Library:
     """A data directory (catalog, image store, vector index) and the model that embeds for it.
 
-    The model loads on first use. Not thread-safe: one library per thread, or the web service.
+    One library can serve a process for its whole life (the web service keeps one per worker):
+
+    - the model is built on first use (opening a library never loads one);
+    - reads (search, metadata) run concurrently from any number of threads;
+    - writes (``add_image``, ``remove``) take a thread lock and an inter-process file lock, so
+      several processes on one data directory never overwrite each other's index saves;
+    - the saved index is reloaded when its file is replaced on disk (a finished ``add`` or
+      ``twice reindex``, another process's upload). Files are written to a temporary name and
+      renamed, so a changed (inode, mtime, size) stamp is the signal and a half-written file is
+      never read.
     """
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, embedder=None) -> None:
         self.options = options
-        self._embedder = None
+        self.index_path = Path(options.index_path)
+        self.lock_path = Path(options.data_dir) / ".service-write.lock"
+        self.reloads = 0
+        self._embedder = embedder
+        self._catalog: Catalog | None = None
+        self._indexer: Indexer | None = None
         self._engine: SearchEngine | None = None
+        self._stamp: FileStamp | None = None
+        self._not_ready = "not opened yet"
+        self._thresholds_at = 0.0
+        self._open_lock = threading.Lock()
+        self._model_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._opened = False
 
-    @property
-    def embedder(self):
-        if self._embedder is None:
-            from twice.model import Embedder  # torch and the weights: only once needed
+    def __enter__(self) -> Library:
+        return self
 
-            self._embedder = Embedder.from_options(self.options)
-        return self._embedder
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # the everyday surface --------------------------------------------------------------------
 
     def add(self, paths: list[str | Path], progress: bool = False) -> ReindexSummary:
-        """Index image files and folders (new sha256s only) and embed anything pending."""
-        self._drop_engine()  # it holds the index as it was
-        return reindex([Path(p).expanduser() for p in paths], self.options, self.embedder, progress)
+        """Index image files and folders (new sha256s only) and embed anything pending: what
+        ``twice reindex`` does. Searches after it see the new images."""
+        paths = [Path(p).expanduser() for p in paths]
+        summary = reindex(paths, self.options, self.embedder, progress)
+        if self._opened:
+            self.refresh()
+        return summary
 
-    def search(self, image: ImageInput, k: int = 10, tta: str | None = None) -> SearchResponse:
+    def search(
+        self, image: ImageInput, k: int = 10, tta: str | None = None, source: str | None = None
+    ) -> SearchResponse:
         """The ``k`` nearest indexed images to ``image`` (a path, encoded bytes, a PIL image or
-        an RGB uint8 array), each with a verdict and its evidence."""
-        engine = self._search_engine()
+        an RGB uint8 array), each with a verdict and its evidence; ``source`` names the query
+        in the response (default: the path, or what kind of object it was)."""
+        engine = self.engine()
         if isinstance(image, str | Path):
-            response = engine.search_file(Path(image).expanduser(), k, tta=tta)
+            path = Path(image).expanduser()
+            response = engine.search_file(path, k, tta=tta)
+            response["query"]["source"] = source or str(path)
         else:
-            data, source = encoded(image)
-            response = engine.search_bytes(data, k, source=source, tta=tta)
+            data, kind = encoded(image)
+            response = engine.search_bytes(data, k, source=source or kind, tta=tta)
         return SearchResponse.from_json(response)
 
     def duplicates(
@@ -186,24 +298,220 @@ class Library:
         """The whole duplicate report as JSON (``twice.search.build_report``'s arguments)."""
         return build_report(self.options, model_version=self.embedder.version, **kwargs)
 
-    def close(self) -> None:
-        self._drop_engine()
+    # life cycle -----------------------------------------------------------------------------
 
-    def __enter__(self) -> Library:
+    def open(self) -> Library:
+        """Build the embedder and load the index (idempotent; called lazily by every method)."""
+        if self._opened:
+            return self
+        embedder = self.embedder
+        with self._open_lock:
+            if not self._opened:
+                self._embedder = embedder
+                self._catalog = Catalog(self.options.catalog_url)
+                with self._write_lock:
+                    self._load(FileStamp.of(self.index_path))
+                self._opened = True
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def _build_embedder(self):
+        from twice.model import Embedder  # torch and the weights: only once needed
 
-    def _search_engine(self) -> SearchEngine:
+        try:
+            return Embedder.from_options(self.options)
+        except Exception as exc:  # any failure here means "not ready", never a crash loop
+            LOG.exception("cannot load the model")
+            raise ModelNotReady(f"the model cannot be loaded: {exc}") from exc
+
+    def close(self) -> None:
+        with self._write_lock:
+            if self._indexer is not None:
+                self._indexer.close()
+            if self._catalog is not None:
+                self._catalog.close()
+            self._indexer = self._engine = self._catalog = None
+            self._opened = False
+
+    @property
+    def embedder(self):
+        """The model, built on first use (the index is not loaded for it)."""
+        if self._embedder is None:
+            with self._model_lock:
+                if self._embedder is None:
+                    self._embedder = self._build_embedder()
+        return self._embedder
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.open()._catalog
+
+    def refresh(self) -> None:
+        """Reload the index if its file was replaced since it was read: one stat per call."""
+        self.open()
+        if FileStamp.of(self.index_path) != self._stamp:
+            with self._write_lock:
+                stamp = FileStamp.of(self.index_path)
+                if stamp != self._stamp:
+                    self._load(stamp)
+        if time.monotonic() - self._thresholds_at > THRESHOLDS_TTL:
+            self._refresh_thresholds()
+
+    def _load(self, stamp: FileStamp | None) -> None:
+        """(Re)open the writer and the engine over the index file as it is now."""
+        try:
+            indexer = Indexer(self.options, self._embedder.version, self._embedder.dim)
+            indexer.vectors  # noqa: B018 - load now, so a damaged file is caught here
+        except (IndexFileError, IndexMismatchError, OSError, ValueError) as exc:
+            # Keep serving what we had: a damaged file is fixed by the next reindex.
+            LOG.error("cannot load index %s: %s", self.index_path, exc)
+            self._stamp = stamp
+            if self._engine is None:
+                self._not_ready = f"index cannot be loaded: {exc}"
+            return
+        previous = self._indexer
+        self._use(indexer, stamp)
+        if previous is not None and previous is not indexer:
+            self.reloads += 1
+            previous.close()
+            LOG.info("reloaded index %s: %d vectors", self.index_path, len(indexer.vectors))
+
+    def _use(self, indexer: Indexer, stamp: FileStamp | None) -> None:
+        """Serve ``indexer``'s vectors (whose file has ``stamp``), or say why not."""
+        self._indexer, self._stamp = indexer, stamp
+        if stamp is None:
+            self._engine, self._not_ready = None, "no index yet: run `twice reindex FOLDER` or POST /images"
+        elif indexer.rebuilding:
+            self._engine, self._not_ready = (
+                None,
+                (
+                    f"the index on disk was built by another model, not {self._embedder.version}:"
+                    " run `twice reindex` to re-embed the catalog"
+                ),
+            )
+        else:
+            indexer.vectors.to_gpu()
+            self._engine = SearchEngine(
+                self.options, self._catalog, indexer.vectors, self._embedder, Thresholds()
+            )
+            self._refresh_thresholds()
+            self._not_ready = ""
+
+    def _refresh_thresholds(self) -> None:
+        self._thresholds_at = time.monotonic()
+        engine = self._engine
+        if engine is not None:
+            engine.thresholds = thresholds_for(self._catalog, self._embedder.version)
+
+    def engine(self) -> SearchEngine:
+        """The current engine, after a reload check; ``NotReady`` when there is no usable index."""
+        self.refresh()
+        engine = self._engine
+        if engine is None:
+            raise NotReady(self._not_ready)
+        return engine
+
+    @property
+    def ready(self) -> bool:
+        try:
+            self.engine()
+        except NotReady:
+            return False
+        return True
+
+    # single images ---------------------------------------------------------------------------
+
+    def get(self, image_id: int) -> ImageRow:
+        row = self.catalog.get(check_id(image_id))
+        if row is None:
+            raise NotFound(f"no image with id {image_id}")
+        return row
+
+    @contextmanager
+    def writing(self) -> Iterator[Indexer]:
+        """The writer, under the thread lock and the data directory's write lock, index fresh."""
+        self.open()
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._write_lock, self.lock_path.open("a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                self.refresh()  # another worker may have saved since our last look
+                indexer = self._indexer
+                if indexer is None or indexer.rebuilding:
+                    raise NotReady(self._not_ready or "index is not writable")
+                yield indexer
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _saved(self, indexer: Indexer) -> None:
+        """Save, then take our own file as current so the next request does not reload it."""
+        indexer.save()
+        self._after_save(indexer)
+
+    def _after_save(self, indexer: Indexer) -> None:
+        stamp = FileStamp.of(self.index_path)
         if self._engine is None:
-            self._engine = SearchEngine.open(self.options, self.embedder)
-        return self._engine
+            self._use(indexer, stamp)  # the first save into an empty data directory
+        else:
+            self._stamp = stamp
 
-    def _drop_engine(self) -> None:
-        if self._engine is not None:
-            self._engine.close()
-            self._engine = None
+    def add_image(self, data: bytes, source: str, **columns: object) -> AddedImage:
+        """Add one image and index it now; says whether it (or a duplicate of it) was there."""
+        self.open()
+        decoded = decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
+        with self.writing() as indexer:
+            known = self.catalog.by_sha256(decoded.sha256)
+            if known is not None:
+                return self._added(known, created=False, match="exact", duplicate_of=None)
+            xq, duplicate_of = self._embed_and_match(decoded)
+            added = indexer.add_bytes(data, source, **columns)
+            if added.created:
+                indexer.add_vectors(np.array([added.row.id], dtype=np.int64), xq)
+                self._saved(indexer)
+            match = "exact" if not added.created else ("duplicate" if duplicate_of else None)
+            return self._added(added.row, added.created, match, duplicate_of)
+
+    def _embed_and_match(self, decoded: DecodedImage) -> tuple[np.ndarray, dict | None]:
+        """The new image's vector, and the catalogued image that search calls its duplicate.
+
+        The same evidence as a search (hash with its 8 views, CNN, calibrated verdict), so an
+        upload of a turned or brightened copy is flagged whenever searching for it would say so.
+        """
+        engine = self._engine
+        if engine is None:  # the first image of an empty data directory
+            return self._embedder.embed_images([decoded.image]), None
+        xq, views = engine.embed_views(decoded.image, engine.tta)
+        results = engine.rank(decoded, xq, views, dihedral_hashes(decoded.image), k=1)
+        duplicate_of = None
+        if results and results[0]["verdict"] == DUPLICATE:
+            top = results[0]
+            duplicate_of = {
+                "id": top["id"],
+                "score": top["score"],
+                "verdict": DUPLICATE,
+                "evidence": top["evidence"],
+            }
+        return xq[:1], duplicate_of  # the first view is the image as it is
+
+    def _added(
+        self, row: ImageRow, created: bool, match: str | None, duplicate_of: dict | None
+    ) -> AddedImage:
+        return AddedImage(row.id, created, match is not None, match, duplicate_of, row.to_dict())
+
+    def remove(self, image_id: int) -> ImageRow:
+        """Remove an image from the catalog, the index and the image store."""
+        image_id = check_id(image_id)
+        with self.writing() as indexer:
+            row = indexer.remove(image_id)
+            if row is None:
+                raise NotFound(f"no image with id {image_id}")
+            self._after_save(indexer)  # Indexer.remove saved the index
+            return row
+
+
+def check_id(image_id: object) -> int:
+    if isinstance(image_id, bool) or not isinstance(image_id, int | np.integer) or image_id < 1:
+        raise InvalidRequest(f"id must be a positive integer, got {image_id!r}")
+    return int(image_id)
 
 
 def encoded(image: bytes | Image.Image | np.ndarray) -> tuple[bytes, str]:

@@ -1,62 +1,54 @@
-"""The long-lived search service behind ``api.py``: one model, one index, one writer per process.
+"""The web service's view of a data directory: a ``twice.Library`` plus what only HTTP needs.
 
-A web worker builds one ``SearchService`` and keeps it for its whole life:
-
-- the embedder is built once, on first use (importing ``api`` never loads a model);
-- reads (search, metadata, files) run concurrently from any number of threads;
-- writes (uploads, deletes) take a thread lock and an inter-process file lock, so several
-  workers on one data directory never overwrite each other's index saves;
-- the saved index is reloaded when its file is replaced on disk (a finished ``twice reindex``
-  or another worker's upload). The file is written to a temporary name and renamed, so a
-  changed (inode, mtime, size) stamp is the signal and a half-written file is never read.
+A web worker builds one ``SearchService`` and keeps it for its whole life. The library does
+the work (model on first use, concurrent reads, locked writes, index reloads when the file
+changes); this module adds fetching a URL a user submitted (through the crawler's guarded
+fetcher), thumbnails, the JSON shapes of /health and /stats, and the HTTP status of every
+error (``http_status``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import io
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from sqlalchemy import func, select
 
 from twice.crawler import AddressPolicy, FetchConfig, Fetcher, Refused
 from twice.files import ImageStore
-from twice.hashing import dihedral_hashes
-from twice.imageio import DecodedImage, ImageError, decode_image
-from twice.indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
-from twice.search.engine import SearchEngine, check_k
-from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
+from twice.imageio import ImageError, decode_image
+from twice.indexer import ImageRow
+from twice.library import (
+    InvalidRequest,
+    Library,
+    LibraryError,
+    ModelNotReady,
+    NotFound,
+    NotReady,
+    check_id,
+)
+from twice.search.engine import check_k
 
 LOG = logging.getLogger(__name__)
 
 DEFAULT_FETCH_TIMEOUT = 10.0
 MAX_REDIRECTS = 5
 THUMB_SIZES = (16, 1024)  # smallest and largest thumbnail side a client may ask for
-THRESHOLDS_TTL = 30.0  # seconds between re-reads of the calibrated thresholds
 USER_AGENT = "twice-search/0.1 (image search service; fetches one URL a user submitted)"
 
 
-class ServiceError(Exception):
+class ServiceError(LibraryError):
     """A request the service cannot answer; ``status`` and ``code`` say how the API reports it."""
 
     status = 500
     code = "internal"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
-
-class BadRequest(ServiceError):
+class BadRequest(ServiceError, InvalidRequest):
     status, code = 400, "bad_request"
 
 
@@ -64,37 +56,18 @@ class UrlRefused(BadRequest):
     code = "url_refused"
 
 
-class NotFound(ServiceError):
-    status, code = 404, "not_found"
-
-
 class FetchFailed(ServiceError):
     status, code = 422, "fetch_failed"
 
 
-class NotReady(ServiceError):
-    status, code = 503, "index_not_ready"
+# The library's errors, as HTTP reports them (checked in order: subclasses first).
+LIBRARY_STATUS = ((NotReady, 503), (NotFound, 404), (InvalidRequest, 400))
 
 
-class ModelNotReady(NotReady):
-    code = "model_not_ready"
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """Identity of one version of a file: a rename changes the inode, a rewrite mtime or size."""
-
-    inode: int
-    mtime_ns: int
-    size: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileStamp | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        return cls(st.st_ino, st.st_mtime_ns, st.st_size)
+def http_status(exc: LibraryError) -> int:
+    if isinstance(exc, ServiceError):
+        return exc.status
+    return next((status for kind, status in LIBRARY_STATUS if isinstance(exc, kind)), 500)
 
 
 # safe fetching -------------------------------------------------------------------------------
@@ -166,8 +139,8 @@ def fetch_error(exc: Refused) -> Exception:
 # the service ---------------------------------------------------------------------------------
 
 
-class SearchService:
-    """One embedder, one catalog, one loaded index and one writer, shared by a worker's threads."""
+class SearchService(Library):
+    """A worker's library, shared by its threads, with URL fetches and thumbnails."""
 
     def __init__(
         self,
@@ -176,168 +149,36 @@ class SearchService:
         allow_private_urls: bool = False,
         fetch_timeout: float = DEFAULT_FETCH_TIMEOUT,
     ) -> None:
-        self.options = options
+        super().__init__(options, embedder)
         self.allow_private_urls = allow_private_urls
         self.fetch_timeout = fetch_timeout
-        self.index_path = Path(options.index_path)
-        self.lock_path = Path(options.data_dir) / ".service-write.lock"
         self.store = ImageStore(options.images_dir)
         self.started_at = time.time()
-        self.reloads = 0
-        self._embedder = embedder
-        self._catalog: Catalog | None = None
-        self._indexer: Indexer | None = None
-        self._engine: SearchEngine | None = None
-        self._stamp: FileStamp | None = None
-        self._not_ready = "not opened yet"
-        self._thresholds_at = 0.0
-        self._open_lock = threading.Lock()
-        self._write_lock = threading.RLock()
-        self._opened = False
-
-    # life cycle -----------------------------------------------------------------------------
-
-    def open(self) -> SearchService:
-        """Build the embedder and load the index (idempotent; called lazily by every method)."""
-        if self._opened:
-            return self
-        with self._open_lock:
-            if not self._opened:
-                if self._embedder is None:
-                    self._embedder = self._build_embedder()
-                self._catalog = Catalog(self.options.catalog_url)
-                with self._write_lock:
-                    self._load(FileStamp.of(self.index_path))
-                self._opened = True
-        return self
-
-    def _build_embedder(self):
-        from twice.model import Embedder  # torch and the weights: only when serving
-
-        try:
-            return Embedder.from_options(self.options)
-        except Exception as exc:  # any failure here means "not ready", never a crash loop
-            LOG.exception("cannot load the model")
-            raise ModelNotReady(f"the model cannot be loaded: {exc}") from exc
-
-    def close(self) -> None:
-        with self._write_lock:
-            if self._indexer is not None:
-                self._indexer.close()
-            if self._catalog is not None:
-                self._catalog.close()
-            self._indexer = self._engine = self._catalog = None
-            self._opened = False
-
-    @property
-    def embedder(self):
-        return self.open()._embedder
-
-    @property
-    def catalog(self) -> Catalog:
-        return self.open()._catalog
-
-    def refresh(self) -> None:
-        """Reload the index if its file was replaced since it was read: one stat per call."""
-        self.open()
-        if FileStamp.of(self.index_path) != self._stamp:
-            with self._write_lock:
-                stamp = FileStamp.of(self.index_path)
-                if stamp != self._stamp:
-                    self._load(stamp)
-        if time.monotonic() - self._thresholds_at > THRESHOLDS_TTL:
-            self._refresh_thresholds()
-
-    def _load(self, stamp: FileStamp | None) -> None:
-        """(Re)open the writer and the engine over the index file as it is now."""
-        try:
-            indexer = Indexer(self.options, self._embedder.version, self._embedder.dim)
-            indexer.vectors  # noqa: B018 - load now, so a damaged file is caught here
-        except (IndexFileError, IndexMismatchError, OSError, ValueError) as exc:
-            # Keep serving what we had: a damaged file is fixed by the next reindex.
-            LOG.error("cannot load index %s: %s", self.index_path, exc)
-            self._stamp = stamp
-            if self._engine is None:
-                self._not_ready = f"index cannot be loaded: {exc}"
-            return
-        previous = self._indexer
-        self._use(indexer, stamp)
-        if previous is not None and previous is not indexer:
-            self.reloads += 1
-            previous.close()
-            LOG.info("reloaded index %s: %d vectors", self.index_path, len(indexer.vectors))
-
-    def _use(self, indexer: Indexer, stamp: FileStamp | None) -> None:
-        """Serve ``indexer``'s vectors (whose file has ``stamp``), or say why not."""
-        self._indexer, self._stamp = indexer, stamp
-        if stamp is None:
-            self._engine, self._not_ready = None, "no index yet: run `twice reindex FOLDER` or POST /images"
-        elif indexer.rebuilding:
-            self._engine, self._not_ready = (
-                None,
-                (
-                    f"the index on disk was built by another model, not {self._embedder.version}:"
-                    " run `twice reindex` to re-embed the catalog"
-                ),
-            )
-        else:
-            indexer.vectors.to_gpu()
-            self._engine = SearchEngine(
-                self.options, self._catalog, indexer.vectors, self._embedder, Thresholds()
-            )
-            self._refresh_thresholds()
-            self._not_ready = ""
-
-    def _refresh_thresholds(self) -> None:
-        self._thresholds_at = time.monotonic()
-        engine = self._engine
-        if engine is not None:
-            engine.thresholds = thresholds_for(self._catalog, self._embedder.version)
-
-    def engine(self) -> SearchEngine:
-        """The current engine, after a reload check; ``NotReady`` when there is no usable index."""
-        self.refresh()
-        engine = self._engine
-        if engine is None:
-            raise NotReady(self._not_ready)
-        return engine
-
-    @property
-    def ready(self) -> bool:
-        try:
-            self.engine()
-        except NotReady:
-            return False
-        return True
 
     # reads ----------------------------------------------------------------------------------
 
     def search_bytes(self, data: bytes, k: int = 10, source: str = "<upload>") -> dict:
         k = check_k(k)
-        return self.engine().search_bytes(data, k, source)
+        return self.search(data, k, source=source).to_dict()
 
     def search_url(self, url: str, k: int = 10) -> dict:
         k = check_k(k)
-        engine = self.engine()
-        return engine.search_bytes(self.fetch(url), k, source=url)
+        self.engine()  # not ready: say so before fetching anything
+        return self.search(self.fetch(url), k, source=url).to_dict()
 
     def search_id(self, image_id: int, k: int = 10) -> dict:
         k = check_k(k)
-        engine = self.engine()
+        self.engine()
         row = self.get(image_id)
-        data = self.read_file(row)
-        result = engine.search_bytes(data, k, source=row.source)
+        result = self.search(self.read_file(row), k, source=row.source).to_dict()
         result["query"]["id"] = row.id
         return result
 
+    def add_bytes(self, data: bytes, source: str, **columns: object) -> dict:
+        return self.add_image(data, source, **columns).to_dict()
+
     def fetch(self, url: str) -> bytes:
         return fetch_url(url, self.options.max_image_bytes, self.fetch_timeout, self.allow_private_urls)
-
-    def get(self, image_id: int) -> ImageRow:
-        row = self.catalog.get(check_id(image_id))
-        if row is None:
-            raise NotFound(f"no image with id {image_id}")
-        return row
 
     def file_path(self, row: ImageRow) -> Path:
         path = self.store.path(row.stored_path)
@@ -412,105 +253,10 @@ class SearchService:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    # writes ---------------------------------------------------------------------------------
-
-    @contextmanager
-    def writing(self) -> Iterator[Indexer]:
-        """The writer, under the thread lock and the data directory's write lock, index fresh."""
-        self.open()
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._write_lock, open(self.lock_path, "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                self.refresh()  # another worker may have saved since our last look
-                indexer = self._indexer
-                if indexer is None or indexer.rebuilding:
-                    raise NotReady(self._not_ready or "index is not writable")
-                yield indexer
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _saved(self, indexer: Indexer) -> None:
-        """Save, then take our own file as current so the next request does not reload it."""
-        indexer.save()
-        self._after_save(indexer)
-
-    def _after_save(self, indexer: Indexer) -> None:
-        stamp = FileStamp.of(self.index_path)
-        if self._engine is None:
-            self._use(indexer, stamp)  # the first save into an empty data directory
-        else:
-            self._stamp = stamp
-
-    def add_bytes(self, data: bytes, source: str, **columns: object) -> dict:
-        """Add one image and index it now; says whether it (or a duplicate of it) was there."""
-        self.open()
-        decoded = decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
-        with self.writing() as indexer:
-            known = self.catalog.by_sha256(decoded.sha256)
-            if known is not None:
-                return self._added(known, created=False, match="exact", duplicate_of=None)
-            xq, duplicate_of = self._embed_and_match(decoded)
-            added = indexer.add_bytes(data, source, **columns)
-            if added.created:
-                indexer.add_vectors(np.array([added.row.id], dtype=np.int64), xq)
-                self._saved(indexer)
-            match = "exact" if not added.created else ("duplicate" if duplicate_of else None)
-            return self._added(added.row, added.created, match, duplicate_of)
-
-    def _embed_and_match(self, decoded: DecodedImage) -> tuple[np.ndarray, dict | None]:
-        """The new image's vector, and the catalogued image that search calls its duplicate.
-
-        The same evidence as a search (hash with its 8 views, CNN, calibrated verdict), so an
-        upload of a turned or brightened copy is flagged whenever searching for it would say so.
-        """
-        engine = self._engine
-        if engine is None:  # the first image of an empty data directory
-            return self._embedder.embed_images([decoded.image]), None
-        xq, views = engine.embed_views(decoded.image, engine.tta)
-        results = engine.rank(decoded, xq, views, dihedral_hashes(decoded.image), k=1)
-        duplicate_of = None
-        if results and results[0]["verdict"] == DUPLICATE:
-            top = results[0]
-            duplicate_of = {
-                "id": top["id"],
-                "score": top["score"],
-                "verdict": DUPLICATE,
-                "evidence": top["evidence"],
-            }
-        return xq[:1], duplicate_of  # the first view is the image as it is
-
-    def _added(self, row: ImageRow, created: bool, match: str | None, duplicate_of: dict | None) -> dict:
-        return {
-            "id": row.id,
-            "created": created,
-            "already_indexed": match is not None,
-            "match": match,
-            "duplicate_of": duplicate_of,
-            "image": row.to_dict(),
-        }
-
-    def delete(self, image_id: int) -> ImageRow:
-        """Remove an image from the catalog, the index and the image store."""
-        image_id = check_id(image_id)
-        with self.writing() as indexer:
-            row = indexer.remove(image_id)
-            if row is None:
-                raise NotFound(f"no image with id {image_id}")
-            self._after_save(indexer)  # Indexer.remove saved the index
-            return row
-
-
-def check_id(image_id: object) -> int:
-    if isinstance(image_id, bool) or not isinstance(image_id, int | np.integer) or image_id < 1:
-        raise BadRequest(f"id must be a positive integer, got {image_id!r}")
-    return int(image_id)
-
 
 __all__ = [
     "BadRequest",
     "FetchFailed",
-    "FileStamp",
     "ModelNotReady",
     "NotFound",
     "NotReady",
@@ -519,4 +265,5 @@ __all__ = [
     "UrlRefused",
     "check_id",
     "fetch_url",
+    "http_status",
 ]
