@@ -15,23 +15,27 @@ from pathlib import Path
 from flask import Flask, Response, jsonify, request, send_file, send_from_directory
 from werkzeug.exceptions import HTTPException
 
-from twice.indexer import ImageError, IndexFileError, IndexMismatchError
+from twice.imageio import ImageError
+from twice.indexer import IndexFileError, IndexMismatchError
+from twice.library import LibraryError
 from twice.options import Options
 from twice.search import MAX_K, build_report
+from twice.version import __version__
+from twice.web import openapi
+from twice.web.openapi import documented
+from twice.web.schemas import DEFAULT_K, DEFAULT_THUMB, MAX_PER_PAGE
 from twice.web.service import (
     THUMB_SIZES,
     BadRequest,
     NotReady,
     SearchService,
-    ServiceError,
     check_id,
+    http_status,
 )
 
 LOG = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-DEFAULT_K = 10
-DEFAULT_THUMB = 256
 MULTIPART_SLACK = 64 * 1024  # form boundaries and fields around the image bytes
 SERVICE_KEY = "twice"
 
@@ -188,6 +192,7 @@ def _register_routes(app: Flask) -> None:
         return send_from_directory(STATIC_DIR, "index.html")
 
     @app.post("/search")
+    @documented(openapi.SEARCH)
     def search():
         if "image" in request.files or request.mimetype == "multipart/form-data":
             data, name = uploaded_image()
@@ -212,6 +217,7 @@ def _register_routes(app: Flask) -> None:
         return jsonify(response)
 
     @app.post("/images")
+    @documented(openapi.ADD_IMAGE)
     def add_image():
         if request.is_json:
             body = json_body()
@@ -230,11 +236,13 @@ def _register_routes(app: Flask) -> None:
         return jsonify(added), 201 if added["created"] else 200
 
     @app.get("/images/<image_id>")
+    @documented(openapi.GET_IMAGE)
     def get_image(image_id: str):
         row = service.get(parse_id(image_id))
         return jsonify(with_links(row.to_dict()))
 
     @app.get("/images/<image_id>/file")
+    @documented(openapi.GET_IMAGE_FILE)
     def get_image_file(image_id: str):
         row = service.get(parse_id(image_id))
         thumb = request.args.get("thumb")
@@ -250,20 +258,24 @@ def _register_routes(app: Flask) -> None:
         return response.make_conditional(request)
 
     @app.delete("/images/<image_id>")
+    @documented(openapi.DELETE_IMAGE)
     def delete_image(image_id: str):
-        row = service.delete(parse_id(image_id))
+        row = service.remove(parse_id(image_id))
         return jsonify({"deleted": row.to_dict()})
 
     @app.get("/health")
+    @documented(openapi.HEALTH)
     def health():
         facts = service.health()
         return jsonify(facts), 200 if facts["status"] == "ok" else 503
 
     @app.get("/stats")
+    @documented(openapi.STATS)
     def stats():
         return jsonify(service.stats())
 
     @app.get("/duplicates")
+    @documented(openapi.DUPLICATES)
     def duplicates():
         args = request.args
         try:
@@ -273,7 +285,7 @@ def _register_routes(app: Flask) -> None:
                 threshold=parse_float("threshold", args["threshold"]) if "threshold" in args else None,
                 include_variants=args.get("include_variants", "").lower() in TRUE_WORDS,
                 page=parse_int("page", args.get("page", 1), 1, 10**9),
-                per_page=parse_int("per_page", args.get("per_page", 50), 1, 1000),
+                per_page=parse_int("per_page", args.get("per_page", 50), 1, MAX_PER_PAGE),
             )
         except (IndexFileError, IndexMismatchError) as exc:  # before ValueError: a subclass
             raise NotReady(str(exc)) from exc
@@ -281,15 +293,16 @@ def _register_routes(app: Flask) -> None:
             raise BadRequest(str(exc)) from exc
         return jsonify(report)
 
-    @app.get("/openapi.json")
-    def openapi():
-        return jsonify(openapi_document(request.host_url.rstrip("/")))
+    @app.get("/openapi.json", endpoint="openapi")
+    @documented(openapi.OPENAPI)
+    def openapi_json():
+        return jsonify(openapi.openapi_document(app, request.host_url.rstrip("/"), __version__))
 
 
 def _register_errors(app: Flask) -> None:
-    @app.errorhandler(ServiceError)
-    def service_error(exc: ServiceError):
-        return error_body(exc.status, exc.code, exc.message)
+    @app.errorhandler(LibraryError)
+    def service_error(exc: LibraryError):
+        return error_body(http_status(exc), exc.code, exc.message)
 
     @app.errorhandler(ImageError)
     def image_error(exc: ImageError):
@@ -311,413 +324,6 @@ def _register_errors(app: Flask) -> None:
     def unexpected(exc: Exception):
         LOG.exception("unhandled error on %s %s", request.method, request.path)
         return error_body(500, "internal", "internal server error (details are in the server log)")
-
-
-# OpenAPI -------------------------------------------------------------------------------------
-
-
-def _error_response(description: str) -> dict:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-
-def _query_parameter(name: str, schema: dict) -> dict:
-    return {"name": name, "in": "query", "required": False, "schema": schema}
-
-
-def _json_response(description: str, schema: str) -> dict:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
-    }
-
-
-ID_PARAMETER = {
-    "name": "image_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 1},
-    "description": "catalog id of the image",
-}
-
-K_PARAMETER = {
-    "name": "k",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 1, "maximum": MAX_K, "default": DEFAULT_K},
-    "description": "how many results",
-}
-
-NULLABLE_STRING = {"type": "string", "nullable": True}
-NULLABLE_INT = {"type": "integer", "nullable": True}
-
-SCHEMAS = {
-    "Error": {
-        "type": "object",
-        "required": ["error"],
-        "properties": {
-            "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
-            }
-        },
-    },
-    "Image": {
-        "type": "object",
-        "required": ["id", "sha256", "source", "width", "height", "format", "bytes"],
-        "properties": {
-            "id": {"type": "integer"},
-            "sha256": {"type": "string"},
-            "path": {"type": "string", "description": "path inside the image store"},
-            "source": {"type": "string", "description": "original file path or URL"},
-            "page_url": NULLABLE_STRING,
-            "width": {"type": "integer"},
-            "height": {"type": "integer"},
-            "format": {"type": "string"},
-            "bytes": {"type": "integer"},
-            "parent_id": NULLABLE_INT,
-            "transform": NULLABLE_STRING,
-            "meta": {"type": "object", "nullable": True},
-            "added_at": NULLABLE_STRING,
-            "url": {"type": "string"},
-            "file_url": {"type": "string"},
-            "thumb_url": {"type": "string"},
-        },
-    },
-    "Result": {
-        "type": "object",
-        "required": ["id", "score", "verdict", "exact"],
-        "properties": {
-            "id": {"type": "integer"},
-            "path": {"type": "string", "description": "stored file on the server"},
-            "source": {"type": "string"},
-            "page_url": NULLABLE_STRING,
-            "score": {"type": "number", "description": "cosine similarity, higher is closer"},
-            "verdict": {"type": "string", "enum": ["duplicate", "similar", "different"]},
-            "exact": {"type": "boolean", "description": "the same bytes as the query"},
-            "width": {"type": "integer"},
-            "height": {"type": "integer"},
-            "format": {"type": "string"},
-            "bytes": {"type": "integer"},
-            "parent_id": NULLABLE_INT,
-            "transform": NULLABLE_STRING,
-            "evidence": {
-                "type": "object",
-                "description": "signals that fired (exact, hash, cnn), their values, the matched"
-                " rotation/flip (and hash.stored: the result's bright or dark view that the hash"
-                " matched, null for its plain hash), and which decided the verdict",
-                "properties": {
-                    "signals": {"type": "array", "items": {"type": "string"}},
-                    "decided_by": {"type": "array", "items": {"type": "string"}},
-                    "exact": {"type": "boolean"},
-                    "hash": {"type": "object", "nullable": True},
-                    "cnn": {
-                        "type": "object",
-                        "nullable": True,
-                        "description": "score and its own verdict; with a calibrated clear-match"
-                        " rule also margin (the score minus the best other family's) and clear"
-                        " (whether that rule made it a duplicate)",
-                    },
-                    "transform": NULLABLE_STRING,
-                    "summary": {"type": "string", "description": "the evidence in one line"},
-                },
-            },
-            "url": {"type": "string"},
-            "file_url": {"type": "string"},
-            "thumb_url": {"type": "string"},
-        },
-    },
-    "SearchResponse": {
-        "type": "object",
-        "required": ["query", "results", "model", "thresholds", "took_ms"],
-        "properties": {
-            "query": {
-                "type": "object",
-                "properties": {
-                    "source": {"type": "string"},
-                    "sha256": {"type": "string"},
-                    "width": {"type": "integer"},
-                    "height": {"type": "integer"},
-                    "format": {"type": "string"},
-                    "bytes": {"type": "integer"},
-                    "id": {"type": "integer"},
-                },
-            },
-            "results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
-            "model": {"type": "string"},
-            "thresholds": {
-                "type": "object",
-                "properties": {
-                    "duplicate": {"type": "number", "description": "CNN score for a duplicate"},
-                    "similar": {"type": "number"},
-                    "source": {"type": "string", "enum": ["default", "calibrated", "manual"]},
-                    "hash_duplicate": {"type": "integer", "description": "max hash bits for a duplicate"},
-                    "hash_similar": {"type": "integer"},
-                    "weights": {
-                        "type": "string",
-                        "enum": ["default", "calibrated"],
-                        "description": "source of the evidence weights that order results of one verdict",
-                    },
-                },
-            },
-            "took_ms": {"type": "number"},
-        },
-    },
-    "AddResponse": {
-        "type": "object",
-        "required": ["id", "created", "already_indexed", "match", "image"],
-        "properties": {
-            "id": {"type": "integer"},
-            "created": {"type": "boolean", "description": "a new catalog row was made"},
-            "already_indexed": {"type": "boolean", "description": "the same bytes or a duplicate was there"},
-            "match": {"type": "string", "enum": ["exact", "duplicate"], "nullable": True},
-            "duplicate_of": {
-                "type": "object",
-                "nullable": True,
-                "description": "the catalogued image a search for the upload calls its duplicate",
-                "properties": {
-                    "id": {"type": "integer"},
-                    "score": {"type": "number"},
-                    "verdict": {"type": "string"},
-                    "evidence": {"type": "object", "description": "as in a search result"},
-                },
-            },
-            "image": {"$ref": "#/components/schemas/Image"},
-            "url": {"type": "string"},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status", "version", "model", "index"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok", "not_ready"]},
-            "reason": NULLABLE_STRING,
-            "version": {"type": "string"},
-            "model": {"type": "object"},
-            "index": {"type": "object"},
-            "pid": {"type": "integer"},
-        },
-    },
-    "Stats": {
-        "type": "object",
-        "required": ["images", "vectors", "model", "ready"],
-        "properties": {
-            "images": {"type": "integer"},
-            "originals": {"type": "integer"},
-            "variants": {"type": "integer"},
-            "bytes": {"type": "integer"},
-            "formats": {"type": "object", "additionalProperties": {"type": "integer"}},
-            "vectors": {"type": "integer"},
-            "pending": {"type": "integer"},
-            "index_file_bytes": {"type": "integer"},
-            "model": {"type": "string"},
-            "thresholds": {"type": "object", "nullable": True},
-            "ready": {"type": "boolean"},
-            "reloads": {"type": "integer"},
-            "uptime_s": {"type": "number"},
-        },
-    },
-}
-
-ERRORS_COMMON = {
-    "400": _error_response("bad request: missing field, bad parameter"),
-    "503": _error_response("index not ready"),
-}
-
-IMAGE_ERRORS = {
-    "413": _error_response("image or request body too large"),
-    "415": _error_response("not an image"),
-    "422": _error_response("undecodable image, decompression bomb, or URL that cannot be fetched"),
-}
-
-MULTIPART_IMAGE = {
-    "type": "object",
-    "required": ["image"],
-    "properties": {"image": {"type": "string", "format": "binary"}},
-}
-
-
-def openapi_document(server_url: str = "") -> dict:
-    """An OpenAPI 3 description of every route."""
-    return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "twice",
-            "version": _version(),
-            "description": "Duplicate-aware image search: top-k neighbours with a verdict each.",
-        },
-        "servers": [{"url": server_url}] if server_url else [],
-        "paths": {
-            "/search": {
-                "post": {
-                    "summary": "Top-k neighbours of an uploaded image, a URL or a catalogued image",
-                    "parameters": [K_PARAMETER],
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {"schema": MULTIPART_IMAGE},
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "url": {"type": "string", "description": "http(s) image URL"},
-                                        "id": {"type": "integer", "minimum": 1},
-                                        "k": {"type": "integer", "minimum": 1, "maximum": MAX_K},
-                                    },
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "200": _json_response("results, best first", "SearchResponse"),
-                        "404": _error_response("unknown id"),
-                        **ERRORS_COMMON,
-                        **IMAGE_ERRORS,
-                    },
-                }
-            },
-            "/images": {
-                "post": {
-                    "summary": "Add one image and index it at once",
-                    "requestBody": {
-                        "required": True,
-                        "content": {
-                            "multipart/form-data": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["image"],
-                                    "properties": {
-                                        "image": {"type": "string", "format": "binary"},
-                                        "source": {"type": "string"},
-                                        "page_url": {"type": "string"},
-                                    },
-                                }
-                            },
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "required": ["url"],
-                                    "properties": {"url": {"type": "string"}, "page_url": {"type": "string"}},
-                                }
-                            },
-                        },
-                    },
-                    "responses": {
-                        "201": _json_response("added", "AddResponse"),
-                        "200": _json_response("the same bytes were already there", "AddResponse"),
-                        **ERRORS_COMMON,
-                        **IMAGE_ERRORS,
-                    },
-                }
-            },
-            "/images/{image_id}": {
-                "get": {
-                    "summary": "Metadata of one image",
-                    "parameters": [ID_PARAMETER],
-                    "responses": {
-                        "200": _json_response("the image row", "Image"),
-                        "400": _error_response("bad id"),
-                        "404": _error_response("unknown id"),
-                    },
-                },
-                "delete": {
-                    "summary": "Remove an image from the catalog, the index and the store",
-                    "parameters": [ID_PARAMETER],
-                    "responses": {
-                        "200": {
-                            "description": "deleted",
-                            "content": {
-                                "application/json": {
-                                    "schema": {
-                                        "type": "object",
-                                        "properties": {"deleted": {"$ref": "#/components/schemas/Image"}},
-                                    }
-                                }
-                            },
-                        },
-                        "404": _error_response("unknown id"),
-                        **ERRORS_COMMON,
-                    },
-                },
-            },
-            "/images/{image_id}/file": {
-                "get": {
-                    "summary": "The stored bytes, or a JPEG thumbnail",
-                    "parameters": [
-                        ID_PARAMETER,
-                        {
-                            "name": "thumb",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "integer",
-                                "minimum": THUMB_SIZES[0],
-                                "maximum": THUMB_SIZES[1],
-                            },
-                            "description": f"longest side of a JPEG thumbnail (1 or true: {DEFAULT_THUMB})",
-                        },
-                    ],
-                    "responses": {
-                        "200": {
-                            "description": "image bytes",
-                            "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
-                        },
-                        "304": {"description": "not modified (ETag)"},
-                        "400": _error_response("bad id or thumbnail size"),
-                        "404": _error_response("unknown id or missing file"),
-                        "422": _error_response("stored file cannot be decoded for a thumbnail"),
-                    },
-                }
-            },
-            "/health": {
-                "get": {
-                    "summary": "Model, index size and version",
-                    "responses": {
-                        "200": _json_response("ready", "Health"),
-                        "503": _json_response("no usable index yet", "Health"),
-                    },
-                }
-            },
-            "/duplicates": {
-                "get": {
-                    "summary": "Duplicate groups across the collection (the report's JSON), paginated",
-                    "parameters": [
-                        _query_parameter("threshold", {"type": "number", "minimum": -1, "maximum": 1}),
-                        _query_parameter("include_variants", {"type": "boolean"}),
-                        _query_parameter("page", {"type": "integer", "minimum": 1}),
-                        _query_parameter("per_page", {"type": "integer", "minimum": 1, "maximum": 1000}),
-                    ],
-                    "responses": {
-                        "200": {"description": "duplicate groups", "content": {"application/json": {}}},
-                        "400": _error_response("bad parameter"),
-                        "503": _error_response("no usable index yet"),
-                    },
-                }
-            },
-            "/stats": {
-                "get": {
-                    "summary": "Catalog and index counts",
-                    "responses": {"200": _json_response("counts", "Stats")},
-                }
-            },
-            "/openapi.json": {
-                "get": {
-                    "summary": "This document",
-                    "responses": {"200": {"description": "OpenAPI 3 document"}},
-                }
-            },
-        },
-        "components": {"schemas": SCHEMAS},
-    }
-
-
-def _version() -> str:
-    from twice.version import __version__
-
-    return __version__
 
 
 _app: Flask | None = None
