@@ -132,3 +132,16 @@ def test_importing_a_stage_does_not_load_the_model():
     code = "import sys, twice.indexer, twice.search.verdicts; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", ["QueryImage", "Match", "SearchResponse", "GroupMember", "DuplicateGroup"])
+def test_python_results_and_web_schemas_name_the_same_fields(name):
+    """The web's pydantic models document the JSON the library's dataclasses carry; the web
+    adds only its links (and the id of a query by id)."""
+    from dataclasses import fields
+
+    from twice.web import schemas
+
+    web_only = {"Match": set(schemas.Links.model_fields), "QueryImage": {"id"}}.get(name, set())
+    python = {f.name for f in fields(getattr(twice, name))}
+    assert python == set(getattr(schemas, name).model_fields) - web_only

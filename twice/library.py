@@ -196,7 +196,7 @@ class DuplicateGroup(JsonRecord):
     max_score: float | None
     min_score: float | None
     min_hash_distance: int | None
-    change: str | None  # new | grown | shrunk | same since the last recorded report
+    change: str | None  # new | grown | changed | unchanged since the last recorded report
     members: list[GroupMember]
 
     @property
