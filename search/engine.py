@@ -18,10 +18,10 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import torch
 
 from twice.hashing import (
     DIHEDRAL,
@@ -39,6 +39,9 @@ from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
 
 from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for
+
+if TYPE_CHECKING:
+    import torch
 
 LOG = logging.getLogger(__name__)
 
@@ -197,7 +200,7 @@ class SearchEngine:
         tensor = self.embedder.preprocess(image)
         if check_tta(tta) == "none":
             return self.embedder.embed_tensors(tensor[None]), DIHEDRAL[:1]
-        return self.embedder.embed_tensors(torch.stack(dihedral_tensors(tensor))), DIHEDRAL
+        return self.embedder.embed_tensors(dihedral_tensors(tensor)), DIHEDRAL
 
     def hash_matches(self, query_hashes: np.ndarray, radius: int) -> list[HashMatch]:
         """Catalogued images within ``radius`` bits of any view of the query, nearest first."""
@@ -316,17 +319,18 @@ class SearchEngine:
 
 
 def dihedral_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """The (C, H, W) tensor in each ``DIHEDRAL`` view, in that order."""
+    """The (C, H, W) tensor in each ``DIHEDRAL`` view, in that order (tensor methods only, so
+    importing the engine does not import torch)."""
     transposed = tensor.transpose(1, 2)
     return [
         tensor,
-        torch.rot90(tensor, -1, dims=(1, 2)),  # clockwise
-        torch.rot90(tensor, 2, dims=(1, 2)),
-        torch.rot90(tensor, 1, dims=(1, 2)),
-        torch.flip(tensor, dims=(2,)),
-        torch.flip(tensor, dims=(1,)),
+        tensor.rot90(-1, dims=(1, 2)),  # clockwise
+        tensor.rot90(2, dims=(1, 2)),
+        tensor.rot90(1, dims=(1, 2)),
+        tensor.flip(dims=(2,)),
+        tensor.flip(dims=(1,)),
         transposed,
-        torch.flip(transposed, dims=(1, 2)),
+        transposed.flip(dims=(1, 2)),
     ]
 
 

@@ -129,7 +129,7 @@ def test_open_refuses_an_unknown_option():
 
 
 def test_importing_a_stage_does_not_load_the_model():
-    code = "import sys, twice.indexer, twice.search.verdicts; print('torch' in sys.modules)"
+    code = "import sys, twice.indexer, twice.search, twice.web.app; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 

@@ -50,7 +50,7 @@ LOG = logging.getLogger(__name__)
 THRESHOLDS_TTL = 30.0  # seconds between re-reads of the calibrated thresholds
 
 
-class LibraryError(Exception):
+class LibraryError(RuntimeError):
     """A request the library cannot answer; ``code`` names the kind for machines (the web
     service's JSON error code)."""
 
