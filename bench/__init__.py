@@ -2,30 +2,24 @@
 
 ``bench quality`` builds a seeded benchmark set (originals, distractors, never-indexed
 negatives), indexes it with the real reindex path and queries transformed copies through the
-real search path; ``bench speed`` measures the model, reindex, query latency and FAISS.
+real search path; ``bench speed`` measures the model, reindex, query latency and FAISS;
+``bench report`` times the duplicate report on synthetic collections.
 Results land in ``bench/results/`` as JSON plus a markdown table.
 """
 
-from .machine import MemoryProbe, machine_facts
-from .metrics import MethodScores, QueryOutcome, summarise
-from .quality import QualityConfig, run_quality
-from .results import RESULTS_DIR, markdown_table, write_results
-from .sources import BenchSet, build_bench_set
-from .speed import SpeedConfig, run_speed
+import lazy_loader
 
-__all__ = [
-    "RESULTS_DIR",
-    "BenchSet",
-    "MemoryProbe",
-    "MethodScores",
-    "QualityConfig",
-    "QueryOutcome",
-    "SpeedConfig",
-    "build_bench_set",
-    "machine_facts",
-    "markdown_table",
-    "run_quality",
-    "run_speed",
-    "summarise",
-    "write_results",
-]
+# Names load on first use: a report stage's fresh process imports bench.report alone, so its
+# baseline memory is not torch's.
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "machine": ["MemoryProbe", "machine_facts"],
+        "metrics": ["MethodScores", "QueryOutcome", "summarise"],
+        "quality": ["QualityConfig", "run_quality"],
+        "report": ["ReportConfig", "run_report_bench"],
+        "results": ["RESULTS_DIR", "markdown_table", "write_results"],
+        "sources": ["BenchSet", "build_bench_set"],
+        "speed": ["SpeedConfig", "run_speed"],
+    },
+)

@@ -1,4 +1,4 @@
-"""``twice bench setup | quality | speed`` (or ``python -m bench ...``): the figures the README
+"""``twice bench setup | quality | speed | report`` (or ``python -m bench ...``): the figures the README
 quotes, from one command. bench/ lives in the checkout and is not installed with twice."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from pathlib import Path
 
 from twice.augment.sources import APT_SOURCES, SOURCE_NAMES, ensure_apt_sources
 from twice.options import Options
+from twice.search.pairs import METHODS
 
 from .quality import QualityConfig, run_quality
+from .report import INDEX_KINDS, ReportConfig, all_found, bench_row, run_report_bench
 from .results import RESULTS_DIR, command_line, write_results
 from .sources import DEFAULT_TRANSFORMS
 from .speed import SpeedConfig, run_speed
@@ -25,7 +27,8 @@ QUICK_IMAGE_SIZE = 64  # --quick: the real code paths at a size two cores run in
 DESCRIPTION = (
     "Reproducible figures: `bench quality` (recall per transform, duplicate"
     " precision/recall, against a random-init VGG-16 and imagededup's PHash) and `bench speed`"
-    " (model, reindex, query latency, FAISS). --quick is a smoke test sized for CI."
+    " (model, reindex, query latency, FAISS), `bench report` (the duplicate report on synthetic"
+    " collections of 10k to 1M vectors). --quick is a smoke test sized for CI."
 )
 
 
@@ -112,6 +115,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cli-process", action="store_true", help="skip timing a whole `twice search` process"
     )
     sp.set_defaults(func=run_speed_command)
+
+    r = sub.add_parser(
+        "report",
+        help="the duplicate report at scale: full and incremental runs on synthetic vectors",
+        description="Time `twice report` (its CNN side) on synthetic collections: random unit vectors"
+        " with 1 % planted near-duplicate groups in a real catalog and index; a full report, 1 %"
+        " more vectors, an incremental report; peak memory per stage; whether the planted groups"
+        " were found. Exits 1 when a run misses a planted group.",
+    )
+    r.add_argument(
+        "--sizes", required=True, metavar="N[,N...]", help="vector counts, at least 100 (e.g. 10000,100000)"
+    )
+    r.add_argument(
+        "--index",
+        default=",".join(INDEX_KINDS),
+        metavar="KINDS",
+        help=f"comma-separated index kinds (default {','.join(INDEX_KINDS)})",
+    )
+    r.add_argument("--dim", type=int, default=256, help="vector dimension (default 256)")
+    r.add_argument(
+        "--method", choices=METHODS, default="knn", help="pair search: k-NN with a cut-off (default) or range"
+    )
+    r.add_argument("--nprobe", type=int, help="IVF lists searched per vector (default: the index's)")
+    r.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help=f"where results go (default {RESULTS_DIR})"
+    )
+    r.add_argument(
+        "--work-dir",
+        type=Path,
+        help="build the collections in a temporary folder here (default: the data directory)",
+    )
+    r.add_argument("--tag", help="name this run's results report-TAG, so they do not replace report.md")
+    r.set_defaults(func=run_report_command)
     return p
 
 
@@ -180,7 +216,7 @@ def _kind(args) -> str:
         if not all(c.isalnum() or c in "-_." for c in args.tag):
             raise ValueError(f"--tag may hold letters, digits, '-', '_' and '.', got {args.tag!r}")
         words.append(args.tag)
-    if args.quick:
+    if getattr(args, "quick", False):
         words.append("quick")
     return "-".join(words)
 
@@ -263,3 +299,24 @@ def run_speed_command(args, options) -> int:
     print(markdown)
     print(f"\nresults: {json_path}, {md_path}")
     return 0
+
+
+def run_report_command(args, options) -> int:
+    config = ReportConfig(
+        sizes=_ints("sizes", args.sizes) or (),
+        indexes=_csv(args.index) or (),
+        dim=args.dim,
+        method=args.method,
+        nprobe=args.nprobe,
+        work_dir=args.work_dir or Path(options.data_dir),
+    )
+    kind = _kind(args)  # a bad --tag fails now, not after the runs
+
+    def show(result: dict) -> None:
+        print(bench_row(result), flush=True)
+
+    payload, markdown = run_report_bench(config, command_line(), on_run=show)
+    json_path, md_path = write_results(kind, payload, markdown, args.results_dir)
+    print(markdown)
+    print(f"\nresults: {json_path}, {md_path}")
+    return 0 if all_found(payload) else 1

@@ -39,8 +39,10 @@ from twice.hashing import (
 from twice.indexer import Catalog, ImageRow, Indexer, IndexFileError, IndexMismatchError
 from twice.indexer.catalog import load_stored_hashes
 from twice.search.pairs import chains_from, find_pairs, group_pairs, pair_graph, plant_groups
-from twice.search.report import build_report, pick_original, render, report_csv
+from twice.search.report import build_report
+from twice.search.report_groups import pick_original
 from twice.search.report_hashes import pair_evidence, pair_match, pairs_touching
+from twice.search.report_render import render, report_csv
 
 DIM = 64
 MODEL = "test-model-v1"

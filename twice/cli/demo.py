@@ -14,7 +14,7 @@ from twice.indexer import Catalog, Indexer, reindex
 from twice.model import Embedder
 from twice.search import SearchEngine
 from twice.search.calibrate import calibrate
-from twice.search.report import variant_parents
+from twice.search.report_groups import variant_parents
 
 from .commands import help_for
 from .index import print_results

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from pydantic.json_schema import SkipJsonSchema
 
 from twice.search import MAX_K
-from twice.search.report import MAX_PER_PAGE
+from twice.search.report_render import MAX_PER_PAGE
 from twice.web.service import THUMB_SIZES
 
 DEFAULT_K = 10
