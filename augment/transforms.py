@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from twice.hashing import shifted
+
 LOG = logging.getLogger(__name__)
 
 ORIGINAL_FOUR = ("rotate", "mirror", "bright", "dark")
@@ -170,18 +172,12 @@ def flip(image: Image.Image) -> Image.Image:
     return image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
 
 
-def shift(image: Image.Image, amount: int) -> Image.Image:
-    """Add ``amount`` to every channel of every pixel, clipped to 0..255."""
-    pixels = np.asarray(image, dtype=np.int16) + amount
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
 def bright(image: Image.Image, amount: int = 100) -> Image.Image:
-    return shift(image, amount)
+    return shifted(image, amount)  # the same pixels as the catalog's stored bright view
 
 
 def dark(image: Image.Image, amount: int = 50) -> Image.Image:
-    return shift(image, -amount)
+    return shifted(image, -amount)
 
 
 def gray(image: Image.Image) -> Image.Image:

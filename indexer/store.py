@@ -53,7 +53,7 @@ class Indexer:
         self.dim = dim
         self._vectors: VectorIndex | None = None
         self._rebuilding = False
-        self._disk_stamp: tuple[int, int, int] | None = None
+        self._disk_stamp: FileStamp | None = None
         self._lock = threading.RLock()
 
     @property
@@ -72,7 +72,7 @@ class Indexer:
 
     def _open_vectors(self) -> tuple[VectorIndex, bool]:
         fresh = VectorIndex(self.model_version, self.dim, flat_limit=self.options.flat_limit)
-        self._disk_stamp = file_stamp(self.index_path)  # before reading: a later change is seen
+        self._disk_stamp = FileStamp.of(self.index_path)  # before reading: a later change is seen
         if self._disk_stamp is None:
             return fresh, False
         header = VectorIndex.read_header(self.index_path)
@@ -174,7 +174,7 @@ class Indexer:
         with self._lock, self._file_lock():
             self._merge_from_disk()
             self.vectors.save(self.index_path)
-            self._disk_stamp = file_stamp(self.index_path)
+            self._disk_stamp = FileStamp.of(self.index_path)
             self._rebuilding = False
             self.catalog.set_index_record(
                 self.model_version, self.dim, self.vectors.index_type, len(self.vectors)
@@ -193,7 +193,7 @@ class Indexer:
 
     def _merge_from_disk(self) -> None:
         """Add vectors that another writer saved since we read the file (rows still catalogued)."""
-        if file_stamp(self.index_path) in (None, self._disk_stamp):
+        if FileStamp.of(self.index_path) in (None, self._disk_stamp):
             return
         try:
             other = VectorIndex.load(self.index_path, self.model_version, self.dim)
@@ -208,13 +208,23 @@ class Indexer:
             self.vectors.add(live, xb[np.searchsorted(ids, live)])
 
 
-def file_stamp(path: Path) -> tuple[int, int, int] | None:
-    """(inode, mtime_ns, size) of a file, None when absent: changes on every atomic replace."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+@dataclass(frozen=True)
+class FileStamp:
+    """Identity of one version of a file: a rename changes the inode, a rewrite mtime or size,
+    so every atomic replace gives a new stamp."""
+
+    inode: int
+    mtime_ns: int
+    size: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp | None:
+        """The file's stamp now, None when it is absent."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        return cls(stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 def image_hashes(image) -> dict[str, int | None]:

@@ -21,7 +21,7 @@ from conftest import make_options
 from imagegen import image_bytes, make_image, write_images
 from twice.files import atomic_write
 from twice.indexer import Catalog, VectorIndex, reindex
-from twice.library import FileStamp
+from twice.indexer.store import FileStamp
 from twice.web import app as api
 from twice.web.service import SearchService
 

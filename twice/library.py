@@ -18,7 +18,6 @@ from __future__ import annotations
 import fcntl
 import io
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +40,7 @@ from twice.indexer import (
     ReindexSummary,
     reindex,
 )
+from twice.indexer.store import FileStamp
 from twice.options import Options
 from twice.search import SearchEngine, build_report
 from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
@@ -89,23 +89,6 @@ def from_json(cls, data: dict):
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {sorted(unknown)}")
     return cls(**data)
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """Identity of one version of a file: a rename changes the inode, a rewrite mtime or size."""
-
-    inode: int
-    mtime_ns: int
-    size: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileStamp | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            return None
-        return cls(st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class JsonRecord:
@@ -277,15 +260,21 @@ class Library:
         """The ``k`` nearest indexed images to ``image`` (a path, encoded bytes, a PIL image or
         an RGB uint8 array), each with a verdict and its evidence; ``source`` names the query
         in the response (default: the path, or what kind of object it was)."""
+        return SearchResponse.from_json(self.search_json(image, k, tta, source))
+
+    def search_json(
+        self, image: ImageInput, k: int = 10, tta: str | None = None, source: str | None = None
+    ) -> dict:
+        """``search`` as the JSON object (what the web service sends, without a round trip
+        through the dataclasses)."""
         engine = self.engine()
         if isinstance(image, str | Path):
             path = Path(image).expanduser()
             response = engine.search_file(path, k, tta=tta)
             response["query"]["source"] = source or str(path)
-        else:
-            data, kind = encoded(image)
-            response = engine.search_bytes(data, k, source=source or kind, tta=tta)
-        return SearchResponse.from_json(response)
+            return response
+        data, kind = encoded(image)
+        return engine.search_bytes(data, k, source=source or kind, tta=tta)
 
     def duplicates(
         self, threshold: float | None = None, include_variants: bool = False
@@ -304,10 +293,9 @@ class Library:
         """Build the embedder and load the index (idempotent; called lazily by every method)."""
         if self._opened:
             return self
-        embedder = self.embedder
+        self.embedder  # noqa: B018 - build the model first, outside the open lock
         with self._open_lock:
             if not self._opened:
-                self._embedder = embedder
                 self._catalog = Catalog(self.options.catalog_url)
                 with self._write_lock:
                     self._load(FileStamp.of(self.index_path))

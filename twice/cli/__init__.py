@@ -21,11 +21,9 @@ from .commands import COMMANDS
 LOG = logging.getLogger("twice")
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="twice",
-        description="Duplicate-aware image search: index folders, find copies and near-copies.",
-    )
+def global_options() -> argparse.ArgumentParser:
+    """The options that come before the subcommand."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--version", action="version", version=f"twice {__version__}")
     parser.add_argument(
         "--data-dir",
@@ -36,6 +34,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     parser.add_argument(
         "-q", "--quiet", action="store_true", help="warnings and errors only, no progress bars"
+    )
+    return parser
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twice",
+        description="Duplicate-aware image search: index folders, find copies and near-copies.",
+        parents=[global_options()],
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = chosen_command(argv or [])
@@ -48,15 +55,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def chosen_command(argv: list[str]) -> str | None:
-    """The subcommand in ``argv``: the first word that is not a global option or its value."""
-    takes_value = {"--data-dir", "--checkpoint", "--device"}
-    words = iter(argv)
-    for word in words:
-        if word in takes_value:
-            next(words, None)
-        elif not word.startswith("-"):
-            return word if word in COMMANDS else None
-    return None
+    """The subcommand in ``argv``: the first word after the global options and their values
+    (read by the same option definitions; any mistake there is left for the full parse)."""
+    probe = argparse.ArgumentParser(add_help=False, parents=[global_options()], exit_on_error=False)
+    probe.add_argument("command", nargs="?")
+    probe.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        command = probe.parse_known_args(argv)[0].command
+    except argparse.ArgumentError:
+        return None
+    return command if command in COMMANDS else None
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

@@ -59,7 +59,7 @@ def run_reindex(args, options) -> int:
 
 def run_search(args, options) -> int:
     with Library(options) as library:
-        response = library.search(args.image, args.k, tta=args.tta).to_dict()
+        response = library.search_json(args.image, args.k, tta=args.tta)
     if args.json:
         print(json.dumps(response, indent=2))
     else:

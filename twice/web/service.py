@@ -159,18 +159,18 @@ class SearchService(Library):
 
     def search_bytes(self, data: bytes, k: int = 10, source: str = "<upload>") -> dict:
         k = check_k(k)
-        return self.search(data, k, source=source).to_dict()
+        return self.search_json(data, k, source=source)
 
     def search_url(self, url: str, k: int = 10) -> dict:
         k = check_k(k)
         self.engine()  # not ready: say so before fetching anything
-        return self.search(self.fetch(url), k, source=url).to_dict()
+        return self.search_json(self.fetch(url), k, source=url)
 
     def search_id(self, image_id: int, k: int = 10) -> dict:
         k = check_k(k)
         self.engine()
         row = self.get(image_id)
-        result = self.search(self.read_file(row), k, source=row.source).to_dict()
+        result = self.search_json(self.read_file(row), k, source=row.source)
         result["query"]["id"] = row.id
         return result
 
