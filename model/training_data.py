@@ -23,18 +23,14 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from twice.augment import RandomAugment, Step, make_collection
-from twice.augment.sources import HELD_OUT_DRAW, drawn_names
+from twice.augment.sources import APT_SOURCES, HELD_OUT_DRAW, SOURCE_NAMES, drawn_names
 from twice.imageio import ImageError, iter_image_files, load_image
 
 from .embedder import Preprocess
 
 LOG = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "skimage", "openclipart", "tuxpaint")
-DEBIAN_FOLDERS = {
-    "openclipart": (Path("/usr/share/openclipart/png"), "openclipart-png"),
-    "tuxpaint": (Path("/usr/share/tuxpaint/stamps"), "tuxpaint-stamps-default"),
-}
+SOURCES = SOURCE_NAMES  # the same built-in sources the bench draws from
 SYNTHETIC_SEED = 1000
 # scikit-image loader name -> its file name, where they differ (the bench names loaders).
 SKIMAGE_FILE_STEMS = {
@@ -117,7 +113,7 @@ def gather_paths(sources: Sources, cache_dir: Path) -> dict[str, list[Path]]:
         elif name == "skimage":
             paths = _drop_excluded(name, skimage_samples(), excluded.get(name, set()))
         else:
-            folder, package = DEBIAN_FOLDERS[name]
+            package, folder = APT_SOURCES[name]
             if not folder.is_dir():
                 LOG.warning("source %s skipped: %s not found (apt-get install %s)", name, folder, package)
                 continue
@@ -137,7 +133,7 @@ def _drop_excluded(source: str, paths: list[Path], names: set[str]) -> list[Path
         stems = names | {SKIMAGE_FILE_STEMS.get(n, n) for n in names}
         kept = [p for p in paths if p.stem not in stems]
     else:
-        root = DEBIAN_FOLDERS[source][0]
+        root = APT_SOURCES[source][1]
         kept = [p for p in paths if str(p.relative_to(root)) not in names]
     LOG.info("source %s: %d files the bench uses left out of training", source, len(paths) - len(kept))
     return kept

@@ -439,3 +439,12 @@ def test_the_random_init_competitor_is_the_weights_twice_falls_back_to(tmp_path,
     assert info == embedder.weights
     for mine, theirs in zip(embedder.net.state_dict().values(), fallback.state_dict().values(), strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_the_default_quality_run_draws_what_training_leaves_out():
+    from bench.quality import QualityConfig
+    from twice.augment.sources import HELD_OUT_DRAW
+
+    cfg = QualityConfig()
+    drawn = (cfg.sources, cfg.originals + cfg.distractors + cfg.negatives, cfg.seed)
+    assert drawn == (HELD_OUT_DRAW.sources, HELD_OUT_DRAW.total, HELD_OUT_DRAW.seed)

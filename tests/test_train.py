@@ -17,11 +17,11 @@ import torch
 
 from conftest import make_options
 from imagegen import make_image, write_images
+from twice.augment.sources import APT_SOURCES
 from twice.cli import main
 from twice.model import Embedder
 from twice.model.train import TrainConfig, Trainer, build_trainer, evaluate, lr_factor
 from twice.model.training_data import (
-    DEBIAN_FOLDERS,
     PairDataset,
     Sources,
     epoch_order,
@@ -198,7 +198,7 @@ def test_bad_and_tiny_files_are_skipped_and_counted(tmp_path, caplog):
 
 
 def test_sources_generated_bundled_and_missing(tmp_path, caplog, monkeypatch):
-    monkeypatch.setitem(DEBIAN_FOLDERS, "tuxpaint", (tmp_path / "no-stamps", "tuxpaint-stamps-default"))
+    monkeypatch.setitem(APT_SOURCES, "tuxpaint", ("tuxpaint-stamps-default", tmp_path / "no-stamps"))
     with caplog.at_level(logging.WARNING):
         found = gather_paths(Sources(["synthetic", "tuxpaint"], synthetic_count=3), tmp_path / "cache")
     # Collection 1000, not the bench's collection 0: training never sees the bench's images.
