@@ -51,11 +51,13 @@ MAX_K = 100
 CONTEXT_K = 32
 MIN_LOOKUP_RADIUS = DEFAULT_HASH_SIMILAR  # bits; the multi-index probes the same buckets up to 15
 TTA_MODES = ("none", "d4")
-# Measured on the shared 2-core CPU, VGG-16 at 128 px, 200 originals (issue 7 report): d4 puts
-# p50 at 1.9 s against 0.48 s (4x) and lifts no recall@1 over the hash, which already finds
-# every turned and flipped copy (rotate/mirror 1.00 with or without d4; CNN alone 0.70/0.85).
-# So it is off unless asked for; it earns its cost only for turned copies the hash misses.
-DEFAULT_TTA = "none"
+
+
+def default_tta(embedder) -> str:
+    """d4 for a single-view model: the query's 8 turns/flips are searched, so a turned or
+    mirrored copy meets its original's stored view exactly, whatever the weights learned. A
+    d4-pooled model is invariant by itself: one view is enough."""
+    return "d4" if getattr(embedder.net, "invariance", "d4") == "none" else "none"
 
 
 class SearchEngine:
@@ -68,20 +70,20 @@ class SearchEngine:
         vectors: VectorIndex,
         embedder,
         thresholds: Thresholds,
-        tta: str = DEFAULT_TTA,
+        tta: str | None = None,
     ) -> None:
         self.options = options
         self.catalog = catalog
         self.vectors = vectors
         self.embedder = embedder
         self.thresholds = thresholds
-        self.tta = check_tta(tta)
+        self.tta = default_tta(embedder) if tta is None else check_tta(tta)
         self._hashes = HashIndex()
         self._hashes_after = 0  # the highest catalog id already in self._hashes
         self._hash_lock = threading.Lock()
 
     @classmethod
-    def open(cls, options, embedder, tta: str = DEFAULT_TTA) -> SearchEngine:
+    def open(cls, options, embedder, tta: str | None = None) -> SearchEngine:
         """Load the saved index for ``embedder``'s model version (GPU when present)."""
         catalog = Catalog(options.catalog_url)
         vectors = load_vectors_for_search(options, embedder.version, embedder.dim)

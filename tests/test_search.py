@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from imagegen import image_bytes, make_image, write_images
 from twice.cli import main
@@ -104,3 +105,19 @@ def test_cli_search_prints_the_stored_clear_match_rule(cli_env, capsys):
     assert main(["-q", "search", str(paths[1]), "-k", "2"]) == 0
     out = capsys.readouterr().out
     assert "duplicate: hash <= 2 or CNN >= 0.8000 or (CNN >= 0.5500 and 0.2500 clear of other images)" in out
+
+
+def test_a_single_view_model_searches_the_query_turns_by_default(tmp_path, options):
+    """One stored view per image; the query's 8 turns/flips are searched, so a turned copy
+    meets its original's view exactly even with random weights."""
+    single = options.with_overrides(invariance="none")
+    embedder = Embedder.from_options(single)
+    paths = write_images(tmp_path / "in", 4)
+    reindex([str(tmp_path / "in")], single, embedder=embedder, progress=False)
+    engine = SearchEngine.open(single, embedder)
+    turned = make_image(2).transpose(Image.Transpose.ROTATE_90)
+    response = engine.search_bytes(image_bytes(turned), k=1)
+    assert response["tta"] == "d4"
+    top = response["results"][0]
+    assert top["source"] == str(paths[2]) and top["score"] > 0.999
+    assert engine.search_bytes(image_bytes(turned), k=1, tta="none")["tta"] == "none"

@@ -35,8 +35,9 @@ def register(subparsers) -> None:
     p.add_argument(
         "--tta",
         choices=["none", "d4"],
-        default="none",
-        help="d4: also embed the query's 8 turns/flips and keep each result's best score (8x CNN time)",
+        default=None,
+        help="d4: embed the query's 8 turns/flips and keep each result's best score (8x CNN time);"
+        " default: d4 for a single-view model, none for a d4-pooled one",
     )
     p.add_argument("--json", action="store_true", help="print the full response as JSON")
     p.set_defaults(func=run_search)
