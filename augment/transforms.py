@@ -21,12 +21,14 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from twice.hashing import shifted
 
+from .drawings import CAPTION_POSITIONS, caption, screenshot, sticker
+from .fills import FILLS, HEX_COLOUR, colour_rgb, frame, warp
+
 LOG = logging.getLogger(__name__)
 
 ORIGINAL_FOUR = ("rotate", "mirror", "bright", "dark")
 # Characters that separate specs (",") and parameters (":") cannot appear in text.
 SEPARATORS = ",:"
-WHITE = (255, 255, 255)
 
 
 @dataclass(frozen=True)
@@ -39,16 +41,19 @@ class Param:
     low: float | None = None
     high: float | None = None
     choices: tuple | None = None
+    colour: bool = False  # a str parameter that takes an ``rrggbb`` colour as well as its choices
 
     def describe(self) -> str:
         if self.choices:
-            return "|".join(str(c) for c in self.choices)
+            return "|".join(str(c) for c in self.choices) + ("|RRGGBB" if self.colour else "")
         if self.kind is str:
             return self.name.upper()
         return f"{format_number(self.low)}..{format_number(self.high)}"
 
     def describe_with_default(self) -> str:
         """``AMOUNT 1..255, default 100``; a default outside the range is a "not given" marker."""
+        if self.colour:
+            return f"{self.name.upper()} {self.describe()}, default {self.default}"
         if self.kind is str:
             return f"{self.name.upper()} default {self.default!r}"
         text = f"{self.name.upper()} {self.describe()}"
@@ -58,6 +63,10 @@ class Param:
     def parse(self, text: str, spec: str) -> object:
         """The value of ``text`` for this parameter, or ValueError naming spec and range."""
         value = self._convert(text.strip(), spec)
+        if self.colour and HEX_COLOUR.fullmatch(value.lower().removeprefix("#")):
+            return value.lower().removeprefix("#")
+        if self.kind is str and self.choices is not None:
+            value = value.lower()  # like the transform names
         if self.choices is not None and value not in self.choices:
             raise ValueError(
                 f"transform {spec!r}: {self.name} must be one of {self.describe()}, not {text!r}"
@@ -94,15 +103,17 @@ class Transform:
     params: tuple[Param, ...]
     exact: bool  # pixel-exact and lossless: stored as PNG, tested against hand values
     help: str
+    # values -> the one canonical tuple of values that make the same pixels (e.g. border's sides)
+    normalise: Callable[[tuple], tuple] | None = None
 
     def usage(self) -> str:
         """``crop[:FRACTION[:SEED]]``; choices are spelled out: ``rotate[:90|180|270]``."""
-        names = [p.describe() if p.choices else p.name.upper() for p in self.params]
+        names = [p.describe() if p.choices and not p.colour else p.name.upper() for p in self.params]
         return self.name + "".join(f"[:{n}" for n in names) + "]" * len(names)
 
     def describe(self) -> str:
         """The help text plus each parameter's range and default."""
-        ranges = "; ".join(p.describe_with_default() for p in self.params if not p.choices)
+        ranges = "; ".join(p.describe_with_default() for p in self.params if not p.choices or p.colour)
         return f"{self.help} ({ranges})" if ranges else self.help
 
 
@@ -219,9 +230,149 @@ def blur(image: Image.Image, sigma: float = 2.0) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius=sigma))  # Pillow's radius is the sigma
 
 
-def tilt(image: Image.Image, degrees: float = 10.0) -> Image.Image:
-    """Rotate by a small angle (clockwise for positive, like ``rotate``) on an expanded white canvas."""
-    return image.rotate(-degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=WHITE)
+def tilt(
+    image: Image.Image, degrees: float = 10.0, fill: str = "white", canvas: str = "expand"
+) -> Image.Image:
+    """Rotate by a small angle (clockwise for positive, like ``rotate``); the corners get
+    ``fill``. ``expand`` grows the canvas to hold the whole picture; ``same`` keeps the size
+    and cuts the picture's corners off, as Pillow's and OpenCV's rotations do by default."""
+    expand = canvas == "expand"
+    if fill not in ("edge", "blur"):
+        resample = Image.Resampling.BICUBIC
+        return image.rotate(-degrees, resample=resample, expand=expand, fillcolor=colour_rgb(fill))
+    size, coeffs = rotation(image.size, -degrees, expand)
+    return warp(image, size, coeffs, fill)
+
+
+def rotation(
+    size: tuple[int, int], degrees: float, expand: bool
+) -> tuple[tuple[int, int], tuple[float, ...]]:
+    """The canvas size and the output-to-input affine map of ``Image.rotate(degrees, expand=)``
+    (counter-clockwise degrees, about the centre), worked out as Pillow does, so the edge and
+    blur fills move the picture exactly as the colour fills do."""
+    w, h = size
+    angle = -math.radians(degrees % 360.0)
+    a, b = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    c = a * -w / 2 + b * -h / 2 + w / 2
+    f = -b * -w / 2 + a * -h / 2 + h / 2
+    if expand:
+        xs = [a * x + b * y + c for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
+        ys = [-b * x + a * y + f for x, y in ((0, 0), (w, 0), (w, h), (0, h))]
+        nw, nh = math.ceil(max(xs)) - math.floor(min(xs)), math.ceil(max(ys)) - math.floor(min(ys))
+        dx, dy = -(nw - w) / 2.0, -(nh - h) / 2.0
+        c, f = a * dx + b * dy + c, -b * dx + a * dy + f
+        w, h = nw, nh
+    return (w, h), (a, b, c, -b, a, f)
+
+
+def perspective(image: Image.Image, strength: float = 0.2, seed: int = 0, fill: str = "black") -> Image.Image:
+    """A keystone, as a photo of a screen or print taken at an angle: one side (drawn from
+    ``seed``) shrinks by ``strength`` of its length towards its middle, the other corners
+    wander by up to a tenth of that; the size stays, the margins get ``fill``."""
+    rng = np.random.default_rng(seed)
+    w, h = image.size
+    corners = np.array([(0, 0), (w, 0), (w, h), (0, h)], dtype=float)  # clockwise from top-left
+    side = int(rng.integers(4))  # top, right, bottom, left: corners side and side + 1
+    ends = [side, (side + 1) % 4]
+    along = corners[ends[1]] - corners[ends[0]]
+    moved = corners.copy()
+    moved[ends[0]] += along * strength / 2
+    moved[ends[1]] -= along * strength / 2
+    moved += rng.uniform(-1, 1, (4, 2)) * strength * 0.1 * np.array([w, h])
+    moved = np.clip(moved, 0, [w, h])
+    return warp(image, (w, h), homography(moved, corners), fill)
+
+
+def homography(src: np.ndarray, dst: np.ndarray) -> tuple[float, ...]:
+    """The 8 projective coefficients that take the 4 points ``src`` onto ``dst``."""
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(src, dst, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rhs += [u, v]
+    return tuple(float(v) for v in np.linalg.solve(np.array(rows), np.array(rhs)))
+
+
+def border(
+    image: Image.Image,
+    fill: str = "black",
+    top: float = 0.05,
+    right: float = -1.0,
+    bottom: float = -1.0,
+    left: float = -1.0,
+) -> Image.Image:
+    """Margins of ``fill``, each a fraction of its side (top and bottom of the height, left and
+    right of the width), given as in CSS: one width for all sides, top/bottom then
+    left/right, top then left/right then bottom, or all four clockwise from the top."""
+    top, right, bottom, left = border_sides(top, right, bottom, left)
+    w, h = image.size
+    return frame(image, round(left * w), round(top * h), round(right * w), round(bottom * h), fill)
+
+
+def border_sides(top: float, right: float, bottom: float, left: float) -> tuple[float, float, float, float]:
+    """The four widths of CSS shorthand, where a negative width means "not given"."""
+    right = top if right < 0 else right
+    bottom = top if bottom < 0 else bottom
+    left = right if left < 0 else left
+    return top, right, bottom, left
+
+
+def shortest_border(values: tuple) -> tuple:
+    """border's values in their shortest CSS form, so that equal borders have one spec."""
+    fill, *sides = values
+    top, right, bottom, left = border_sides(*sides)
+    shown = [top, right, bottom, left]
+    if left == right:
+        shown[3] = -1.0
+        if bottom == top:
+            shown[2] = -1.0
+            if right == top:
+                shown[1] = -1.0
+    return (fill, *shown)
+
+
+def pad(image: Image.Image, aspect: float = 1.0, fill: str = "black") -> Image.Image:
+    """Bars of ``fill`` on two opposite sides until width / height is ``aspect``: above and
+    below (letterbox) when the picture is wider than that, left and right (pillarbox) when it
+    is narrower; split evenly, the odd pixel below or right."""
+    w, h = image.size
+    if w / h > aspect:
+        extra = max(0, round(w / aspect) - h)
+        return frame(image, 0, extra // 2, 0, extra - extra // 2, fill)
+    extra = max(0, round(h * aspect) - w)
+    return frame(image, extra // 2, 0, extra - extra // 2, 0, fill)
+
+
+def cropbox(
+    image: Image.Image, area: float = 0.6, aspect: float = 1.0, x: float = 0.5, y: float = 0.5
+) -> Image.Image:
+    """Keep a box of ``area`` of the picture's area whose width / height is ``aspect`` times
+    the picture's, at ``x``, ``y`` of the room left over (0 left / top, 1 right / bottom).
+    Where the box would be wider or taller than the picture, it takes the full side and keeps
+    the area."""
+    box = cropbox_box(image.size, area, aspect, x, y)
+    return image.crop(box)
+
+
+def cropbox_box(
+    size: tuple[int, int], area: float, aspect: float, x: float, y: float
+) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of ``cropbox`` on a picture of ``size``."""
+    w, h = size
+    bw, bh = w * math.sqrt(area * aspect), h * math.sqrt(area / aspect)
+    if bw > w:
+        bw, bh = w, h * area
+    elif bh > h:
+        bw, bh = w * area, h
+    bw, bh = max(1, min(w, round(bw))), max(1, min(h, round(bh)))
+    left, top = round(x * (w - bw)), round(y * (h - bh))
+    return left, top, left + bw, top + bh
+
+
+def stretch(image: Image.Image, sx: float = 1.5, sy: float = 1.0) -> Image.Image:
+    """Resize width by ``sx`` and height by ``sy``: the aspect changes."""
+    w, h = image.size
+    return image.resize((max(1, round(w * sx)), max(1, round(h * sy))), Image.Resampling.LANCZOS)
 
 
 def overlay(image: Image.Image, text: str = "twice") -> Image.Image:
@@ -240,6 +391,13 @@ def overlay(image: Image.Image, text: str = "twice") -> Image.Image:
     draw.ellipse(dot, fill=(255, 200, 0, 230))  # the "logo" beside the text
     draw.text((x0 + pad + size - left, y0 + pad - top), text, font=font, fill=(255, 255, 255, 230))
     return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+
+
+SEED_PARAM = Param("seed", int, 0, 0, 2**31 - 1)
+
+
+def fill_param(default: str) -> Param:
+    return Param("fill", str, default, choices=FILLS, colour=True)
 
 
 TRANSFORMS: dict[str, Transform] = {
@@ -282,9 +440,82 @@ TRANSFORMS: dict[str, Transform] = {
         Transform(
             "tilt",
             tilt,
-            (Param("degrees", float, 10.0, -45.0, 45.0),),
+            (
+                Param("degrees", float, 10.0, -45.0, 45.0),
+                fill_param("white"),
+                Param("canvas", str, "expand", choices=("expand", "same")),
+            ),
             False,
-            "rotate by a small angle, clockwise, canvas expanded",
+            "rotate by a small angle, clockwise; corners get FILL; canvas expanded or the same size",
+        ),
+        Transform(
+            "perspective",
+            perspective,
+            (Param("strength", float, 0.2, 0.01, 0.6), SEED_PARAM, fill_param("black")),
+            False,
+            "keystone: the side drawn from SEED shrinks by STRENGTH of its length; margins get FILL",
+        ),
+        Transform(
+            "border",
+            border,
+            (
+                fill_param("black"),
+                Param("top", float, 0.05, 0.0, 1.0),
+                Param("right", float, -1.0, 0.0, 1.0),
+                Param("bottom", float, -1.0, 0.0, 1.0),
+                Param("left", float, -1.0, 0.0, 1.0),
+            ),
+            True,
+            "margins of FILL, each a fraction of its side; as in CSS, TOP alone sets all four,"
+            " TOP:RIGHT top+bottom and left+right",
+            normalise=shortest_border,
+        ),
+        Transform(
+            "pad",
+            pad,
+            (Param("aspect", float, 1.0, 0.1, 10.0), fill_param("black")),
+            True,
+            "letterbox or pillarbox: bars of FILL on two sides until width/height = ASPECT",
+        ),
+        Transform(
+            "cropbox",
+            cropbox,
+            (
+                Param("area", float, 0.6, 0.01, 1.0),
+                Param("aspect", float, 1.0, 0.1, 10.0),
+                Param("x", float, 0.5, 0.0, 1.0),
+                Param("y", float, 0.5, 0.0, 1.0),
+            ),
+            True,
+            "keep AREA of the area, ASPECT times the picture's width/height, at X, Y of the room left",
+        ),
+        Transform(
+            "stretch",
+            stretch,
+            (Param("sx", float, 1.5, 0.05, 4.0), Param("sy", float, 1.0, 0.05, 4.0)),
+            False,
+            "resize width by SX and height by SY (the aspect changes)",
+        ),
+        Transform(
+            "caption",
+            caption,
+            (Param("where", str, "bottom", choices=CAPTION_POSITIONS), SEED_PARAM),
+            False,
+            "a line of text from SEED on a bar added at the bottom or top, or over the picture",
+        ),
+        Transform(
+            "sticker",
+            sticker,
+            (Param("count", int, 1, 1, 3), SEED_PARAM),
+            False,
+            "COUNT emoji-like stickers, 5-20% of the shorter side, placed by SEED",
+        ),
+        Transform(
+            "screenshot",
+            screenshot,
+            (SEED_PARAM,),
+            False,
+            "the picture inside an application window (title bar, toolbar, panels) drawn from SEED",
         ),
         Transform("overlay", overlay, (Param("text", str, "twice"),), False, "stamp a watermark with TEXT"),
     )
@@ -313,6 +544,8 @@ def parse_transform(spec: str | TransformSpec) -> TransformSpec:
         )
     values = [p.parse(t, spec) for p, t in zip(transform.params, texts, strict=False)]
     values += [p.default for p in transform.params[len(values) :]]
+    if transform.normalise is not None:
+        values = transform.normalise(tuple(values))
     return TransformSpec(name, tuple(values))
 
 
