@@ -27,7 +27,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from twice.augment import apply_transform, with_overrides
+from twice.augment import HELD_OUT_FAMILIES, FamilyAugment, RandomAugment, apply_transform, with_overrides
 
 from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss
@@ -46,6 +46,8 @@ from .weights import WeightsInfo, load_checkpoint, save_checkpoint, seeded_netwo
 LOG = logging.getLogger(__name__)
 
 STATE_FORMAT = "twice-train-state"
+VIEWS = ("families", "steps")
+D4_EXACT = ("rotate", "mirror")  # families a d4-pooled model matches exactly, whatever it learns
 # Validation queries: the original system's four, the other quarter turns and flips, and the
 # bench's harder edits. Each held-out original is the gallery; each transformed copy a query.
 VAL_TRANSFORMS = (
@@ -58,6 +60,10 @@ VAL_TRANSFORMS = (
     "dark",
     "crop:0.8",
     "tilt:10",
+    "tilt:12:black",
+    "pad:1.78",
+    "cropbox:0.4:1:0.2:0.8",
+    "caption",
     "jpeg:20",
     "scale:0.5",
     "gray",
@@ -89,7 +95,12 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     init: str = ""  # start from these weights (a twice checkpoint) instead of a seeded random init
-    step_overrides: tuple[str, ...] = ()  # NAME:P[:LOW:HIGH] changes to the positives' pipeline
+    views: str = "families"  # families: edit families drawn from ranges; steps: the older Step pipeline
+    hold_out: tuple[str, ...] = (
+        HELD_OUT_FAMILIES  # edit families training never sees (the bench measures them)
+    )
+    combo_p: float = 0.3  # share of views that combine 2-3 families
+    step_overrides: tuple[str, ...] = ()  # NAME:P[:LOW:HIGH] changes to the steps pipeline
     sources: Sources = field(default_factory=Sources)
 
     def __post_init__(self) -> None:
@@ -111,12 +122,22 @@ class TrainConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
         check_invariance(self.invariance)
+        if self.views not in VIEWS:
+            raise ValueError(f"unknown views {self.views!r}; choose one of {', '.join(VIEWS)}")
         self.step_overrides = tuple(self.step_overrides)
-        self.view_steps()  # a bad override fails here, not after the data is gathered
+        self.hold_out = tuple(self.hold_out)
+        self.view_augment()  # a bad override or family fails here, not after the data is gathered
 
-    def view_steps(self) -> tuple:
-        """The augmentation steps that make the positive views."""
-        return with_overrides(STEPS_FOR_INVARIANCE[self.invariance], self.step_overrides)
+    def view_augment(self) -> FamilyAugment | RandomAugment:
+        """What makes the positive views: edit families less the held-out ones (and less the
+        turns and flips a d4-pooled model gets by construction), or the older steps."""
+        seed = self.view_seed_in_use
+        if self.views == "steps":
+            return RandomAugment(
+                seed, with_overrides(STEPS_FOR_INVARIANCE[self.invariance], self.step_overrides)
+            )
+        exclude = self.hold_out + (D4_EXACT if self.invariance == "d4" else ())
+        return FamilyAugment(seed, exclude=exclude, combo_p=self.combo_p)
 
     @property
     def view_seed_in_use(self) -> int:
@@ -134,6 +155,8 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
         data = dict(data)
+        data.setdefault("views", "steps")  # runs saved before edit families used the steps
+        data["hold_out"] = tuple(data.get("hold_out", HELD_OUT_FAMILIES))
         src = dict(data.pop("sources"))
         src["folders"] = [Path(p) for p in src.get("folders", [])]
         known = {f.name for f in fields(cls)}
@@ -191,9 +214,7 @@ class Trainer:
         self.config = config
         self.device = pick_device(config.device)
         self.dtype = autocast_dtype(self.device)
-        d4 = config.invariance == "d4"
-        steps = config.view_steps()
-        self.dataset = PairDataset(train_images, config.size, config.view_seed_in_use, steps, same_pose=d4)
+        self.dataset = PairDataset(train_images, config.size, config.view_seed_in_use, config.view_augment())
         self.holdout = holdout_images
         self.data_summary = data_summary or {}
         self.steps_per_epoch = len(train_images) // config.batch

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from twice.augment import RandomAugment, Step, make_collection
+from twice.augment import FamilyAugment, SeededViews, Step, make_collection
 from twice.augment.sources import APT_SOURCES, HELD_OUT_DRAW, SOURCE_NAMES, drawn_names
 from twice.imageio import ImageError, iter_image_files, load_image
 
@@ -196,7 +196,8 @@ def split_holdout(images: list, holdout: int, seed: int) -> tuple[list, list]:
 class PairDataset(Dataset):
     """Item ``i`` of epoch ``e``: (original tensor, augmented view tensor), seeded by (seed, e, i).
 
-    With ``same_pose`` both tensors are then turned/flipped by one random dihedral transform.
+    Both tensors are then turned/flipped by one random dihedral transform, so the single view
+    learns in every orientation (queries are searched in all 8).
     """
 
     def __init__(
@@ -204,16 +205,14 @@ class PairDataset(Dataset):
         images: list[Image.Image],
         size: int,
         seed: int = 0,
-        steps: Sequence[Step] = TRAIN_STEPS,
-        same_pose: bool = False,
+        augment: SeededViews | None = None,
     ):
         if not images:
             raise ValueError("no training images")
         self.images = images
         self.preprocess = Preprocess(size, black_point=False)
-        self.augment = RandomAugment(seed, steps)
+        self.augment = augment or FamilyAugment(seed)
         self.seed = seed
-        self.same_pose = same_pose
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -223,11 +222,8 @@ class PairDataset(Dataset):
         image = self.images[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         view, _ = self.augment.view(image, rng)
-        pair = self.preprocess(image), self.preprocess(view)
-        if self.same_pose:
-            pose = int(rng.integers(8))
-            pair = tuple(_dihedral(t, pose) for t in pair)
-        return pair
+        pose = int(rng.integers(8))
+        return _dihedral(self.preprocess(image), pose), _dihedral(self.preprocess(view), pose)
 
 
 def _dihedral(tensor: torch.Tensor, pose: int) -> torch.Tensor:

@@ -266,7 +266,7 @@ def test_view_seed_gives_new_views_of_the_same_images(folder, tmp_path):
 def test_step_overrides_change_the_views_and_survive_a_resume(folder, tmp_path):
     images = load_images(sorted(folder.iterdir()), max_side=64, progress=False)
     base = TrainConfig(out_dir=tmp_path, size=SIZE, batch=3, dim=16, holdout=0, device="cpu",
-                       sources=Sources([], [folder]))  # fmt: skip
+                       views="steps", sources=Sources([], [folder]))  # fmt: skip
     brighter = dataclasses.replace(base, step_overrides=("bright:1:100:100",))
     plain, bright = Trainer(base, images, []).dataset, Trainer(brighter, images, []).dataset
     plain.epoch = bright.epoch = 1
@@ -274,6 +274,19 @@ def test_step_overrides_change_the_views_and_survive_a_resume(folder, tmp_path):
     assert TrainConfig.from_json(json.loads(json.dumps(brighter.to_json()))) == brighter
     with pytest.raises(ValueError, match="probability"):
         dataclasses.replace(base, step_overrides=("bright:3",))
+
+
+def test_family_views_leave_the_held_out_families_and_exact_turns_out():
+    views = TrainConfig(invariance="d4").view_augment()
+    drawn = {spec.split(":")[0] for _ in range(400) for spec in views.sample_specs()}
+    assert {"tilt", "border", "pad", "cropbox", "caption"} & drawn
+    assert not drawn & {"perspective", "sticker", "rotate", "mirror"}
+    single = TrainConfig(invariance="none", hold_out=("tilt",)).view_augment()
+    drawn = {spec.split(":")[0] for _ in range(400) for spec in single.sample_specs()}
+    assert "rotate" in drawn and "perspective" in drawn and "tilt" not in drawn
+    old_run = TrainConfig(views="steps").to_json()
+    del old_run["views"], old_run["hold_out"], old_run["combo_p"]
+    assert TrainConfig.from_json(old_run).views == "steps"  # runs saved before families resume as they were
 
 
 def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrupted, folder, tmp_path):

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from twice.model.train import VAL_TRANSFORMS, TrainConfig, build_trainer, evaluate, prepare_data
+from twice.model.train import VAL_TRANSFORMS, VIEWS, TrainConfig, build_trainer, evaluate, prepare_data
 from twice.model.training_data import SOURCES, Sources
 
 from .commands import help_for
@@ -82,8 +82,29 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="NAME:P[:LOW:HIGH]",
-        help="change one step of the positives' augmentation, e.g. bright:0.6:60:110 (draw +60..110"
-        " brightness in 60%% of views); repeatable",
+        help="with --views steps: change one step of the positives' augmentation, e.g."
+        " bright:0.6:60:110 (draw +60..110 brightness in 60%% of views); repeatable",
+    )
+    p.add_argument(
+        "--views",
+        choices=VIEWS,
+        default=defaults.views,
+        help="families: positives drawn from augment's edit families with ranged parameters, 30%% of"
+        " them 2-3 families at once; steps: the older per-transform pipeline that --step changes"
+        " (default %(default)s)",
+    )
+    p.add_argument(
+        "--hold-out",
+        default=",".join(defaults.hold_out),
+        metavar="FAMILIES",
+        help="edit families training never draws, so the bench measures edits the model never saw;"
+        " comma-separated, or 'none' (default %(default)s)",
+    )
+    p.add_argument(
+        "--combo-p",
+        type=float,
+        default=defaults.combo_p,
+        help="share of views combining 2-3 families (default %(default)s)",
     )
     p.add_argument(
         "--holdout",
@@ -181,6 +202,11 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         device=args.train_device or options.device,
         workers=args.workers,
         init=str(args.init or ""),
+        views=args.views,
+        hold_out=()
+        if args.hold_out.strip().lower() == "none"
+        else tuple(f.strip() for f in args.hold_out.split(",") if f.strip()),
+        combo_p=args.combo_p,
         step_overrides=tuple(args.step),
         sources=sources,
     )
@@ -245,3 +271,10 @@ def format_recall(recall: dict[str, float]) -> str:
     if "neg_cos" in recall:
         rows.append(f"  {'(neg cos)':<12} {recall['neg_cos']:.3f}")
     return "recall@1 per transform:\n" + "\n".join(rows)
+
+
+def parse_families(text: str) -> tuple[str, ...]:
+    """``tilt,crop`` as a tuple; ``none`` (or nothing) holds no family out."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
