@@ -1,7 +1,9 @@
 """One registry of named, deterministic image transforms and their spec strings.
 
 A spec string names a transform and, optionally, its parameters: ``rotate``, ``rotate:180``,
-``bright:60``, ``crop:0.8``, ``crop:0.8:7`` (position from seed 7), ``jpeg:30``. The CLI,
+``bright:60``, ``crop:0.8``, ``crop:0.8:7`` (position from seed 7), ``jpeg:30``,
+``tilt:10:black``, ``border:white:0.1:0`` (a letterbox). Fills and drawings live in
+``fills.py`` and ``drawings.py``; this module owns the registry. The CLI,
 the training pipeline and the benchmark all go through ``parse_transform`` and
 ``apply_transform``, so a name means the same pixels everywhere. The canonical spec (trailing
 default parameters dropped, numbers normalised) is what the catalog's ``transform`` column
