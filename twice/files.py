@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+LOG = logging.getLogger(__name__)
 
 SUFFIX_BY_FORMAT = {
     "JPEG": ".jpg",
@@ -59,7 +62,26 @@ class ImageStore:
         return relative
 
     def path(self, relative: str) -> Path:
-        return self.root / relative
+        """The file of a stored path, never outside the store: ``OutsideStore`` for a path
+        that leaves it (``..``, absolute, or a symbolic link inside pointing out). Catalog
+        rows are data, and a row written by another tool must not make us serve or delete
+        ``/etc/passwd``."""
+        path = self.root / relative
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()) or resolved == self.root.resolve():
+            raise OutsideStore(f"stored path {relative!r} leads outside the image store {self.root}")
+        return path
 
-    def remove(self, relative: str) -> None:
-        (self.root / relative).unlink(missing_ok=True)
+    def remove(self, relative: str) -> bool:
+        """Delete a stored file; False (and a warning) for a path outside the store."""
+        try:
+            path = self.path(relative)
+        except OutsideStore as exc:
+            LOG.warning("not deleting: %s", exc)
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
+
+class OutsideStore(ValueError):
+    """A stored path that would leave the image store."""

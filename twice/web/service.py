@@ -19,7 +19,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from twice.crawler import AddressPolicy, FetchConfig, Fetcher, Refused
-from twice.files import ImageStore
+from twice.files import ImageStore, OutsideStore
 from twice.imageio import ImageError, decode_image
 from twice.indexer import ImageRow
 from twice.library import (
@@ -181,7 +181,11 @@ class SearchService(Library):
         return fetch_url(url, self.options.max_image_bytes, self.fetch_timeout, self.allow_private_urls)
 
     def file_path(self, row: ImageRow) -> Path:
-        path = self.store.path(row.stored_path)
+        try:
+            path = self.store.path(row.stored_path)
+        except OutsideStore as exc:  # a damaged or planted row: never served
+            LOG.warning("image %d: %s", row.id, exc)
+            raise NotFound(f"image {row.id}: its stored file is not in the image store") from None
         if not path.is_file():
             raise NotFound(f"image {row.id}: stored file {row.stored_path} is missing")
         return path
