@@ -35,7 +35,7 @@ from twice.files import ImageStore, OutsideStore, atomic_write
 from twice.version import __version__
 
 from .check import CheckReport, check_data_dir, sqlite_path
-from .vectors import VectorIndex
+from .vectors import IndexFileError, VectorIndex
 
 LOG = logging.getLogger(__name__)
 
@@ -167,7 +167,12 @@ def _copy_index(index: Path, target: Path) -> int:
     except FileNotFoundError:
         return 0
     atomic_write(target, data)
-    return len(VectorIndex.load(target))  # verifies the checksum of the copy
+    try:
+        return len(VectorIndex.load(target))  # verifies the checksum of the copy
+    except IndexFileError as exc:
+        raise IndexFileError(
+            f"{index} is damaged, not backed up ({exc}); `twice check --repair` moves it aside"
+        ) from None
 
 
 def _snapshot_catalog(catalog_file: Path, target: Path) -> None:
