@@ -19,6 +19,7 @@ row commits), so it is noted, never removed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -150,6 +151,8 @@ def _catalog_intact(options, report: CheckReport) -> bool:
             problems = [] if problems == ["ok"] else problems
             problems += [f"foreign key {r}" for r in connection.execute("PRAGMA foreign_key_check")]
         connection.close()
+    except sqlite3.OperationalError as exc:  # cannot open or read it (full disk, rights): not damage
+        raise OSError(errno.EIO, f"cannot read the catalog ({exc})", str(path)) from exc
     except sqlite3.DatabaseError as exc:
         problems = [str(exc)]
     if problems:

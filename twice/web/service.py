@@ -9,6 +9,7 @@ error (``http_status``).
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -58,6 +59,10 @@ class UrlRefused(BadRequest):
 
 class FetchFailed(ServiceError):
     status, code = 422, "fetch_failed"
+
+
+class StorageFull(ServiceError):
+    status, code = 507, "storage_full"
 
 
 # The library's errors, as HTTP reports them (checked in order: subclasses first).
@@ -175,7 +180,13 @@ class SearchService(Library):
         return result
 
     def add_bytes(self, data: bytes, source: str, **columns: object) -> dict:
-        return self.add_image(data, source, **columns).to_dict()
+        try:
+            return self.add_image(data, source, **columns).to_dict()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            LOG.error("upload refused, the disk is full: %s", exc)  # the path, for the operator
+            raise StorageFull("the server's disk is full: try again later") from None
 
     def fetch(self, url: str) -> bytes:
         return fetch_url(url, self.options.max_image_bytes, self.fetch_timeout, self.allow_private_urls)
