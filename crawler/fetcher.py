@@ -8,7 +8,10 @@
   caller's filter, robots.txt, address);
 - 429 and 5xx answers and network errors are retried with exponential backoff, honouring
   ``Retry-After`` (a server asking for longer than ``max_retry_after`` is left alone);
-- bodies are streamed with a byte cap and a total time cap, after a content-type check.
+- bodies are streamed with a byte cap, after a content-type check;
+- each ``get`` has one wall-clock deadline (``max_seconds``) over every hop, retry, header and
+  body byte: when it passes, a timer cuts the connection (``crawler.deadline``), so a server
+  trickling a byte a second cannot hold a fetch past it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +35,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 
 from twice.version import __version__
 
+from .deadline import Deadline
 from .robots import RobotsCache
 from .safety import AddressPolicy, Refused, check_url, redact_url
 from .throttle import HostThrottle
@@ -55,7 +60,7 @@ class FetchConfig:
 
     delay: float = 1.0  # seconds between requests to one host
     timeout: float = 20.0  # connect and per-read timeout
-    max_seconds: float = 120.0  # whole body, against servers that trickle
+    max_seconds: float = 120.0  # one get(), wall clock: hops, retries, headers, body
     retries: int = 3  # extra attempts after a 429/5xx/network error
     backoff: float = 1.0  # first retry wait; doubles each time
     max_retry_after: float = 120.0  # longer Retry-After: give up on that URL
@@ -126,27 +131,47 @@ def open_checked_socket(conn: HTTPConnection, policy: AddressPolicy) -> socket.s
     raise NewConnectionError(conn, f"failed to connect to {conn.host}: {error}")
 
 
-class GuardedHTTPConnection(HTTPConnection):
+def _ignore(_target: object) -> None:
+    pass
+
+
+class Watched:
+    """A connection that hands itself and its new sockets to ``watch`` (a fetch's deadline)."""
+
+    watch = staticmethod(_ignore)
+
+    def request(self, *args, **kwargs) -> None:
+        self.watch(self)  # a reused keep-alive connection opens no new socket
+        super().request(*args, **kwargs)
+
+
+class GuardedHTTPConnection(Watched, HTTPConnection):
     policy = AddressPolicy()
 
     def _new_conn(self) -> socket.socket:
-        return open_checked_socket(self, self.policy)
+        sock = open_checked_socket(self, self.policy)
+        self.watch(sock)  # before TLS or the first header: both can be trickled
+        return sock
 
 
-class GuardedHTTPSConnection(HTTPSConnection):
+class GuardedHTTPSConnection(Watched, HTTPSConnection):
     policy = AddressPolicy()
 
     def _new_conn(self) -> socket.socket:
         # TLS still verifies the certificate against the hostname: only the socket changes.
-        return open_checked_socket(self, self.policy)
+        sock = open_checked_socket(self, self.policy)
+        self.watch(sock)
+        return sock
 
 
 class GuardedAdapter(HTTPAdapter):
-    """An adapter whose connection pools open only connections the policy allows."""
+    """An adapter whose connection pools open only connections the policy allows, each
+    handed to ``watch`` when it is used."""
 
-    def __init__(self, policy: AddressPolicy, **kwargs) -> None:
-        http = type("PolicyHTTPConnection", (GuardedHTTPConnection,), {"policy": policy})
-        https = type("PolicyHTTPSConnection", (GuardedHTTPSConnection,), {"policy": policy})
+    def __init__(self, policy: AddressPolicy, watch: Callable[[object], None] = _ignore, **kwargs) -> None:
+        extra = {"policy": policy, "watch": staticmethod(watch)}
+        http = type("PolicyHTTPConnection", (GuardedHTTPConnection,), extra)
+        https = type("PolicyHTTPSConnection", (GuardedHTTPSConnection,), extra)
         self._pool_classes = {
             "http": type("PolicyHTTPPool", (HTTPConnectionPool,), {"ConnectionCls": http}),
             "https": type("PolicyHTTPSPool", (HTTPSConnectionPool,), {"ConnectionCls": https}),
@@ -161,12 +186,13 @@ class GuardedAdapter(HTTPAdapter):
         raise Refused("proxy", proxy, "the crawler does not use proxies")
 
 
-def make_session(config: FetchConfig) -> requests.Session:
-    """A session with the guarded adapter on http and https and nothing else mounted."""
+def make_session(config: FetchConfig, watch: Callable[[object], None] = _ignore) -> requests.Session:
+    """A session with the guarded adapter on http and https and nothing else mounted;
+    ``watch`` sees every connection and socket it uses."""
     session = requests.Session()
     session.trust_env = False
     session.adapters.clear()
-    adapter = GuardedAdapter(config.policy)
+    adapter = GuardedAdapter(config.policy, watch)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.update({"User-Agent": config.user_agent, "Accept-Encoding": "gzip, deflate"})
@@ -207,11 +233,12 @@ class Fetcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config or FetchConfig()
-        self.session = make_session(self.config)
+        self._local = threading.local()  # the deadline of the get() running in this thread
+        self.session = make_session(self.config, self._watch)
         self.throttle = HostThrottle(self.config.delay, sleep, clock)
         self.robots = RobotsCache(self._fetch_robots, self.config.robots_agent)
         self.requests = 0
-        self._sleep, self._clock = sleep, clock
+        self._sleep = sleep
 
     def close(self) -> None:
         self.session.close()
@@ -232,10 +259,34 @@ class Fetcher:
         """Fetch ``url`` (kind ``page``, ``image``, ``json`` or ``text``), or raise ``Refused``.
 
         ``check(url)`` is the caller's own rule (same host, ...); it and every other check
-        run again on each redirect hop.
+        run again on each redirect hop. The whole call, robots.txt included, ends by
+        ``max_seconds`` (``Refused`` reason ``timeout``).
         """
         if kind not in ("page", "image", "json", "text"):
             raise ValueError(f"kind must be page, image, json or text, got {kind!r}")
+        outer = getattr(self._local, "deadline", None)  # robots.txt inside a get: one limit
+        self._local.deadline = outer or Deadline(self.config.max_seconds)
+        try:
+            return self._get(url, kind, check, robots)
+        finally:
+            if outer is None:
+                self._local.deadline.cancel()
+                self._local.deadline = None
+
+    def _watch(self, target: object) -> None:
+        deadline = getattr(self._local, "deadline", None)
+        if deadline is not None:
+            deadline.watch(target)
+
+    def _check_deadline(self, url: str) -> None:
+        if self._local.deadline.expired:
+            raise self._timed_out(url)
+
+    def _timed_out(self, url: str) -> Refused:
+        detail = f"no complete answer within {self.config.max_seconds:g}s"
+        return Refused("timeout", url, detail, transient=True)
+
+    def _get(self, url: str, kind: str, check: Callable[[str], None] | None, robots: bool) -> Fetched:
         hops: list[str] = []
         current = url
         while True:
@@ -272,22 +323,21 @@ class Fetcher:
         """One GET (headers only) with retries; returns any non-retryable response."""
         host = host_key(url)
         config = self.config
+        deadline = self._local.deadline
         for attempt in range(config.retries + 1):
             self.throttle.wait(host)
+            self._check_deadline(url)
             wait_hint: float | None = None
             try:
                 self.requests += 1
-                response = self.session.get(url, stream=True, timeout=config.timeout, allow_redirects=False)
+                timeout = min(config.timeout, max(deadline.remaining(), 0.01))
+                response = self.session.get(url, stream=True, timeout=timeout, allow_redirects=False)
             except Refused as exc:  # from the guarded connection: name the URL, not the socket
                 raise Refused(exc.reason, url, exc.detail) from None
-            except requests.exceptions.SSLError as exc:  # a bad certificate will not get better
-                raise Refused("tls", url, str(exc)) from None
-            except requests.Timeout as exc:
-                reason, detail = "timeout", str(exc)
-            except requests.ConnectionError as exc:
-                reason, detail = "connection", str(exc)
             except requests.RequestException as exc:
-                raise Refused("bad_url", url, str(exc)) from None
+                if deadline.expired:
+                    raise self._timed_out(url) from None
+                reason, detail = self._request_failure(url, exc)
             else:
                 if response.status_code not in RETRY_STATUSES:
                     return response
@@ -301,9 +351,22 @@ class Fetcher:
             if attempt == config.retries:
                 raise Refused(reason, url, f"after {attempt + 1} attempts: {detail}", transient=True)
             wait = max(config.backoff * 2**attempt, wait_hint or 0.0)
+            if wait >= deadline.remaining():  # sleeping would only end in the timeout
+                raise self._timed_out(url)
             LOG.info("%s: %s, retrying in %.1fs", redact_url(url), reason, wait)
             self._sleep(wait)
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _request_failure(url: str, exc: requests.RequestException) -> tuple[str, str]:
+        """(reason, detail) of a failed request worth retrying; raises ``Refused`` for the rest."""
+        if isinstance(exc, requests.exceptions.SSLError):  # a bad certificate will not get better
+            raise Refused("tls", url, str(exc)) from None
+        if isinstance(exc, requests.Timeout):
+            return "timeout", str(exc)
+        if isinstance(exc, requests.ConnectionError):
+            return "connection", str(exc)
+        raise Refused("bad_url", url, str(exc)) from None
 
     def _read(self, response: requests.Response, url: str, kind: str, hops: list[str]) -> Fetched:
         try:
@@ -322,7 +385,6 @@ class Fetcher:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
             raise Refused("too_large", url, f"Content-Length {declared} > {limit} bytes")
-        deadline = self._clock() + self.config.max_seconds
         chunks, total = [], 0
         try:
             # iter_content decompresses gzip/deflate, so the cap counts the real bytes
@@ -330,13 +392,11 @@ class Fetcher:
                 total += len(chunk)
                 if total > limit:
                     raise Refused("too_large", url, f"more than {limit} bytes")
-                if self._clock() > deadline:
-                    raise Refused(
-                        "timeout", url, f"body took over {self.config.max_seconds}s", transient=True
-                    )
                 chunks.append(chunk)
         except requests.RequestException as exc:
+            self._check_deadline(url)
             raise Refused("connection", url, f"body: {exc}", transient=True) from None
+        self._check_deadline(url)  # a cut connection without Content-Length ends "normally"
         return b"".join(chunks)
 
     # robots.txt ---------------------------------------------------------------------------

@@ -2,12 +2,27 @@
 
 torch's DataLoader does the process pool; it is imported only when a batch job runs, so that
 importing the catalog stays light. A dataset is any object with ``__len__`` and ``__getitem__``.
+
+Workers die with the process that started them (``die_with_parent``): a SIGKILLed reindex
+must not leave forked decode workers behind, re-parented to pid 1 and holding the catalog
+and its WAL open. torch's own check (``os.getppid()`` between batches) is not enough: an
+orphan blocks at exit flushing its result queue into a pipe its siblings keep open.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import logging
+import os
+import signal
+import sys
 from collections.abc import Iterator
 from typing import Any, Protocol
+
+LOG = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 class ItemSource(Protocol):
@@ -16,7 +31,20 @@ class ItemSource(Protocol):
     def __getitem__(self, i: int) -> Any: ...
 
 
-def _worker_init(_worker_id: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when ``parent`` (its parent's forking thread)
+    ends; exit now if it has ended already. Linux only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        LOG.warning("prctl(PR_SET_PDEATHSIG) failed: %s", os.strerror(ctypes.get_errno()))
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+def _worker_init(parent: int, _worker_id: int) -> None:
+    die_with_parent(parent)
     import torch
 
     torch.set_num_threads(1)  # decode workers must not fight the network for cores
@@ -31,7 +59,7 @@ def iter_batches(dataset: ItemSource, batch_size: int, workers: int) -> Iterator
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
     )

@@ -5,8 +5,10 @@ Catalog row id == vector id in the FAISS store, so search needs no side table.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from twice.hashing import HASH_VERSION, STORED_COLUMNS, STORED_KINDS
@@ -49,7 +51,8 @@ class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        upgrade_schema(self.engine)  # the one place tables are created or changed
+        with storage_errors(url):
+            upgrade_schema(self.engine)  # the one place tables are created or changed
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -57,8 +60,9 @@ class Catalog:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session that commits on success and rolls back on any error."""
-        with self._sessions() as session, session.begin():
+        """A session that commits on success and rolls back on any error; SQLite's "database
+        or disk is full" and I/O errors come out as ``OSError`` naming the catalog file."""
+        with storage_errors(self.url), self._sessions() as session, session.begin():
             yield session
 
     # images -------------------------------------------------------------------------------
@@ -164,6 +168,32 @@ class Catalog:
             record.details = json.dumps(details) if details else None
             record.updated_at = utcnow()
             session.add(record)
+
+
+@contextmanager
+def storage_errors(url: str) -> Iterator[None]:
+    """SQLite's "database or disk is full" and I/O errors as an ``OSError`` naming the file.
+
+    On a full disk SQLite often says only "disk I/O error" (it could not grow the WAL's
+    shared-memory file): a folder with almost no free space makes that ENOSPC too.
+    """
+    try:
+        yield
+    except OperationalError as exc:
+        message = str(exc.orig).lower()
+        if "disk is full" not in message and "disk i/o error" not in message:
+            raise
+        path = Path(url.removeprefix("sqlite:///"))
+        code = errno.ENOSPC if "disk is full" in message or _nearly_full(path.parent) else errno.EIO
+        raise OSError(code, f"{os.strerror(code)} (SQLite: {exc.orig})", str(path)) from exc
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < 1 << 20
 
 
 def load_stored_hashes(catalog, after_id: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ import numpy as np
 from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
+from twice.files import OutsideStore
 from twice.imageio import ImageError, decode_image, iter_image_files, read_file_bytes, sha256_bytes
 
 from .batches import iter_batches
@@ -174,7 +175,7 @@ def _embed_pending(indexer, embedder, options, summary, checkpointer, progress) 
     if not len(pending):
         return
     rows = indexer.catalog.get_many(pending.tolist())
-    items = [(i, indexer.store.path(rows[i].stored_path)) for i in sorted(rows)]
+    items = _stored_files(indexer, [(i, rows[i].stored_path) for i in sorted(rows)], summary)
     dataset = StoredImages(items, embedder, options)
     bar = tqdm(total=len(items), desc="embedding catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
@@ -244,7 +245,7 @@ def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
         rows = session.execute(query).all()
     if not rows:
         return
-    items = [(image_id, indexer.store.path(stored)) for image_id, stored in rows]
+    items = _stored_files(indexer, rows, summary)
     dataset = StoredHashes(items, embedder, options)
     bar = tqdm(total=len(items), desc="hashing catalog", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(items))):
@@ -256,6 +257,18 @@ def _backfill_hashes(indexer, embedder, options, summary, progress) -> None:
             summary.hashed += len(values)
         bar.update(len(batch))
     bar.close()
+
+
+def _stored_files(indexer, rows, summary: ReindexSummary) -> list[tuple[int, Path]]:
+    """(id, file) of catalogued images; a row whose stored path leaves the store is skipped."""
+    items = []
+    for image_id, stored in rows:
+        try:
+            items.append((image_id, indexer.store.path(stored)))
+        except OutsideStore as exc:
+            summary.skipped["outside_store"] += 1
+            LOG.warning("skipped catalog image %d: %s", image_id, exc)
+    return items
 
 
 def _without_errors(batch: list[dict], summary: ReindexSummary, what: str) -> list[dict]:

@@ -215,13 +215,24 @@ def via_html(member: dict) -> str:
 def source_html(member: dict) -> str:
     source = member["source"] or ""
     shown = escape(source if len(source) <= 80 else "…" + source[-79:])
-    if source.startswith(("http://", "https://")):
+    if is_web_link(source):
         html = f'<div class="src"><a href="{escape(source)}">{shown}</a></div>'
     else:
         html = f'<div class="src">{shown}</div>'
-    if member.get("page_url"):
-        html += f'<div class="src"><a href="{escape(member["page_url"])}">page</a></div>'
+    page_url = member.get("page_url")
+    if page_url and is_web_link(page_url):
+        html += f'<div class="src"><a href="{escape(page_url)}">page</a></div>'
+    elif page_url:  # javascript:, data:, ... shown, never followed
+        html += f'<div class="src">page: {escape(page_url)}</div>'
     return html
+
+
+def is_web_link(url: str) -> bool:
+    """Whether ``url`` may become a link: http(s) only. Sources and page URLs come from
+    uploads and crawled pages; a ``javascript:`` or ``data:`` href would run in the reader's
+    browser. The raw text must start with the scheme: browsers drop leading spaces and control
+    characters, so a stripped check would pass ``" javascript:..."``."""
+    return url[:8].lower().startswith(("http://", "https://"))
 
 
 def file_link(path: str, base: Path | None) -> str:

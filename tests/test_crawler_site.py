@@ -31,7 +31,8 @@ LOCAL_ONLY = AddressPolicy(allow_networks=(ip_network("127.0.0.1/32"),))
 @dataclass
 class Reply:
     """One HTTP answer. ``delay`` sleeps before the headers; ``length=False`` omits
-    Content-Length and closes the connection after the body."""
+    Content-Length and closes the connection after the body; ``trickle`` sends the body one
+    byte at a time, that many seconds apart (a slow-body attack)."""
 
     status: int = 200
     body: bytes = b""
@@ -40,6 +41,7 @@ class Reply:
     delay: float = 0.0
     length: bool = True
     gzip: bool = False
+    trickle: float = 0.0
 
 
 @dataclass
@@ -143,7 +145,12 @@ def _handler_for(site: Site):
             self.end_headers()
             # the crawler may hang up on purpose (byte cap)
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                self.wfile.write(body)
+                if not reply.trickle:
+                    self.wfile.write(body)
+                for i in range(len(body) if reply.trickle else 0):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.trickle)
 
         def log_message(self, *args) -> None:
             pass

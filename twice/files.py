@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
+
+LOG = logging.getLogger(__name__)
 
 SUFFIX_BY_FORMAT = {
     "JPEG": ".jpg",
@@ -18,7 +21,11 @@ SUFFIX_BY_FORMAT = {
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename.
+
+    On failure (a full disk: ENOSPC) ``path`` is as it was, the temporary file is gone, and
+    the ``OSError`` names ``path``: a bare "No space left on device" does not say where.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -27,8 +34,10 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_dir(path.parent)
 
@@ -59,7 +68,26 @@ class ImageStore:
         return relative
 
     def path(self, relative: str) -> Path:
-        return self.root / relative
+        """The file of a stored path, never outside the store: ``OutsideStore`` for a path
+        that leaves it (``..``, absolute, or a symbolic link inside pointing out). Catalog
+        rows are data, and a row written by another tool must not make us serve or delete
+        ``/etc/passwd``."""
+        path = self.root / relative
+        resolved = path.resolve()
+        if not resolved.is_relative_to(self.root.resolve()) or resolved == self.root.resolve():
+            raise OutsideStore(f"stored path {relative!r} leads outside the image store {self.root}")
+        return path
 
-    def remove(self, relative: str) -> None:
-        (self.root / relative).unlink(missing_ok=True)
+    def remove(self, relative: str) -> bool:
+        """Delete a stored file; False (and a warning) for a path outside the store."""
+        try:
+            path = self.path(relative)
+        except OutsideStore as exc:
+            LOG.warning("not deleting: %s", exc)
+            return False
+        path.unlink(missing_ok=True)
+        return True
+
+
+class OutsideStore(ValueError):
+    """A stored path that would leave the image store."""

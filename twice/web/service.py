@@ -9,6 +9,7 @@ error (``http_status``).
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -19,7 +20,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from twice.crawler import AddressPolicy, FetchConfig, Fetcher, Refused
-from twice.files import ImageStore
+from twice.files import ImageStore, OutsideStore
 from twice.imageio import ImageError, decode_image
 from twice.indexer import ImageRow
 from twice.library import (
@@ -58,6 +59,10 @@ class UrlRefused(BadRequest):
 
 class FetchFailed(ServiceError):
     status, code = 422, "fetch_failed"
+
+
+class StorageFull(ServiceError):
+    status, code = 507, "storage_full"
 
 
 # The library's errors, as HTTP reports them (checked in order: subclasses first).
@@ -175,13 +180,23 @@ class SearchService(Library):
         return result
 
     def add_bytes(self, data: bytes, source: str, **columns: object) -> dict:
-        return self.add_image(data, source, **columns).to_dict()
+        try:
+            return self.add_image(data, source, **columns).to_dict()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            LOG.error("upload refused, the disk is full: %s", exc)  # the path, for the operator
+            raise StorageFull("the server's disk is full: try again later") from None
 
     def fetch(self, url: str) -> bytes:
         return fetch_url(url, self.options.max_image_bytes, self.fetch_timeout, self.allow_private_urls)
 
     def file_path(self, row: ImageRow) -> Path:
-        path = self.store.path(row.stored_path)
+        try:
+            path = self.store.path(row.stored_path)
+        except OutsideStore as exc:  # a damaged or planted row: never served
+            LOG.warning("image %d: %s", row.id, exc)
+            raise NotFound(f"image {row.id}: its stored file is not in the image store") from None
         if not path.is_file():
             raise NotFound(f"image {row.id}: stored file {row.stored_path} is missing")
         return path
