@@ -125,7 +125,9 @@ def make_methods(config: QualityConfig, options, bench_set: BenchSet | None = No
         if current.weights.source == "random":
             config.notes.append("random-init VGG-16 not run separately: the current model IS the random init")
         else:
-            methods.append(EmbeddingMethod("CNN random-init", options, random_embedder(options), "cnn"))
+            # At the current model's input size, so the column compares weights and nothing else.
+            same_size = options.with_overrides(image_size=current.image_size)
+            methods.append(EmbeddingMethod("CNN random-init", options, random_embedder(same_size), "cnn"))
     if config.phash:
         try:
             methods += [PHashMethod(dihedral=False), PHashMethod(dihedral=True)]

@@ -76,7 +76,8 @@ class EditRow:
 
 @dataclass(frozen=True)
 class Edit:
-    """One drawn edit: its row and the specs applied in order (replayable with ``twice augment``)."""
+    """One drawn edit: its row and the specs applied in order (canonical spec strings, so
+    ``twice augment --transforms SPEC`` replays each step and ``apply_transforms`` all of them)."""
 
     row: str
     specs: tuple[TransformSpec, ...]
