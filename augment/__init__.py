@@ -1,4 +1,5 @@
-"""Named deterministic image transforms, catalog variants, and the random training pipeline.
+"""Named deterministic image transforms, edit families drawn from ranges, catalog variants,
+and the random training pipelines.
 
 >>> from augment import apply_transform, parse_transform
 >>> parse_transform("rotate:90").canonical
@@ -11,7 +12,16 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "pipeline": ["DEFAULT_STEPS", "RandomAugment", "Step", "parse_step", "with_overrides"],
+        "families": ["FAMILIES", "HELD_OUT_FAMILIES", "RANGES", "draw_combo", "draw_edit", "family_names"],
+        "pipeline": [
+            "DEFAULT_STEPS",
+            "FamilyAugment",
+            "RandomAugment",
+            "SeededViews",
+            "Step",
+            "parse_step",
+            "with_overrides",
+        ],
         "preview": ["contact_sheet"],
         "synthetic": ["make_collection", "make_synthetic_image"],
         "transforms": [

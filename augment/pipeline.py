@@ -1,9 +1,15 @@
-"""The random augmentation pipeline for training: positive views built from the registry.
+"""The random augmentation pipelines for training: positive views built from the registry.
 
-Each ``Step`` names a registered transform, the probability that it is applied, and the range
-its parameter is drawn from. A view is described by its list of canonical spec strings, so
-``apply_transforms(image, specs)`` reproduces it exactly and a training log can say what a
-positive pair was made of.
+Two ways to draw a view, one interface (``sample_specs``, ``view``, calling it on an image):
+
+- ``RandomAugment``: each ``Step`` names a registered transform, the probability that it is
+  applied, and the range its parameter is drawn from; the steps run in order.
+- ``FamilyAugment``: one edit family (``augment.families``), or with some probability 2-3 of
+  them at once, each drawing its parameters from its ranges; the held-out families are left out
+  unless asked for.
+
+A view is described by its list of canonical spec strings, so ``apply_transforms(image, specs)``
+reproduces it exactly and a training log can say what a positive pair was made of.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .families import HELD_OUT_FAMILIES, draw_combo, draw_edit, family_names
 from .transforms import TRANSFORMS, TransformSpec, apply_transforms, parse_transform
 
 LOG = logging.getLogger(__name__)
@@ -117,12 +124,43 @@ DEFAULT_STEPS: tuple[Step, ...] = (
 )
 
 
-class RandomAugment:
-    """Seeded random composition of registry transforms; ``aug(image)`` is one positive view.
+class SeededViews:
+    """Random views from one seeded generator: ``aug(image)`` is one positive view.
 
-    Successive calls draw from one seeded generator, so a run with the same seed and the same
-    call order makes the same views. ``at_least_one`` redraws an empty composition so that a
-    view is never the unchanged image (which would be a trivial positive).
+    Successive calls draw from that generator, so a run with the same seed and the same call
+    order makes the same views; pass ``rng`` to make a view a function of its own seed alone.
+    Subclasses say how a view's specs are drawn (``sample_specs``).
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the generator, e.g. per DataLoader worker (seed + worker id)."""
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+
+    def sample_specs(self, rng: np.random.Generator | None = None) -> list[str]:
+        """Canonical spec strings of one random view, in the order they are applied."""
+        raise NotImplementedError
+
+    def view(
+        self, image: Image.Image, rng: np.random.Generator | None = None
+    ) -> tuple[Image.Image, list[str]]:
+        """One random view of ``image`` and the specs that made it."""
+        specs = self.sample_specs(rng)
+        return apply_transforms(image, specs), specs
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return self.view(image)[0]
+
+
+class RandomAugment(SeededViews):
+    """Seeded random composition of registry transforms, one ``Step`` after another.
+
+    ``at_least_one`` redraws an empty composition so that a view is never the unchanged image
+    (which would be a trivial positive).
     """
 
     def __init__(
@@ -138,19 +176,12 @@ class RandomAugment:
             raise ValueError(f"max_ops must be >= 1 or None, not {max_ops!r}")
         if at_least_one and not any(step.p > 0 for step in steps):
             raise ValueError("at_least_one needs a step with probability > 0")
-        self.seed = seed
+        super().__init__(seed)
         self.steps = tuple(steps)
         self.max_ops = max_ops
         self.at_least_one = at_least_one
-        self.rng = np.random.default_rng(seed)
-
-    def reseed(self, seed: int) -> None:
-        """Restart the generator, e.g. per DataLoader worker (seed + worker id)."""
-        self.seed = seed
-        self.rng = np.random.default_rng(seed)
 
     def sample_specs(self, rng: np.random.Generator | None = None) -> list[str]:
-        """Canonical spec strings of one random view, in the order they are applied."""
         rng = self.rng if rng is None else rng
         while True:
             specs = [s for s in (step.sample(rng) for step in self.steps) if s is not None]
@@ -160,15 +191,37 @@ class RandomAugment:
             if specs or not self.at_least_one:
                 return [spec.canonical for spec in specs]
 
-    def view(
-        self, image: Image.Image, rng: np.random.Generator | None = None
-    ) -> tuple[Image.Image, list[str]]:
-        """One random view of ``image`` and the specs that made it."""
-        specs = self.sample_specs(rng)
-        return apply_transforms(image, specs), specs
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return self.view(image)[0]
-
     def __repr__(self) -> str:
         return f"RandomAugment(seed={self.seed}, steps={len(self.steps)}, max_ops={self.max_ops})"
+
+
+class FamilyAugment(SeededViews):
+    """Views drawn from edit families: one family, or with probability ``combo_p`` 2-3 different
+    families at once. ``families`` (default all) less ``exclude`` (default the held-out
+    families, which training must never see) are drawn from, each as likely."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        families: Sequence[str] | None = None,
+        exclude: Sequence[str] = HELD_OUT_FAMILIES,
+        combo_p: float = 0.3,
+    ) -> None:
+        if not 0.0 <= combo_p <= 1.0:
+            raise ValueError(f"combo_p must be in 0..1, not {combo_p!r}")
+        self.families = family_names(families, exclude)
+        if combo_p > 0 and len(self.families) < 2:
+            raise ValueError(f"combinations need at least 2 families, not {self.families!r}; set combo_p=0")
+        super().__init__(seed)
+        self.combo_p = combo_p
+
+    def sample_specs(self, rng: np.random.Generator | None = None) -> list[str]:
+        rng = self.rng if rng is None else rng
+        if rng.random() < self.combo_p:
+            specs = draw_combo(rng, self.families)
+        else:
+            specs = draw_edit(self.families[int(rng.integers(len(self.families)))], rng)
+        return [spec.canonical for spec in specs]
+
+    def __repr__(self) -> str:
+        return f"FamilyAugment(seed={self.seed}, families={len(self.families)}, combo_p={self.combo_p})"

@@ -63,10 +63,10 @@ class Param:
     def parse(self, text: str, spec: str) -> object:
         """The value of ``text`` for this parameter, or ValueError naming spec and range."""
         value = self._convert(text.strip(), spec)
-        if self.colour:
-            value = value.lower().removeprefix("#")
-            if value in self.choices or HEX_COLOUR.fullmatch(value):
-                return value
+        if self.colour and HEX_COLOUR.fullmatch(value.lower().removeprefix("#")):
+            return value.lower().removeprefix("#")
+        if self.kind is str and self.choices is not None:
+            value = value.lower()  # like the transform names
         if self.choices is not None and value not in self.choices:
             raise ValueError(
                 f"transform {spec!r}: {self.name} must be one of {self.describe()}, not {text!r}"
@@ -466,7 +466,8 @@ TRANSFORMS: dict[str, Transform] = {
                 Param("left", float, -1.0, 0.0, 1.0),
             ),
             True,
-            "margins of FILL, each a fraction of its side; as in CSS, TOP alone sets all four, TOP:RIGHT top+bottom and left+right",
+            "margins of FILL, each a fraction of its side; as in CSS, TOP alone sets all four,"
+            " TOP:RIGHT top+bottom and left+right",
             normalise=shortest_border,
         ),
         Transform(

@@ -11,7 +11,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from imagegen import image_bytes, make_image
-from twice.augment import apply_transform, augment_catalog
+from twice.augment import TRANSFORMS, apply_transform, augment_catalog
 from twice.cli import main
 from twice.imageio import decode_image
 from twice.indexer import ImageRow, Indexer, reindex
@@ -97,11 +97,11 @@ def test_new_transforms_fill_in_and_only_new_skips_augmented_originals(options, 
     assert run_augment(options, "--transforms", "all", "--only-new") == 0
     rows = all_rows(options)
     count = lambda parent: sum(r.parent_id == parent for r in rows)  # noqa: E731
-    assert [count(p) for p in old + new] == [4, 4, 12]
+    assert [count(p) for p in old + new] == [4, 4, len(TRANSFORMS)]
 
     assert run_augment(options, "--transforms", "jpeg:30,crop:0.5:3") == 0
     rows = all_rows(options)
-    assert [count(p) for p in old + new] == [6, 6, 14]
+    assert [count(p) for p in old + new] == [6, 6, len(TRANSFORMS) + 2]
     jpeg = next(r for r in rows if r.transform == "jpeg:30")
     assert jpeg.format == "JPEG"  # the JPEG itself is stored: its artefacts are the point
 
@@ -192,7 +192,7 @@ def test_preview_writes_a_labelled_contact_sheet(options, tmp_path, capsys):
     make_image(3, (120, 90)).save(source)
     sheet_path = tmp_path / "out" / "grid.png"
     assert run_augment(options, "--preview", str(source), "-o", str(sheet_path)) == 0
-    assert "12 variants" in capsys.readouterr().out
+    assert f"{len(TRANSFORMS)} variants" in capsys.readouterr().out
     with Image.open(sheet_path) as sheet:
         assert sheet.format == "PNG"
         full = sheet.size
@@ -202,7 +202,7 @@ def test_preview_writes_a_labelled_contact_sheet(options, tmp_path, capsys):
     )
     with Image.open(sheet_path) as sheet:
         small = np.asarray(sheet.convert("RGB"))
-    # 13 tiles in 4 columns and 4 rows, versus 3 tiles in one row
+    # every transform's tile plus the original in 4 columns, versus 3 tiles in one row
     assert full[0] > small.shape[1] and full[1] > 3 * small.shape[0]
     # the original tile holds the picture, scaled down: its centre pixel is the picture's centre colour
     assert not np.array_equal(small[100, 100], small[2, 2])

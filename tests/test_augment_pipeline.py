@@ -11,6 +11,9 @@ from PIL import Image
 from imagegen import make_image
 from twice.augment import (
     DEFAULT_STEPS,
+    FAMILIES,
+    HELD_OUT_FAMILIES,
+    FamilyAugment,
     RandomAugment,
     Step,
     apply_transforms,
@@ -136,3 +139,62 @@ def test_overrides_replace_a_step_keep_its_range_or_add_one():
 def test_bad_overrides_are_refused(override, message):
     with pytest.raises(ValueError, match=message):
         with_overrides(DEFAULT_STEPS, [override])
+
+
+# views drawn from edit families ------------------------------------------------------------------
+
+# transform name -> the family that draws it (crop draws cropbox; every other family its own name)
+FAMILY_OF = {**{name: name for name in FAMILIES}, "cropbox": "crop"}
+
+
+def families_of(specs: list[str]) -> set[str]:
+    return {FAMILY_OF[spec.split(":")[0]] for spec in specs}
+
+
+def test_a_family_view_is_a_pure_function_of_its_seed():
+    image = make_image(5, (64, 48))
+    a, b = FamilyAugment(seed=1), FamilyAugment(seed=99)
+    b.sample_specs()  # another history: a view drawn from its own generator does not care
+    for seed in range(12):
+        view_a, specs_a = a.view(image, np.random.default_rng(seed))
+        view_b, specs_b = b.view(image, np.random.default_rng(seed))
+        assert specs_a == specs_b
+        np.testing.assert_array_equal(np.asarray(view_a), np.asarray(view_b))
+        np.testing.assert_array_equal(np.asarray(view_a), np.asarray(apply_transforms(image, specs_a)))
+        assert view_a.mode == "RGB"
+    c, d = FamilyAugment(seed=4), FamilyAugment(seed=4)
+    assert [c.sample_specs() for _ in range(10)] == [d.sample_specs() for _ in range(10)]
+
+
+def test_family_views_leave_the_held_out_families_out_by_default():
+    aug = FamilyAugment(seed=0)
+    seen = set()
+    for _ in range(600):
+        seen |= families_of(aug.sample_specs())
+    assert not seen & set(HELD_OUT_FAMILIES)
+    assert seen == set(FAMILIES) - set(HELD_OUT_FAMILIES)
+    everything = FamilyAugment(seed=0, exclude=())
+    drawn = set().union(*(families_of(everything.sample_specs()) for _ in range(600)))
+    assert set(HELD_OUT_FAMILIES) <= drawn
+
+
+def test_family_views_are_single_edits_or_combos_at_the_given_rate():
+    n, aug = 1000, FamilyAugment(seed=2, combo_p=0.3)
+    sizes = Counter(len(aug.sample_specs(np.random.default_rng(i))) for i in range(n))
+    assert abs((sizes[2] + sizes[3]) / n - 0.3) < 0.05 and sizes[1] > 0 and sizes[3] > 0
+    singles = FamilyAugment(seed=3, families=["tilt", "border"], combo_p=0.0)
+    for _ in range(50):
+        specs = singles.sample_specs()
+        assert len(specs) == 1 and families_of(specs) <= {"tilt", "border"}
+    combos = FamilyAugment(seed=3, families=["tilt", "border", "gray"], combo_p=1.0)
+    assert all(len(combos.sample_specs()) in (2, 3) for _ in range(50))
+
+
+def test_family_augment_refuses_bad_settings():
+    with pytest.raises(ValueError, match="combo_p must be in 0..1, not 1.5"):
+        FamilyAugment(combo_p=1.5)
+    with pytest.raises(ValueError, match="unknown edit family 'tilted'"):
+        FamilyAugment(families=["tilted"])
+    with pytest.raises(ValueError, match="combinations need at least 2 families"):
+        FamilyAugment(families=["tilt"])
+    assert FamilyAugment(families=["tilt"], combo_p=0).sample_specs()[0].startswith("tilt")
