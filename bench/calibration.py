@@ -1,16 +1,18 @@
 """Thresholds for ``bench quality`` fitted the way ``twice calibrate`` fits them, on images the
-benchmark never queries.
+benchmark never queries (``twice bench quality --calibrate``).
 
-The distractors (indexed, never queried) get the benchmark's transforms as known variants in a
-separate data directory (``twice augment``, then ``twice reindex``); ``search.calibrate`` scores
-those pairs and hard non-pairs and fits the duplicate and similar rules and the evidence
-weights. The measured queries (copies of the originals) play no part, so the precision the
-benchmark reports is what a calibrated deployment would see on new images.
+The distractors (indexed, never queried) get one draw of each seen edit family as known
+variants in a separate data directory (``twice augment``, then ``twice reindex``);
+``search.calibrate`` scores those pairs and hard non-pairs and fits the duplicate and similar
+rules and the evidence weights. The measured queries (copies of the originals) and the
+held-out families play no part, so the precision the benchmark reports is what a calibrated
+deployment would see on new images and edits.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from twice.search.calibrate import (
     fit_rule,
 )
 from twice.search.verdicts import HASH_OFF
+
+from .sources import CALIBRATION_STREAM, FIXED, SEEN, EditRow, row_rng
 
 LOG = logging.getLogger(__name__)
 
@@ -54,6 +58,21 @@ class BenchCalibration:
             "cnn_alone": self.cnn_alone.to_dict(),
             "weights": fit.weights.to_dict(),
         }
+
+
+def calibration_transforms(rows: Sequence[EditRow], seed: int) -> list[str]:
+    """One draw of each seen family (and each fixed spec), as the specs ``twice augment``
+    stores: held-out families stay unseen, and combinations (several specs) are no variant."""
+    specs = []
+    for row in rows:
+        if row.group not in (SEEN, FIXED):
+            continue
+        drawn = row.draw(row_rng(row, seed, 0, CALIBRATION_STREAM))
+        if len(drawn) == 1:
+            specs.append(drawn[0].canonical)
+    if not specs:
+        raise ValueError(f"no edit to calibrate on among {[row.name for row in rows]}")
+    return list(dict.fromkeys(specs))
 
 
 def calibrate_on_distractors(

@@ -1,5 +1,6 @@
-"""The competitors of ``bench quality``: twice's models through the real index and search
-path, and imagededup's PHash as its users run it (and with the query's 8 dihedral variants)."""
+"""The competitors of ``bench quality``: twice's models through the product's own path
+(``twice.library.Library``: ``add`` as ``twice reindex`` does, ``search`` as ``POST /search``
+does), and imagededup's PHash as its users run it (and with the query's 8 dihedral variants)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from twice.imageio import ImageError, decode_image, read_file_bytes
-from twice.indexer import reindex
+from twice.library import Library
 from twice.model import RANDOM_WEIGHTS, Embedder, pick_device, pick_precision, seeded_network
 from twice.search import SearchEngine
 
@@ -35,9 +36,9 @@ def random_embedder(options) -> Embedder:
 
 
 class EmbeddingMethod:
-    """A twice model, indexed by ``twice reindex``, asked in one of two ways.
+    """A twice model, its images added to a ``Library`` (``twice.open``), asked in one of two ways.
 
-    ``search``: ``SearchEngine.search_file`` per query, the whole product (exact bytes, hash
+    ``search``: ``Library.search_json`` per query file, the whole product (exact bytes, hash
     evidence, CNN, combined verdicts); ``search_kwargs`` go to it as they are, so search variants
     (``tta=d4``) are compared by name. ``cnn``: the model alone, the query embedded and looked
     up in the FAISS index, a duplicate when the score reaches the model's duplicate threshold;
@@ -65,25 +66,27 @@ class EmbeddingMethod:
         self.calibrator = calibrator
         self.calibration: BenchCalibration | None = None
         self.calibration_seconds = 0.0
+        self.library: Library | None = None
         self.engine: SearchEngine | None = None
         self.threshold: float | None = None
         self.rule: str | None = None  # the duplicate rule in words, when it is more than a CNN cut
 
     def describe(self) -> str:
         d = self.embedder.describe()
-        how = "FAISS top-k of the embedding only" if self.mode == "cnn" else "SearchEngine.search_file"
+        how = "FAISS top-k of the embedding only" if self.mode == "cnn" else "twice.open(...).search"
         extra = "".join(f", {k}={v}" for k, v in self.search_kwargs.items())
         shared = f"; reuses the index of {self.base.name}" if self.base is not None else ""
         model = f"{d['arch']} ({d['weights']} weights) at {d['image_size']} px, {d['precision']}"
         return f"{how}; {model}{extra}{shared}"
 
     def index(self, paths: list[Path], workdir: Path, progress: bool = False) -> None:
-        if self.base is not None and self.base.engine is not None:
-            self.engine = self.base.engine
+        if self.base is not None and self.base.library is not None:
+            self.library, self.engine = self.base.library, self.base.engine
             self.calibration = self.base.calibration
         else:
             options = self.options.with_overrides(data_dir=workdir)
-            summary = reindex(paths, options, self.embedder, progress=progress)
+            self.library = Library(options, self.embedder)
+            summary = self.library.add(paths, progress=progress)
             if summary.skipped:
                 LOG.warning("%s: reindex skipped %s", self.name, dict(summary.skipped))
             if self.calibrator is not None:
@@ -91,7 +94,7 @@ class EmbeddingMethod:
                 self.calibration = self.calibrator(workdir / "calibration")
                 store_thresholds(options, self.calibration)
                 self.calibration_seconds = time.perf_counter() - started
-            self.engine = SearchEngine.open(options, self.embedder)
+            self.engine = self.library.engine()  # opens the library after any calibration
         thresholds = self.engine.thresholds
         self.threshold = thresholds.duplicate
         if self.mode == "cnn" and self.calibration is not None:
@@ -106,11 +109,11 @@ class EmbeddingMethod:
         return [self.query(p, k) for p in bar]
 
     def query(self, path: Path, k: int) -> list[Hit]:
-        """One query through the search engine."""
-        if self.engine is None:
+        """One query file through the library, as ``twice search`` and ``POST /search`` ask."""
+        if self.library is None:
             raise RuntimeError(f"{self.name}: query before index")
         try:
-            response = self.engine.search_file(path, k, **self.search_kwargs)
+            response = self.library.search_json(path, k, **self.search_kwargs)
         except TypeError as exc:
             raise ValueError(
                 f"search variant {self.search_kwargs} not supported by this twice: {exc}"
@@ -168,8 +171,8 @@ class EmbeddingMethod:
             return None
 
     def close(self) -> None:
-        if self.engine is not None and self.base is None:
-            self.engine.close()
+        if self.library is not None and self.base is None:
+            self.library.close()
 
 
 def dihedral_variants(image: Image.Image) -> list[Image.Image]:

@@ -1,4 +1,5 @@
-"""twice bench: metric oracles, the benchmark set split, PHash peers, FAISS oracle, CLI smoke tests."""
+"""twice bench: metric oracles, confidence intervals, drawn edits, the benchmark set split, PHash
+peers, FAISS oracle, CLI smoke tests."""
 
 from __future__ import annotations
 
@@ -11,20 +12,47 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from bench.calibration import calibrate_on_distractors
+from bench.calibration import calibrate_on_distractors, calibration_transforms
 from bench.machine import MemoryProbe
 from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits, random_embedder
-from bench.metrics import Hit, QueryOutcome, duplicate_figures, outcome_of, recall_at, summarise
+from bench.metrics import (
+    Hit,
+    QueryOutcome,
+    duplicate_figures,
+    outcome_of,
+    recall_at,
+    summarise,
+    wilson,
+)
 from bench.results import markdown_table, write_results
-from bench.sources import Candidate, PoolFilter, blanked_by, build_bench_set, write_images
+from bench.sources import (
+    Candidate,
+    Edit,
+    PoolFilter,
+    Role,
+    blanked_by,
+    build_bench_set,
+    draw_edits,
+    edit_rows,
+    write_images,
+)
 from bench.speed import SpeedConfig, measure_faiss_size
 from conftest import make_options
-from twice.augment import make_synthetic_image, parse_transforms
+from twice.augment import apply_transforms, make_synthetic_image, parse_transforms
+from twice.augment.families import HELD_OUT_FAMILIES
+from twice.augment.sources import APT_SOURCES
 from twice.cli import main
 from twice.indexer import Catalog
 from twice.indexer.vectors import ivf_nlist
 from twice.model import build_network
 from twice.search import thresholds_for
+
+SYNTHETIC_JPEG = {
+    "original_sources": ("synthetic",),
+    "distractor_sources": ("synthetic",),
+    "rows": edit_rows(families=(), combos=(), transforms=("jpeg",)),
+    "install": False,
+}
 
 
 def sha(path: Path) -> str:
@@ -56,12 +84,31 @@ def test_recall_and_duplicate_figures_match_a_hand_count():
     figures = duplicate_figures(outcomes)
     assert figures["true_positives"] == 1 and figures["false_positives"] == 2
     assert figures["precision"] == 1 / 3 and figures["recall"] == 1 / 4
+    assert figures["precision_ci95"] == pytest.approx(list(wilson(1, 3)))
     assert figures["negative_false_rate"] == 1 / 2
+    assert figures["negative_false_rate_ci95"] == list(wilson(1, 2))
+    assert figures["copies_matched_wrong"] == 1 and figures["negatives_called_duplicate"] == 1
     assert figures["false_positives_by_signal"] == {"hash+cnn": 1, "cnn": 1}
     summary = summarise(outcomes)
-    assert summary["per_transform"]["rotate"] == {"n": 2, "recall@1": 0.5, "recall@5": 1.0}
-    assert summary["per_transform"]["blur"] == {"n": 2, "recall@1": 0.5, "recall@5": 0.5}
+    rotate = summary["per_edit"]["rotate"]
+    assert [rotate[k] for k in ("n", "recall@1", "recall@5", "duplicate_recall")] == [2, 0.5, 1.0, 0.5]
+    assert rotate["recall@1_ci95"] == list(wilson(1, 2)) and rotate["recall@5_ci95"] == list(wilson(2, 2))
+    blur = summary["per_edit"]["blur"]
+    assert [blur[k] for k in ("n", "recall@1", "recall@5", "duplicate_recall")] == [2, 0.5, 0.5, 0.0]
     assert (summary["positives"], summary["negatives"]) == (4, 2)
+    assert summary["recall@1_ci95"] == list(wilson(2, 4))
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    # Closed forms at the ends: 0 of n -> [0, z^2 / (n + z^2)], n of n -> [n / (n + z^2), 1].
+    z2 = 1.959964**2
+    assert wilson(0, 100) == pytest.approx((0.0, z2 / (100 + z2)))
+    assert wilson(100, 100) == pytest.approx((100 / (100 + z2), 1.0))
+    assert wilson(100, 100)[0] == pytest.approx(0.9630, abs=1e-4)  # 100 of 100 is not proof of 1.00
+    assert wilson(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)  # the textbook example
+    assert wilson(0, 0) is None
+    with pytest.raises(ValueError, match="k=3, n=2"):
+        wilson(3, 2)
 
 
 def test_markdown_table_and_results_files(tmp_path):
@@ -87,7 +134,8 @@ def test_memory_probe_sees_an_allocation():
 
 
 def test_bench_set_roles_are_disjoint_seeded_and_complete(tmp_path):
-    kw = {"sources": ("synthetic",), "transforms": ("rotate", "jpeg"), "install": False}
+    rows = edit_rows(families=("tilt", "crop"), combos=(), transforms=("rotate",))
+    kw = {**SYNTHETIC_JPEG, "rows": rows}
     first = build_bench_set(tmp_path / "a", 4, 3, 2, seed=1, **kw)
     again = build_bench_set(tmp_path / "b", 4, 3, 2, seed=1, **kw)
     other = build_bench_set(tmp_path / "c", 4, 3, 2, seed=2, **kw)
@@ -98,13 +146,76 @@ def test_bench_set_roles_are_disjoint_seeded_and_complete(tmp_path):
     assert [sha(p) for p in first.indexed] == [sha(p) for p in again.indexed]
     assert [sha(p) for p in first.indexed] != [sha(p) for p in other.indexed]
     copies = [q for q in first.queries if q.original is not None]
-    assert len(copies) == 8 and {q.transform for q in copies} == {"rotate", "jpeg"}
+    assert len(copies) == 12 and {q.edit for q in copies} == {"tilt", "crop", "rotate"}
+    assert [q.specs for q in copies] == [q.specs for q in again.queries if q.original is not None]
+    assert [q.specs for q in copies] != [q.specs for q in other.queries if q.original is not None]
+    # Drawn anew per original: four tilts, four crop boxes, the fixed rotate the same each time.
+    assert len({q.specs for q in copies if q.edit == "tilt"}) == 4
+    assert len({q.specs for q in copies if q.edit == "crop"}) == 4
+    assert {q.specs for q in copies if q.edit == "rotate"} == {("rotate",)}
     assert [q.path for q in first.queries if q.original is None] == first.negatives
-    rotated = next(q for q in copies if q.transform == "rotate")
+    rotated = next(q for q in copies if q.edit == "rotate")
     with Image.open(rotated.original) as original, Image.open(rotated.path) as copy:
         assert copy.size == original.size[::-1]
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert manifest["counts"]["queries"] == 10 and manifest["left_out"] == first.left_out == {}
+    assert manifest["counts"]["queries"] == 14 and manifest["left_out"] == first.left_out == {}
+    assert manifest["queries"][0] == first.queries[0].record()
+    assert first.groups == {"tilt": "seen", "crop": "seen", "rotate": "fixed"}
+
+
+def test_a_recorded_copy_is_remade_from_its_specs(tmp_path):
+    rows = edit_rows(families=("tilt", "border", "crop", "sticker"), combos=(2, 3))
+    bench_set = build_bench_set(tmp_path, 2, 0, 0, original_sources=("synthetic",), rows=rows, install=False)
+    for query in bench_set.queries:
+        assert query.path.suffix == ".png" or query.specs[-1].startswith("jpeg")
+        if query.path.suffix != ".png":
+            continue
+        with Image.open(query.original) as original, Image.open(query.path) as copy:
+            remade = apply_transforms(original.convert("RGB"), query.specs)
+            assert np.array_equal(np.asarray(copy.convert("RGB")), np.asarray(remade)), query.specs
+    combos = [q for q in bench_set.queries if q.edit.startswith("combo")]
+    assert sorted(len(q.specs) for q in combos) == [2, 2, 3, 3]
+
+
+def test_drawn_edits_are_reproducible_and_each_row_keeps_its_draws():
+    rows = edit_rows(families=("tilt", "border", "perspective"), combos=(2,))
+    first, again = draw_edits(rows, 0, 5), draw_edits(rows, 0, 5)
+    assert [e.canonical for e in first] == [e.canonical for e in again]
+    assert [e.canonical for e in draw_edits(rows, 0, 6)] != [e.canonical for e in first]
+    # Another family added changes no other family's draw (a combination's pool grows with it).
+    more = edit_rows(families=("jpeg", "tilt", "border", "perspective"), combos=(2,))
+    by_row = {e.row: e.canonical for e in draw_edits(more, 0, 5)}
+    assert [by_row[e.row] for e in first[:3]] == [e.canonical for e in first[:3]]
+    groups = {row.name: row.group for row in rows}
+    assert groups == {"tilt": "seen", "border": "seen", "perspective": "held-out", "combo of 2": "combo"}
+    # Combinations are drawn from the seen families only.
+    for slot in range(20):
+        combo = draw_edits(rows, 0, slot)[-1]
+        assert not any(spec.name in HELD_OUT_FAMILIES for spec in combo.specs)
+
+
+def test_edit_rows_refuse_what_cannot_be_measured():
+    with pytest.raises(ValueError, match="unknown edit family 'wobble'"):
+        edit_rows(families=("wobble",))
+    with pytest.raises(ValueError, match="a combination takes 2..1"):
+        edit_rows(families=("tilt", "perspective"), combos=(2,))
+    with pytest.raises(ValueError, match="no edits to measure"):
+        edit_rows(families=(), combos=())
+    with pytest.raises(ValueError, match="distinct names"):
+        edit_rows(families=("rotate",), combos=(), transforms=("rotate",))
+
+
+def test_calibration_draws_seen_families_once_from_a_stream_of_its_own():
+    families = ("tilt", "border", "perspective", "sticker")
+    rows = edit_rows(families=families, combos=(2,), transforms=("jpeg:30",))
+    specs = calibration_transforms(rows, 0)
+    assert [s.split(":")[0] for s in specs] == ["tilt", "border", "jpeg"]
+    assert specs == calibration_transforms(rows, 0)
+    # Its own generator stream: not the draw of any original's slot.
+    for slot in range(20):
+        assert [e.canonical[0] for e in draw_edits(rows, 0, slot)[:2]] != specs[:2]
+    with pytest.raises(ValueError, match="no edit to calibrate on"):
+        calibration_transforms(edit_rows(families=("sticker",), combos=()), 0)
 
 
 def drawing(shape: str) -> Image.Image:
@@ -146,16 +257,17 @@ def test_pool_filter_keeps_out_repeats_near_copies_series_and_blanks():
 
 def test_bench_set_refuses_unknown_source_and_bad_counts(tmp_path):
     with pytest.raises(ValueError, match="flickr"):
-        build_bench_set(tmp_path, 2, 0, 0, sources=("flickr",), install=False)
+        build_bench_set(tmp_path, 2, 0, 0, original_sources=("flickr",), install=False)
     with pytest.raises(ValueError, match="originals must be at least 1"):
-        build_bench_set(tmp_path, 0, 1, 1, sources=("synthetic",), install=False)
+        build_bench_set(tmp_path, 0, 1, 1, install=False)
     with pytest.raises(ValueError, match="negatives must be a count"):
-        build_bench_set(tmp_path, 1, 1, -1, sources=("synthetic",), install=False)
+        build_bench_set(tmp_path, 1, 1, -1, install=False)
 
 
 def test_skimage_source_gives_its_bundled_samples(tmp_path):
     pytest.importorskip("skimage")
-    bench_set = build_bench_set(tmp_path, 3, 0, 0, sources=("skimage",), transforms=("gray",), install=False)
+    rows = edit_rows(families=(), combos=(), transforms=("gray",))
+    bench_set = build_bench_set(tmp_path, 3, 0, 0, original_sources=("skimage",), rows=rows, install=False)
     assert bench_set.sources["skimage"].endswith("bundled samples")
     assert all(bench_set.source_of[p.name] == "skimage" for p in bench_set.originals)
 
@@ -175,8 +287,17 @@ def test_phash_d4_finds_a_rotated_copy_that_plain_phash_misses(tmp_path):
     pytest.importorskip("imagededup")
     from bench.methods import PHashMethod
 
+    rows = edit_rows(families=(), combos=(), transforms=("rotate",))
     bench_set = build_bench_set(
-        tmp_path, 4, 0, 1, seed=3, sources=("synthetic",), transforms=("rotate",), install=False
+        tmp_path,
+        4,
+        0,
+        1,
+        seed=3,
+        original_sources=("synthetic",),
+        distractor_sources=("synthetic",),
+        rows=rows,
+        install=False,
     )
     queries = [q.path for q in bench_set.queries]
     answers = {}
@@ -189,15 +310,13 @@ def test_phash_d4_finds_a_rotated_copy_that_plain_phash_misses(tmp_path):
     plain = [
         o
         for q, hits in zip(bench_set.queries[:4], answers[False][:4], strict=True)
-        for o in [outcome_of(q.transform, q.original.resolve(), hits)]
+        for o in [outcome_of(q.edit, q.original.resolve(), hits)]
     ]
     assert sum(o.rank == 1 and o.top_duplicate for o in plain) < 4
 
 
 def test_embedding_methods_use_reindex_search_and_the_bare_index(tmp_path, embedder):
-    bench_set = build_bench_set(
-        tmp_path / "set", 3, 1, 1, sources=("synthetic",), transforms=("jpeg",), install=False
-    )
+    bench_set = build_bench_set(tmp_path / "set", 3, 1, 1, **SYNTHETIC_JPEG)
     options = make_options(tmp_path / "data")
     search = EmbeddingMethod("search", options, embedder)
     search.index(bench_set.indexed, tmp_path / "data")
@@ -225,8 +344,16 @@ def test_embedding_methods_use_reindex_search_and_the_bare_index(tmp_path, embed
 
 
 def test_calibration_fits_on_variants_of_the_distractors_only(tmp_path, embedder):
+    rows = edit_rows(families=(), combos=(), transforms=("rotate", "bright"))
     bench_set = build_bench_set(
-        tmp_path / "set", 2, 4, 1, sources=("synthetic",), transforms=("rotate", "bright"), install=False
+        tmp_path / "set",
+        2,
+        4,
+        1,
+        original_sources=("synthetic",),
+        distractor_sources=("synthetic",),
+        rows=rows,
+        install=False,
     )
     options = make_options(tmp_path / "data")
 
@@ -268,13 +395,18 @@ def test_calibration_fits_on_variants_of_the_distractors_only(tmp_path, embedder
         calibrate_on_distractors([], ["rotate"], options, embedder, tmp_path / "none")
 
 
-def test_an_original_that_a_transform_blanks_is_left_out(tmp_path):
+def edits(*specs: str) -> list[Edit]:
+    return [Edit(spec, (parsed,)) for spec, parsed in zip(specs, parse_transforms(list(specs)), strict=True)]
+
+
+def test_an_original_that_an_edit_blanks_is_left_out(tmp_path):
     pale = Image.new("RGB", (120, 90), "white")
     ImageDraw.Draw(pale).ellipse([20, 20, 100, 70], outline=(215, 215, 215), width=3)  # +100: white
-    specs = parse_transforms(["rotate", "bright"])
-    assert blanked_by(pale, specs) == "bright"
-    assert blanked_by(drawing("flag"), specs) is None
-    assert blanked_by(pale, parse_transforms(["rotate", "dark"])) is None
+    assert blanked_by(pale, edits("rotate", "bright")) == "bright"
+    assert blanked_by(drawing("flag"), edits("rotate", "bright")) is None
+    assert blanked_by(pale, edits("rotate", "dark")) is None
+    chain = Edit("combo of 2", tuple(parse_transforms(["mirror", "bright"])))
+    assert blanked_by(pale, [chain]) == "mirror,bright"
     pool = [
         Candidate("openclipart", name, lambda image=image: image)
         for name, image in (
@@ -283,13 +415,16 @@ def test_an_original_that_a_transform_blanks_is_left_out(tmp_path):
             ("shapes.png", drawing("shapes")),
         )
     ]
-    chosen, left_out = write_images(tmp_path, pool, [("originals", 1), ("distractors", 1)], specs)
+    roles = [Role("originals", 1, ("openclipart",)), Role("distractors", 1, ("openclipart",))]
+    chosen, left_out = write_images(tmp_path, pool, roles, lambda slot: edits("rotate", "bright"))
     assert left_out == {"blank copy": 1}
-    assert [source for _, source in chosen["originals"]] == ["openclipart"]
+    assert [c.name for _, c in chosen["originals"]] == ["flag.png"]
+    assert [c.name for _, c in chosen["distractors"]] == ["shapes.png"]  # each candidate used once
     with Image.open(chosen["originals"][0][0]) as original:
-        assert blanked_by(original.convert("RGB"), specs) is None
+        assert blanked_by(original.convert("RGB"), edits("rotate", "bright")) is None
     # A distractor gets no copies: a pale one may stay.
-    chosen, left_out = write_images(tmp_path / "d", pool[:1], [("distractors", 1)], specs)
+    distractors = [Role("distractors", 1, ("openclipart",))]
+    chosen, left_out = write_images(tmp_path / "d", pool[:1], distractors, lambda slot: edits("bright"))
     assert left_out == {} and len(chosen["distractors"]) == 1
 
 
@@ -328,29 +463,55 @@ def test_bench_quality_quick_writes_tables(tmp_path, capsys, monkeypatch):
         "2",
         "--negatives",
         "2",
-        "--transforms",
-        "rotate,jpeg",
+        "--families",
+        "tilt,border,sticker",
+        "--combos",
+        "2",
+        "--calibrate",
         "--no-phash",
     ]
     monkeypatch.setattr("sys.argv", ["/somewhere/bin/twice", *argv])  # what the shell gives the command
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| rotate |" in out and "| **all** |" in out and "negatives called duplicate" in out
+    assert "| tilt | 3 |" in out and "| combo of 2 | 3 |" in out and "| **all but held-out** | 9 |" in out
+    held_out = out[out.index("**Held-out families**") :]
+    assert "| sticker | 3 |" in held_out and "| **held-out** | 3 |" in held_out
+    assert "negatives called duplicate (goal ≤ 0.005)" in out
     (json_path,) = results.glob("quality-quick-*.json")
     payload = json.loads(json_path.read_text())
     assert payload["command"] == "twice " + " ".join(argv)
     assert payload["machine"]["cores"] >= 1 and payload["model"].startswith("vgg16-d256-s64-")
     assert [m["name"] for m in payload["methods"]] == ["twice search", "CNN (random)"]
-    # Thresholds fitted on the 2 distractors' rotate and jpeg copies, then used by both rows.
+    edits = {"tilt": "seen", "border": "seen", "sticker": "held-out", "combo of 2": "combo"}
+    assert payload["set"]["edits"] == edits
+    queries = payload["set"]["queries"]
+    assert len(queries) == 3 * 4 + 2 and all(q["specs"] for q in queries if q["edit"] != "negative")
+    assert {q["specs"][0].split(":")[0] for q in queries if q["edit"] == "tilt"} == {"tilt"}
+    # Thresholds fitted on the 2 distractors' tilt and border draws, then used by both rows.
     assert payload["calibration"]["positives"] == 4 and payload["calibration"]["images"] == 2
+    assert [s.split(":")[0] for s in payload["calibration"]["transforms"]] == ["tilt", "border"]
     assert payload["methods"][1]["threshold"] == payload["calibration"]["cnn_alone"]["cnn_min"]
     assert "fitted as `twice calibrate` fits them" in out
     for method in payload["methods"]:
-        assert method["positives"] == 6 and method["negatives"] == 2
+        assert method["positives"] == 12 and method["negatives"] == 2 and len(method["outcomes"]) == 14
         assert 0.0 <= method["recall@1"] <= method["recall@5"] <= 1.0
-        assert set(method["per_source"]) <= {"synthetic", "skimage"}
+        low, high = method["recall@1_ci95"]
+        assert low <= method["recall@1"] <= high
+        assert method["per_group"]["held-out"]["n"] == 3 and method["all but held-out"]["n"] == 9
+        assert set(method["per_source"]) == {"synthetic"}
+        assert method["duplicate"]["negative_false_rate_ci95"] is not None
     assert (results / "quality-quick.md").read_text().startswith("## Quality")
     assert (results / "quality-quick.png").stat().st_size > 1000
+
+
+def test_bench_quality_refuses_bad_edit_flags(tmp_path, capsys):
+    base = ["--data-dir", str(tmp_path), "bench", "quality", "--quick", "--no-install"]
+    assert main([*base, "--families", "wobble"]) == 1
+    assert "unknown edit family 'wobble'" in capsys.readouterr().err
+    assert main([*base, "--combos", "two"]) == 1
+    assert "--combos takes comma-separated sizes or 'none', got 'two'" in capsys.readouterr().err
+    assert main([*base, "--calibration-images", "5"]) == 1
+    assert "--calibration-images needs --calibrate" in capsys.readouterr().err
 
 
 def test_bench_speed_quick_measures_every_part(tmp_path, capsys):
@@ -402,9 +563,7 @@ def test_cnn_only_search_is_the_bare_index_lookup(tmp_path, embedder):
     from twice.indexer import reindex
     from twice.search import SearchEngine
 
-    bench_set = build_bench_set(
-        tmp_path / "set", 3, 1, 0, sources=("synthetic",), transforms=("jpeg",), install=False
-    )
+    bench_set = build_bench_set(tmp_path / "set", 3, 1, 0, **SYNTHETIC_JPEG)
     options = make_options(tmp_path / "data")
     reindex(bench_set.indexed, options, embedder, progress=False)
     engine = SearchEngine.open(options, embedder)
@@ -446,5 +605,21 @@ def test_the_default_quality_run_draws_what_training_leaves_out():
     from twice.augment.sources import HELD_OUT_DRAW
 
     cfg = QualityConfig()
-    drawn = (cfg.sources, cfg.originals + cfg.distractors + cfg.negatives, cfg.seed)
-    assert drawn == (HELD_OUT_DRAW.sources, HELD_OUT_DRAW.total, HELD_OUT_DRAW.seed)
+    assert (cfg.sources, cfg.seed) == (HELD_OUT_DRAW.sources, HELD_OUT_DRAW.seed)
+    assert cfg.calibrate is False  # the users' protocol: out of the box
+
+
+def test_the_bench_set_holds_no_image_training_may_use(tmp_path):
+    if not all(folder.is_dir() for _package, folder in APT_SOURCES.values()):
+        pytest.skip("the Debian clip-art sources are not installed (twice bench setup)")
+    rows = edit_rows(families=(), combos=(), transforms=("gray",))
+    bench_set = build_bench_set(tmp_path / "held-out", 6, 6, 4, rows=rows, install=False)
+    assert {bench_set.source_of[p.name] for p in bench_set.originals} <= {"synthetic", "skimage"}
+    assert {bench_set.source_of[p.name] for p in bench_set.distractors + bench_set.negatives} <= {
+        "openclipart",
+        "tuxpaint",
+    }
+    assert bench_set.seen_in_training() == []
+    # Another seed draws outside the held-out pool, and the set says so.
+    other = build_bench_set(tmp_path / "other", 1, 6, 0, seed=5, rows=rows, install=False)
+    assert other.seen_in_training()
