@@ -30,14 +30,15 @@ from twice.web import app as api  # noqa: E402
 
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
-# The document as it was written by hand (before the models): operation -> statuses, parameters.
+# The document as it was written by hand (before the models): operation -> statuses, parameters;
+# since issue 25, writes also answer 401/403 (bearer token) and rate-limited routes 429.
 HAND_WRITTEN = {
-    ("POST", "/search"): ({200, 400, 404, 413, 415, 422, 503}, {("k", "query", False)}),
-    ("POST", "/images"): ({200, 201, 400, 413, 415, 422, 503}, set()),
-    ("GET", "/images/{image_id}"): ({200, 400, 404}, {("image_id", "path", True)}),
-    ("DELETE", "/images/{image_id}"): ({200, 400, 404, 503}, {("image_id", "path", True)}),
+    ("POST", "/search"): ({200, 400, 404, 413, 415, 422, 429, 503}, {("k", "query", False)}),
+    ("POST", "/images"): ({200, 201, 400, 401, 403, 413, 415, 422, 429, 503}, set()),
+    ("GET", "/images/{image_id}"): ({200, 400, 404, 429}, {("image_id", "path", True)}),
+    ("DELETE", "/images/{image_id}"): ({200, 400, 401, 403, 404, 429, 503}, {("image_id", "path", True)}),
     ("GET", "/images/{image_id}/file"): (
-        {200, 304, 400, 404, 422},
+        {200, 304, 400, 404, 422, 429},
         {("image_id", "path", True), ("thumb", "query", False)},
     ),
     ("GET", "/health"): ({200, 503}, set()),
@@ -46,6 +47,7 @@ HAND_WRITTEN = {
         {(name, "query", False) for name in ("threshold", "include_variants", "page", "per_page")},
     ),
     ("GET", "/stats"): ({200}, set()),
+    ("GET", "/metrics"): ({200}, set()),
     ("GET", "/openapi.json"): ({200}, set()),
 }
 

@@ -75,10 +75,11 @@ def is_loopback(host: str) -> bool:
 def listeners(options: Options) -> list[Listener]:
     """The listeners ``options`` ask for: one (``bind``) or inference and management apart."""
     inference = options.inference_address or options.bind
-    host, port = parse_address(inference, "inference_address" if options.inference_address else "bind")
+    what = "inference_address (TWICE_INFERENCE_ADDRESS)" if options.inference_address else "bind (TWICE_BIND)"
+    host, port = parse_address(inference, what)
     if not options.management_address:
         return [Listener(host, port, frozenset({INFERENCE, MANAGEMENT}))]
-    mhost, mport = parse_address(options.management_address, "management_address")
+    mhost, mport = parse_address(options.management_address, "management_address (TWICE_MANAGEMENT_ADDRESS)")
     if (mhost, mport) == (host, port):
         return [Listener(host, port, frozenset({INFERENCE, MANAGEMENT}))]
     if mport == port:
