@@ -6,10 +6,20 @@ counts from the machine's cores, gthread workers, graceful reload with ``kill -H
 
     TWICE_BIND=127.0.0.1:8000   TWICE_WEB_WORKERS=2   TWICE_WEB_THREADS=4
     TWICE_LOG_DIR=index_data/logs ('-' for stderr)   TWICE_DATA_DIR, TWICE_CHECKPOINT, ...
+    TWICE_INFERENCE_ADDRESS / TWICE_MANAGEMENT_ADDRESS (or TWICE_CONFIG=config.properties)
 
+Writes open to the network without a token stop it here, with a message saying how to fix it.
 ``twice serve`` uses the same settings (twice/web/serve.py) with command-line flags instead.
 """
 
-from twice.web.serve import settings_from_env
+import sys
 
-globals().update(settings_from_env())
+from twice.web.auth import ExposedWrites
+from twice.web.serve import log_dir_of, prepare_multiprocess_dir, settings_from_env
+
+try:
+    _settings = settings_from_env()
+except (ExposedWrites, ValueError) as exc:
+    sys.exit(f"twice: {exc}")
+prepare_multiprocess_dir(_settings["workers"], log_dir_of(_settings))
+globals().update(_settings)

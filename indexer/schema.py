@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Double,
     Float,
@@ -220,3 +221,29 @@ class HashPairCache(Base):
     pair_b: Mapped[bytes] = mapped_column(LargeBinary)  # int64
     pair_distance: Mapped[bytes] = mapped_column(LargeBinary)  # int8
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# the web service -------------------------------------------------------------------------------
+
+
+class AuditRecord(Base):
+    """One write through the web service: who (token name, never the token), from where, what."""
+
+    __tablename__ = "audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    action: Mapped[str] = mapped_column(String(16))  # add | delete
+    image_id: Mapped[int] = mapped_column(Integer, index=True)  # no foreign key: outlives a delete
+    sha256: Mapped[str] = mapped_column(String(64))
+    created: Mapped[bool] = mapped_column(Boolean)  # add: a new row; delete: always true
+    token: Mapped[str] = mapped_column(String)  # the token's name; "local" for a tokenless local write
+    client: Mapped[str] = mapped_column(String)  # client address as the service saw it
+
+    def to_dict(self) -> dict:
+        return {
+            "at": self.at.isoformat() if self.at else None,
+            "action": self.action,
+            "token": self.token,
+            "client": self.client,
+        }

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import conftest
 from awkward import bad_images
-from conftest import make_options
 from imagegen import image_bytes, make_image, write_images
 from twice.files import atomic_write
 from twice.indexer import Catalog, VectorIndex, reindex
@@ -26,6 +26,19 @@ from twice.web import app as api
 from twice.web.service import SearchService
 
 N_IMAGES = 6
+# Writes need a token: every client here sends this one (tests/test_api_auth.py tests the rest).
+TOKEN = "twice_api-test-token"
+
+
+def make_options(data_dir: Path, **overrides):
+    return conftest.make_options(data_dir, api_token=TOKEN, **overrides)
+
+
+def client_of(app):
+    """A test client that sends the token with every request."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {TOKEN}"
+    return client
 
 
 # fixtures ------------------------------------------------------------------------------------
@@ -58,7 +71,7 @@ def shared(template, embedder):
     """A read-only indexed data dir and a client over it (tests here must not write)."""
     options, paths = template
     app = api.create_app(options, embedder=embedder)
-    yield app.test_client(), options, paths
+    yield client_of(app), options, paths
     api.service_of(app).close()
 
 
@@ -74,7 +87,7 @@ def fresh(template, tmp_path, embedder):
     """A writable indexed data dir of its own, and a client."""
     options, paths = copy_of(template, tmp_path)
     app = api.create_app(options, embedder=embedder)
-    yield app.test_client(), options, paths
+    yield client_of(app), options, paths
     api.service_of(app).close()
 
 
@@ -200,7 +213,7 @@ def test_bad_images_get_their_status(shared, name):
 
 def test_too_large_is_413(template, tmp_path, embedder):
     options, _ = copy_of(template, tmp_path, max_image_bytes=20_000)
-    client = api.create_app(options, embedder=embedder).test_client()
+    client = client_of(api.create_app(options, embedder=embedder))
     # Over the image limit but inside the request limit: the decoder refuses it.
     big = image_bytes(make_image(7, (150, 150)), "BMP")
     assert 20_000 < len(big) < 20_000 + api.MULTIPART_SLACK
@@ -284,7 +297,7 @@ def test_add_reports_a_duplicate_verdict(template, tmp_path, embedder):
     # of the random test model are all near 0.99, so only an exact 1.0 is out of reach).
     catalog.set_thresholds(embedder.version, duplicate=0.5, similar=0.2, source="manual")
     catalog.close()
-    client = api.create_app(options, embedder=embedder).test_client()
+    client = client_of(api.create_app(options, embedder=embedder))
     mirrored = image_bytes(ImageOps.mirror(Image.open(paths[1])))
     body = client.post("/images", data=upload(mirrored, "mirror.png")).get_json()
     assert body["created"] and body["match"] == "duplicate" and body["already_indexed"]
@@ -296,7 +309,7 @@ def test_add_reports_no_match_below_the_threshold(template, tmp_path, embedder):
     catalog = Catalog(options.catalog_url)
     catalog.set_thresholds(embedder.version, duplicate=1.0, similar=1.0, source="manual")
     catalog.close()
-    client = api.create_app(options, embedder=embedder).test_client()
+    client = client_of(api.create_app(options, embedder=embedder))
     body = client.post("/images", data=upload(image_bytes(make_image(77)))).get_json()
     assert (body["created"], body["match"], body["already_indexed"], body["duplicate_of"]) == (
         True,
@@ -364,7 +377,7 @@ def test_url_search_refuses_loopback_by_default(shared, web):
 
 def test_url_search_and_add_when_private_urls_are_allowed(shared, web, embedder):
     _, options, paths = shared
-    client = api.create_app(options, embedder=embedder, allow_private_urls=True).test_client()
+    client = client_of(api.create_app(options, embedder=embedder, allow_private_urls=True))
     expected = image_id_of(options, paths[2])
     for url in (f"{web}/img_0002.png", f"{web}/redirect"):
         body = client.post("/search", json={"url": url, "k": 2}).get_json()
@@ -374,15 +387,17 @@ def test_url_search_and_add_when_private_urls_are_allowed(shared, web, embedder)
     assert_error(client.post("/search", json={"url": f"{web}/page.html"}), 415, "not_image")
     closed = "http://127.0.0.1:9/x.png"  # discard port: nothing listens
     assert_error(client.post("/search", json={"url": closed}), 422, "fetch_failed")
-    small = api.create_app(
-        options.with_overrides(max_image_bytes=100_000), embedder=embedder, allow_private_urls=True
-    ).test_client()
+    small = client_of(
+        api.create_app(
+            options.with_overrides(max_image_bytes=100_000), embedder=embedder, allow_private_urls=True
+        )
+    )
     assert_error(small.post("/search", json={"url": f"{web}/big.bin"}), 413, "too_large")
 
 
 def test_add_by_url(fresh, web, embedder):
     _, options, _ = fresh
-    client = api.create_app(options, embedder=embedder, allow_private_urls=True).test_client()
+    client = client_of(api.create_app(options, embedder=embedder, allow_private_urls=True))
     body = client.post("/images", json={"url": f"{web}/img_0002.png", "page_url": f"{web}/"}).get_json()
     assert body["created"] is False and body["match"] == "exact"  # these bytes are indexed already
     assert_error(client.post("/images", json={"page_url": "x"}), 400, "bad_request", "url")
@@ -405,7 +420,7 @@ def test_health_and_stats(shared, embedder):
 
 def test_no_index_yet_is_503_until_the_first_upload(tmp_path, embedder):
     options = make_options(tmp_path / "data")
-    client = api.create_app(options, embedder=embedder).test_client()
+    client = client_of(api.create_app(options, embedder=embedder))
     health = client.get("/health")
     assert health.status_code == 503 and health.get_json()["status"] == "not_ready"
     assert "no index yet" in health.get_json()["reason"]
@@ -419,7 +434,7 @@ def test_no_index_yet_is_503_until_the_first_upload(tmp_path, embedder):
 
 def test_a_model_that_cannot_load_is_503(tmp_path):
     options = make_options(tmp_path / "data", checkpoint=str(tmp_path / "missing.pt"))
-    client = api.create_app(options).test_client()
+    client = client_of(api.create_app(options))
     assert_error(client.get("/health"), 503, "model_not_ready", "missing.pt")
     assert_error(client.post("/search", data=upload(b"x")), 503, "model_not_ready")
 
@@ -430,7 +445,7 @@ def test_index_of_another_model_is_503_and_left_alone(tmp_path, embedder):
     other.add(np.array([1]), np.ones((1, embedder.dim), np.float32) / np.sqrt(embedder.dim))
     other.save(options.index_path)
     before = options.index_path.read_bytes()
-    client = api.create_app(options, embedder=embedder).test_client()
+    client = client_of(api.create_app(options, embedder=embedder))
     assert "another model" in client.get("/health").get_json()["reason"]
     data = image_bytes(make_image(1))
     assert_error(client.post("/search", data=upload(data)), 503, "index_not_ready", "another model")
@@ -508,7 +523,7 @@ def test_unknown_routes_methods_and_internal_errors_are_json(shared, embedder):
 
     app = api.create_app(options, embedder=embedder)
     app.add_url_rule("/boom", "boom", boom)  # a bug in some view: the client sees no detail
-    crashed = app.test_client().get("/boom")
+    crashed = client_of(app).get("/boom")
     assert_error(crashed, 500, "internal")
     assert "secret" not in crashed.get_data(as_text=True)
 
@@ -549,4 +564,4 @@ def test_duplicates_route_returns_the_report_paginated(fresh):
 
 def test_duplicates_route_without_an_index_is_503(tmp_path, embedder):
     app = api.create_app(make_options(tmp_path / "empty"), embedder=embedder)
-    assert_error(app.test_client().get("/duplicates"), 503, "index_not_ready", "no index")
+    assert_error(client_of(app).get("/duplicates"), 503, "index_not_ready", "no index")

@@ -20,6 +20,7 @@ from imagegen import image_bytes, make_image, write_images
 from twice.indexer import reindex
 from twice.web import app as api
 
+TOKEN = "twice_browser-test-token"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -35,7 +36,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 @pytest.fixture
 def site(tmp_path, embedder):
     """The real app over a small index, served over HTTP on 127.0.0.1 from a thread."""
-    options = make_options(tmp_path / "data")
+    options = make_options(tmp_path / "data", api_token=TOKEN)
     paths = write_images(tmp_path / "images", 5)
     reindex([tmp_path / "images"], options, embedder, progress=False)
     app = api.create_app(options, embedder=embedder)
@@ -111,8 +112,14 @@ def test_upload_shows_the_duplicate_at_rank_1(site, browser, tmp_path):
     new = tmp_path / "new.png"
     new.write_bytes(image_bytes(make_image(4242)))
     choose_file(browser, new)
+    browser.find_element(By.ID, "add-button").click()  # writes need a token: the page asks for one
+    wait.until(EC.text_to_be_present_in_element((By.ID, "message"), "enter an API token"))
+    assert "(unauthorized)" in browser.find_element(By.ID, "message").text
+    browser.find_element(By.ID, "token").send_keys(TOKEN)
     browser.find_element(By.ID, "add-button").click()
     wait.until(EC.text_to_be_present_in_element((By.ID, "message"), "#6: added"))
+    assert browser.execute_script("return sessionStorage.getItem('twice-api-token')") == TOKEN
+    assert browser.execute_script("return localStorage.length") == 0
     wait.until(EC.text_to_be_present_in_element((By.ID, "health"), "6 images indexed"))
 
 

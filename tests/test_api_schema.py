@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 import json
 from collections import Counter
+from urllib.parse import quote
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 jsonschema_rs = pytest.importorskip("jsonschema_rs")  # schemathesis' own validator
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from PIL import Image  # noqa: E402
 from schemathesis.specs.openapi.checks import (  # noqa: E402
     content_type_conformance,
@@ -30,14 +32,15 @@ from twice.web import app as api  # noqa: E402
 
 CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
-# The document as it was written by hand (before the models): operation -> statuses, parameters.
+# The document as it was written by hand (before the models): operation -> statuses, parameters;
+# since issue 25, writes also answer 401/403 (bearer token) and rate-limited routes 429.
 HAND_WRITTEN = {
-    ("POST", "/search"): ({200, 400, 404, 413, 415, 422, 503}, {("k", "query", False)}),
-    ("POST", "/images"): ({200, 201, 400, 413, 415, 422, 503}, set()),
-    ("GET", "/images/{image_id}"): ({200, 400, 404}, {("image_id", "path", True)}),
-    ("DELETE", "/images/{image_id}"): ({200, 400, 404, 503}, {("image_id", "path", True)}),
+    ("POST", "/search"): ({200, 400, 404, 413, 415, 422, 429, 503}, {("k", "query", False)}),
+    ("POST", "/images"): ({200, 201, 400, 401, 403, 413, 415, 422, 429, 503}, set()),
+    ("GET", "/images/{image_id}"): ({200, 400, 404, 429}, {("image_id", "path", True)}),
+    ("DELETE", "/images/{image_id}"): ({200, 400, 401, 403, 404, 429, 503}, {("image_id", "path", True)}),
     ("GET", "/images/{image_id}/file"): (
-        {200, 304, 400, 404, 422},
+        {200, 304, 400, 404, 422, 429},
         {("image_id", "path", True), ("thumb", "query", False)},
     ),
     ("GET", "/health"): ({200, 503}, set()),
@@ -46,6 +49,7 @@ HAND_WRITTEN = {
         {(name, "query", False) for name in ("threshold", "include_variants", "page", "per_page")},
     ),
     ("GET", "/stats"): ({200}, set()),
+    ("GET", "/metrics"): ({200}, set()),
     ("GET", "/openapi.json"): ({200}, set()),
 }
 
@@ -193,3 +197,61 @@ def test_a_field_missing_from_the_document_is_caught(served):
     response.set_data(json.dumps({**response.get_json(), "surprise": 1}))
     with pytest.raises(AssertionError, match="surprise"):
         assert_documented(doc, "GET", "/stats", response)
+
+
+# beyond the document: any JSON, any id (issue 25 found 500s there) -----------------------------
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.integers(min_value=2**62, max_value=2**65)  # around SQLite's int64 edge
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+REQUEST_BODIES = (
+    st.fixed_dictionaries({"id": JSON_VALUES}, optional={"k": JSON_VALUES})
+    | st.fixed_dictionaries({"url": JSON_VALUES}, optional={"k": JSON_VALUES, "page_url": JSON_VALUES})
+    | JSON_VALUES
+)
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("fuzz")
+    options = make_options(root / "data", search_rate="", images_rate="")
+    write_images(root / "images", 3)
+    reindex([root / "images"], options, embedder, progress=False)
+    app = api.create_app(options, embedder=embedder, allow_private_urls=False)
+    yield app.test_client()
+    api.service_of(app).close()
+
+
+def test_any_json_body_is_answered_without_a_5xx(fuzzed):
+    @given(body=REQUEST_BODIES, route=st.sampled_from(["/search", "/images"]))
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(body, route) -> None:
+        response = fuzzed.post(route, data=json.dumps(body), content_type="application/json")
+        assert response.status_code < 500, (route, body, response.get_data(as_text=True)[:300])
+        assert set(response.get_json()["error"]) == {"code", "message"}
+
+    check()
+
+
+def test_any_id_in_the_path_is_answered_without_a_5xx(fuzzed):
+    @given(
+        image_id=st.text(min_size=1, max_size=40).filter(lambda t: "/" not in t and t not in (".", ".."))
+        | st.integers(min_value=-(2**70), max_value=2**70).map(str),
+        suffix=st.sampled_from(["", "/file", "/file?thumb=1"]),
+    )
+    @settings(max_examples=150, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))  # fmt: skip
+    def check(image_id, suffix) -> None:
+        path = "/images/" + quote(image_id, safe="") + suffix
+        for response in (fuzzed.get(path), fuzzed.delete(path.partition("?")[0].removesuffix("/file"))):
+            assert response.status_code < 500, (path, response.get_data(as_text=True)[:300])
+
+    check()

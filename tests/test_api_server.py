@@ -155,6 +155,7 @@ def test_settings_from_the_environment(tmp_path):
         {
             "TWICE_DATA_DIR": str(tmp_path / "data"),
             "TWICE_BIND": "0.0.0.0:9001",
+            "TWICE_API_TOKEN": "twice_settings-test",  # an open bind needs a token (test_api_auth.py)
             "TWICE_WEB_WORKERS": "3",
             "TWICE_WEB_THREADS": "5",
         }

@@ -496,9 +496,17 @@ class Library:
             return row
 
 
+# Catalog ids are SQLite/PostgreSQL 64-bit integers (and FAISS int64 ids): a bigger one is no id.
+MAX_ID = 2**63 - 1
+
+
 def check_id(image_id: object) -> int:
-    if isinstance(image_id, bool) or not isinstance(image_id, int | np.integer) or image_id < 1:
-        raise InvalidRequest(f"id must be a positive integer, got {image_id!r}")
+    if (
+        isinstance(image_id, bool)
+        or not isinstance(image_id, int | np.integer)
+        or not 1 <= image_id <= MAX_ID
+    ):
+        raise InvalidRequest(f"id must be a positive integer up to {MAX_ID}, got {image_id!r}")
     return int(image_id)
 
 

@@ -43,6 +43,28 @@ class Options:
     checkpoint_seconds: float = 30.0  # reindex saves the index at least this often
     allow_private_urls: bool = False  # let URL fetches reach loopback/private networks (tests, intranets)
     fetch_timeout: float = 10.0  # seconds, for URL fetches by the API
+    # The web service (docs/service.md#security). A config file (TWICE_CONFIG, key=value lines
+    # as TorchServe's config.properties) may set any of these by field name.
+    config: str = ""  # key=value file read before the environment; empty: none
+    bind: str = "127.0.0.1:8000"  # host:port of the one listener, unless the two addresses below are set
+    inference_address: str = ""  # http://host:port for search and the page (empty: bind)
+    management_address: str = ""  # http://host:port for writes, /stats, /metrics (empty: inference's)
+    api_token: str = ""  # one admin token for the simple case (else `twice token create`)
+    token_file: str = ""  # hashed tokens with names and roles; empty: <data_dir>/tokens.json
+    read_only: bool = False  # refuse every write: POST /images, DELETE /images/<id>
+    private_reads: bool = False  # reads need a token too (any role); /health and the page stay open
+    allowed_hosts: str = ""  # Host names served, comma-separated; empty: loopback and the listen hosts
+    allowed_origins: str = ""  # browser origins allowed cross-origin (CORS and writes); empty: none
+    expose_paths: str = "auto"  # server file paths in answers: auto (only on loopback) | yes | no
+    max_json_bytes: int = 1024 * 1024  # JSON request bodies; image uploads have max_image_bytes
+    search_rate: str = "120/minute"  # POST /search per client per worker; "" for no limit
+    images_rate: str = "600/minute"  # requests to /images... per client per worker; "" for no limit
+    max_searches: int = 4  # searches at once per worker; more answer 503 with Retry-After
+    proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For names the client
+
+    @property
+    def tokens_path(self) -> Path:
+        return Path(self.token_file) if self.token_file else self.data_dir / "tokens.json"
 
     @property
     def catalog_url(self) -> str:
@@ -77,12 +99,44 @@ class Options:
     def from_env(cls, environ: dict[str, str] | None = None) -> Options:
         environ = os.environ if environ is None else environ
         base = cls()
-        values = {}
+        config = environ.get(ENV_PREFIX + "CONFIG")
+        values: dict[str, object] = read_config(Path(config)) if config else {}
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
                 values[f.name] = raw
         return base.with_overrides(**values)
+
+
+# TorchServe's config.properties keys that twice reads as they are (the rest are its own).
+CONFIG_KEYS = ("inference_address", "management_address")
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """``key=value`` (or ``key: value``) lines of an options file; ``#`` and ``!`` start comments.
+
+    Keys are option names (``api_token``, ``allowed_hosts``, ...), the ``TWICE_*`` variable
+    names, or TorchServe's ``inference_address`` and ``management_address``.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ValueError(f"config file {path}: {exc.strerror or exc}") from None
+    names = {f.name for f in fields(Options)} - {"config"}
+    values = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=" if "=" in line else ":")
+        key = key.strip().lower().removeprefix(ENV_PREFIX.lower())
+        if not sep or key not in names:
+            raise ValueError(
+                f"config file {path}, line {number}: {line!r} is not key=value with a known key"
+                f" (one of {', '.join(sorted(names))})"
+            )
+        values[key] = value.strip()
+    return values
 
 
 def _env_text(value: object) -> str:

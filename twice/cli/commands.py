@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "index a generated sample collection with its variants, then search it"),
     "augment": ("augment", "add transformed variants (rotate, mirror, bright, dark, ...) of every original"),
     "serve": ("serve", "run the search service (HTTP JSON API and web page) under gunicorn"),
+    "token": ("token", "create, list or revoke the web service's bearer tokens (for writes)"),
     "report": ("report", "find every duplicate group in the index (HTML, JSON or CSV)"),
     "crawl": ("crawl", "download the images of web listing pages into the catalog (polite, resumable)"),
     "calibrate": ("calibrate", "fit the duplicate/similar thresholds from known variant pairs"),

@@ -79,16 +79,27 @@ def component_schemas() -> dict[str, dict]:
     return top["$defs"]
 
 
-def openapi_document(app: Flask, server_url: str = "", version: str = "") -> dict:
-    """An OpenAPI 3.1 description of every route of ``app`` that carries an ``Operation``."""
+def openapi_document(
+    app: Flask, server_url: str = "", version: str = "", private_reads: bool = False
+) -> dict:
+    """An OpenAPI 3.1 description of every route of ``app`` that carries an ``Operation``.
+
+    A route's access rule (``twice.web.access.rule``) adds its security: writes need a bearer
+    token (401, 403), reads too when ``private_reads``; a rate-limited route may answer 429.
+    """
     paths: dict[str, dict] = {}
     for rule in app.url_map.iter_rules():
-        operation = getattr(app.view_functions[rule.endpoint], "openapi", None)
+        view = app.view_functions[rule.endpoint]
+        operation = getattr(view, "openapi", None)
         if operation is None:
             continue
+        access = getattr(view, "access", None)
+        role = getattr(access, "role", None)
+        needs_token = role is not None and (role != "read" or private_reads)
+        limited = getattr(access, "limit", None) is not None
         item = paths.setdefault(openapi_path(rule.rule), {})
         for method in sorted(rule.methods - SKIPPED_METHODS):
-            item[method.lower()] = operation_object(operation)
+            item[method.lower()] = operation_object(operation, needs_token, limited)
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -98,7 +109,10 @@ def openapi_document(app: Flask, server_url: str = "", version: str = "") -> dic
         },
         "servers": [{"url": server_url}] if server_url else [],
         "paths": paths,
-        "components": {"schemas": copy.deepcopy(component_schemas())},  # the cache stays as built
+        "components": {
+            "schemas": copy.deepcopy(component_schemas()),  # the cache stays as built
+            "securitySchemes": {BEARER: SECURITY_SCHEME},
+        },
     }
 
 
@@ -107,7 +121,7 @@ def openapi_path(rule: str) -> str:
     return re.sub(r"<(?:[^<>:]+:)?([^<>]+)>", r"{\1}", rule)
 
 
-def operation_object(operation: Operation) -> dict:
+def operation_object(operation: Operation, needs_token: bool = False, limited: bool = False) -> dict:
     parameters = [
         *parameters_of(operation.path, "path"),
         *parameters_of(operation.query, "query"),
@@ -120,9 +134,15 @@ def operation_object(operation: Operation) -> dict:
             "required": True,
             "content": {media: {"schema": ref(model)} for media, model in operation.body.items()},
         }
+    responses = dict(operation.responses)
+    if needs_token:
+        document["security"] = [{BEARER: []}]
+        responses |= TOKEN_ERRORS
+    if limited:
+        responses |= LIMIT_ERRORS
     document["responses"] = {
         str(status): response_object(reply if isinstance(reply, Reply) else Reply(reply))
-        for status, reply in operation.responses.items()
+        for status, reply in sorted(responses.items())
     }
     return document
 
@@ -158,6 +178,18 @@ def ref(body: type[BaseModel] | dict) -> dict:
 
 # the operations, attached to their views in twice.web.app --------------------------------------
 
+BEARER = "bearer"
+SECURITY_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "a token from `twice token create NAME --role read|write|admin`, or TWICE_API_TOKEN",
+}
+TOKEN_ERRORS: dict[int, Reply | str] = {
+    401: "no bearer token, or one this service does not know",
+    403: "the token's role is too low, the service is read-only, or a write from another origin",
+}
+LIMIT_ERRORS: dict[int, Reply | str] = {429: "too many requests from this client (see Retry-After)"}
+
 COMMON_ERRORS: dict[int, Reply | str] = {
     400: "bad request: missing field, bad parameter",
     503: "index not ready",
@@ -178,6 +210,7 @@ SEARCH = Operation(
         404: "unknown id",
         **COMMON_ERRORS,
         **IMAGE_ERRORS,
+        503: "index not ready, or as many searches running as this worker takes (see Retry-After)",
     },
 )
 
@@ -233,5 +266,10 @@ DUPLICATES = Operation(
 )
 
 STATS = Operation("Catalog and index counts", responses={200: Reply("counts", schemas.Stats)})
+
+METRICS = Operation(
+    "Prometheus metrics: requests, latency histograms, index size",
+    responses={200: Reply("Prometheus text format 0.0.4", {"type": "string"}, "text/plain")},
+)
 
 OPENAPI = Operation("This document", responses={200: Reply("OpenAPI 3.1 document", None)})

@@ -128,8 +128,8 @@ class ImageRecord(BaseModel):
 
     id: int
     sha256: str
-    path: str = Field(description="path inside the image store")
-    source: str = Field(description="original file path or URL")
+    path: Omittable[str] = omittable("path inside the image store (left out when paths are hidden)")
+    source: str = Field(description="original file path or URL (only the file name when paths are hidden)")
     page_url: str | None
     width: int
     height: int
@@ -147,8 +147,21 @@ class Links(BaseModel):
     thumb_url: str = Field(description="a JPEG thumbnail")
 
 
+class AddedBy(BaseModel):
+    """Who added an image through the service (the audit trail)."""
+
+    at: str = Field(description="ISO 8601 time of the upload")
+    action: Literal["add"]
+    token: str = Field(
+        description="the name of the token used (never the token); local: no token, same machine"
+    )
+    client: str = Field(description="the client's address")
+
+
 class LinkedImage(ImageRecord, Links):
     """A catalog row with the URLs a browser needs to show it."""
+
+    added_by: AddedBy | None = Field(description="who added it through the service; null: a reindex or crawl")
 
 
 class Deleted(BaseModel):
@@ -212,7 +225,7 @@ class Match(Links):
     """One neighbour of the query."""
 
     id: int
-    path: str = Field(description="stored file on the server")
+    path: Omittable[str] = omittable("stored file on the server (left out when paths are hidden)")
     source: str
     page_url: str | None
     score: Score = Field(description="cosine similarity, higher is closer")
@@ -285,7 +298,7 @@ class ModelInfo(BaseModel):
 
 
 class IndexInfo(BaseModel):
-    path: str
+    path: Omittable[str] = omittable("the index file (left out when paths are hidden)")
     vectors: int
     type: str | None
     gpu: bool
@@ -402,7 +415,7 @@ class GroupMember(BaseModel):
     via: list[int] = Field(description="the images that chain this one to the original")
     source: str
     page_url: str | None
-    path: str
+    path: Omittable[str] = omittable("stored file on the server (left out when paths are hidden)")
     width: int
     height: int
     format: str

@@ -4,22 +4,27 @@ Each worker process loads one model and one index (after the fork, so nothing he
 by accident) and answers requests from a few threads. ``kill -HUP <master pid>`` reloads
 gracefully: new workers start, old ones finish their requests and exit. A finished
 ``twice reindex`` needs no reload at all: workers pick up the new index file by themselves.
+
+It listens on ``bind`` (one address for every route), or on ``inference_address`` and
+``management_address`` apart (``twice.web.listeners``), and refuses to start when writes would
+be open to the network without a token (``twice.web.auth.refuse_open_writes``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
 
 from twice.options import Options
+from twice.web.auth import refuse_open_writes
+from twice.web.listeners import listeners
 
 LOG = logging.getLogger(__name__)
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 
 
 def default_web_workers(cores: int | None = None) -> int:
@@ -34,17 +39,33 @@ def default_threads(cores: int | None = None) -> int:
     return max(2, min(8, cores))
 
 
+def with_bind(options: Options, host: str | None, port: int | None) -> Options:
+    """``options`` listening on ``host``:``port`` (each None: as ``options.bind`` says)."""
+    if host is None and port is None:
+        return options
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535):
+        raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+    old_host, _, old_port = options.bind.rpartition(":")
+    host = old_host.strip("[]") if host is None else host
+    port = int(old_port) if port is None else port
+    return options.with_overrides(bind=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+
+
 def gunicorn_settings(
     options: Options,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
+    host: str | None = None,
+    port: int | None = None,
     workers: int | None = None,
     threads: int | None = None,
     log_dir: str | Path | None = None,
 ) -> dict:
-    """gunicorn settings for the service; ``log_dir='-'`` logs to stderr instead of files."""
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
+    """gunicorn settings for the service; ``log_dir='-'`` logs to stderr instead of files.
+
+    ``host`` and ``port`` replace those of ``options.bind``; with ``inference_address`` and
+    ``management_address`` set, gunicorn listens on both.
+    """
+    options = with_bind(options, host, port)
+    binds = [ear.bind for ear in listeners(options)]
     workers = default_web_workers() if workers is None else workers
     threads = default_threads() if threads is None else threads
     for name, value in (("workers", workers), ("threads", threads)):
@@ -61,7 +82,7 @@ def gunicorn_settings(
         pidfile, control = str(log_dir / "gunicorn.pid"), str(log_dir / "gunicorn.ctl")
     return supported_settings(
         {
-            "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+            "bind": binds,
             "workers": workers,
             "threads": threads,
             "worker_class": "gthread",
@@ -96,18 +117,16 @@ def supported_settings(settings: dict) -> dict:
 def settings_from_env(environ: dict[str, str] | None = None) -> dict:
     """Settings for ``gunicorn api:app`` from ``TWICE_*`` variables (used by gunicorn.conf.py).
 
-    ``TWICE_BIND`` (host:port, default 127.0.0.1:8000), ``TWICE_WEB_WORKERS``,
+    ``TWICE_BIND`` (host:port, default 127.0.0.1:8000) or ``TWICE_INFERENCE_ADDRESS`` and
+    ``TWICE_MANAGEMENT_ADDRESS`` (also from a ``TWICE_CONFIG`` file), ``TWICE_WEB_WORKERS``,
     ``TWICE_WEB_THREADS``, ``TWICE_LOG_DIR`` (default <data_dir>/logs, ``-`` for stderr).
+    Raises ``ExposedWrites`` where writes would be open to the network without a token.
     """
     environ = os.environ if environ is None else environ
     options = Options.from_env(environ)
-    host, _, port = environ.get("TWICE_BIND", f"{DEFAULT_HOST}:{DEFAULT_PORT}").rpartition(":")
-    if not port.isdecimal():
-        raise ValueError(f"TWICE_BIND must be host:port, got {environ.get('TWICE_BIND')!r}")
+    refuse_open_writes(options)
     return gunicorn_settings(
         options,
-        host=host.strip("[]") or DEFAULT_HOST,
-        port=int(port),
         workers=_env_int(environ, "TWICE_WEB_WORKERS"),
         threads=_env_int(environ, "TWICE_WEB_THREADS"),
         log_dir=environ.get("TWICE_LOG_DIR") or None,
@@ -121,6 +140,27 @@ def _env_int(environ, name: str) -> int | None:
     if not raw.strip().isdecimal():
         raise ValueError(f"{name} must be a whole number, got {raw!r}")
     return int(raw)
+
+
+def prepare_multiprocess_dir(workers: int, log_dir: str | None) -> str | None:
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder when several workers count requests
+    (in the gunicorn master, before any worker imports prometheus_client); returns the folder."""
+    if workers < 2:
+        return None
+    if log_dir is None or log_dir == "-":
+        folder = Path(tempfile.mkdtemp(prefix="twice-metrics-"))
+    else:
+        folder = Path(log_dir) / "metrics"
+        shutil.rmtree(folder, ignore_errors=True)  # counts of an earlier run would be added in
+        folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    return str(folder)
+
+
+def log_dir_of(settings: dict) -> str | None:
+    """The folder of the access log, or ``-`` for stderr."""
+    log = settings.get("accesslog")
+    return "-" if log in (None, "-") else str(Path(log).parent)
 
 
 # gunicorn hooks ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from twice.crawler import AddressPolicy, FetchConfig, Fetcher, Refused
 from twice.files import ImageStore, OutsideStore
 from twice.imageio import ImageError, decode_image
 from twice.indexer import ImageRow
+from twice.indexer.schema import AuditRecord
 from twice.library import (
     InvalidRequest,
     Library,
@@ -217,6 +218,47 @@ class SearchService(Library):
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
         return buffer.getvalue()
+
+    # the audit trail --------------------------------------------------------------------------
+
+    def record_write(self, action: str, image: dict, created: bool, token: str, client: str) -> None:
+        """Log one write in the catalog's audit table: who (a token's name), from where, what."""
+        with self.catalog.session() as session:
+            session.add(
+                AuditRecord(
+                    action=action,
+                    image_id=image["id"],
+                    sha256=image["sha256"],
+                    created=created,
+                    token=token,
+                    client=client,
+                )
+            )
+        LOG.info(
+            "audit: %s image %s (sha256 %s) by %s from %s",
+            action,
+            image["id"],
+            image["sha256"],
+            token,
+            client,
+        )
+
+    def added_by(self, row: ImageRow) -> dict | None:
+        """Who added ``row`` through the service, and when (None: a reindex or a crawl did)."""
+        query = (
+            select(AuditRecord)
+            .where(
+                AuditRecord.image_id == row.id,
+                AuditRecord.sha256 == row.sha256,  # not a deleted image whose id came back
+                AuditRecord.action == "add",
+                AuditRecord.created,
+            )
+            .order_by(AuditRecord.id.desc())
+            .limit(1)
+        )
+        with self.catalog.session() as session:
+            record = session.scalar(query)
+            return record.to_dict() if record is not None else None
 
     def health(self) -> dict:
         """Model, index and version facts; ``status`` is ``ok`` or ``not_ready``."""
