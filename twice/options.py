@@ -43,6 +43,7 @@ class Options:
     checkpoint_seconds: float = 30.0  # reindex saves the index at least this often
     allow_private_urls: bool = False  # let URL fetches reach loopback/private networks (tests, intranets)
     fetch_timeout: float = 10.0  # seconds, for URL fetches by the API
+    verify_top: int = 5  # search verifies this many top candidates by local features (0: off)
 
     @property
     def catalog_url(self) -> str:
