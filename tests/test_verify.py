@@ -17,6 +17,8 @@ from twice.cli import main
 from twice.indexer import reindex
 from twice.search.engine import check_verify_top
 from twice.search.explain import explain, verification_json
+from twice.search.report_html import evidence_html
+from twice.search.report_render import evidence_columns
 from twice.search.verify import (
     VERIFIED_INLIERS,
     FeatureCache,
@@ -270,3 +272,15 @@ def test_the_cli_says_the_edit_in_words(indexed, photo, tmp_path, capsys, monkey
     assert code == 0
     out = capsys.readouterr().out
     assert "cropped to the centre 60% of each side" in out
+
+
+def test_report_rows_show_the_edit():
+    verification = {"verified": True, "inliers": 40, "explanation": "rotated 10° clockwise, mirrored"}
+    evidence = {"hash": None, "signals": ["cnn"], "decided_by": ["cnn"], "verification": verification}
+    assert "rotated 10° clockwise, mirrored" in evidence_html(evidence)
+    assert evidence_columns(evidence) | {"decided_by": "cnn"} == evidence_columns(evidence)
+    assert evidence_columns(evidence)["edit"] == "rotated 10° clockwise, mirrored"
+    assert evidence_columns(evidence)["inliers"] == 40
+    unverified = evidence | {"verification": {"verified": False, "inliers": 2, "explanation": None}}
+    assert "edit" not in evidence_html(unverified)
+    assert "edit" not in evidence_html(evidence | {"verification": None})
