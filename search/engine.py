@@ -463,11 +463,9 @@ def summarize(evidence: dict) -> str:
     if (cnn := evidence["cnn"]) is not None:
         clear = f", {cnn['margin']:.3f} clear of other images" if cnn.get("clear") else ""
         parts.append(f"CNN {cnn['score']:.3f}{clear}")
-    if (verification := evidence.get("verification")) is not None:
-        if verification["verified"]:
-            parts.append(f"verified by {verification['inliers']} keypoints: {verification['explanation']}")
-        else:
-            parts.append(f"not verified ({verification['inliers']} keypoints agree)")
+    # A fit that failed says little (small or flat images have few keypoints): the JSON has it.
+    if (verification := evidence.get("verification")) is not None and verification["verified"]:
+        parts.append(f"verified by {verification['inliers']} keypoints: {verification['explanation']}")
     decided = ", ".join(evidence["decided_by"]) or "nothing"
     return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
 
