@@ -30,7 +30,7 @@ from twice.search.verify import FeatureExtractor, verify
 
 from .machine import machine_facts
 from .results import markdown_table
-from .sources import NEAR_COPY_CORRELATION, dihedral_signatures, series_key
+from .sources import MAX_SIDE, NEAR_COPY_CORRELATION, dihedral_signatures, series_key
 
 LOG = logging.getLogger(__name__)
 
@@ -97,7 +97,10 @@ def clip_art(count: int, seed: int) -> tuple[list[Image.Image], list[str]]:
     for i in np.random.default_rng(seed).permutation(len(files)):
         key = series_key(Candidate("openclipart", str(files[i].relative_to(folder)), lambda: None))
         with Image.open(files[i]) as opened:
+            if opened.width * opened.height > 40_000_000:
+                continue  # a decompression bomb by twice's own limits
             image = flatten_rgb(opened)
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)  # as the bench set stores them
         views = dihedral_signatures(image)
         if key in series or min(image.size) < 64 or views is None:
             continue
