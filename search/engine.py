@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,11 +35,21 @@ from twice.hashing import (
     nearest_match,
     row_hashes,
 )
-from twice.imageio import DecodedImage, decode_image, read_file_bytes
+from twice.imageio import DecodedImage, ImageError, decode_image, read_file_bytes
 from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
 
-from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for
+from .explain import verification_json
+from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, RANK, Judgement, Thresholds, thresholds_for
+from .verify import (
+    MAX_SIDE,
+    FeatureCache,
+    FeatureExtractor,
+    Features,
+    Verification,
+    verification_weight,
+    verify,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -58,6 +69,26 @@ def default_tta(embedder) -> str:
     mirrored copy meets its original's stored view exactly, whatever the weights learned. A
     d4-pooled model is invariant by itself: one view is enough."""
     return "d4" if getattr(embedder.net, "invariance", "d4") == "none" else "none"
+
+
+# Verification by local features (search.verify) of the top candidates: see docs/verification.md
+# for the measurement behind the number and the cache (features are computed on demand).
+DEFAULT_VERIFY_TOP = 5
+MAX_VERIFY_TOP = 20
+FEATURE_CACHE = 512  # stored images' features kept (~25-140 KB each)
+
+
+@dataclass
+class Candidate:
+    """One catalogued image a query may match, with every signal it has."""
+
+    row: object  # the catalog row
+    scored: tuple[float, int] | None  # (CNN score, query view index); None: no vector yet
+    match: HashMatch | None
+    margin: float | None
+    gap: float | None  # the score's gap below the best other candidate's
+    exact: bool
+    grey: bool = False  # verification found the query grey and this image in colour
 
 
 class SearchEngine:
@@ -81,6 +112,9 @@ class SearchEngine:
         self._hashes = HashIndex()
         self._hashes_after = 0  # the highest catalog id already in self._hashes
         self._hash_lock = threading.Lock()
+        self.verify_top = check_verify_top(getattr(options, "verify_top", DEFAULT_VERIFY_TOP))
+        self.features = FeatureExtractor()
+        self.stored_features = FeatureCache(FEATURE_CACHE)
 
     @classmethod
     def open(cls, options, embedder, tta: str | None = None) -> SearchEngine:
@@ -175,21 +209,85 @@ class SearchEngine:
         others = [cnn[i][0] for i in ids & set(rows) if i in cnn and (exact is None or i != exact.id)]
         best_other = max(others, default=None)  # what each score's gap is measured from
         margins = self._margins(cnn, D, I, rows) if thresholds.clear_rule else {}
-        results = []
+        candidates = {}
         for image_id in ids & set(rows):
             is_exact = exact is not None and image_id == exact.id
             # The same bytes embed the same; a row without a vector yet (pending) has no score.
             scored = cnn.get(image_id, (1.0, 0) if is_exact else None)
-            score, view = scored if scored is not None else (-1.0, 0)
-            match = by_hash.get(image_id)
-            margin = margins.get(image_id)
-            judgement = thresholds.judge(score, _distance(match), is_exact, margin)
-            gap = None if scored is None or best_other is None else max(best_other - score, 0.0)
-            weight = thresholds.weights.weight(None if scored is None else score, _distance(match), gap)
-            evidence = self._evidence(judgement, scored, views[view], match, tta_of(views), weight, margin)
-            results.append(self._result(rows[image_id], score, judgement, evidence))
+            gap = None if scored is None or best_other is None else max(best_other - scored[0], 0.0)
+            candidates[image_id] = Candidate(
+                rows[image_id], scored, by_hash.get(image_id), margins.get(image_id), gap, is_exact
+            )
+        judged = sorted((self._judged(c, thresholds, views) for c in candidates.values()), key=_rank_key)
+        # The top candidates again, with their verification: it adds its weight and explains the edit.
+        checked = self.verify_candidates(decoded, [candidates[r["id"]] for r in judged[: self.verify_top]])
+        results = [
+            self._judged(candidates[r["id"]], thresholds, views, checked[r["id"]])
+            if r["id"] in checked
+            else r
+            for r in judged
+        ]
         results.sort(key=_rank_key)
         return results[:k]
+
+    def _judged(
+        self,
+        candidate: Candidate,
+        thresholds: Thresholds,
+        views: tuple[str, ...],
+        checked: Verification | None = None,
+    ) -> dict:
+        """One candidate's result: its verdict, evidence and weight (with its verification when run)."""
+        score, view = candidate.scored if candidate.scored is not None else (-1.0, 0)
+        distance = _distance(candidate.match)
+        judgement = thresholds.judge(score, distance, candidate.exact, candidate.margin)
+        weight = thresholds.weights.weight(
+            None if candidate.scored is None else score, distance, candidate.gap
+        )
+        weight += verification_weight(checked)
+        # The photometric change that a hash view saw, when the hash itself matched.
+        fired = candidate.match is not None and judgement.hash not in (None, DIFFERENT)
+        hash_view = candidate.match.stored if fired else None
+        verification = verification_json(checked, hash_view, candidate.grey)
+        evidence = self._evidence(
+            judgement, candidate.scored, views[view], candidate.match, tta_of(views), weight, candidate.margin
+        )
+        evidence["verification"] = verification
+        evidence["summary"] = summarize(evidence)
+        return self._result(candidate.row, score, judgement, evidence)
+
+    # verification ---------------------------------------------------------------------------
+
+    def verify_candidates(
+        self, decoded: DecodedImage, candidates: list[Candidate]
+    ) -> dict[int, Verification]:
+        """Local-feature verification of the query against each candidate (the same bytes need
+        none); a stored file that cannot be read is logged and left unverified."""
+        wanted = [c for c in candidates if not c.exact]
+        if not wanted:
+            return {}
+        query, mirror = self.features.both(decoded.image, (decoded.width, decoded.height))
+        checked = {}
+        for candidate in wanted:
+            stored = self.stored_features.get(
+                candidate.row.id, lambda row=candidate.row: self._stored_features(row)
+            )
+            if stored is not None:
+                checked[candidate.row.id] = verify(query, stored, mirror)
+                candidate.grey = query.grey and not stored.grey
+        return checked
+
+    def _stored_features(self, row) -> Features | None:
+        path = Path(self.options.images_dir) / row.stored_path
+        try:
+            data = read_file_bytes(path, self.options.max_image_bytes)
+            image = decode_image(
+                data, str(path), self.options.max_image_bytes, self.options.max_image_pixels, MAX_SIDE
+            )
+        except (OSError, ImageError) as exc:
+            LOG.warning("cannot verify against #%d (%s): %s", row.id, path, exc)
+            return None
+        return self.features(image.image, (image.width, image.height))
 
     # evidence -----------------------------------------------------------------------------
 
@@ -297,7 +395,6 @@ class SearchEngine:
             "transform": transform,
             "weight": round(weight, 3),
         }
-        evidence["summary"] = summarize(evidence)
         return evidence
 
     def _result(self, row, score: float, judgement: Judgement, evidence: dict) -> dict:
@@ -370,6 +467,9 @@ def summarize(evidence: dict) -> str:
     if (cnn := evidence["cnn"]) is not None:
         clear = f", {cnn['margin']:.3f} clear of other images" if cnn.get("clear") else ""
         parts.append(f"CNN {cnn['score']:.3f}{clear}")
+    # A fit that failed says little (small or flat images have few keypoints): the JSON has it.
+    if (verification := evidence.get("verification")) is not None and verification["verified"]:
+        parts.append(f"verified by {verification['inliers']} keypoints: {verification['explanation']}")
     decided = ", ".join(evidence["decided_by"]) or "nothing"
     return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
 
@@ -433,6 +533,12 @@ def check_k(k: int) -> int:
     if not isinstance(k, int | np.integer) or isinstance(k, bool) or not 1 <= k <= MAX_K:
         raise ValueError(f"k must be an integer from 1 to {MAX_K}, got {k!r}")
     return int(k)
+
+
+def check_verify_top(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or not 0 <= n <= MAX_VERIFY_TOP:
+        raise ValueError(f"verify_top must be an integer from 0 to {MAX_VERIFY_TOP}, got {n!r}")
+    return int(n)
 
 
 def check_tta(tta: str) -> str:

@@ -183,7 +183,8 @@ def member_card(member: dict, thumbs: Thumbnails, base: Path | None) -> str:
 
 
 def evidence_html(evidence: dict | None) -> str:
-    """What fired against the original: the hash distance and turn when the hash did."""
+    """What fired against the original: the hash distance and turn when the hash did, and the
+    edit in words when verification fitted."""
     if evidence is None:
         return ""
     hashed = evidence["hash"]
@@ -192,6 +193,9 @@ def evidence_html(evidence: dict | None) -> str:
         turn = "" if hashed["transform"] == "identity" else f" &middot; {escape(hashed['transform'])}"
         view = f" &middot; {stored_view(hashed)}" if hashed.get("stored") else ""
         parts.append(f'<div class="num ev">hash {hashed["distance"]} bits{view}{turn}</div>')
+    verification = evidence.get("verification")
+    if verification and verification["verified"]:  # how the copy was made, in words
+        parts.append(f'<div class="ev edit">{escape(verification["explanation"])}</div>')
     if evidence["decided_by"]:
         parts.append(f'<div class="ev">by {escape(" + ".join(evidence["decided_by"]))}</div>')
     return "".join(parts)

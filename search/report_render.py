@@ -25,6 +25,8 @@ CSV_COLUMNS = (
     "hash_stored",
     "hash_stored_of",
     "decided_by",
+    "inliers",
+    "edit",
     "via",
     "source",
     "page_url",
@@ -94,7 +96,10 @@ def evidence_columns(evidence: dict | None) -> dict:
     if evidence is None:
         return {}
     hashed = evidence["hash"] or {}
+    verification = evidence.get("verification") or {}
     return {
+        "inliers": verification.get("inliers"),
+        "edit": verification.get("explanation"),
         "hash_distance": hashed.get("distance"),
         "hash_transform": hashed.get("transform"),
         "hash_stored": hashed.get("stored"),

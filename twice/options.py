@@ -61,6 +61,7 @@ class Options:
     images_rate: str = "600/minute"  # requests to /images... per client per worker; "" for no limit
     max_searches: int = 4  # searches at once per worker; more answer 503 with Retry-After
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For names the client
+    verify_top: int = 5  # search verifies this many top candidates by local features (0: off)
 
     @property
     def tokens_path(self) -> Path:

@@ -13,3 +13,12 @@ class PreformattedEpilog(argparse.HelpFormatter):
         if "\n" in text:
             return "".join(indent + line for line in text.splitlines(keepends=True))
         return super()._fill_text(text, width, indent)
+
+
+def edit_words(evidence: dict | None) -> str | None:
+    """How a verified copy was made, in plain words ("rotated 10° clockwise, mirrored"), or None
+    when verification did not run or did not fit."""
+    verification = (evidence or {}).get("verification")
+    if not verification or not verification.get("verified"):
+        return None
+    return verification["explanation"]

@@ -10,6 +10,7 @@ from twice.library import Library
 from twice.search.verdicts import CLEAR_OFF, rule_text
 
 from .commands import help_for
+from .formatting import edit_words
 
 
 def register(subparsers) -> None:
@@ -78,6 +79,8 @@ def print_results(response: dict, out=None) -> None:
         variant = f"  [{hit['transform']} of #{hit['parent_id']}]" if hit["transform"] else ""
         score = f"{hit['score']:.4f}  {hit['verdict']:<9}"
         print(f"{rank:>3}. {score}  #{hit['id']:<6} {hit['source']}{variant}", file=out)
+        if edit := edit_words(hit["evidence"]):
+            print(f"     edit: {edit}", file=out)
         print(f"     {hit['evidence']['summary']}", file=out)
     t = response["thresholds"]
     rules = rule_text(

@@ -194,6 +194,31 @@ class CnnEvidence(BaseModel):
     view: Omittable[str] = omittable("with test-time augmentation: the query view that scored best")
 
 
+class Box(BaseModel):
+    """Four sides as fractions of an image's width (left, right) and height (top, bottom)."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+
+class Verification(BaseModel):
+    """Local-feature verification of a candidate (search's top candidates): keypoints matched
+    one-to-one, a similarity transform fitted by RANSAC, and the edit it shows."""
+
+    verified: bool = Field(description="the fit holds: at least the verified number of inliers")
+    inliers: int = Field(ge=0, description="matches consistent with the fit, at distinct positions")
+    matches: int = Field(ge=0, description="one-to-one keypoint matches the fit was tried on")
+    mirrored: bool | None = Field(description="the query is a mirror image of the stored image")
+    angle: float | None = Field(description="degrees the query is rotated, clockwise")
+    scale: float | None = Field(description="query pixels per stored pixel")
+    crop: Box | None = Field(description="the box of the stored image the query shows (null: all of it)")
+    borders: Box | None = Field(description="borders the query added around the picture (null: none)")
+    explanation: str | None = Field(description='the edit in plain words: "rotated 10° clockwise, mirrored"')
+    reason: str | None = Field(description="why it did not verify (null when it did)")
+
+
 class Evidence(BaseModel):
     """The signals that fired, their values, and which decided the verdict."""
 
@@ -203,6 +228,9 @@ class Evidence(BaseModel):
     hash: HashEvidence | None
     cnn: CnnEvidence | None
     transform: str | None = Field(description="the edit the evidence points to, when it can tell")
+    verification: Omittable[Verification | None] = omittable(
+        "search: the local-feature verification of a top candidate (null: not run)"
+    )
     weight: Omittable[float] = omittable("search only: evidence weight that orders results of one verdict")
     summary: Omittable[str] = omittable("search only: the evidence in one line")
 

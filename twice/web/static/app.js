@@ -106,7 +106,15 @@ function card(hit, rank) {
   const evidence = document.createElement("div");
   evidence.className = "evidence";
   evidence.textContent = hit.evidence.summary;
-  meta.append(top, source, facts, evidence);
+  meta.append(top, source, facts);
+  const verified = hit.evidence.verification;
+  if (verified && verified.verified) {  // how the copy was made, in words
+    const edit = document.createElement("div");
+    edit.className = "edit";
+    edit.textContent = `edit: ${verified.explanation}`;
+    meta.append(edit);
+  }
+  meta.append(evidence);
   item.append(link, meta);
   return item;
 }

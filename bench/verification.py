@@ -1,0 +1,347 @@
+"""Geometric verification, pair by pair: inliers of true copies against wrong pairs, and the cost.
+
+    python -m bench.verification [--wrong-pairs 2000] [--detectors sift,orb] [--results-dir DIR]
+
+True copies: skimage samples and synthetic photos (``augment.make_synthetic_image``), each edited
+five ways with parameters drawn from a seed (tilt on black corners, letterbox, crop to 60% off
+centre, a caption bar, mirror + tilt). Wrong pairs: clip art against clip art
+(/usr/share/openclipart/png), the pairs whose perceptual hashes are nearest (different drawings
+that look alike: the hard case). For each detector: how many wrong pairs reach >= N inliers and
+the share of copies that do, per edit, with the time to extract and to verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from twice.augment import transforms
+from twice.augment.sources import APT_SOURCES, Candidate, flatten_rgb, skimage_source
+from twice.augment.synthetic import make_synthetic_image
+from twice.hashing import hamming, phash
+from twice.search.verify import FeatureExtractor, verify
+
+from .machine import machine_facts
+from .results import markdown_table
+from .sources import MAX_SIDE, NEAR_COPY_CORRELATION, dihedral_signatures, series_key
+
+LOG = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = (4, 5, 6, 8, 10, 12)
+
+
+def tilt_black(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    degrees = float(rng.choice([-1, 1]) * rng.uniform(4, 15))
+    return image.rotate(-degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
+
+
+def letterbox(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    width, height = image.size
+    side = max(width, height)
+    canvas = Image.new("RGB", (side, side), (0, 0, 0))
+    small = image.resize((round(width * 0.9), round(height * 0.9)), Image.Resampling.LANCZOS)
+    canvas.paste(small, ((side - small.width) // 2, (side - small.height) // 2))
+    return canvas.resize((int(rng.integers(256, 512)),) * 2, Image.Resampling.LANCZOS)
+
+
+def crop_off_centre(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    return transforms.crop(image, 0.6, int(rng.integers(0, 2**31 - 1)))
+
+
+def caption(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    width, height = image.size
+    bar = max(16, height // 5)
+    canvas = Image.new("RGB", (width, height + bar), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((8, height + bar // 4), f"caption {int(rng.integers(1000))}: look at this", fill=(0, 0, 0))
+    return canvas
+
+
+def mirror_tilt(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    degrees = float(rng.uniform(3, 10))
+    return transforms.mirror(image).rotate(-degrees, resample=Image.Resampling.BICUBIC, expand=True)
+
+
+EDITS = {
+    "tilt-black": tilt_black,
+    "letterbox": letterbox,
+    "crop-60-off-centre": crop_off_centre,
+    "caption": caption,
+    "mirror+tilt": mirror_tilt,
+}
+
+
+def originals(count: int) -> list[Image.Image]:
+    photos = [c.load().convert("RGB") for c in skimage_source().candidates]
+    photos += [make_synthetic_image(26, i, (480, 360)) for i in range(max(0, count - len(photos)))]
+    return photos[:count]
+
+
+def clip_art(count: int, seed: int) -> tuple[list[Image.Image], list[str]]:
+    """``count`` different drawings: one per series of numbered files, no blank or near copies
+    (the bench set's own rules, ``bench.sources``)."""
+    folder = APT_SOURCES["openclipart"][1]
+    files = sorted(folder.rglob("*.png"))
+    if not files:
+        raise SystemExit("no clip art: apt-get install -y openclipart-png")
+    images, names, series, signatures = [], [], set(), []
+    for i in np.random.default_rng(seed).permutation(len(files)):
+        key = series_key(Candidate("openclipart", str(files[i].relative_to(folder)), lambda: None))
+        with Image.open(files[i]) as opened:
+            if opened.width * opened.height > 40_000_000:
+                continue  # a decompression bomb by twice's own limits
+            image = flatten_rgb(opened)
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)  # as the bench set stores them
+        views = dihedral_signatures(image)
+        if key in series or min(image.size) < 64 or views is None:
+            continue
+        if signatures and float(np.max(np.stack(signatures) @ views.T)) >= NEAR_COPY_CORRELATION:
+            continue
+        series.add(key)
+        signatures.append(views[0])
+        images.append(image)
+        names.append(str(files[i].relative_to(folder)))
+        if len(images) == count:
+            break
+    return images, names
+
+
+def nearest_pairs(images: list[Image.Image], count: int) -> list[tuple[int, int, int]]:
+    """The ``count`` pairs of different images whose hashes are nearest: (i, j, bits)."""
+    hashes = np.array([phash(im) for im in images], np.int64)
+    pairs = [
+        (i, j, int(hamming(hashes[i], hashes[j]))) for i, j in itertools.combinations(range(len(images)), 2)
+    ]
+    return sorted(pairs, key=lambda p: p[2])[:count]
+
+
+def same_set(a: str, b: str) -> bool:
+    """Two drawings of one folder family (``recreation/games/...``, ``shapes/jigsaw``)."""
+    return Path(a).parts[:2] == Path(b).parts[:2]
+
+
+def measure(detector: str, photos, edited, clips, pairs, names) -> dict:
+    extract = FeatureExtractor(detector)
+    started = time.perf_counter()
+    stored = [extract(im) for im in photos]
+    clip_features = [extract.both(im) for im in clips]  # each may be the query: with its mirror
+    extract_ms = (time.perf_counter() - started) * 1000 / (len(photos) + 2 * len(clips))
+    true_inliers: dict[str, list[int]] = {}
+    verify_ms = []
+    for name, queries in edited.items():
+        for k, query in enumerate(queries):
+            plain, mirrored = extract.both(query)
+            started = time.perf_counter()
+            result = verify(plain, stored[k], mirrored)
+            verify_ms.append((time.perf_counter() - started) * 1000)
+            true_inliers.setdefault(name, []).append(result.inliers)
+    wrong = []
+    for i, j, _ in pairs:
+        plain, mirrored = clip_features[i]
+        wrong.append(verify(plain, clip_features[j][0], mirrored).inliers)
+    wrong = np.array(wrong)
+    return {
+        "detector": detector,
+        "extract_ms": round(extract_ms, 1),
+        "verify_ms_p50": round(float(np.median(verify_ms)), 1),
+        "bytes_per_image": int(np.mean([f.nbytes for f in stored + [c[0] for c in clip_features]])),
+        "wrong_pairs": len(wrong),
+        "wrong_max": int(wrong.max()),
+        # every wrong pair with 4+ inliers, to look at: drawings of one set (playing cards, jigsaw
+        # pieces) share whole parts, and verification finds the shared part
+        "wrong_high": [
+            [names[pairs[k][0]], names[pairs[k][1]], int(wrong[k])]
+            for k in np.argsort(-wrong).tolist()
+            if wrong[k] >= 4
+        ],
+        "wrong_other_sets_at_least": {
+            n: int(
+                sum(
+                    w >= n and not same_set(names[i], names[j])
+                    for (i, j, _), w in zip(pairs, wrong, strict=True)
+                )
+            )
+            for n in LEVELS
+        },
+        "wrong_at_least": {n: int((wrong >= n).sum()) for n in LEVELS},
+        "true_at_least": {
+            name: {n: round(float(np.mean(np.array(v) >= n)), 3) for n in LEVELS}
+            for name, v in true_inliers.items()
+        },
+        "true_all_at_least": {
+            n: round(float(np.mean(np.concatenate([np.array(v) for v in true_inliers.values()]) >= n)), 3)
+            for n in LEVELS
+        },
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.verification", description=__doc__.split("\n")[0])
+    parser.add_argument("--originals", type=int, default=40)
+    parser.add_argument("--clip-art", type=int, default=300)
+    parser.add_argument("--wrong-pairs", type=int, default=2000)
+    parser.add_argument("--detectors", default="sift,orb")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--engine", action="store_true", help="also search: recall@1 and latency by verify_top"
+    )
+    parser.add_argument("--verify-tops", default="0,3,5")
+    parser.add_argument("--cache-sizes", default="0,512", help="stored-feature cache sizes (0: always cold)")
+    parser.add_argument("--engine-clip-art", type=int, default=200)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rng = np.random.default_rng(args.seed)
+    photos = originals(args.originals)
+    edited = {name: [edit(im, rng) for im in photos] for name, edit in EDITS.items()}
+    clips, names = clip_art(args.clip_art, args.seed)
+    pairs = nearest_pairs(clips, args.wrong_pairs)
+    LOG.info(
+        "%d originals x %d edits; %d wrong pairs (hash %d..%d bits)",
+        len(photos),
+        len(EDITS),
+        len(pairs),
+        pairs[0][2],
+        pairs[-1][2],
+    )
+    runs = (
+        [measure(d, photos, edited, clips, pairs, names) for d in args.detectors.split(",")]
+        if args.detectors
+        else []
+    )
+    engine = []
+    if args.engine:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            tops = [int(t) for t in args.verify_tops.split(",")]
+            caches = [int(c) for c in args.cache_sizes.split(",")]
+            engine = engine_run(photos, edited, clips[: args.engine_clip_art], tops, caches, Path(work))
+    record = {
+        "command": " ".join(["python -m bench.verification", *(argv or [])]),
+        "machine": machine_facts(),
+        "runs": runs,
+    }
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "verification.json").write_text(json.dumps(record, indent=1))
+    lines = [
+        f"# Verification: {len(photos)} originals x {len(EDITS)} edits, {len(pairs)} wrong clip-art pairs",
+        "",
+    ]
+    for run in runs:
+        header = ["inliers >=", "wrong pairs", "of them across sets", "all copies", *EDITS]
+        rows = [
+            [
+                n,
+                run["wrong_at_least"][n],
+                run["wrong_other_sets_at_least"][n],
+                run["true_all_at_least"][n],
+                *(run["true_at_least"][e][n] for e in EDITS),
+            ]
+            for n in LEVELS
+        ]
+        lines += [
+            f"## {run['detector']}: extract {run['extract_ms']} ms/image,"
+            f" verify p50 {run['verify_ms_p50']} ms/pair,"
+            f" {run['bytes_per_image']} bytes/image, most inliers of a wrong pair {run['wrong_max']}",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+    if engine:
+        header = ["verify top", "feature cache", "p50 ms", "p90 ms", "recall@1 all", *EDITS]
+        rows = [
+            [
+                e["verify_top"],
+                e["cache"],
+                e["p50_ms"],
+                e["p90_ms"],
+                e["recall_at_1_all"],
+                *e["recall_at_1"].values(),
+            ]
+            for e in engine
+        ]
+        lines += [
+            "## search: recall@1 of the edited copies and latency (in process)",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+    (args.results_dir / "verification.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+# the engine: recall@1 and latency with and without verification ---------------------------------
+
+
+def engine_run(photos, edited, clips, tops: list[int], cache_sizes: list[int], work: Path) -> list[dict]:
+    """Index the photos among the clip art, query every edited copy with each ``verify_top``."""
+    from twice.library import Library
+    from twice.options import Options
+    from twice.search import engine as engine_module
+
+    folder = work / "in"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, image in enumerate(photos):
+        image.save(folder / f"photo-{k:03d}.png")
+    for k, image in enumerate(clips):
+        image.save(folder / f"clip-{k:03d}.png")
+    options = Options.from_env().with_overrides(data_dir=work / "data")
+    settings = [
+        (top, cache) for top, cache in itertools.product(tops, cache_sizes) if top or cache == cache_sizes[0]
+    ]
+    caches = {setting: engine_module.FeatureCache(setting[1]) for setting in settings}
+    hits: dict = {setting: {} for setting in settings}
+    took: dict = {setting: [] for setting in settings}
+    with Library(options) as library:
+        library.add([folder], progress=False)
+        library.search_json(photos[0], 5)  # warm-up: the model's first call
+        engine = library.engine()
+        # Settings take turns query by query, so that the shared machine's load falls on all alike.
+        for name, queries in edited.items():
+            for k, query in enumerate(queries):
+                data = image_bytes(query)
+                for setting in settings:
+                    engine.verify_top, engine.stored_features = setting[0], caches[setting]
+                    started = time.perf_counter()
+                    response = library.search_json(data, 5)
+                    took[setting].append((time.perf_counter() - started) * 1000)
+                    first = response["results"][0]["source"] if response["results"] else ""
+                    hits[setting].setdefault(name, []).append(Path(first).name == f"photo-{k:03d}.png")
+    runs = []
+    for setting in settings:
+        found = hits[setting]
+        runs.append(
+            {
+                "verify_top": setting[0],
+                "cache": setting[1],
+                "p50_ms": round(float(np.median(took[setting])), 1),
+                "p90_ms": round(float(np.percentile(took[setting], 90)), 1),
+                "recall_at_1": {n: round(float(np.mean(v)), 3) for n, v in found.items()},
+                "recall_at_1_all": round(float(np.mean([h for v in found.values() for h in v])), 3),
+            }
+        )
+        LOG.info("engine %s", runs[-1])
+    return runs
+
+
+def image_bytes(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Geometric verification by local features: planted edits recovered, degenerate fits refused,
+the edit explained in words, and the verification carried by a search over HTTP and the CLI."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from conftest import make_options
+from imagegen import image_bytes, make_image
+from twice.cli import main
+from twice.indexer import reindex
+from twice.search.engine import check_verify_top
+from twice.search.explain import explain, verification_json
+from twice.search.report_html import evidence_html
+from twice.search.report_render import evidence_columns
+from twice.search.verify import (
+    VERIFIED_INLIERS,
+    FeatureCache,
+    FeatureExtractor,
+    Geometry,
+    distinct,
+    verify,
+)
+from twice.web import app as api
+
+# Tolerances of the recovered edit (SIFT at 512 px on a 320 px photo).
+ANGLE_TOL = 1.0  # degrees
+SCALE_TOL = 0.03  # relative
+BOX_TOL = 0.02  # fraction of a side
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    return Image.fromarray(skimage.data.astronaut()).resize((320, 320), Image.Resampling.LANCZOS)
+
+
+@pytest.fixture(scope="module")
+def extract() -> FeatureExtractor:
+    return FeatureExtractor()
+
+
+def check(extract: FeatureExtractor, stored: Image.Image, query: Image.Image):
+    plain, mirrored = extract.both(query)
+    return verify(plain, extract(stored), mirrored)
+
+
+def tilted(image: Image.Image, degrees: float, fill=(0, 0, 0)) -> Image.Image:
+    return image.rotate(-degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=fill)
+
+
+# planted edits -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "angle", "mirrored", "scale"),
+    [
+        (lambda im: tilted(im, 10), 10.0, False, 1.0),
+        (lambda im: tilted(im, -7), -7.0, False, 1.0),
+        (lambda im: im.transpose(Image.Transpose.ROTATE_270), 90.0, False, 1.0),  # a quarter turn clockwise
+        (lambda im: tilted(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 5), 5.0, True, 1.0),
+        (lambda im: im.resize((160, 160), Image.Resampling.LANCZOS), 0.0, False, 0.5),
+        (lambda im: im.resize((480, 480), Image.Resampling.LANCZOS), 0.0, False, 1.5),
+    ],
+    ids=["tilt-10", "tilt-minus-7", "rotate-90", "mirror-tilt-5", "scale-half", "scale-1.5"],
+)
+def test_turns_mirrors_and_scales_are_recovered(photo, extract, edit, angle, mirrored, scale):
+    result = check(extract, photo, edit(photo))
+    assert result.verified, result.reason
+    assert result.inliers >= VERIFIED_INLIERS
+    geometry = result.geometry
+    assert geometry.mirrored is mirrored
+    assert abs(geometry.angle - angle) <= ANGLE_TOL
+    assert abs(geometry.scale / scale - 1.0) <= SCALE_TOL
+    assert geometry.crop is None
+
+
+@pytest.mark.parametrize("box", [(0.2, 0.2, 0.8, 0.8), (0.35, 0.05, 0.95, 0.65), (0.0, 0.3, 0.7, 1.0)])
+def test_the_crop_box_is_recovered(photo, extract, box):
+    side = photo.width
+    query = photo.crop(tuple(round(v * side) for v in box))
+    result = check(extract, photo, query)
+    assert result.verified, result.reason
+    assert np.allclose(result.geometry.crop, box, atol=BOX_TOL)
+    assert result.geometry.borders is None
+    assert abs(result.geometry.angle) <= ANGLE_TOL and abs(result.geometry.scale - 1.0) <= SCALE_TOL
+
+
+def test_added_borders_are_recovered(photo, extract):
+    canvas = Image.new("RGB", (320, 480), (0, 0, 0))  # letterbox: 80 px above and below
+    canvas.paste(photo, (0, 80))
+    result = check(extract, photo, canvas)
+    assert result.verified, result.reason
+    assert np.allclose(result.geometry.borders, (0.0, 80 / 480, 0.0, 80 / 480), atol=BOX_TOL)
+    assert result.geometry.crop is None
+
+
+# degenerate fits -----------------------------------------------------------------------------------
+
+
+def test_matches_all_onto_one_point_do_not_verify(photo, extract):
+    features = extract(photo)
+    collapsed = replace(features, points=np.full_like(features.points, 100.0))
+    result = verify(features, collapsed)
+    assert not result.verified
+    assert result.inliers <= 1  # hundreds of matches, one position
+    assert distinct(collapsed.points, 4.0) == 1
+
+
+def test_a_flat_image_does_not_verify(extract):
+    flat = Image.fromarray(np.random.default_rng(0).integers(126, 130, (240, 320, 3), dtype=np.uint8))
+    result = check(extract, flat, flat)
+    assert not result.verified and result.inliers == 0
+    assert "too few keypoints" in result.reason
+
+
+def test_unrelated_photos_do_not_verify(photo, extract):
+    for other in (skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()):
+        result = check(extract, photo, Image.fromarray(other))
+        assert not result.verified
+        assert result.inliers < VERIFIED_INLIERS
+
+
+def test_orb_verifies_too(photo):
+    result = check(FeatureExtractor("orb"), photo, tilted(photo, 10))
+    assert result.verified and abs(result.geometry.angle - 10) <= ANGLE_TOL
+
+
+def test_bad_settings_name_the_value():
+    with pytest.raises(ValueError, match="'surf'"):
+        FeatureExtractor("surf")
+    with pytest.raises(ValueError, match="-1"):
+        FeatureCache(-1)
+    with pytest.raises(ValueError, match="verify_top.*99"):
+        check_verify_top(99)
+
+
+def test_the_feature_cache_keeps_the_most_recent(photo, extract):
+    cache = FeatureCache(capacity=2)
+    made = []
+
+    def compute():
+        made.append(1)
+        return extract(photo)
+
+    for image_id in (1, 2, 1, 3, 1, 2):
+        cache.get(image_id, compute)
+    assert len(cache) == 2
+    assert (cache.hits, cache.misses, len(made)) == (2, 4, 4)  # 2 was evicted by 3, then by 1
+
+
+# the edit in words ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("geometry", "hash_view", "grey", "words"),
+    [
+        (Geometry(False, 10.0, 1.0, None, None), None, False, "rotated 10° clockwise"),
+        (Geometry(False, -4.6, 1.0, None, None), None, False, "rotated 5° counter-clockwise"),
+        (
+            Geometry(True, 10.0, 1.0, (0.19, 0.19, 0.81, 0.81), None),
+            None,
+            False,
+            "rotated 10° clockwise, cropped to the centre 62% of each side, mirrored",
+        ),
+        (
+            Geometry(False, 0.0, 1.0, (0.4, 0.0, 1.0, 0.6), None),
+            "dark",
+            False,
+            "cropped to the top right 60% of each side, darker",
+        ),
+        (
+            Geometry(False, 0.0, 1.0, (0.0, 0.1, 0.5, 0.9), None),
+            None,
+            False,
+            "cropped to the left 50% of the width and 80% of the height",
+        ),
+        (
+            Geometry(False, 0.0, 0.5, None, (0.0, 0.14, 0.0, 0.14)),
+            "bright",
+            False,
+            "scaled to 50%, borders added (top 14%, bottom 14%), brighter",
+        ),
+        (
+            Geometry(False, 0.0, 1.0, None, (0.0, 0.0, 0.0, 0.2)),
+            None,
+            True,
+            "border added (bottom 20%), grey",
+        ),
+        (Geometry(False, 0.4, 1.02, None, None), None, False, "the same picture, no visible edit"),
+    ],
+)
+def test_explanations_of_planted_edits(geometry, hash_view, grey, words):
+    assert explain(geometry, hash_view, grey) == words
+
+
+def test_a_real_edit_is_explained(photo, extract):
+    query = tilted(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 10).convert("L").convert("RGB")
+    plain, mirrored = extract.both(query)
+    stored = extract(photo)
+    out = verification_json(verify(plain, stored, mirrored), grey=plain.grey and not stored.grey)
+    assert out["verified"] and out["mirrored"] is True and out["crop"] is None
+    assert out["explanation"] == "rotated 10° clockwise, mirrored, grey"
+
+
+def test_no_fit_has_no_explanation(photo, extract):
+    out = verification_json(check(extract, photo, Image.fromarray(skimage.data.coffee())))
+    assert out["verified"] is False and out["explanation"] is None and out["angle"] is None
+    assert out["reason"]
+    assert verification_json(None) is None
+
+
+# through the product --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, embedder, photo):
+    """The photo among small generated images, indexed by the real reindex."""
+    root = tmp_path_factory.mktemp("verify")
+    folder = root / "in"
+    folder.mkdir()
+    photo.save(folder / "astronaut.png")
+    for seed in range(5):
+        make_image(seed, (96, 72)).save(folder / f"img_{seed}.png")
+    options = make_options(root / "data")
+    reindex([folder], options, embedder, progress=False)
+    return options
+
+
+def test_search_over_http_returns_the_verification(indexed, embedder, photo):
+    app = api.create_app(indexed, embedder=embedder)
+    try:
+        query = image_bytes(tilted(photo, 10, fill=(255, 255, 255)))
+        response = app.test_client().post("/search", data={"image": (io.BytesIO(query), "q.png"), "k": "3"})
+        assert response.status_code == 200, response.data[:500]
+        top = response.get_json()["results"][0]
+        assert top["source"].endswith("astronaut.png")
+        verification = top["evidence"]["verification"]
+        assert verification["verified"] and verification["inliers"] >= VERIFIED_INLIERS
+        assert abs(verification["angle"] - 10) <= ANGLE_TOL and verification["mirrored"] is False
+        assert verification["explanation"] == "rotated 10° clockwise"
+        assert (
+            "verified by" in top["evidence"]["summary"]
+            and "rotated 10° clockwise" in top["evidence"]["summary"]
+        )
+        others = [r["evidence"]["verification"] for r in response.get_json()["results"][1:]]
+        assert all(v is None or not v["verified"] for v in others)
+    finally:
+        api.service_of(app).close()
+
+
+def test_verification_off_leaves_it_null(indexed, embedder, photo):
+    app = api.create_app(replace(indexed, verify_top=0), embedder=embedder)
+    try:
+        query = image_bytes(tilted(photo, 10))
+        response = app.test_client().post("/search", data={"image": (io.BytesIO(query), "q.png")})
+        assert all(r["evidence"]["verification"] is None for r in response.get_json()["results"])
+    finally:
+        api.service_of(app).close()
+
+
+def test_the_cli_says_the_edit_in_words(indexed, photo, tmp_path, capsys, monkeypatch):
+    query = tmp_path / "copy.png"
+    photo.crop((64, 64, 256, 256)).save(query)
+    monkeypatch.setenv("TWICE_IMAGE_SIZE", str(indexed.image_size))
+    code = main(["--data-dir", str(indexed.data_dir), "search", str(query), "-k", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "cropped to the centre 60% of each side" in out
+
+
+def test_report_rows_show_the_edit():
+    verification = {"verified": True, "inliers": 40, "explanation": "rotated 10° clockwise, mirrored"}
+    evidence = {"hash": None, "signals": ["cnn"], "decided_by": ["cnn"], "verification": verification}
+    assert "rotated 10° clockwise, mirrored" in evidence_html(evidence)
+    assert evidence_columns(evidence) | {"decided_by": "cnn"} == evidence_columns(evidence)
+    assert evidence_columns(evidence)["edit"] == "rotated 10° clockwise, mirrored"
+    assert evidence_columns(evidence)["inliers"] == 40
+    unverified = evidence | {"verification": {"verified": False, "inliers": 2, "explanation": None}}
+    assert "edit" not in evidence_html(unverified)
+    assert "edit" not in evidence_html(evidence | {"verification": None})
