@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from awkward import bad_images, exif_rotated_jpeg, good_images
@@ -55,3 +57,9 @@ def test_load_image_errors_name_the_file(tmp_path):
     path.write_bytes(image_bytes(make_image(3)))
     with pytest.raises(ImageError, match="big.png.*byte limit"):
         load_image(path, max_bytes=10)
+
+
+def test_image_errors_survive_pickling_from_a_worker_process():
+    error = ImageError("bomb", "big.png", "90000000 pixels")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.reason, copy.source, str(copy)) == ("bomb", "big.png", str(error))

@@ -43,8 +43,13 @@ class ImageError(ValueError):
     def __init__(self, reason: str, source: str, detail: str = "") -> None:
         self.reason = reason
         self.source = source
+        self.detail = detail
         text = f"{source}: {self.REASONS[reason]}"
         super().__init__(f"{text} ({detail})" if detail else text)
+
+    def __reduce__(self):
+        # Raised in reindex's decode workers and sent back pickled: rebuild from all three parts.
+        return type(self), (self.reason, self.source, self.detail)
 
 
 @dataclass(frozen=True)
