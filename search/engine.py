@@ -30,6 +30,7 @@ from twice.hashing import (
     HashMatch,
     dihedral_hashes,
     flatten_stored,
+    hash_structure,
     is_flat,
     nearest_match,
     row_hashes,
@@ -158,6 +159,7 @@ class SearchEngine:
         cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
         exact = self.catalog.by_sha256(decoded.sha256)
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
+        structure = hash_structure(decoded.image)  # a low-structure query's hash match is weak evidence
         matches = [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1]
         ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
         rows = self.catalog.get_many(ids)
@@ -183,7 +185,7 @@ class SearchEngine:
             score, view = scored if scored is not None else (-1.0, 0)
             match = by_hash.get(image_id)
             margin = margins.get(image_id)
-            judgement = thresholds.judge(score, _distance(match), is_exact, margin)
+            judgement = thresholds.judge(score, _distance(match), is_exact, margin, structure)
             gap = None if scored is None or best_other is None else max(best_other - score, 0.0)
             weight = thresholds.weights.weight(None if scored is None else score, _distance(match), gap)
             evidence = self._evidence(judgement, scored, views[view], match, tta_of(views), weight, margin)
