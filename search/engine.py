@@ -38,6 +38,7 @@ from twice.hashing import (
 from twice.imageio import DecodedImage, decode_image, read_file_bytes
 from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
+from twice.model.weights import shipped_thresholds
 
 from .verdicts import DEFAULT_HASH_SIMILAR, RANK, Judgement, Thresholds, thresholds_for
 
@@ -89,7 +90,14 @@ class SearchEngine:
         catalog = Catalog(options.catalog_url)
         vectors = load_vectors_for_search(options, embedder.version, embedder.dim)
         vectors.to_gpu()
-        return cls(options, catalog, vectors, embedder, thresholds_for(catalog, embedder.version), tta)
+        return cls(
+            options,
+            catalog,
+            vectors,
+            embedder,
+            thresholds_for(catalog, embedder.version, shipped_thresholds(embedder.weights)),
+            tta,
+        )
 
     def close(self) -> None:
         self.catalog.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.imagegen import make_image
+from imagegen import make_image
 from twice.hashing import hash_structure
 from twice.search.verdicts import DIFFERENT, DUPLICATE, SIMILAR, Thresholds, shipped_thresholds
 
