@@ -163,6 +163,46 @@ def load_checkpoint(
     raise CheckpointError(f"{path}: neither a twice checkpoint nor a torchvision VGG state dict")
 
 
+THRESHOLDS_META = "thresholds"  # the checkpoint meta key of the verdict rule shipped with it
+
+
+def shipped_thresholds(info: WeightsInfo) -> dict | None:
+    """The verdict rule a checkpoint ships with (``Thresholds.to_shipped``), or None."""
+    data = info.meta.get(THRESHOLDS_META) if isinstance(info.meta, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def read_shipped_thresholds(path: str | Path) -> dict | None:
+    """``shipped_thresholds`` of a twice checkpoint file, without building the network."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    meta = blob.get("meta") if isinstance(blob, dict) else None
+    return shipped_thresholds(WeightsInfo("checkpoint", "", meta=meta if isinstance(meta, dict) else {}))
+
+
+def checkpoint_in_use(options) -> Path | None:
+    """The twice checkpoint file ``build_network`` loads for ``options`` (None: no file)."""
+    if options.checkpoint:
+        return Path(options.checkpoint)
+    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.exists() else None
+
+
+def write_shipped_thresholds(source: str | Path, target: str | Path, thresholds: dict) -> Path:
+    """A copy of the twice checkpoint ``source`` at ``target`` with ``thresholds`` in its meta.
+
+    The copy's bytes differ, so it is a new model version: fit on ``source``, ship ``target``.
+    """
+    source, target = Path(source), Path(target)
+    blob = torch.load(source, map_location="cpu", weights_only=True)
+    if not (isinstance(blob, dict) and blob.get("format") == CHECKPOINT_FORMAT):
+        raise CheckpointError(f"{source}: not a twice checkpoint; thresholds ship only in one")
+    blob["meta"] = {**blob.get("meta", {}), THRESHOLDS_META: thresholds}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(target)
+    return target
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

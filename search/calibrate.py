@@ -60,6 +60,7 @@ from .verdicts import (
     EvidenceWeights,
     Thresholds,
     rule_text,
+    thresholds_for,
 )
 
 LOG = logging.getLogger(__name__)
@@ -337,6 +338,27 @@ def fit_pairs(pairs: Pairs, precision: float, similar_precision: float = DEFAULT
     return fit_thresholds(
         pairs.labels, pairs.cnn, pairs.dist, precision, similar_precision, pairs.gap, pairs.margin
     )
+
+
+def rule_scores(thresholds: Thresholds, pairs: Pairs) -> dict:
+    """Duplicate precision and recall of ``thresholds`` (``Thresholds.judge``) on scored pairs."""
+    margins = pairs.margin if pairs.margin is not None else [None] * len(pairs.labels)
+    said = np.array(
+        [
+            thresholds.judge(
+                float(c), None if d >= NO_HASH else int(d), margin=None if m is None else float(m)
+            ).verdict
+            == "duplicate"
+            for c, d, m in zip(pairs.cnn, pairs.dist, margins, strict=True)
+        ],
+        bool,
+    )
+    labels = np.asarray(pairs.labels, bool)
+    tp, fp = int(np.sum(said & labels)), int(np.sum(said & ~labels))
+    return {
+        "precision": round(tp / (tp + fp), 4) if tp + fp else 1.0,
+        "recall": round(tp / max(int(labels.sum()), 1), 4),
+    }
 
 
 def monotone(values: np.ndarray, weights: np.ndarray, increasing: bool = True) -> np.ndarray:
@@ -695,6 +717,17 @@ class Calibration:
     pairs: Pairs
     plot: Path | None
     stored: bool
+    before: Thresholds | None = None  # what judged this collection until now (shipped or stored)
+
+    def change(self) -> dict | None:
+        """Duplicate precision and recall on these pairs under the rule before and after."""
+        if self.before is None:
+            return None
+        after = self.fit.thresholds()
+        return {
+            "before": {"source": self.before.source, **rule_scores(self.before, self.pairs)},
+            "after": rule_scores(after, self.pairs),
+        }
 
     def details(self) -> dict:
         labels = self.pairs.labels
@@ -713,6 +746,7 @@ class Calibration:
             "weights": self.fit.weights.to_dict(),
             "plot": str(self.plot) if self.plot else None,
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "change": self.change(),
         }
 
     def lines(self) -> list[str]:
@@ -728,6 +762,14 @@ class Calibration:
         ]
         if self.plot:
             out.append(f"precision/recall curves: {self.plot}")
+        change = self.change()
+        if change is not None:
+            b, a = change["before"], change["after"]
+            out.append(
+                f"on these pairs, {b['source']} thresholds -> fitted: duplicate precision"
+                f" {b['precision']:.3f} -> {a['precision']:.3f},"
+                f" recall {b['recall']:.3f} -> {a['recall']:.3f}"
+            )
         out.append("thresholds stored" if self.stored else "dry run: thresholds NOT stored")
         return out
 
@@ -743,8 +785,12 @@ def calibrate(
     plot: Path | None = None,
     store: bool = True,
     progress: bool = True,
+    shipped: dict | None = None,
 ) -> Calibration:
-    """Fit and (unless ``store`` is False) store the thresholds of the indexed model version."""
+    """Fit and (unless ``store`` is False) store the thresholds of the indexed model version.
+
+    ``shipped`` is the rule the model's checkpoint ships with: with the stored one, what the
+    result compares the fit against."""
     precision = check_precision(precision)
     similar_precision = check_precision(similar_precision, "similar precision")
     if pairs < 1 or k < 1 or randoms < 0:
@@ -761,7 +807,8 @@ def calibrate(
         fit = fit_pairs(scored, precision, similar_precision)
         plot = plot or Path(options.reports_dir) / f"calibration-{version}.png"
         plot_curves(scored, fit, plot, f"twice calibrate: {version}")
-        result = Calibration(version, fit, scored, plot, store)
+        before = thresholds_for(catalog, version, shipped)
+        result = Calibration(version, fit, scored, plot, store, before)
         if store:
             t = fit.thresholds()
             catalog.set_thresholds(version, t.duplicate, t.similar, "calibrated", result.details())

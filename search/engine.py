@@ -31,6 +31,7 @@ from twice.hashing import (
     HashMatch,
     dihedral_hashes,
     flatten_stored,
+    hash_structure,
     is_flat,
     nearest_match,
     row_hashes,
@@ -38,6 +39,7 @@ from twice.hashing import (
 from twice.imageio import DecodedImage, ImageError, decode_image, read_file_bytes
 from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
+from twice.model.weights import shipped_thresholds
 
 from .explain import verification_json
 from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, RANK, Judgement, Thresholds, thresholds_for
@@ -122,7 +124,14 @@ class SearchEngine:
         catalog = Catalog(options.catalog_url)
         vectors = load_vectors_for_search(options, embedder.version, embedder.dim)
         vectors.to_gpu()
-        return cls(options, catalog, vectors, embedder, thresholds_for(catalog, embedder.version), tta)
+        return cls(
+            options,
+            catalog,
+            vectors,
+            embedder,
+            thresholds_for(catalog, embedder.version, shipped_thresholds(embedder.weights)),
+            tta,
+        )
 
     def close(self) -> None:
         self.catalog.close()
@@ -192,6 +201,7 @@ class SearchEngine:
         cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
         exact = self.catalog.by_sha256(decoded.sha256)
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
+        structure = hash_structure(decoded.image)  # a low-structure query's hash match is weak evidence
         matches = [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1]
         ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
         rows = self.catalog.get_many(ids)
@@ -218,11 +228,12 @@ class SearchEngine:
             candidates[image_id] = Candidate(
                 rows[image_id], scored, by_hash.get(image_id), margins.get(image_id), gap, is_exact
             )
-        judged = sorted((self._judged(c, thresholds, views) for c in candidates.values()), key=_rank_key)
+        judged = [self._judged(c, thresholds, views, structure) for c in candidates.values()]
+        judged.sort(key=_rank_key)
         # The top candidates again, with their verification: it adds its weight and explains the edit.
         checked = self.verify_candidates(decoded, [candidates[r["id"]] for r in judged[: self.verify_top]])
         results = [
-            self._judged(candidates[r["id"]], thresholds, views, checked[r["id"]])
+            self._judged(candidates[r["id"]], thresholds, views, structure, checked[r["id"]])
             if r["id"] in checked
             else r
             for r in judged
@@ -235,12 +246,14 @@ class SearchEngine:
         candidate: Candidate,
         thresholds: Thresholds,
         views: tuple[str, ...],
+        structure: int | None = None,
         checked: Verification | None = None,
     ) -> dict:
         """One candidate's result: its verdict, evidence and weight (with its verification when run)."""
         score, view = candidate.scored if candidate.scored is not None else (-1.0, 0)
         distance = _distance(candidate.match)
-        judgement = thresholds.judge(score, distance, candidate.exact, candidate.margin)
+        inliers = None if checked is None else checked.inliers
+        judgement = thresholds.judge(score, distance, candidate.exact, candidate.margin, structure, inliers)
         weight = thresholds.weights.weight(
             None if candidate.scored is None else score, distance, candidate.gap
         )

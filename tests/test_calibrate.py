@@ -453,3 +453,45 @@ def test_pair_margins_are_measured_against_a_third_family(tmp_path, options, emb
         third = (roots != view.root(a)) & (roots != view.root(b))
         assert score == pytest.approx(S[row[a], row[b]], abs=1e-5)
         assert margin == pytest.approx(score - S[row[a]][third].max(), abs=1e-5)
+
+
+def test_exported_thresholds_ship_with_a_checkpoint_and_a_fresh_data_directory_uses_them(
+    tmp_path, monkeypatch, embedder, cli, capsys
+):
+    from conftest import make_options
+    from twice.model import Embedder
+    from twice.model.weights import save_checkpoint
+
+    checkpoint = save_checkpoint(embedder.net, tmp_path / "tiny.pt", image_size=64, half=False)
+    fitting = make_options(tmp_path / "fit", checkpoint=str(checkpoint))
+    model = Embedder.from_options(fitting)
+    build_collection(tmp_path, fitting, model)
+    monkeypatch.setenv("TWICE_DATA_DIR", str(fitting.data_dir))
+    monkeypatch.setenv("TWICE_CHECKPOINT", str(checkpoint))
+    shipped = tmp_path / "shipped.pt"
+    assert (
+        cli(
+            "calibrate",
+            "--dry-run",
+            "--json",
+            "--plot",
+            str(tmp_path / "c.png"),
+            "--export-shipped",
+            str(shipped),
+        )
+        == 0
+    )
+    details = json.loads(capsys.readouterr().out)
+    assert details["change"]["before"]["source"] == "default"  # nothing shipped in tiny.pt yet
+
+    fresh = make_options(tmp_path / "fresh", checkpoint=str(shipped))
+    shipped_model = Embedder.from_options(fresh)
+    reindex([tmp_path / "in"], fresh, shipped_model, progress=False)
+    engine = SearchEngine.open(fresh, shipped_model)
+    rule = engine.thresholds
+    engine.close()
+    assert rule.source == "shipped" and rule.to_dict()["source"] == "shipped"
+    assert (rule.duplicate, rule.hash_duplicate) == (
+        details["duplicate"]["cnn_min"],
+        details["duplicate"]["hash_max"],
+    )

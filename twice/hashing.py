@@ -203,6 +203,25 @@ def dihedral_hashes(image: Image.Image) -> np.ndarray:
     return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
 
 
+# A coefficient is "strong" when it stands this far from the 64 coefficients' median: one grey
+# level of the 32x32 squash (the orthonormal DCT scales a uniform level by the side, 32), above
+# what JPEG noise moves. An image with few strong coefficients (a symmetric drawing on white,
+# a flat texture) has a hash whose other bits are set by ties and small asymmetries, so unrelated
+# images of that kind land a few bits apart (PDQ's "quality" idea, measured on the DCT itself).
+STRONG_COEFFICIENT = 1.0 * DCT_SIDE
+
+
+def structure_of(coeffs: np.ndarray) -> int:
+    """How many of the 64 coefficients are strong (``STRONG_COEFFICIENT`` from their median)."""
+    flat = np.asarray(coeffs, np.float64).reshape(-1)
+    return int(np.sum(np.abs(flat - np.median(flat)) > STRONG_COEFFICIENT))
+
+
+def hash_structure(image: Image.Image) -> int:
+    """``structure_of`` the coefficients ``phash`` hashes: how much a match of this hash says."""
+    return structure_of(dct_coefficients(image))
+
+
 def shifted(image: Image.Image, amount: int) -> Image.Image:
     """``amount`` added to every channel of every pixel, clipped to 0..255 (RGB in, RGB out)."""
     pixels = np.asarray(image, dtype=np.int16) + amount

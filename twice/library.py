@@ -41,6 +41,7 @@ from twice.indexer import (
     reindex,
 )
 from twice.indexer.store import FileStamp
+from twice.model.weights import shipped_thresholds
 from twice.options import Options
 from twice.search import SearchEngine, build_report
 from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
@@ -388,7 +389,8 @@ class Library:
         self._thresholds_at = time.monotonic()
         engine = self._engine
         if engine is not None:
-            engine.thresholds = thresholds_for(self._catalog, self._embedder.version)
+            shipped = shipped_thresholds(self._embedder.weights)
+            engine.thresholds = thresholds_for(self._catalog, self._embedder.version, shipped)
 
     def engine(self) -> SearchEngine:
         """The current engine, after a reload check; ``NotReady`` when there is no usable index."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from twice.search.calibrate import (
@@ -38,10 +39,21 @@ def register(subparsers) -> None:
     p.add_argument("--plot", metavar="PNG", help="where to write the curves (default DATA_DIR/reports/)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, but do not store")
     p.add_argument("--json", action="store_true", help="print the details as JSON")
+    p.add_argument(
+        "--export-shipped",
+        metavar="CHECKPOINT",
+        help="also write a copy of the model's checkpoint with the fitted thresholds in it, the"
+        " ones a fresh data directory then uses (fit on images the model never trained on)",
+    )
     p.set_defaults(func=run_calibrate)
 
 
 def run_calibrate(args, options) -> int:
+    from twice.model.weights import checkpoint_in_use, read_shipped_thresholds, write_shipped_thresholds
+
+    checkpoint = checkpoint_in_use(options)
+    if args.export_shipped and checkpoint is None:
+        raise SystemExit("--export-shipped needs a twice checkpoint: pass --checkpoint PATH")
     result = calibrate(
         options,
         precision=args.precision,
@@ -53,7 +65,13 @@ def run_calibrate(args, options) -> int:
         plot=Path(args.plot) if args.plot else None,
         store=not args.dry_run,
         progress=not args.quiet,
+        shipped=read_shipped_thresholds(checkpoint) if checkpoint else None,
     )
+    if args.export_shipped:
+        written = write_shipped_thresholds(
+            checkpoint, args.export_shipped, result.fit.thresholds().to_shipped()
+        )
+        print(f"shipped thresholds written into {written} (a copy of {checkpoint})", file=sys.stderr)
     if args.json:
         print(json.dumps({"model": result.model_version, **result.details()}, indent=2))
     else:

@@ -273,11 +273,16 @@ class Thresholds(BaseModel):
 
     duplicate: Score = Field(description="CNN score for a duplicate")
     similar: Score
-    source: Literal["default", "calibrated", "manual"]
+    source: Literal["default", "shipped", "calibrated", "manual"] = Field(
+        description="shipped: fitted with the model on images it never saw; calibrated: on this collection"
+    )
     hash_duplicate: int = Field(description="max hash bits for a duplicate (-1: never)")
     hash_similar: int
     clear_score: float
     clear_margin: float
+    low_structure: int = Field(description="fewer strong DCT coefficients: a hash match is weak")
+    verify_inliers: int = Field(description="verification inliers that make a duplicate")
+    verify_slack: float = Field(description="how far below `similar` a verified CNN score may be")
     weights: Literal["default", "calibrated"] = Field(
         description="source of the evidence weights that order results of one verdict"
     )

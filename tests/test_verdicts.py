@@ -1,0 +1,84 @@
+"""Verdict rules beyond the plain cuts: weak low-structure hashes, verification, shipped thresholds."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, ImageDraw
+
+from imagegen import make_image
+from twice.hashing import hash_structure
+from twice.search.verdicts import DIFFERENT, DUPLICATE, SIMILAR, Thresholds, shipped_thresholds
+
+
+def symmetric_drawing(size: int = 128, radius: int = 30) -> Image.Image:
+    """A centred outline on white: the clip art whose hashes crowd together."""
+    image = Image.new("RGB", (size, size), "white")
+    c = size // 2
+    ImageDraw.Draw(image).ellipse([c - radius, c - radius, c + radius, c + radius], outline="black", width=2)
+    return image
+
+
+def test_structure_tells_a_drawing_on_white_from_a_picture():
+    rule = Thresholds()
+    assert rule.is_low_structure(hash_structure(symmetric_drawing()))
+    assert not rule.is_low_structure(hash_structure(make_image(3, (128, 96))))
+
+
+def test_a_low_structure_pair_at_6_bits_is_not_a_duplicate_while_a_photo_pair_is():
+    rule = Thresholds()  # hash duplicate <= 8 bits; CNN 0.5 is different
+    drawing, photo = hash_structure(symmetric_drawing()), hash_structure(make_image(3, (128, 96)))
+    weak = rule.judge(0.5, 6, structure=drawing)
+    assert (weak.verdict, weak.hash, weak.weak_hash) == (SIMILAR, SIMILAR, True)
+    strong = rule.judge(0.5, 6, structure=photo)
+    assert (strong.verdict, strong.decided_by, strong.weak_hash) == (DUPLICATE, ["hash"], False)
+    assert rule.judge(0.5, 6).verdict == DUPLICATE  # structure unknown: the hash keeps its say
+
+
+def test_the_cnn_and_exact_bytes_still_make_a_low_structure_duplicate():
+    rule = Thresholds()
+    assert rule.judge(0.95, 6, structure=3).verdict == DUPLICATE
+    assert rule.judge(0.1, 30, exact=True, structure=0).verdict == DUPLICATE
+
+
+@pytest.mark.parametrize(
+    ("score", "inliers", "verdict"),
+    [
+        (0.70, 8, DUPLICATE),  # verified, CNN within the slack below similar (0.75 - 0.15)
+        (0.55, 40, DIFFERENT),  # many inliers but a CNN far below similar: not verified
+        (0.80, 7, SIMILAR),  # too few inliers
+        (0.80, None, SIMILAR),  # verification did not run
+    ],
+)
+def test_verification_makes_a_duplicate_with_enough_inliers(score, inliers, verdict):
+    judgement = Thresholds().judge(score, inliers=inliers)
+    assert judgement.verdict == verdict
+    assert judgement.verified == (verdict == DUPLICATE)
+    if judgement.verified:
+        assert judgement.decided_by == ["verify"]
+
+
+def test_no_geometry_demotes_a_low_structure_duplicate_only():
+    rule = Thresholds()
+    low = rule.judge(0.95, 4, structure=5, inliers=1)  # a CNN duplicate of a drawing, no geometry
+    assert (low.verdict, low.demoted) == (SIMILAR, True)
+    photo = rule.judge(0.95, 4, structure=40, inliers=0)  # a blurred photo copy: no keypoints, still a copy
+    assert (photo.verdict, photo.demoted) == (DUPLICATE, False)
+    assert rule.judge(0.95, None, structure=5, inliers=0).verdict == SIMILAR
+    assert rule.judge(0.95, None, structure=5, inliers=3).verdict == DUPLICATE
+
+
+def test_thresholds_refuse_bad_values_naming_them():
+    with pytest.raises(ValueError, match="low_structure=80"):
+        Thresholds(low_structure=80)
+    with pytest.raises(ValueError, match="'guessed'"):
+        Thresholds(source="guessed")
+
+
+def test_shipped_thresholds_round_trip_and_say_so():
+    fitted = Thresholds(0.8, 0.6, "calibrated", 5, 9, low_structure=18, verify_inliers=10)
+    shipped = shipped_thresholds(fitted.to_shipped(), "m1")
+    assert shipped.source == "shipped"
+    kept = (shipped.duplicate, shipped.hash_duplicate, shipped.low_structure, shipped.verify_inliers)
+    assert kept == (0.8, 5, 18, 10)
+    assert shipped.weights.to_dict() == fitted.weights.to_dict()
+    assert shipped_thresholds({"duplicate": 0.2, "similar": 0.9}, "m1") == Thresholds()  # unusable: defaults
