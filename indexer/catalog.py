@@ -52,7 +52,12 @@ def make_engine(url: str) -> Engine:
     PostgreSQL connections are checked before use (a server restart costs no request)."""
     parsed = parse_catalog_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True)
+        try:
+            return create_engine(parsed, pool_pre_ping=True)
+        except ImportError as exc:
+            raise RuntimeError(
+                f"catalog {parsed!r}: PostgreSQL needs psycopg 3 (pip install 'twice[postgres]'): {exc}"
+            ) from exc
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": 30})

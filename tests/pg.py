@@ -65,9 +65,10 @@ def clone_database(url: str) -> str:
 
 
 class PostgresServer:
-    """One running server; ``stop`` shuts it down and removes its folder."""
+    """One running server (``settings`` override ``SERVER_SETTINGS``); ``stop`` shuts it down
+    and removes its folder."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, **settings: str) -> None:
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="twice-pg-"))
         self.data = self.root / "data"
@@ -77,7 +78,8 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.root, self.user)
         self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust", "-E", "UTF8")
-        options = [f"-c {name}={value}" for name, value in SERVER_SETTINGS.items()]
+        settings = {**SERVER_SETTINGS, **settings}
+        options = [f"-c {name}={value}" for name, value in settings.items()]
         options += ["-c listen_addresses=127.0.0.1", f"-p {self.port}", f"-k {self.root}"]
         log = self.root / "server.log"
         try:

@@ -7,7 +7,9 @@ import json
 import sqlite3
 
 import pytest
+from pg import free_port
 
+from twice.cli import main
 from twice.indexer import Catalog
 from twice.indexer.catalog import parse_catalog_url
 
@@ -79,3 +81,20 @@ def test_unsupported_catalog_urls_are_refused_by_name(url, words):
 def test_a_plain_postgresql_url_speaks_psycopg_3():
     assert parse_catalog_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert parse_catalog_url("postgresql+psycopg://u@h/db").drivername == "postgresql+psycopg"
+
+
+def test_an_unreachable_postgresql_server_is_a_clear_error(capsys):
+    url = f"postgresql://twice:secret@127.0.0.1:{free_port()}/twice"
+    masked = r"postgresql\+psycopg://twice:\*\*\*@127.0.0.1:\d+/twice"
+    with pytest.raises(RuntimeError, match=f"catalog {masked} cannot be opened"):
+        Catalog(url)
+    assert main(["--db-url", url, "status"]) == 1
+    err = capsys.readouterr().err
+    assert "twice status: error: catalog" in err and "cannot be opened" in err
+    assert "secret" not in err and "Traceback" not in err
+
+
+def test_the_cli_refuses_an_unsupported_catalog_url(capsys):
+    assert main(["--db-url", "mysql://u:secret@h/db", "status"]) == 1
+    err = capsys.readouterr().err
+    assert "'mysql' is not supported" in err and "secret" not in err
