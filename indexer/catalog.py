@@ -52,12 +52,7 @@ def make_engine(url: str) -> Engine:
     PostgreSQL connections are checked before use (a server restart costs no request)."""
     parsed = parse_catalog_url(url)
     if parsed.get_backend_name() == "postgresql":
-        try:
-            return create_engine(parsed, pool_pre_ping=True)
-        except ImportError as exc:
-            raise RuntimeError(
-                f"catalog {parsed!r}: PostgreSQL needs psycopg 3 (pip install 'twice[postgres]'): {exc}"
-            ) from exc
+        return _postgresql_engine(parsed)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, connect_args={"timeout": 30})
@@ -69,6 +64,26 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+    return engine
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"catalog {url!r}: PostgreSQL needs psycopg 3 (pip install 'twice[postgres]'): {exc}"
+        ) from exc
+
+    @event.listens_for(engine, "connect")
+    def _utc_session(dbapi_connection, _record) -> None:
+        # Timestamps come back in UTC whatever the server's TimeZone, as SQLite's do. Autocommit:
+        # a SET inside the pool's first transaction would be rolled back with it.
+        autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+        dbapi_connection.autocommit = autocommit
 
     return engine
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import timedelta
 
 import pytest
 from pg import free_port
@@ -98,3 +99,13 @@ def test_the_cli_refuses_an_unsupported_catalog_url(capsys):
     assert main(["--db-url", "mysql://u:secret@h/db", "status"]) == 1
     err = capsys.readouterr().err
     assert "'mysql' is not supported" in err and "secret" not in err
+
+
+def test_postgresql_times_come_back_in_utc_whatever_the_server_zone(postgres_url):
+    catalog = Catalog(postgres_url)
+    with catalog.session() as session:
+        row, _ = catalog.add_image(session, **columns("a" * 64))
+    added = catalog.get(row.id).added_at
+    assert added.utcoffset() == timedelta(0)
+    assert catalog.get(row.id).to_dict()["added_at"].endswith("+00:00")
+    catalog.close()
