@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import Insert, create_engine, delete, event, func, select
+from sqlalchemy import Insert, create_engine, delete, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
@@ -27,6 +27,10 @@ from .schema import Base, ImageRow, IndexRecord, ThresholdRecord, utcnow
 LOG = logging.getLogger(__name__)
 
 DIALECTS = ("sqlite", "postgresql")
+# PostgreSQL advisory locks on image sha256s (``Catalog.lock_sha256``): the two-key form, whose
+# keys never meet the one-key migration lock's; the second key is the sha256's first 32 bits.
+SHA256_LOCK_KIND = 0x7477
+LOCK_SHA256 = text("SELECT pg_advisory_xact_lock(:kind, :key)")
 
 
 def parse_catalog_url(url: str) -> URL:
@@ -156,6 +160,17 @@ class Catalog:
         if existing is None:  # another writer stored the same bytes and deleted them at once
             raise RuntimeError(f"catalog: image {columns['sha256']} was deleted while being added")
         return existing, False
+
+    @staticmethod
+    def lock_sha256(session: Session, sha256s: Iterable[str]) -> None:
+        """Before adding several images in one transaction: on PostgreSQL, take a lock per
+        sha256 for the rest of it, in one global order. Two writers adding some of the same
+        images in different orders then queue on these instead of deadlocking on each other's
+        uncommitted rows. (SQLite has one writer at a time: nothing to do.)"""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        for key in sorted({int(sha256[:8], 16) - 2**31 for sha256 in sha256s}):
+            session.execute(LOCK_SHA256, {"kind": SHA256_LOCK_KIND, "key": key})
 
     def get(self, image_id: int) -> ImageRow | None:
         with self.session() as session:

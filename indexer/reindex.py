@@ -195,8 +195,10 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
     bar = tqdm(total=len(files), desc="indexing files", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(files))):
         ids, tensors = [], []
+        new = [item["decoded"].sha256 for item in batch if "decoded" in item]
         with indexer.catalog.session() as session:
-            for item in sorted(batch, key=_insert_order):
+            indexer.catalog.lock_sha256(session, new)  # writers sharing images queue, not deadlock
+            for item in batch:
                 if "error" in item:
                     summary.skipped[item["error"].reason] += 1
                     LOG.warning("skipped %s", item["error"])
@@ -219,13 +221,6 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
         bar.set_postfix(added=summary.added, skipped=sum(summary.skipped.values()))
         checkpointer.maybe_save()
     bar.close()
-
-
-def _insert_order(item: dict) -> str:
-    """Rows of a batch go in by sha256: concurrent batches sharing images then lock those rows
-    in one order, so they cannot deadlock (PostgreSQL)."""
-    decoded = item.get("decoded")
-    return decoded.sha256 if decoded is not None else ""
 
 
 class StoredHashes(StoredImages):

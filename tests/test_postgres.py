@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -79,6 +80,48 @@ def test_writer_processes_adding_the_same_images_lose_nothing_and_duplicate_noth
     assert all(ids[sha] == image_id for added in outcomes for sha, (image_id, _) in added.items())
     created = Counter(sha for added in outcomes for sha, (_, new) in added.items() if new)
     assert created == Counter(dict.fromkeys(ids, 1))
+
+
+def image_columns(sha256: str) -> dict:
+    return dict(sha256=sha256, stored_path=f"{sha256}.png", source=f"/in/{sha256}.png", width=4, height=3,
+                format="PNG", bytes=10)  # fmt: skip
+
+
+def test_writers_adding_the_same_images_in_opposite_orders_queue_instead_of_deadlocking(postgres_url):
+    """Two transactions, each adding images A and B, in opposite orders, interleaved as badly
+    as can be: without ``lock_sha256`` each waits for the other's uncommitted row (deadlock)."""
+    catalog = Catalog(postgres_url)
+    first_added, second_added = threading.Event(), threading.Event()
+    created: dict[str, list[bool]] = {}
+    errors: list[Exception] = []
+
+    def add_pair(name, pair, start_after, added_one, then_wait_for) -> None:
+        if start_after:
+            start_after.wait(timeout=30)
+        try:
+            with catalog.session() as session:
+                catalog.lock_sha256(session, pair)
+                first = catalog.add_image(session, **image_columns(pair[0]))[1]
+                added_one.set()
+                if then_wait_for:  # never set when the other writer is queued on the locks
+                    then_wait_for.wait(timeout=3)
+                created[name] = [first, catalog.add_image(session, **image_columns(pair[1]))[1]]
+        except Exception as exc:  # a deadlock, reported to the test
+            errors.append(exc)
+
+    a, b = "a" * 64, "b" * 64
+    writers = [
+        threading.Thread(target=add_pair, args=("one", [a, b], None, first_added, second_added)),
+        threading.Thread(target=add_pair, args=("two", [b, a], first_added, second_added, None)),
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert errors == []
+    assert created == {"one": [True, True], "two": [False, False]}
+    assert sorted(stored_ids(catalog)) == [a, b]
+    catalog.close()
 
 
 # concurrent reindex jobs ---------------------------------------------------------------------
