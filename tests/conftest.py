@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pg import PostgresServer, postgres_bin
+from pg import PostgresServer, postgres_bin, server_user
 
 from twice.model import Embedder
 from twice.options import Options
@@ -57,12 +57,14 @@ def embedder() -> Embedder:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session (Debian's binaries; skips when they are missing)."""
-    bin_dir = postgres_bin()
+    bin_dir, user = postgres_bin(), server_user()
     if bin_dir is None:
         pytest.skip(
             "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): apt-get install postgresql"
         )
-    server = PostgresServer(bin_dir)
+    if user is None:
+        pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+    server = PostgresServer(bin_dir, user)
     yield server
     server.stop()
 

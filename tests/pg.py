@@ -11,6 +11,7 @@ import getpass
 import glob
 import itertools
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -48,6 +49,16 @@ def _version_key(path: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
+def server_user() -> str | None:
+    """Who runs the server: this user, or ``postgres`` as root (None when there is none)."""
+    if os.geteuid() != 0:
+        return getpass.getuser()
+    try:
+        return pwd.getpwnam("postgres").pw_name
+    except KeyError:
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -70,12 +81,11 @@ class PostgresServer:
     """One running server (``settings`` override ``SERVER_SETTINGS``); ``stop`` shuts it down
     and removes its folder."""
 
-    def __init__(self, bin_dir: Path, **settings: str) -> None:
-        self.bin_dir = bin_dir
+    def __init__(self, bin_dir: Path, user: str, **settings: str) -> None:
+        self.bin_dir, self.user = bin_dir, user
         self.root = Path(tempfile.mkdtemp(prefix="twice-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
-        self.user = "postgres" if os.geteuid() == 0 else getpass.getuser()
         self._names = itertools.count(1)
         if os.geteuid() == 0:
             shutil.chown(self.root, self.user)
