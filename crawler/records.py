@@ -15,6 +15,7 @@ from collections import Counter
 from sqlalchemy import func, select
 
 from twice.indexer import Catalog
+from twice.indexer.catalog import upsert
 from twice.indexer.schema import CrawlRecord, CrawlUrl, utcnow
 
 LOG = logging.getLogger(__name__)
@@ -68,20 +69,18 @@ class CrawlLog:
         return row is not None and row.state in FINAL_STATES
 
     def record(self, kind: str, url: str, state: str, **columns: object) -> None:
-        """Insert or update what became of ``url``."""
+        """Insert or update what became of ``url`` (one upsert: two crawlers of one listing
+        recording one URL at once both count, neither fails)."""
+        key = {"crawl_id": self.crawl_id, "kind": kind, "url": url}
+        values = {**key, "state": state, "attempts": 1, "reason": None, "detail": None}
         with self.catalog.session() as session:
-            row = session.scalar(
-                select(CrawlUrl).where(
-                    CrawlUrl.crawl_id == self.crawl_id, CrawlUrl.kind == kind, CrawlUrl.url == url
-                )
+            upsert(
+                session,
+                CrawlUrl,
+                {**values, "updated_at": utcnow(), **columns},
+                list(key),
+                changes={"attempts": CrawlUrl.attempts + 1},
             )
-            if row is None:
-                row = CrawlUrl(crawl_id=self.crawl_id, kind=kind, url=url, attempts=0)
-                session.add(row)
-            row.state, row.attempts, row.updated_at = state, (row.attempts or 0) + 1, utcnow()
-            row.reason = row.detail = None
-            for name, value in columns.items():
-                setattr(row, name, value)
 
     def image_ids(self) -> list[int]:
         """Catalog ids of the images this crawl stored or found already stored."""

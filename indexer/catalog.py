@@ -1,4 +1,5 @@
-"""The catalog: one SQL database (SQLite by default) describing every stored image.
+"""The catalog: one SQL database describing every stored image; SQLite by default (a file in
+the data directory), PostgreSQL by URL for several machines and writers.
 
 Catalog row id == vector id in the FAISS store, so search needs no side table.
 """
@@ -9,40 +10,110 @@ import errno
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, delete, event, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Insert, create_engine, delete, event, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from twice.hashing import HASH_VERSION, STORED_COLUMNS, STORED_KINDS
 
 from .migrate import upgrade_schema
-from .schema import ImageRow, IndexRecord, ThresholdRecord, utcnow
+from .schema import Base, ImageRow, IndexRecord, ThresholdRecord, utcnow
 
 LOG = logging.getLogger(__name__)
 
+DIALECTS = ("sqlite", "postgresql")
+# PostgreSQL advisory locks on image sha256s (``Catalog.lock_sha256``): the two-key form, whose
+# keys never meet the one-key migration lock's; the second key is the sha256's first 32 bits.
+SHA256_LOCK_KIND = 0x7477
+LOCK_SHA256 = text("SELECT pg_advisory_xact_lock(:kind, :key)")
+
+
+def parse_catalog_url(url: str) -> URL:
+    """``url`` parsed and checked: SQLite or PostgreSQL (``postgresql://`` speaks psycopg 3)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            f"catalog URL {url!r} is not a database URL (sqlite:///PATH or postgresql://...)"
+        ) from None
+    if parsed.get_backend_name() not in DIALECTS:
+        raise ValueError(
+            f"catalog URL {parsed!r}: {parsed.get_backend_name()!r} is not supported "
+            "(sqlite:///PATH, or postgresql+psycopg://USER@HOST/DATABASE)"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL, foreign keys and a busy timeout."""
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite") else {})
-    if url.startswith("sqlite"):
+    """An engine for ``url``. SQLite files get WAL, foreign keys and a busy timeout;
+    PostgreSQL connections are checked before use (a server restart costs no request)."""
+    parsed = parse_catalog_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return _postgresql_engine(parsed)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": 30})
 
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection, _record) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.close()
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
 
     return engine
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    try:
+        engine = create_engine(url, pool_pre_ping=True)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"catalog {url!r}: PostgreSQL needs psycopg 3 (pip install 'twice[postgres]'): {exc}"
+        ) from exc
+
+    @event.listens_for(engine, "connect")
+    def _utc_session(dbapi_connection, _record) -> None:
+        # Timestamps come back in UTC whatever the server's TimeZone, as SQLite's do. Autocommit:
+        # a SET inside the pool's first transaction would be rolled back with it.
+        autocommit, dbapi_connection.autocommit = dbapi_connection.autocommit, True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET TIME ZONE 'UTC'")
+        dbapi_connection.autocommit = autocommit
+
+    return engine
+
+
+def insert_for(session: Session, model: type[Base]) -> Insert:
+    """The catalog dialect's INSERT for ``model``, which has ``on_conflict_do_nothing`` /
+    ``on_conflict_do_update`` (SQLite and PostgreSQL spell ON CONFLICT alike)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)
+
+
+def upsert(
+    session: Session, model: type[Base], values: dict, keys: Sequence[str], changes: dict | None = None
+) -> None:
+    """Insert ``values``, or update the row whose unique ``keys`` they match with them (and
+    ``changes``, expressions over the stored row): one statement, so concurrent writers of one
+    key never fail on its constraint; the last writer's values win."""
+    insert = insert_for(session, model)
+    changed = {name: insert.excluded[name] for name in values if name not in keys}
+    statement = insert.values(**values).on_conflict_do_update(
+        index_elements=list(keys), set_={**changed, **(changes or {})}
+    )
+    session.execute(statement)
 
 
 class Catalog:
@@ -51,8 +122,12 @@ class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        with storage_errors(url):
-            upgrade_schema(self.engine)  # the one place tables are created or changed
+        try:
+            with storage_errors(url):
+                upgrade_schema(self.engine)  # the one place tables are created or changed
+        except OperationalError as exc:  # no server, wrong credentials, unreadable file
+            self.engine.dispose()
+            raise RuntimeError(f"catalog {self.engine.url!r} cannot be opened: {exc.orig}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -72,20 +147,34 @@ class Catalog:
         return session.scalar(select(ImageRow).where(ImageRow.sha256 == sha256))
 
     def add_image(self, session: Session, **columns: object) -> tuple[ImageRow, bool]:
-        """Insert an image row unless its sha256 is known; returns (row, created)."""
+        """Insert an image row unless its sha256 is known; returns (row, created).
+
+        INSERT .. ON CONFLICT DO NOTHING: when another writer stores the same bytes at once,
+        one row is made and the other writer gets it back (PostgreSQL waits for the first
+        writer's commit), with no error and no rolled-back transaction.
+        """
         existing = self.find_sha256(session, columns["sha256"])
         if existing is not None:
             return existing, False
-        row = ImageRow(**columns)
-        try:
-            with session.begin_nested():
-                session.add(row)
-        except IntegrityError:  # another writer stored the same bytes first
-            existing = self.find_sha256(session, columns["sha256"])
-            if existing is None:
-                raise
-            return existing, False
-        return row, True
+        insert = insert_for(session, ImageRow).values(**columns)
+        row = session.scalar(insert.on_conflict_do_nothing(index_elements=["sha256"]).returning(ImageRow))
+        if row is not None:
+            return row, True
+        existing = self.find_sha256(session, columns["sha256"])
+        if existing is None:  # another writer stored the same bytes and deleted them at once
+            raise RuntimeError(f"catalog: image {columns['sha256']} was deleted while being added")
+        return existing, False
+
+    @staticmethod
+    def lock_sha256(session: Session, sha256s: Iterable[str]) -> None:
+        """Before adding several images in one transaction: on PostgreSQL, take a lock per
+        sha256 for the rest of it, in one global order. Two writers adding some of the same
+        images in different orders then queue on these instead of deadlocking on each other's
+        uncommitted rows. (SQLite has one writer at a time: nothing to do.)"""
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        for key in sorted({int(sha256[:8], 16) - 2**31 for sha256 in sha256s}):
+            session.execute(LOCK_SHA256, {"kind": SHA256_LOCK_KIND, "key": key})
 
     def get(self, image_id: int) -> ImageRow | None:
         with self.session() as session:
@@ -141,12 +230,9 @@ class Catalog:
             return session.get(IndexRecord, 1)
 
     def set_index_record(self, model_version: str, dim: int, index_type: str, count: int) -> None:
+        values = dict(model_version=model_version, dim=dim, index_type=index_type, vector_count=count)
         with self.session() as session:
-            record = session.get(IndexRecord, 1) or IndexRecord(id=1)
-            record.model_version, record.dim = model_version, dim
-            record.index_type, record.vector_count = index_type, count
-            record.updated_at = utcnow()
-            session.add(record)
+            upsert(session, IndexRecord, {"id": 1, **values, "updated_at": utcnow()}, ["id"])
 
     def thresholds(self, model_version: str) -> ThresholdRecord | None:
         with self.session() as session:
@@ -160,14 +246,15 @@ class Catalog:
         source: str,
         details: dict | None = None,
     ) -> None:
+        values = dict(duplicate=duplicate, similar=similar, source=source)
+        values["details"] = json.dumps(details) if details else None
         with self.session() as session:
-            record = session.get(ThresholdRecord, model_version) or ThresholdRecord(
-                model_version=model_version
+            upsert(
+                session,
+                ThresholdRecord,
+                {"model_version": model_version, **values, "updated_at": utcnow()},
+                ["model_version"],
             )
-            record.duplicate, record.similar, record.source = duplicate, similar, source
-            record.details = json.dumps(details) if details else None
-            record.updated_at = utcnow()
-            session.add(record)
 
 
 @contextmanager
@@ -181,7 +268,9 @@ def storage_errors(url: str) -> Iterator[None]:
         yield
     except OperationalError as exc:
         message = str(exc.orig).lower()
-        if "disk is full" not in message and "disk i/o error" not in message:
+        if not url.startswith("sqlite") or (
+            "disk is full" not in message and "disk i/o error" not in message
+        ):
             raise
         path = Path(url.removeprefix("sqlite:///"))
         code = errno.ENOSPC if "disk is full" in message or _nearly_full(path.parent) else errno.EIO

@@ -196,7 +196,9 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
     bar = tqdm(total=len(files), desc="indexing files", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, _workers(options, len(files))):
         ids, tensors = [], []
+        new = [item["decoded"].sha256 for item in batch if "decoded" in item]
         with indexer.catalog.session() as session:
+            indexer.catalog.lock_sha256(session, new)  # writers sharing images queue, not deadlock
             for item in batch:
                 if "error" in item:
                     summary.skipped[item["error"].reason] += 1

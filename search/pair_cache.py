@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy import delete
 
 from twice.indexer import Catalog, VectorIndex
+from twice.indexer.catalog import upsert
 from twice.indexer.schema import PairCache, utcnow
 
 from .pairs import canonical_pairs, find_pairs
@@ -121,21 +122,19 @@ def _load_cache(catalog: Catalog, model_version: str) -> dict | None:
 
 def _save_cache(catalog, vectors, cut, ids, keys, pairs) -> None:
     a, b, s = pairs
+    values = dict(
+        model_version=vectors.model_version,
+        threshold=float(cut),
+        index_type=vectors.index_type,
+        member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
+        member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
+        pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
+        pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
+        pair_score=np.ascontiguousarray(s, np.float32).tobytes(),
+        updated_at=utcnow(),
+    )
     with catalog.session() as session:
-        # Delete, then insert: the write lock is taken by the first statement, so two
-        # reports saving at once queue up instead of racing to insert the same key.
-        # Pairs of another model version go too: a new model re-embeds everything.
-        session.execute(delete(PairCache))
-        session.add(
-            PairCache(
-                model_version=vectors.model_version,
-                threshold=float(cut),
-                index_type=vectors.index_type,
-                member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
-                member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
-                pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
-                pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
-                pair_score=np.ascontiguousarray(s, np.float32).tobytes(),
-                updated_at=utcnow(),
-            )
-        )
+        # Pairs of another model version go: a new model re-embeds everything. One upsert
+        # for this version, so two reports saving at once never fail on its key.
+        session.execute(delete(PairCache).where(PairCache.model_version != vectors.model_version))
+        upsert(session, PairCache, values, ["model_version"])

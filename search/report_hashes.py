@@ -50,7 +50,7 @@ from twice.hashing import (
 )
 from twice.indexer import Catalog
 from twice.indexer.batches import iter_batches
-from twice.indexer.catalog import load_stored_hashes
+from twice.indexer.catalog import load_stored_hashes, upsert
 from twice.indexer.schema import HashPairCache
 
 LOG = logging.getLogger(__name__)
@@ -320,19 +320,18 @@ def _load(catalog: Catalog) -> dict | None:
 
 def _save(catalog: Catalog, radius: int, ids, keys, views, pairs) -> None:
     a, b, d = pairs
+    values = dict(
+        scheme=cache_key(),
+        radius=int(radius),
+        member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
+        member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
+        member_views=np.ascontiguousarray(views, np.int64).tobytes(),
+        pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
+        pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
+        pair_distance=np.ascontiguousarray(d, np.int8).tobytes(),
+        updated_at=datetime.now(timezone.utc),
+    )
     with catalog.session() as session:
-        # Delete, then insert: concurrent reports queue on the write lock (as the CNN cache).
-        session.execute(delete(HashPairCache))
-        session.add(
-            HashPairCache(
-                scheme=cache_key(),
-                radius=int(radius),
-                member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
-                member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
-                member_views=np.ascontiguousarray(views, np.int64).tobytes(),
-                pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
-                pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
-                pair_distance=np.ascontiguousarray(d, np.int8).tobytes(),
-                updated_at=datetime.now(timezone.utc),
-            )
-        )
+        # Other schemes go; one upsert for this one, so concurrent reports never fail on its key.
+        session.execute(delete(HashPairCache).where(HashPairCache.scheme != values["scheme"]))
+        upsert(session, HashPairCache, values, ["scheme"])

@@ -1,4 +1,5 @@
-"""The HTTP API through Flask's test client: every route, every error status, real data dirs."""
+"""The HTTP API through Flask's test client: every route, every error status, real data dirs;
+the write paths on SQLite and on PostgreSQL catalogs."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pg import clone_database
 from PIL import Image, ImageOps
 
 import conftest
 from awkward import bad_images
+from conftest import BACKENDS
 from imagegen import image_bytes, make_image, write_images
 from twice.files import atomic_write
 from twice.indexer import Catalog, VectorIndex, reindex
@@ -75,17 +78,30 @@ def shared(template, embedder):
     api.service_of(app).close()
 
 
+@pytest.fixture(scope="module")
+def postgres_template(tmp_path_factory, embedder, postgres_server):
+    """The template's twin with its catalog on PostgreSQL (a database nobody stays connected to)."""
+    return build_index(tmp_path_factory.mktemp("api-pg"), embedder, db_url=postgres_server.new_database())
+
+
+@pytest.fixture(params=BACKENDS)
+def any_template(request):
+    """The template data dir with its catalog on each backend in turn."""
+    return request.getfixturevalue("template" if request.param == "sqlite" else "postgres_template")
+
+
 def copy_of(template, tmp_path: Path, **overrides):
-    """A writable copy of the template's data dir (cheaper than indexing again)."""
+    """A writable copy of the template's data dir and catalog (cheaper than indexing again)."""
     options, paths = template
     shutil.copytree(options.data_dir, tmp_path / "data")
-    return make_options(tmp_path / "data", **overrides), paths
+    db_url = clone_database(options.db_url) if options.db_url else ""
+    return make_options(tmp_path / "data", db_url=db_url, **overrides), paths
 
 
 @pytest.fixture
-def fresh(template, tmp_path, embedder):
-    """A writable indexed data dir of its own, and a client."""
-    options, paths = copy_of(template, tmp_path)
+def fresh(any_template, tmp_path, embedder):
+    """A writable indexed data dir of its own, and a client (on each catalog backend in turn)."""
+    options, paths = copy_of(any_template, tmp_path)
     app = api.create_app(options, embedder=embedder)
     yield client_of(app), options, paths
     api.service_of(app).close()
@@ -211,8 +227,8 @@ def test_bad_images_get_their_status(shared, name):
     assert_error(client.post("/images", data=upload(data, name)), status, reason, name)
 
 
-def test_too_large_is_413(template, tmp_path, embedder):
-    options, _ = copy_of(template, tmp_path, max_image_bytes=20_000)
+def test_too_large_is_413(any_template, tmp_path, embedder):
+    options, _ = copy_of(any_template, tmp_path, max_image_bytes=20_000)
     client = client_of(api.create_app(options, embedder=embedder))
     # Over the image limit but inside the request limit: the decoder refuses it.
     big = image_bytes(make_image(7, (150, 150)), "BMP")
@@ -290,8 +306,8 @@ def test_add_image_is_indexed_at_once(fresh, embedder):
     }
 
 
-def test_add_reports_a_duplicate_verdict(template, tmp_path, embedder):
-    options, paths = copy_of(template, tmp_path)
+def test_add_reports_a_duplicate_verdict(any_template, tmp_path, embedder):
+    options, paths = copy_of(any_template, tmp_path)
     catalog = Catalog(options.catalog_url)
     # Thresholds that make the mirrored copy a duplicate and nothing else one (CNN scores
     # of the random test model are all near 0.99, so only an exact 1.0 is out of reach).
@@ -304,8 +320,8 @@ def test_add_reports_a_duplicate_verdict(template, tmp_path, embedder):
     assert 1 <= body["duplicate_of"]["id"] <= N_IMAGES and body["duplicate_of"]["verdict"] == "duplicate"
 
 
-def test_add_reports_no_match_below_the_threshold(template, tmp_path, embedder):
-    options, _ = copy_of(template, tmp_path)
+def test_add_reports_no_match_below_the_threshold(any_template, tmp_path, embedder):
+    options, _ = copy_of(any_template, tmp_path)
     catalog = Catalog(options.catalog_url)
     catalog.set_thresholds(embedder.version, duplicate=1.0, similar=1.0, source="manual")
     catalog.close()

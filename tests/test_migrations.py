@@ -1,15 +1,15 @@
-"""Catalog schema migrations: new catalogs, catalogs written before migrations, concurrent opens."""
+"""Catalog schema migrations on SQLite and PostgreSQL: new catalogs, catalogs written before
+migrations, concurrent opens."""
 
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import subprocess
 import sys
-from datetime import datetime
-from pathlib import Path
+from datetime import datetime, timezone
 
 import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -34,91 +34,129 @@ HASH_COLUMNS = {"phash", "phash_version", "phash_bright", "phash_dark"}
 
 # The catalog as the first code wrote it (create_all of images, index_record and thresholds):
 # no hash columns, no crawl or report tables, no alembic_version.
-OLD_DDL = """
-CREATE TABLE images (
-    id INTEGER NOT NULL, sha256 VARCHAR(64) NOT NULL, stored_path VARCHAR NOT NULL,
-    source VARCHAR NOT NULL, page_url VARCHAR, width INTEGER NOT NULL, height INTEGER NOT NULL,
-    format VARCHAR(16) NOT NULL, bytes INTEGER NOT NULL, parent_id INTEGER, transform VARCHAR,
-    meta JSON, added_at DATETIME NOT NULL,
-    PRIMARY KEY (id), FOREIGN KEY(parent_id) REFERENCES images (id) ON DELETE SET NULL
-);
-CREATE UNIQUE INDEX ix_images_sha256 ON images (sha256);
-CREATE INDEX ix_images_parent_id ON images (parent_id);
-CREATE TABLE index_record (
-    id INTEGER NOT NULL, model_version VARCHAR NOT NULL, dim INTEGER NOT NULL,
-    index_type VARCHAR NOT NULL, vector_count INTEGER NOT NULL, updated_at DATETIME NOT NULL,
-    PRIMARY KEY (id)
-);
-CREATE TABLE thresholds (
-    model_version VARCHAR NOT NULL, duplicate DOUBLE NOT NULL, similar DOUBLE NOT NULL,
-    source VARCHAR NOT NULL, details VARCHAR, updated_at DATETIME NOT NULL,
-    PRIMARY KEY (model_version)
-);
-"""
-# ... and as hash version 2 left it: phash and its version, crawl tables (made by the crawler).
-V2_DDL = """
-ALTER TABLE images ADD COLUMN phash BIGINT;
-ALTER TABLE images ADD COLUMN phash_version INTEGER;
-CREATE TABLE crawls (
-    id INTEGER NOT NULL, "key" VARCHAR(40) NOT NULL, listing JSON NOT NULL,
-    status VARCHAR(16) NOT NULL, runs INTEGER NOT NULL, started_at DATETIME NOT NULL,
-    finished_at DATETIME, pages INTEGER NOT NULL, found INTEGER NOT NULL,
-    downloaded INTEGER NOT NULL, duplicates INTEGER NOT NULL, refused JSON NOT NULL,
-    failed JSON NOT NULL, last_run JSON, PRIMARY KEY (id)
-);
-CREATE INDEX ix_crawls_key ON crawls ("key");
-CREATE TABLE crawl_urls (
-    id INTEGER NOT NULL, crawl_id INTEGER NOT NULL, kind VARCHAR(8) NOT NULL, url VARCHAR NOT NULL,
-    state VARCHAR(16) NOT NULL, reason VARCHAR(32), detail VARCHAR, image_id INTEGER,
-    page_url VARCHAR, next_url VARCHAR, page_number INTEGER, attempts INTEGER NOT NULL,
-    updated_at DATETIME NOT NULL, PRIMARY KEY (id), UNIQUE (crawl_id, kind, url),
-    FOREIGN KEY(crawl_id) REFERENCES crawls (id) ON DELETE CASCADE,
-    FOREIGN KEY(image_id) REFERENCES images (id) ON DELETE SET NULL
-);
-CREATE INDEX ix_crawl_urls_crawl_id ON crawl_urls (crawl_id);
-CREATE INDEX ix_crawl_urls_image_id ON crawl_urls (image_id);
-"""
-ADDED = "2025-03-04 05:06:07.000000"
+OLD = sa.MetaData()
+sa.Table(
+    "images", OLD,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True, index=True),
+    sa.Column("stored_path", sa.String, nullable=False),
+    sa.Column("source", sa.String, nullable=False),
+    sa.Column("page_url", sa.String),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("bytes", sa.Integer, nullable=False),
+    sa.Column("parent_id", sa.Integer, sa.ForeignKey("images.id", ondelete="SET NULL"), index=True),
+    sa.Column("transform", sa.String),
+    sa.Column("meta", sa.JSON),
+    sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+sa.Table(
+    "index_record", OLD,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model_version", sa.String, nullable=False),
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("index_type", sa.String, nullable=False),
+    sa.Column("vector_count", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+sa.Table(
+    "thresholds", OLD,
+    sa.Column("model_version", sa.String, primary_key=True),
+    sa.Column("duplicate", sa.Double, nullable=False),
+    sa.Column("similar", sa.Double, nullable=False),
+    sa.Column("source", sa.String, nullable=False),
+    sa.Column("details", sa.String),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)  # fmt: skip
+# ... and as hash version 2 left it: phash and its version added by hand, crawl tables made by
+# the crawler's create_all (today's definitions: they have not changed since).
+V2_COLUMNS = ("phash BIGINT", "phash_version INTEGER")
+V2_TABLES = [Base.metadata.tables["crawls"], Base.metadata.tables["crawl_urls"]]
+ADDED = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
 
 
-def url_of(path: Path) -> str:
-    return f"sqlite:///{path}"
-
-
-def write_old_catalog(path: Path, version: int) -> None:
+def write_old_catalog(url: str, version: int) -> None:
     """A catalog the code before migrations wrote, with two images (one a variant) and records."""
-    with sqlite3.connect(path) as db:
-        db.executescript(OLD_DDL + (V2_DDL if version == 2 else ""))
-        for i, parent in ((1, None), (2, 1)):
+    engine = create_engine(url)
+    with engine.begin() as db:
+        OLD.create_all(db)
+        if version == 2:
+            for column in V2_COLUMNS:
+                db.exec_driver_sql(f"ALTER TABLE images ADD COLUMN {column}")
+            Base.metadata.create_all(db, tables=V2_TABLES)
+        images = OLD.tables["images"]
+        for i, parent in ((1, None), (2, 1)):  # ids 1, 2 from the database's own counter
             db.execute(
-                "INSERT INTO images (id, sha256, stored_path, source, page_url, width, height, format,"
-                " bytes, parent_id, transform, meta, added_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (i, f"{i}" * 64, f"s/{i}.png", f"/in/{i}.png", None, 40 + i, 30, "PNG", 100 * i, parent,
-                 "rotate:90" if parent else None, '{"alt": "cat"}', ADDED),
+                images.insert().values(
+                    sha256=f"{i}" * 64, stored_path=f"s/{i}.png", source=f"/in/{i}.png", width=40 + i,
+                    height=30, format="PNG", bytes=100 * i, parent_id=parent,
+                    transform="rotate:90" if parent else None, meta={"alt": "cat"}, added_at=ADDED,
+                )
             )  # fmt: skip
         if version == 2:
-            db.execute("UPDATE images SET phash = -5, phash_version = 2")
-        db.execute("INSERT INTO index_record VALUES (1, 'm1', 256, 'IDMap2,Flat', 2, ?)", (ADDED,))
-        db.execute("INSERT INTO thresholds VALUES ('m1', 0.95, 0.8, 'calibrated', NULL, ?)", (ADDED,))
+            db.exec_driver_sql("UPDATE images SET phash = -5, phash_version = 2")
+        db.execute(
+            OLD.tables["index_record"]
+            .insert()
+            .values(
+                id=1, model_version="m1", dim=256, index_type="IDMap2,Flat", vector_count=2, updated_at=ADDED
+            )
+        )
+        db.execute(
+            OLD.tables["thresholds"]
+            .insert()
+            .values(model_version="m1", duplicate=0.95, similar=0.8, source="calibrated", updated_at=ADDED)
+        )
+    engine.dispose()
 
 
-def sqlite_schema(path: Path) -> list[tuple]:
-    with sqlite3.connect(path) as db:
-        return db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+def inspect_url(url: str, read):
+    """``read(inspector)`` on a fresh connection to ``url``."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return read(sa.inspect(connection))
+    finally:
+        engine.dispose()
 
 
-def table_names(path: Path) -> set[str]:
-    return {name for kind, name, _ in sqlite_schema(path) if kind == "table"}
+def table_names(url: str) -> set[str]:
+    return inspect_url(url, lambda inspector: set(inspector.get_table_names()))
 
 
-def image_columns(path: Path) -> set[str]:
-    with sqlite3.connect(path) as db:
-        return {row[1] for row in db.execute("PRAGMA table_info(images)")}
+def image_columns(url: str) -> set[str]:
+    return inspect_url(url, lambda inspector: {c["name"] for c in inspector.get_columns("images")})
 
 
-def stored_version(path: Path) -> list[str]:
-    with sqlite3.connect(path) as db:
-        return [row[0] for row in db.execute("SELECT version_num FROM alembic_version")]
+def schema_of(url: str) -> dict:
+    """Every table's columns, indexes, unique constraints and foreign keys, as the database has them."""
+
+    def read(inspector) -> dict:
+        return {
+            table: (
+                [(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(table)],
+                sorted(str(i) for i in inspector.get_indexes(table)),
+                sorted(str(u) for u in inspector.get_unique_constraints(table)),
+                sorted(str(f) for f in inspector.get_foreign_keys(table)),
+            )
+            for table in sorted(inspector.get_table_names())
+        }
+
+    return inspect_url(url, read)
+
+
+def stored_version(url: str) -> list[str]:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        versions = [row[0] for row in connection.exec_driver_sql("SELECT version_num FROM alembic_version")]
+    engine.dispose()
+    return versions
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC: SQLite gives back naive UTC datetimes, PostgreSQL aware ones."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def schema_differences(url: str) -> list:
@@ -138,30 +176,34 @@ def test_the_models_hold_every_table():
     assert set(Base.metadata.tables) == TABLES
 
 
-def test_a_new_catalog_gets_every_table_at_head(tmp_path):
-    path = tmp_path / "new" / "catalog.sqlite"
-    Catalog(url_of(path)).close()
-    assert table_names(path) == TABLES | {"alembic_version"}
-    assert image_columns(path) >= HASH_COLUMNS
-    assert stored_version(path) == [HEAD_REVISION]
-    assert schema_differences(url_of(path)) == []
+def test_a_new_catalog_gets_every_table_at_head(catalog_url):
+    Catalog(catalog_url).close()
+    assert table_names(catalog_url) == TABLES | {"alembic_version"}
+    assert image_columns(catalog_url) >= HASH_COLUMNS
+    assert stored_version(catalog_url) == [HEAD_REVISION]
+    assert schema_differences(catalog_url) == []
+
+
+def test_a_new_sqlite_catalog_makes_its_folder(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new' / 'catalog.sqlite'}"
+    Catalog(url).close()
+    assert stored_version(url) == [HEAD_REVISION]
 
 
 @pytest.mark.parametrize("version", [1, 2])
-def test_a_catalog_written_before_migrations_is_upgraded_with_its_rows(tmp_path, version):
-    path = tmp_path / "catalog.sqlite"
-    write_old_catalog(path, version)
-    assert "phash_bright" not in image_columns(path) and "report_runs" not in table_names(path)
-    catalog = Catalog(url_of(path))
-    assert table_names(path) == TABLES | {"alembic_version"}
-    assert image_columns(path) >= HASH_COLUMNS
-    assert stored_version(path) == [HEAD_REVISION]
-    assert schema_differences(url_of(path)) == []
+def test_a_catalog_written_before_migrations_is_upgraded_with_its_rows(catalog_url, version):
+    write_old_catalog(catalog_url, version)
+    assert "phash_bright" not in image_columns(catalog_url) and "report_runs" not in table_names(catalog_url)
+    catalog = Catalog(catalog_url)
+    assert table_names(catalog_url) == TABLES | {"alembic_version"}
+    assert image_columns(catalog_url) >= HASH_COLUMNS
+    assert stored_version(catalog_url) == [HEAD_REVISION]
+    assert schema_differences(catalog_url) == []
     rows = catalog.get_many([1, 2])
     assert [rows[i].sha256 for i in (1, 2)] == ["1" * 64, "2" * 64]
     assert (rows[2].parent_id, rows[2].transform, rows[2].width, rows[2].bytes) == (1, "rotate:90", 42, 200)
     assert rows[1].meta == {"alt": "cat"}
-    assert rows[1].added_at.replace(tzinfo=None) == datetime(2025, 3, 4, 5, 6, 7)
+    assert as_utc(rows[1].added_at) == ADDED
     expected_hash = (-5, 2) if version == 2 else (None, None)
     assert all((r.phash, r.phash_version) == expected_hash for r in rows.values())
     assert all(r.phash_bright is None and r.phash_dark is None for r in rows.values())
@@ -169,38 +211,43 @@ def test_a_catalog_written_before_migrations_is_upgraded_with_its_rows(tmp_path,
     assert (record.model_version, record.dim, record.vector_count) == ("m1", 256, 2)
     thresholds = catalog.thresholds("m1")
     assert (thresholds.duplicate, thresholds.similar, thresholds.source) == (0.95, 0.8, "calibrated")
-    # The new columns and tables take writes.
+    # The new columns and tables take writes, and new images follow the old ones.
     with catalog.session() as session:
         session.get(ImageRow, 1).phash_bright = 7
         session.add(CrawlRecord(key="k" * 40, listing={"start": "x"}, refused={}, failed={}))
+        row, created = catalog.add_image(
+            session, sha256="3" * 64, stored_path="s/3.png", source="/in/3.png",
+            width=4, height=3, format="PNG", bytes=10,
+        )  # fmt: skip
+    assert created and row.id == 3
     assert catalog.get(1).phash_bright == 7
     catalog.close()
 
 
-def test_opening_again_changes_nothing_and_skips_alembic(tmp_path):
-    path = tmp_path / "catalog.sqlite"
-    write_old_catalog(path, 1)
-    Catalog(url_of(path)).close()
-    before = sqlite_schema(path)
+def test_opening_again_changes_nothing_and_skips_alembic(catalog_url):
+    write_old_catalog(catalog_url, 1)
+    Catalog(catalog_url).close()
+    before = schema_of(catalog_url)
     # A fresh interpreter: this one has imported Alembic already.
     code = (
         "import sys; from twice.indexer import Catalog; "
-        f"Catalog({url_of(path)!r}).close(); print('alembic' in sys.modules)"
+        f"Catalog({catalog_url!r}).close(); print('alembic' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
-    Catalog(url_of(path)).close()
-    assert sqlite_schema(path) == before
-    assert stored_version(path) == [HEAD_REVISION]
+    Catalog(catalog_url).close()
+    assert schema_of(catalog_url) == before
+    assert stored_version(catalog_url) == [HEAD_REVISION]
 
 
-def test_a_catalog_from_a_newer_twice_is_refused_by_name(tmp_path):
-    path = tmp_path / "catalog.sqlite"
-    Catalog(url_of(path)).close()
-    with sqlite3.connect(path) as db:
-        db.execute("UPDATE alembic_version SET version_num = '9999'")
+def test_a_catalog_from_a_newer_twice_is_refused_by_name(catalog_url):
+    Catalog(catalog_url).close()
+    engine = create_engine(catalog_url)
+    with engine.begin() as db:
+        db.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    engine.dispose()
     with pytest.raises(RuntimeError, match=r"schema revision '9999' is not one this twice knows"):
-        Catalog(url_of(path))
+        Catalog(catalog_url)
 
 
 def open_and_add(url: str, barrier, n: int) -> None:
@@ -214,20 +261,19 @@ def open_and_add(url: str, barrier, n: int) -> None:
     catalog.close()
 
 
-def test_processes_opening_one_new_catalog_together_all_succeed(tmp_path):
-    path = tmp_path / "catalog.sqlite"
+def test_processes_opening_one_new_catalog_together_all_succeed(catalog_url):
+    """SQLite serialises the migration on its write lock, PostgreSQL on an advisory lock."""
     context = multiprocessing.get_context("fork")
     workers = 4
     barrier = context.Barrier(workers)
-    processes = [
-        context.Process(target=open_and_add, args=(url_of(path), barrier, n)) for n in range(workers)
-    ]
+    processes = [context.Process(target=open_and_add, args=(catalog_url, barrier, n)) for n in range(workers)]
     for process in processes:
         process.start()
     for process in processes:
         process.join(60)
     assert [process.exitcode for process in processes] == [0] * workers
-    assert stored_version(path) == [HEAD_REVISION]
-    assert table_names(path) == TABLES | {"alembic_version"}
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT count(*) FROM images").fetchone()[0] == workers
+    assert stored_version(catalog_url) == [HEAD_REVISION]
+    assert table_names(catalog_url) == TABLES | {"alembic_version"}
+    catalog = Catalog(catalog_url)
+    assert catalog.count() == workers
+    catalog.close()

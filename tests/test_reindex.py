@@ -1,22 +1,31 @@
-"""Reindex: incremental, resumable after SIGKILL, bad input skipped, model changes re-embed."""
+"""Reindex on SQLite and PostgreSQL catalogs: incremental, resumable after SIGKILL, bad input
+skipped, model changes re-embed."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from awkward import bad_images, good_images
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
-from twice.indexer import Catalog, Indexer, VectorIndex, reindex
+from twice.indexer import Catalog, ImageRow, Indexer, VectorIndex, reindex
 from twice.model import Embedder
+
+
+@pytest.fixture
+def options(tmp_path: Path, db_url: str):
+    """Options of a new data dir, its catalog on each backend in turn."""
+    return make_options(tmp_path / "data", db_url=db_url)
 
 
 def state(options) -> tuple[dict[str, np.ndarray], list[int]]:
@@ -86,10 +95,11 @@ def test_orphan_vectors_are_dropped_and_pending_rows_embedded(tmp_path, options,
     assert summary.orphans_removed == 1 and summary.vectors == 3
 
 
-def run_reindex_cli(data_dir: Path, folder: Path) -> subprocess.Popen:
+def run_reindex_cli(options, folder: Path) -> subprocess.Popen:
     env = {
         **os.environ,
-        "TWICE_DATA_DIR": str(data_dir),
+        "TWICE_DATA_DIR": str(options.data_dir),
+        "TWICE_DB_URL": options.db_url,
         "TWICE_IMAGE_SIZE": "64",
         "TWICE_BATCH_SIZE": "4",
         "TWICE_WORKERS": "0",
@@ -101,39 +111,44 @@ def run_reindex_cli(data_dir: Path, folder: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def catalog_rows(data_dir: Path) -> int:
+def catalog_rows(options) -> int:
+    """Rows in the catalog, read without migrating it (0 until the reindex has made it)."""
+    engine = create_engine(options.catalog_url, connect_args={"timeout": 1} if not options.db_url else {})
     try:
-        with sqlite3.connect(data_dir / "catalog.sqlite", timeout=1) as db:
-            return db.execute("SELECT count(*) FROM images").fetchone()[0]
-    except sqlite3.Error:
+        with engine.connect() as db:
+            return db.scalar(select(func.count()).select_from(ImageRow))
+    except SQLAlchemyError:
         return 0
+    finally:
+        engine.dispose()
 
 
-def test_reindex_killed_midway_resumes_to_the_same_final_state(tmp_path):
+def test_reindex_killed_midway_resumes_to_the_same_final_state(tmp_path, new_db_url):
     folder = tmp_path / "in"
     write_images(folder, 40)
-    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    killed = make_options(tmp_path / "killed", db_url=new_db_url())
+    clean = make_options(tmp_path / "clean", db_url=new_db_url())
 
-    proc = run_reindex_cli(killed_dir, folder)
+    proc = run_reindex_cli(killed, folder)
     deadline = time.monotonic() + 120
-    while catalog_rows(killed_dir) < 12 and proc.poll() is None and time.monotonic() < deadline:
+    while catalog_rows(killed) < 12 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "reindex finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 0 < catalog_rows(killed_dir) < 40
+    assert 0 < catalog_rows(killed) < 40
 
-    for data_dir in (killed_dir, clean_dir):
-        proc = run_reindex_cli(data_dir, folder)
+    for options in (killed, clean):
+        proc = run_reindex_cli(options, folder)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()
 
-    killed, killed_ids = state(make_options(killed_dir))
-    clean, clean_ids = state(make_options(clean_dir))
+    killed_vectors, killed_ids = state(killed)
+    clean_vectors, clean_ids = state(clean)
     assert len(killed_ids) == len(clean_ids) == 40
-    assert killed.keys() == clean.keys()
-    for sha in clean:
-        np.testing.assert_allclose(killed[sha], clean[sha], atol=1e-5)
+    assert killed_vectors.keys() == clean_vectors.keys()
+    for sha in clean_vectors:
+        np.testing.assert_allclose(killed_vectors[sha], clean_vectors[sha], atol=1e-5)
 
 
 def test_concurrent_writers_do_not_lose_each_others_vectors(tmp_path, options, embedder):

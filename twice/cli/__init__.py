@@ -29,6 +29,11 @@ def global_options() -> argparse.ArgumentParser:
         "--data-dir",
         help="where the catalog, index, images and models live (env TWICE_DATA_DIR, default index_data/)",
     )
+    parser.add_argument(
+        "--db-url",
+        help="the catalog database: sqlite:///PATH or postgresql://USER@HOST/DB"
+        " (env TWICE_DB_URL, default DATA_DIR/catalog.sqlite)",
+    )
     parser.add_argument("--checkpoint", help="model checkpoint to load (env TWICE_CHECKPOINT)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where the model runs")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -69,7 +74,7 @@ def chosen_command(argv: list[str]) -> str | None:
 
 def options_from_args(args: argparse.Namespace) -> Options:
     return Options.from_env().with_overrides(
-        data_dir=args.data_dir, checkpoint=args.checkpoint, device=args.device
+        data_dir=args.data_dir, db_url=args.db_url, checkpoint=args.checkpoint, device=args.device
     )
 
 
