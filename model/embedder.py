@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .network import EmbeddingNet
-from .weights import WeightsInfo, build_network
+from .weights import WeightsInfo, build_network, shipped_thresholds
 
 LOG = logging.getLogger(__name__)
 
@@ -134,6 +134,11 @@ class Embedder:
     @property
     def dim(self) -> int:
         return self.net.dim
+
+    @property
+    def shipped_thresholds(self) -> dict | None:
+        """The verdict rule the checkpoint ships with (None: it ships none)."""
+        return shipped_thresholds(self.weights)
 
     def describe(self) -> dict:
         return {

@@ -39,7 +39,6 @@ from twice.hashing import (
 from twice.imageio import DecodedImage, ImageError, decode_image, read_file_bytes
 from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
-from twice.model.weights import shipped_thresholds
 
 from .explain import verification_json
 from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, RANK, Judgement, Thresholds, thresholds_for
@@ -129,7 +128,7 @@ class SearchEngine:
             catalog,
             vectors,
             embedder,
-            thresholds_for(catalog, embedder.version, shipped_thresholds(embedder.weights)),
+            thresholds_for(catalog, embedder.version, embedder.shipped_thresholds),
             tta,
         )
 

@@ -41,7 +41,6 @@ from twice.indexer import (
     reindex,
 )
 from twice.indexer.store import FileStamp
-from twice.model.weights import shipped_thresholds
 from twice.options import Options
 from twice.search import SearchEngine, build_report
 from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
@@ -389,7 +388,7 @@ class Library:
         self._thresholds_at = time.monotonic()
         engine = self._engine
         if engine is not None:
-            shipped = shipped_thresholds(self._embedder.weights)
+            shipped = self._embedder.shipped_thresholds
             engine.thresholds = thresholds_for(self._catalog, self._embedder.version, shipped)
 
     def engine(self) -> SearchEngine:
