@@ -14,6 +14,7 @@ from twice.augment.sources import APT_SOURCES, ensure_apt_sources
 from twice.options import Options
 from twice.search.pairs import METHODS
 
+from .index import IndexBenchConfig, run_index_bench
 from .quality import QualityConfig, run_quality
 from .report import INDEX_KINDS, ReportConfig, all_found, bench_row, run_report_bench
 from .results import RESULTS_DIR, command_line, write_results
@@ -146,6 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-cli-process", action="store_true", help="skip timing a whole `twice search` process"
     )
     sp.set_defaults(func=run_speed_command)
+
+    ix = sub.add_parser(
+        "index",
+        help="the large-collection index (IVF-SQ8): bytes per vector, recall@10, top-10 latency",
+    )
+    _common(ix)
+    ix.add_argument("--sizes", help="comma-separated vector counts (default 1000000; --quick 20000)")
+    ix.add_argument("--kinds", help="comma-separated sq8,ivf (default sq8)")
+    ix.add_argument("--nprobe", help="comma-separated nprobe values (default 16,32,64,128)")
+    ix.add_argument("--queries", type=int, help="queries (default 1000)")
+    ix.set_defaults(func=run_index_command)
 
     r = sub.add_parser(
         "report",
@@ -352,6 +364,22 @@ def run_speed_command(args, options) -> int:
     kind = _kind(args)
     payload, markdown = run_speed(config, options, command_line())
     json_path, md_path = write_results(kind, payload, markdown, args.results_dir)
+    print(markdown)
+    print(f"\nresults: {json_path}, {md_path}")
+    return 0
+
+
+def run_index_command(args, options) -> int:
+    values = _given(
+        sizes=_ints("sizes", args.sizes),
+        kinds=_csv(args.kinds),
+        nprobes=_ints("nprobe", args.nprobe),
+        queries=args.queries,
+    )
+    if args.quick:
+        values = {"sizes": (20_000,), "queries": 100, **values}
+    payload, markdown = run_index_bench(IndexBenchConfig(**values), command_line())
+    json_path, md_path = write_results(_kind(args), payload, markdown, args.results_dir)
     print(markdown)
     print(f"\nresults: {json_path}, {md_path}")
     return 0

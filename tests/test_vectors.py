@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from twice.indexer import IndexFileError, IndexMismatchError, VectorIndex
+from twice.indexer.vectors import index_spec, ivf_nlist, merge_shards
 
 
 def unit_vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -151,3 +152,58 @@ def test_an_ivf_index_gives_its_vectors_and_ids_in_id_order():
     np.testing.assert_array_equal(stored_ids, ids[5:][order])
     np.testing.assert_array_equal(stored, xb[5:][order])
     np.testing.assert_array_equal(index.ids(), stored_ids)
+
+
+def test_index_spec_follows_the_collection_size():
+    assert index_spec(1000, flat_limit=1000) == "IDMap2,Flat"
+    assert index_spec(1001, flat_limit=1000, compress_limit=5000) == f"IVF{ivf_nlist(1001)},Flat"
+    assert index_spec(2_000_000) == f"IVF{ivf_nlist(2_000_000)},SQ8"
+
+
+def test_grows_from_flat_to_ivf_to_sq8_and_keeps_every_vector(tmp_path):
+    xb = unit_vectors(4000, d=32, seed=7)
+    ids = np.arange(4000) * 2 + 1
+    index = VectorIndex("m1", 32, flat_limit=1000, compress_limit=3000, nprobe=64)
+    for start in range(0, 4000, 500):  # batches, as reindex adds them
+        index.add(ids[start : start + 500], xb[start : start + 500])
+        kind = index.index_type.split(",")[-1] if index.kind == "ivf" else "flat"
+        assert kind == ("flat" if start < 1000 else "Flat" if start + 500 <= 3000 else "SQ8"), start
+    assert index.compressed and index.index_type == f"IVF{ivf_nlist(3500)},SQ8"
+    assert index.bytes_per_vector == 32 + 8  # one byte a dimension, and the id
+    stored_ids, stored = index.vectors()
+    np.testing.assert_array_equal(stored_ids, ids)
+    # 8-bit codes: close, with the rare value outside the trained range clipped
+    assert np.abs(stored - xb).mean() < 0.002
+    cosines = np.sum(stored * xb, axis=1)
+    assert np.median(cosines) > 0.999 and cosines.min() > 0.95
+    index.save(tmp_path / "sq8.twice")
+    loaded = VectorIndex.load(tmp_path / "sq8.twice", "m1", 32)
+    assert loaded.index_type == index.index_type and loaded.compress_limit == 3000
+    xq = unit_vectors(50, d=32, seed=8)
+    _, found = loaded.search(xq, 10)
+    truth = brute_force(ids, xb, xq, 10)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.9  # nprobe covers every list: only the 8-bit codes cost recall
+
+
+def test_a_trained_index_filled_in_shards_equals_one_filled_at_once():
+    xb = unit_vectors(3000, d=32, seed=9)
+    ids = np.arange(3000) + 100
+    limits = {"flat_limit": 100, "compress_limit": 1000}
+    whole = VectorIndex.trained("m1", xb[:2000], expected=3000, nprobe=8, **limits)
+    assert whole.index_type == "IVF76,SQ8" and len(whole) == 0
+    whole.add(ids, xb)
+    merged = VectorIndex.trained("m1", xb[:2000], expected=3000, nprobe=8, **limits)
+    shards = []
+    for part in np.array_split(np.arange(3000), 3):  # e.g. one per worker
+        shard = VectorIndex.trained("m1", xb[:2000], expected=3000, **limits)
+        shard.add(ids[part], xb[part])
+        shards.append(shard)
+    merge_shards(merged, shards)
+    assert len(merged) == 3000 and merged.index_type == whole.index_type
+    xq = unit_vectors(20, d=32, seed=10)
+    np.testing.assert_array_equal(merged.search(xq, 10)[1], whole.search(xq, 10)[1])
+    with pytest.raises(ValueError, match="holds 3000 vectors"):
+        merge_shards(merged, shards)
+    with pytest.raises(IndexMismatchError, match="IDMap2,Flat"):
+        merge_shards(VectorIndex.trained("m1", xb, expected=3000, **limits), [VectorIndex("m1", 32)])

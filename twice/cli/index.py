@@ -23,6 +23,14 @@ def register(subparsers) -> None:
     p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders (none: catalog only)")
     p.add_argument("--batch-size", type=int, help="images per embedding batch (default 32)")
     p.add_argument("--workers", type=int, help="decode worker processes")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="embed the catalog's pending images on a Ray cluster (ADDRESS, e.g. head:6379; none:"
+        " $RAY_ADDRESS or a local one); needs the `ray` extra and the image store on every node",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_reindex)
 
@@ -50,13 +58,31 @@ def register(subparsers) -> None:
 
 def run_reindex(args, options) -> int:
     options = options.with_overrides(batch_size=args.batch_size, workers=args.workers)
-    with Library(options) as library:
-        summary = library.add(args.paths, progress=not args.quiet)
+    if args.ray is not None:
+        summary = _reindex_on_ray(args, options)
+    else:
+        with Library(options) as library:
+            summary = library.add(args.paths, progress=not args.quiet)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:
         print("\n".join(summary.lines()))
     return 0
+
+
+def _reindex_on_ray(args, options):
+    if args.paths:
+        raise ValueError(
+            f"--ray embeds images already in the catalog; add {args.paths[0]!r} and the other"
+            " files first (`twice reindex PATH`, `twice crawl`), or leave out --ray"
+        )
+    try:
+        from twice.indexer.ray_reindex import reindex_on_ray
+    except ImportError as exc:
+        raise ValueError(f"--ray needs Ray: pip install 'twice[ray]' ({exc})") from exc
+    with Library(options) as library:
+        summary = reindex_on_ray(options, library.embedder, args.ray or None, progress=not args.quiet)
+    return summary
 
 
 def run_search(args, options) -> int:
