@@ -36,7 +36,7 @@ BORDER_SHARE = 0.98  # of a line's pixels within the tolerance: a border line
 MIN_KEEP = 0.2  # an axis whose bands would leave less than this share of it is left whole
 MAX_PASSES = 4  # nested borders peeled (frame, mat, margin, ...)
 STEP_LINES = 3  # lines past a band searched for the step to content (a resized edge blurs it)
-WORK_SIDE = 1024  # larger images are searched on a reduced copy
+WORK_SIDE = 256  # larger images are searched on a reduced copy (descriptions squash to 64 px)
 _FIRST_CHUNK = 8  # lines tested at once, doubling: most images stop at their first line
 
 Box = tuple[int, int, int, int]
@@ -63,14 +63,16 @@ def content_box(image: Image.Image, tolerance: int = TOLERANCE) -> Box:
 
 def _peel(pixels: np.ndarray, tolerance: int) -> Box:
     """The content box of (H, W, 3) ``pixels``: bands peeled in passes from all four sides at once."""
+    rows = pixels.astype(np.int16)
+    columns = np.ascontiguousarray(rows.transpose(1, 0, 2))  # each side's lines contiguous
     height, width = pixels.shape[:2]
     box = [0, 0, width, height]
     last: list[np.ndarray | None] = [None] * 4  # each side's last band colour
     for _ in range(MAX_PASSES):
         left, top, right, bottom = box
-        inner = pixels[top:bottom, left:right]
-        # Each side as rows scanned from its edge inwards: top, bottom, left, right.
-        sides = (inner, inner[::-1], inner.transpose(1, 0, 2), inner.transpose(1, 0, 2)[::-1])
+        across, down = rows[top:bottom, left:right], columns[left:right, top:bottom]
+        # Each side as lines scanned from its edge inwards: top, bottom, left, right.
+        sides = (across, across[::-1], down, down[::-1])
         bands = [_band(lines, tolerance, last[k]) for k, lines in enumerate(sides)]
         (t, _), (b, _), (lf, _), (r, _) = bands
         if t + b > (1 - MIN_KEEP) * (bottom - top):
@@ -110,7 +112,7 @@ def _band(lines: np.ndarray, tolerance: int, previous: np.ndarray | None) -> tup
 
 def _share_within(lines: np.ndarray, colour: np.ndarray, distance: int) -> np.ndarray:
     """Per line, the share of its pixels within ``distance`` grey levels of ``colour`` in every channel."""
-    return (np.abs(lines.astype(np.int16) - colour).max(axis=-1) <= distance).mean(axis=-1)
+    return (np.abs(lines - colour).max(axis=-1) <= distance).mean(axis=-1)
 
 
 def _steps(lines: np.ndarray, colour: np.ndarray, tolerance: int) -> bool:
