@@ -9,9 +9,9 @@ distractors) and the copies the same way and ranks by cosine (CNN) or dihedral H
 (pHash); recall@1 with a 95% Wilson interval, pHash "within" is the share of copies within the
 default similar radius of their original.
 
-Methods: the shipped model with and without ``trim_borders``; with trimming and ``fill_corners``
-(the edge-connected runs of the corners' colour filled with the content's mean colour, the
-corner-fill experiment for tilted copies); the pHash with and without trimming.
+Methods: the shipped model with and without ``trim_borders``, and with ``fill_corners`` too
+(the runs of the corners' colour from the sides filled with the content's mean colour, on the
+squashed image: the corner fill for tilted copies); the pHash the same three ways.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from twice.augment.sources import HELD_OUT_DRAW, collect_sources, draw_pool
-from twice.borders import TOLERANCE, trim_borders
+from twice.borders import fill_corners, trim_borders
 from twice.hashing import dct_coefficients, dihedral_coefficients, hamming, hash_coefficients
 from twice.model import Embedder
 from twice.model.embedder import Preprocess
@@ -97,35 +97,16 @@ EDITS: dict[str, Callable] = {
 }
 
 
-def fill_corners(image: Image.Image, tolerance: int = TOLERANCE, max_share: float = 0.4) -> Image.Image:
-    """The corner-fill experiment: when all four corner pixels share one colour, the runs of that
-    colour reaching in from each side along rows and columns (a tilt's corner triangles) are
-    filled with the mean colour of the rest; left alone when they would cover over
-    ``max_share`` (a drawing's own background)."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
-    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
-    colour = np.median(corners, axis=0)
-    if np.abs(corners - colour).max() > tolerance:
-        return image
-    within = np.abs(pixels - colour).max(axis=-1) <= tolerance
-    mask = np.zeros_like(within)
-    for turned in range(4):  # runs from each side: rotate so the side is on the left
-        view = np.rot90(within, turned)
-        run = np.where(view.all(axis=1), view.shape[1], np.argmin(view, axis=1))
-        np.rot90(mask, turned)[...] |= np.arange(view.shape[1])[None, :] < run[:, None]
-    if not mask.any() or mask.mean() > max_share:
-        return image
-    filled = pixels.copy()
-    filled[mask] = pixels[~mask].mean(axis=0).round()
-    return Image.fromarray(filled.astype(np.uint8))
-
-
 def untrimmed_hashes(image: Image.Image) -> np.ndarray:
     return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
 
 
 def trimmed_hashes(image: Image.Image) -> np.ndarray:
     return untrimmed_hashes(trim_borders(image))
+
+
+def filled_hashes(image: Image.Image) -> np.ndarray:
+    return untrimmed_hashes(fill_corners(trim_borders(image)))
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -152,12 +133,11 @@ def load_images(originals: int, distractors: int, seed: int) -> list[Image.Image
     raise RuntimeError(f"the sources gave {len(images)} usable images, {total} asked")
 
 
-def cnn_method(embedder: Embedder, trim: bool, fill: bool = False) -> Callable:
-    preprocess = Preprocess(embedder.image_size, trim=trim)
+def cnn_method(embedder: Embedder, trim: bool, fill: bool) -> Callable:
+    preprocess = Preprocess(embedder.image_size, trim=trim, fill=fill)
 
     def describe(images: list[Image.Image]) -> np.ndarray:
-        views = [fill_corners(trim_borders(im)) if fill else im for im in images]
-        tensors = [preprocess(v) for v in views]
+        tensors = [preprocess(im) for im in images]
         return np.concatenate(
             [embedder.embed_tensors(tensors[i : i + 64]) for i in range(0, len(tensors), 64)]
         )
@@ -198,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     embedder = Embedder.from_options(Options())
     methods = {
-        "CNN": cnn_method(embedder, trim=False),
-        "CNN + trim": cnn_method(embedder, trim=True),
+        "CNN": cnn_method(embedder, trim=False, fill=False),
+        "CNN + trim": cnn_method(embedder, trim=True, fill=False),
         "CNN + trim + corner fill": cnn_method(embedder, trim=True, fill=True),
     }
     rows, figures = [], {}
@@ -210,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
             hits = cnn_rank1(xb, describe(queries), truth)
             recall[name][method] = [int(hits.sum()), len(hits)]
         LOG.info("%s done (%.0f s)", method, time.perf_counter() - started)
-    for method, hashes in (("pHash", untrimmed_hashes), ("pHash + trim", trimmed_hashes)):
+    hashers = (
+        ("pHash", untrimmed_hashes),
+        ("pHash + trim", trimmed_hashes),
+        ("pHash + trim + fill", filled_hashes),
+    )
+    for method, hashes in hashers:
         stored = np.array([hashes(im)[0] for im in images])
         for name, queries in copies.items():
             first, within = hash_outcomes(stored, np.stack([hashes(q) for q in queries]), truth)

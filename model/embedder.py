@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from twice.borders import trim_borders
+from twice.borders import fill_corners, trim_borders
 
 from .network import EmbeddingNet
 from .weights import WeightsInfo, build_network
@@ -50,16 +50,19 @@ class Preprocess:
     invariance itself, and the shipped weights were trained without it.
     """
 
-    def __init__(self, size: int, black_point: bool = True, trim: bool = True) -> None:
+    def __init__(self, size: int, black_point: bool = True, trim: bool = True, fill: bool = True) -> None:
         self.size = int(size)
         self.black_point = black_point
         self.trim = trim
+        self.fill = fill
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         rgb = image.convert("RGB")
         if self.trim:
             rgb = trim_borders(rgb)
         resized = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        if self.fill:
+            resized = fill_corners(resized)
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         if self.black_point:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from imagegen import image_bytes, make_image
-from twice.borders import MIN_KEEP, WORK_SIDE, content_box, trim_borders
+from twice.borders import MIN_KEEP, TOLERANCE, WORK_SIDE, content_box, fill_corners, trim_borders
 from twice.hashing import DIHEDRAL, dihedral_hashes, dihedral_image, hamming, phash
 from twice.indexer import reindex
 from twice.model import Preprocess
@@ -26,12 +26,12 @@ def jpeg_round_trip(image: Image.Image, quality: int = 75) -> Image.Image:
 
 
 def drawing(size=(120, 90), box=(30, 20, 90, 70)) -> Image.Image:
-    """Black and red strokes on white inside ``box`` (touching all four of its sides)."""
+    """Clip art: a black ellipse and a red stroke on white inside ``box``, no straight edge."""
     image = Image.new("RGB", size, "white")
     draw = ImageDraw.Draw(image)
     left, top, right, bottom = box
-    draw.rectangle((left, top, right - 1, bottom - 1), outline="black", width=2)
-    draw.line((left, bottom - 1, right - 1, top), fill=(200, 0, 0), width=3)
+    draw.ellipse((left, top, right - 1, bottom - 1), outline="black", width=2)
+    draw.line((left + 8, bottom - 8, right - 8, top + 8), fill=(200, 0, 0), width=3)
     return image
 
 
@@ -81,20 +81,22 @@ def test_a_black_bar_over_a_dark_sky_stays_rather_than_cut_into_the_sky():
     assert content_box(ImageOps.expand(photo, (0, 30, 0, 30), "black")) == (0, 0, 160, 150)
 
 
-def test_a_drawing_on_white_is_trimmed_to_the_drawing_and_never_into_it():
-    """Deliberate: the white margin is no more content than a frame; the strokes all stay."""
-    assert content_box(drawing()) == (30, 20, 90, 70)
-    # Letterboxed in black around the white margin: both layers come off, to the same box.
-    boxed = ImageOps.expand(drawing(), (0, 25, 0, 25), "black")
-    assert content_box(boxed) == (30, 45, 90, 95)
+def test_a_drawing_on_white_keeps_its_margin_and_a_picture_on_white_loses_it():
+    """A band must end at a straight edge: a drawing's margin ends at its tip and stays (trimming
+    it cost tilted copies recall, docs/benchmarks.md); a picture pasted on white has edges."""
+    assert content_box(drawing()) == (0, 0, 120, 90)
+    assert content_box(ImageOps.expand(drawing(), (0, 25, 0, 25), "black")) == (0, 25, 120, 115)
+    canvas = Image.new("RGB", (200, 160), "white")
+    canvas.paste(make_image(3, (120, 90)), (50, 40))
+    assert content_box(canvas) == (50, 40, 170, 130)
 
 
 def test_flat_images_and_small_drawings_on_large_canvases_are_left_whole():
     for colour in COLOURS:
         assert content_box(Image.new("RGB", (50, 40), colour)) == (0, 0, 50, 40)
-    # The drawing fills less than MIN_KEEP of the canvas's width: that axis is left whole.
-    narrow = drawing((400, 90), (190, 20, 190 + int(MIN_KEEP * 400) - 10, 70))
-    assert content_box(narrow) == (0, 20, 400, 70)
+    # Bars that would leave less than MIN_KEEP of the width: that axis is left whole.
+    narrow = ImageOps.expand(make_image(3, (int(MIN_KEEP * 400) - 10, 90)), (190, 0, 140, 0), "black")
+    assert content_box(narrow) == (0, 0, 400, 90)
 
 
 def test_the_box_turns_with_the_image():
@@ -154,3 +156,37 @@ def test_letterboxed_copies_find_their_original_through_reindex_and_search(tmp_p
     engine.close()
     stored = Image.open(folder / "img_2.png").convert("RGB")
     assert hamming(dihedral_hashes(queries["img_2.png"]), phash(stored)).min() == 0
+
+
+def tilted(image: Image.Image, degrees: float, fill) -> Image.Image:
+    """Pillow's rotate as people call it: the same size, the corners filled."""
+    return image.rotate(degrees, Image.Resampling.BICUBIC, fillcolor=fill)
+
+
+@pytest.mark.parametrize("fill", [(0, 0, 0), (255, 255, 255), (20, 90, 230)])
+def test_corner_fill_paints_a_tilts_corners_with_the_content_mean(fill):
+    copy = tilted(make_image(6, (120, 90)), 10, fill)
+    filled = np.asarray(fill_corners(copy)).astype(int)
+    corners = (np.abs(np.asarray(copy).astype(int) - fill).max(axis=-1) <= TOLERANCE) & (
+        np.abs(filled - np.asarray(copy)).max(axis=-1) > 0
+    )
+    rest = np.asarray(copy)[~corners]
+    assert corners[0, 0] and corners[-1, -1] and corners.mean() > 0.05
+    np.testing.assert_allclose(filled[corners].mean(axis=0), rest.mean(axis=0), atol=2)
+    for name in DIHEDRAL:  # it turns with the image
+        turned = fill_corners(dihedral_image(copy, name))
+        assert np.array_equal(np.asarray(turned), np.asarray(dihedral_image(fill_corners(copy), name))), name
+
+
+def test_corner_fill_leaves_photos_and_drawing_backgrounds_alone():
+    for seed in range(10):
+        image = make_image(seed, (120, 90))
+        assert fill_corners(image) is image
+    art = drawing()  # its white background reaches far in from every side: not corners
+    assert fill_corners(art) is art
+
+
+def test_preprocess_fills_a_tilts_black_corners():
+    copy = tilted(make_image(9, (120, 90)), 12, "black")
+    assert (Preprocess(64, fill=False)(copy)[:, 0, 0] < -1).all()  # stark: far below the mean
+    assert (Preprocess(64)(copy)[:, 0, 0].abs() < 0.5).all()

@@ -36,6 +36,8 @@ BORDER_SHARE = 0.98  # of a line's pixels within the tolerance: a border line
 MIN_KEEP = 0.2  # an axis whose bands would leave less than this share of it is left whole
 MAX_PASSES = 4  # nested borders peeled (frame, mat, margin, ...)
 STEP_LINES = 3  # lines past a band searched for the step to content (a resized edge blurs it)
+STEP_SHARE = 0.5  # of a line's pixels far from the band's colour: a picture's straight edge
+MAX_FILL_SHARE = 0.4  # corner runs covering more than this are a drawing's background, not corners
 WORK_SIDE = 256  # larger images are searched on a reduced copy (descriptions squash to 64 px)
 _FIRST_CHUNK = 8  # lines tested at once, doubling: most images stop at their first line
 
@@ -116,9 +118,10 @@ def _share_within(lines: np.ndarray, colour: np.ndarray, distance: int) -> np.nd
 
 
 def _steps(lines: np.ndarray, colour: np.ndarray, tolerance: int) -> bool:
-    """Whether content starts with a step: in one of the first lines past a band, a share of
-    pixels far (twice the tolerance) from the band's colour. A gradient only creeps past it."""
-    return bool((_share_within(lines, colour, 2 * tolerance) <= BORDER_SHARE).any())
+    """Whether content starts with a straight edge: in one of the first lines past a band, at
+    least ``STEP_SHARE`` of the pixels far (twice the tolerance) from the band's colour. A
+    gradient only creeps past the tolerance; a drawing's margin ends at the drawing's tip."""
+    return bool((_share_within(lines, colour, 2 * tolerance) <= 1 - STEP_SHARE).any())
 
 
 def trim_borders(image: Image.Image, tolerance: int = TOLERANCE) -> Image.Image:
@@ -128,3 +131,31 @@ def trim_borders(image: Image.Image, tolerance: int = TOLERANCE) -> Image.Image:
         return image
     LOG.debug("trimmed %s to %s", image.size, box)
     return image.crop(box)
+
+
+def fill_corners(image: Image.Image, tolerance: int = TOLERANCE) -> Image.Image:
+    """The corner triangles of a tilted copy filled with the mean colour of the rest.
+
+    When the four corner pixels share one colour (within ``tolerance``), the runs of that
+    colour reaching in from each side along rows and columns are the fill a rotation left
+    (black by default in Pillow and OpenCV, white, any colour); filled with the content's mean,
+    the network sees no stark triangles. Left alone when the runs would cover more than
+    ``MAX_FILL_SHARE``: that is a drawing's own background. Symmetric in the four sides, so it
+    commutes with turns and flips. Cheap on the small image the embedder squashes to.
+    """
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.int16)
+    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
+    colour = np.median(corners, axis=0)
+    if np.abs(corners - colour).max() > tolerance:
+        return image
+    within = np.abs(pixels - colour).max(axis=-1) <= tolerance
+    mask = np.zeros_like(within)
+    for turns in range(4):  # the runs from each side: turned so that side is on the left
+        view = np.rot90(within, turns)
+        run = np.where(view.all(axis=1), view.shape[1], np.argmin(view, axis=1))
+        np.rot90(mask, turns)[...] |= np.arange(view.shape[1])[None, :] < run[:, None]
+    if not mask.any() or mask.mean() > MAX_FILL_SHARE:
+        return image
+    filled = pixels.copy()
+    filled[mask] = pixels[~mask].mean(axis=0).round()
+    return Image.fromarray(filled.astype(np.uint8))
