@@ -12,13 +12,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from twice.borders import fill_corners, trim_borders
+
 from .network import EmbeddingNet
 from .weights import WeightsInfo, build_network, shipped_thresholds
 
 LOG = logging.getLogger(__name__)
 
 # Any change to Preprocess must change this id: it is part of the model version.
-PREPROCESS_ID = "jpegdraft2x-squash-bilinear-blackpoint-standardise-v3"
+PREPROCESS_ID = "jpegdraft2x-trim-squash-bilinear-blackpoint-standardise-v4"
 # Added to each image's standard deviation, so a nearly flat image is not blown up into noise.
 STD_FLOOR = 0.05
 # The black point is moved to 0 from at most this level, so the stretch is at most 4x and a
@@ -29,12 +31,15 @@ MAX_BLACK_POINT = 0.75
 class Preprocess:
     """RGB PIL image -> standardised (3, size, size) float tensor.
 
-    The whole image is resized to a square (no crop): squashing commutes with 90° rotations
-    and flips, so a rotated copy becomes exactly the rotated tensor of its original. Each
-    image is then standardised by its own mean and spread (over all channels), so a uniform
-    brightening or darkening mostly cancels before the network sees it: with random weights
-    that alone lifts recall@1 on "bright +100" from 0.02 to 0.93 and on "dark -50" from 0.32 to
-    1.00 (64 px, 120 images; ImageNet's fixed mean/std leave the shift in).
+    Uniform borders are trimmed first (``trim_borders``, as the perceptual hash does), so a
+    letterboxed or framed copy is squashed as its original is; ``trim=False`` only for measuring
+    what trimming does. The content is then resized to a square (no crop): squashing commutes
+    with 90° rotations and flips, and so does trimming, so a rotated copy becomes exactly the
+    rotated tensor of its original. Each image is then standardised by its own mean and spread
+    (over all channels), so a uniform brightening or darkening mostly cancels before the network
+    sees it: with random weights that alone lifts recall@1 on "bright +100" from 0.02 to 0.93
+    and on "dark -50" from 0.32 to 1.00 (64 px, 120 images; ImageNet's fixed mean/std leave the
+    shift in).
 
     With ``black_point`` each channel is first stretched so that its darkest value in the whole
     image becomes 0 while white stays 1. Brightening lifts every channel and clips it at white,
@@ -45,13 +50,19 @@ class Preprocess:
     invariance itself, and the shipped weights were trained without it.
     """
 
-    def __init__(self, size: int, black_point: bool = True) -> None:
+    def __init__(self, size: int, black_point: bool = True, trim: bool = True, fill: bool = True) -> None:
         self.size = int(size)
         self.black_point = black_point
+        self.trim = trim
+        self.fill = fill
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         rgb = image.convert("RGB")
+        if self.trim:
+            rgb = trim_borders(rgb)
         resized = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
+        if self.fill:
+            resized = fill_corners(resized)
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         if self.black_point:

@@ -104,7 +104,7 @@ def test_black_point_turns_a_clipped_brightening_into_the_original_with_its_top_
     values over 155 cut at white, as if the original's contrast had been raised."""
     array = np.asarray(make_image(14)).copy()
     array[..., 2] = 255
-    array[:4, :, :2] = 0  # a black-ish (blue) edge: red and green reach 0
+    array[:4, :48, :2] = 0  # a black-ish (blue) patch: red and green reach 0 (not a border to trim)
     copy = apply_transform(Image.fromarray(array), "bright")
     top_cut = np.clip(array.astype(np.float32) * 255 / 155, 0, 255).round().astype(np.uint8)
     expected = Preprocess(32, black_point=False)(Image.fromarray(top_cut))

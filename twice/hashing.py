@@ -37,11 +37,13 @@ from itertools import combinations
 import numpy as np
 from PIL import Image
 
+from .borders import trim_borders
+
 LOG = logging.getLogger(__name__)
 
 # Stored hashes of another version are not comparable: search and calibration ignore them and
 # `twice reindex` recomputes them (``ImageRow.phash_version``).
-HASH_VERSION = 3
+HASH_VERSION = 4
 HASH_SCHEME = f"phash-dct64-dihedral8-v{HASH_VERSION}"  # the name caches key hash views by
 HASH_BITS = 64
 DCT_SIDE = 32
@@ -194,13 +196,15 @@ def hash_coefficients(coeffs: np.ndarray) -> np.ndarray:
 
 
 def phash(image: Image.Image) -> int:
-    """The 64-bit pHash of ``image`` as a signed integer (what the catalog stores)."""
-    return int(hash_coefficients(dct_coefficients(image)))
+    """The 64-bit pHash of ``image``'s content (borders trimmed) as a signed integer (what the
+    catalog stores)."""
+    return int(hash_coefficients(dct_coefficients(trim_borders(image))))
 
 
 def dihedral_hashes(image: Image.Image) -> np.ndarray:
-    """(8,) int64: the pHash of each ``DIHEDRAL`` view of ``image``, from one DCT."""
-    return hash_coefficients(dihedral_coefficients(dct_coefficients(image)))
+    """(8,) int64: the pHash of each ``DIHEDRAL`` view of ``image``'s content, from one DCT
+    (trimming turns with the image, so the views are those of the turned image)."""
+    return hash_coefficients(dihedral_coefficients(dct_coefficients(trim_borders(image))))
 
 
 # A coefficient is "strong" when it stands this far from the 64 coefficients' median: one grey
