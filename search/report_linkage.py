@@ -28,16 +28,28 @@ LINKAGES = ("original", "split", "single")
 # Complete linkage against the original: on the planted collection it keeps every family whole
 # and no drawing with another, as splitting at the weakest link does, with fewer pairs judged.
 DEFAULT_LINKAGE = "original"
-ORIGINAL_RULE = "largest resolution (width x height), then earliest added_at, then smallest id"
+ORIGINAL_RULE = (
+    "most duplicates in the group, then largest resolution (width x height), then earliest added_at,"
+    " then smallest id"
+)
 
 IsDuplicate = Callable[[int, int], bool]  # (original, member) -> whether a duplicate pair
 OriginalOf = Callable[[list[int]], int]  # a component -> its original
 
 
-def original_key(row) -> tuple:
-    """Sort key of ``ORIGINAL_RULE`` for a catalog row: the smallest key is the original."""
+def original_key(row, partners: int = 0) -> tuple:
+    """Sort key of ``ORIGINAL_RULE`` for a catalog row with ``partners`` duplicates in its group:
+    the smallest key is the original. Copies pair with the original more than with each other
+    (a tilt and a crop of one photo share less than either shares with it), and resolution
+    alone would pick a copy that an edit made larger (a tilt's canvas, a caption bar)."""
     added = row.added_at.timestamp() if row.added_at is not None else float("inf")
-    return (-(row.width * row.height), added, row.id)
+    return (-partners, -(row.width * row.height), added, row.id)
+
+
+def partners_within(group, graph: dict[int, list[int]]) -> dict[int, int]:
+    """How many duplicate partners each image of ``group`` has inside it."""
+    members = set(group)
+    return {i: sum(j in members for j in graph.get(i, ())) for i in group}
 
 
 def check_linkage(linkage: str) -> str:

@@ -30,7 +30,7 @@ from .explain import verification_json
 from .pair_cache import pairs_with_cache
 from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
 from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
-from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key
+from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key, partners_within
 from .report_verify import PairVerifier
 from .verdicts import DUPLICATE, Judgement, Thresholds, thresholds_for
 from .verify import verification_weight
@@ -301,16 +301,17 @@ def verification_matters(
 
 
 def originals(catalog: Catalog, pairs: Pairs):
-    """A component -> its original (``ORIGINAL_RULE``), from the catalog rows of the pairs."""
+    """A component -> its original (``ORIGINAL_RULE``), from the pairs and their catalog rows."""
     ids = sorted(set(pairs.a.tolist()) | set(pairs.b.tolist()))
     rows = {}
     for start in range(0, len(ids), CHUNK):
         rows.update(catalog.get_many(ids[start : start + CHUNK]))
-    keys = {i: original_key(row) for i, row in rows.items()}
-    missing = (float("inf"), float("inf"), 0)
+    graph = pair_graph(pairs.a, pairs.b)
 
     def original_of(component: list[int]) -> int:
-        return min(component, key=lambda i: keys.get(i, (*missing[:2], i)))
+        partners = partners_within(component, graph)
+        known = [i for i in component if i in rows] or component  # a row deleted meanwhile
+        return min(known, key=lambda i: original_key(rows[i], partners[i]) if i in rows else (0, i))
 
     return original_of
 
