@@ -26,9 +26,9 @@ def register(subparsers) -> None:
         " structure, and local-feature verification where it can change the verdict; thresholds"
         " stored with the model version), group each original with its duplicates (no chains of"
         " weak links; the original has the most duplicates in its group, then the largest"
-        " resolution, then was added first) and write a report. Known augmented variants are counted, not listed,"
-        " unless --include-variants. Pairs and hashes are cached, so a report after adding"
-        " images only searches the new ones.",
+        " resolution, then was added first) and write a report. Known augmented variants are"
+        " counted, not listed, unless --include-variants. Pairs and hashes are cached, so a"
+        " report after adding images only searches the new ones.",
     )
     p.add_argument("--format", choices=FORMATS, help="output format (default: from -o's suffix, else html)")
     p.add_argument(
