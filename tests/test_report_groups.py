@@ -11,6 +11,8 @@ whole families; the default must hold floors that single linkage misses.
 
 from __future__ import annotations
 
+import csv
+import io
 from itertools import combinations
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from twice.indexer import Catalog, Indexer, reindex
 from twice.search.engine import SearchEngine
 from twice.search.report import build_report
 from twice.search.report_linkage import DEFAULT_LINKAGE, LINKAGES, components_within, link_groups
+from twice.search.report_render import report_csv
 from twice.search.report_scan import scan_duplicates
 
 DIM = 64
@@ -153,6 +156,8 @@ def test_report_members_explain_the_verified_edit(planted):
     assert "rotated 10° clockwise" in verification["explanation"]
     assert "verify" in tilted["evidence"]["decided_by"]
     assert report["summary"]["verified_pairs"] > 0 and report["summary"]["pairs_by"]["verify"] > 0
+    rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
+    assert rows[tilted["id"]]["edit"] == verification["explanation"]
 
 
 # linkage on its own -------------------------------------------------------------------------------
