@@ -1,20 +1,23 @@
-"""Duplicate-group reports over the whole collection: pairs -> groups -> originals -> output.
+"""Duplicate-group reports over the whole collection: pairs -> verdicts -> groups -> output.
 
-``build_report`` reads the saved index (its model version, no network needed) and pairs images
-the way search judges them, with the thresholds stored for the model version: a pair is a
-duplicate when its CNN score is at or above the duplicate threshold (FAISS, ``search.pairs``)
-OR its perceptual-hash distance, best over the 8 dihedral views, is at or below the duplicate
-hash threshold (``search.report_hashes``). It joins pairs into groups, picks each group's
-original by ``ORIGINAL_RULE``, gives every other member its evidence against the original (as
-search's ``evidence`` field), sets known augmented variants aside (counted, and listed only on
-request), checks how many known variant pairs were recovered, and says what changed since the
-last recorded report.
+``build_report`` reads the saved index (its model version, no network needed) and judges pairs
+the way search judges a query's results, with the thresholds of the model version: candidate
+pairs (a CNN score at or above the duplicate threshold, a perceptual-hash distance at or below
+the duplicate hash threshold, or near neighbours that local-feature verification could make
+duplicates) get ``Thresholds.judge`` with the pair's hash structure and, in the uncertain band,
+the verification's inliers (``search.report_scan``). It groups the duplicate pairs so that a
+group does not grow by chaining (``search.report_linkage``), picks each group's original by
+``ORIGINAL_RULE``, gives every other member its evidence against the original (as search's
+``evidence`` field, with the edit in words where verification ran), sets known augmented
+variants aside (counted, and listed only on request), checks how many known variant pairs were
+recovered, and says what changed since the last recorded report.
 
 CNN pairs are cached per model version (table ``report_pair_cache``), hash views and pairs in
 ``report_hash_cache``: a later report only searches (and decodes) the images added or changed
 since, and drops pairs of removed ones. ``report_runs`` remembers each report's groups.
 
-The parts, each in its own module: ``report_scan`` (pairs and groups), ``pair_cache`` and
+The parts, each in its own module: ``report_scan`` (pairs and verdicts), ``report_verify``
+(verification within a run), ``report_linkage`` (groups), ``pair_cache`` and
 ``report_hashes`` (what a later report reuses), ``report_groups`` (originals, members, variants,
 recall), ``report_changes`` (what changed), ``report_render`` and ``report_html`` (output).
 """
@@ -29,7 +32,8 @@ from twice.indexer import Catalog
 from twice.indexer.schema import utcnow
 
 from .report_changes import classify_groups, describe_changes, last_run, record_run
-from .report_groups import ORIGINAL_RULE, describe_group, get_rows, variant_parents, variant_recall
+from .report_groups import describe_group, get_rows, variant_parents, variant_recall
+from .report_linkage import DEFAULT_LINKAGE, ORIGINAL_RULE
 from .report_render import check_page, paginate
 from .report_scan import DuplicateScan, scan_duplicates, threshold_warnings
 
@@ -53,6 +57,7 @@ def build_report(
     progress: bool = False,
     nprobe: int | None = None,
     workers: int = 0,
+    linkage: str = DEFAULT_LINKAGE,
 ) -> dict:
     """The duplicate report as a JSON-ready dict (see the module docstring).
 
@@ -61,13 +66,23 @@ def build_report(
     ``record``: remember this report's groups, so the next one says what changed.
     ``nprobe``: inverted lists visited per query when the index is IVF (default: the index's).
     ``workers``: processes decoding images whose hash views are not cached (0: this one).
+    ``linkage``: how duplicate pairs make groups (``search.report_linkage``).
     """
     started = time.perf_counter()
     page, per_page = check_page(page, per_page)
     catalog = open_catalog(options)
     try:
         scan = scan_duplicates(
-            options, catalog, model_version, threshold, method, incremental, progress, nprobe, workers
+            options,
+            catalog,
+            model_version,
+            threshold,
+            method,
+            incremental,
+            progress,
+            nprobe,
+            workers,
+            linkage,
         )
         report = assemble(scan, catalog, options, include_variants)
         if record:
@@ -109,12 +124,15 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
         "hash_threshold": scan.hash_threshold,
         "thresholds": scan.thresholds.to_dict(),
         "original_rule": ORIGINAL_RULE,
+        "linkage": scan.linkage,
         "include_variants": include_variants,
         "summary": {
             "images": len(scan.ids),
             "pending": scan.pending,
             "pairs": len(scan.pairs),
             "pairs_by": scan.pairs.counts(),
+            "candidate_pairs": len(scan.candidates),
+            "verified_pairs": scan.verifier.runs if scan.verifier is not None else 0,
             "hashed_images": len(scan.hashes.ids),
             "groups": len(scan.groups),
             "groups_listed": len(listed),

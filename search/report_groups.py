@@ -14,12 +14,12 @@ from twice.hashing import HASH_BITS
 from twice.indexer import Catalog, ImageRow
 
 from .pairs import chains_from
+from .report_linkage import original_key, partners_within
 from .report_scan import DuplicateScan
 from .verdicts import RANK
 
 LOG = logging.getLogger(__name__)
 
-ORIGINAL_RULE = "largest resolution (width x height), then earliest added_at, then smallest id"
 MAX_MISSED_LISTED = 50
 CHUNK = 500  # ids per SQL IN (...) clause, under SQLite's variable limit
 
@@ -27,17 +27,13 @@ CHUNK = 500  # ids per SQL IN (...) clause, under SQLite's variable limit
 # originals and variants ----------------------------------------------------------------------
 
 
-def original_key(row: ImageRow) -> tuple:
-    """Sort key of ``ORIGINAL_RULE``: the smallest key is the original."""
-    added = row.added_at.timestamp() if row.added_at is not None else float("inf")
-    return (-(row.width * row.height), added, row.id)
-
-
-def pick_original(rows: list[ImageRow]) -> ImageRow:
-    """The original of a group by ``ORIGINAL_RULE``."""
+def pick_original(rows: list[ImageRow], partners: dict[int, int] | None = None) -> ImageRow:
+    """The original of a group by ``ORIGINAL_RULE``; ``partners``: each id's duplicates in the
+    group (none known: resolution decides)."""
     if not rows:
         raise ValueError("pick_original needs at least one row")
-    return min(rows, key=original_key)
+    partners = partners or {}
+    return min(rows, key=lambda row: original_key(row, partners.get(row.id, 0)))
 
 
 def variant_parents(catalog: Catalog) -> dict[int, tuple[int, str | None]]:
@@ -111,7 +107,7 @@ def variant_recall(scan: DuplicateScan, parents: dict[int, tuple[int, str | None
 
 def missed_pair(scan: DuplicateScan, child: int, parent: int, transform: str | None) -> dict:
     """A known variant pair that no signal found, with how near each signal came."""
-    score, _, hashed = scan.judge(parent, child)
+    score, _, hashed, _ = scan.judge(parent, child)
     distance = None if hashed is None else hashed["distance"]
     return {
         "id": child,
@@ -157,9 +153,10 @@ def member_evidence(scan: DuplicateScan, original: int, member: int) -> tuple[fl
 
     ``transform`` is the dihedral map from the original to the member when the hash decided;
     ``hash.stored_of`` says whose stored photometric view ``hash.stored`` is ("original" or
-    "member"; in search it is always the result's).
+    "member"; in search it is always the result's); ``verification`` is the member's fit onto the
+    original where verification ran (the edit in words), as in search.
     """
-    score, judgement, hashed = scan.judge(original, member)
+    score, judgement, hashed, verification = scan.judge(original, member)
     if hashed is not None:
         hashed["verdict"] = judgement.hash
     decided_by_hash = hashed is not None and "hash" in judgement.decided_by
@@ -172,6 +169,7 @@ def member_evidence(scan: DuplicateScan, original: int, member: int) -> tuple[fl
         "hash": hashed,
         "cnn": {"score": round(score, 6), "verdict": judgement.cnn},
         "transform": None if transform == "identity" else transform,
+        "verification": verification,
     }
 
 
@@ -191,7 +189,7 @@ def member_rank(member: dict) -> tuple:
 
 def describe_group(group, rows, parents, scan, options, include_variants: bool) -> dict:
     """One group: the original first, then the others in search's order against it."""
-    original = pick_original([rows[i] for i in group])
+    original = pick_original([rows[i] for i in group], partners_within(group, scan.graph))
     expected = known_variants(group, parents) - {original.id}
     chains = chains_from(original.id, scan.graph)
     others = []
@@ -200,7 +198,10 @@ def describe_group(group, rows, parents, scan, options, include_variants: bool) 
             continue
         role = "variant" if i in expected else "duplicate"
         score, evidence = member_evidence(scan, original.id, i)
-        others.append(member_dict(rows[i], role, score, scan, options, evidence, chains[i]))
+        # A member that is no duplicate of the original itself (single linkage) says which
+        # images chain it there.
+        via = chains.get(i, []) if evidence["verdict"] != "duplicate" else []
+        others.append(member_dict(rows[i], role, score, scan, options, evidence, via))
     others.sort(key=member_rank)
     findings = len(group) - 1 - len(expected)
     distances = [m["evidence"]["hash"]["distance"] for m in others if m["evidence"]["hash"] is not None]

@@ -9,6 +9,10 @@ which search compares a query's views with too. A pair's distance is the nearer 
 directions (``pair_match``), as search would see it from either side: a brightened copy pairs
 with its original through the original's bright view.
 
+Each image's hash structure (``twice.hashing.structure_of``: how many strong DCT coefficients,
+how much a hash match of it says) comes from the same decode and the same DCT, and is cached
+beside its views.
+
 Pairs come from the multi-index lookup, never a scan: a full run is ``hash_pairs``; a later run
 searches only the new images' views against every stored hash, and every image's views
 against the new images' hashes (``pairs_touching``). Views and pairs are cached (table
@@ -40,14 +44,19 @@ from twice.hashing import (
     HashIndex,
     HashMatch,
     check_radius,
+    dct_coefficients,
+    dihedral_coefficients,
     dihedral_hashes,
+    hash_coefficients,
     hash_pairs,
     nearest_match,
     stored_hashes,
     stored_of,
     stored_present,
+    structure_of,
     view_distances,
 )
+from twice.imageio import ImageError, decode_image, read_file_bytes
 from twice.indexer import Catalog
 from twice.indexer.batches import iter_batches
 from twice.indexer.catalog import load_stored_hashes, upsert
@@ -56,8 +65,9 @@ from twice.indexer.schema import HashPairCache
 LOG = logging.getLogger(__name__)
 
 # The hash kind the cache holds; ``cache_key`` adds a fingerprint of the hash function itself.
-HASH_SCHEME = "phash-dct64-dihedral8-photometric2"
+HASH_SCHEME = "phash-dct64-dihedral8-photometric2-structure"
 NO_HASH = 65  # distance of a pair where one side has no views: never fires
+NO_STRUCTURE = -1  # an image without views: its structure is unknown
 TURNS = len(DIHEDRAL)
 VIEWS = TURNS + len(STORED_VIEWS)  # a row of views: 8 dihedral hashes, then the stored photometric ones
 CHUNK_PAIRS = 1 << 16
@@ -152,6 +162,15 @@ class HashScan:
     views: np.ndarray  # (len(ids), VIEWS) int64: view 0 the stored hash; 8, 9 the stored bright, dark
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]  # (a, b, distance), a < b
     cache: dict = field(default_factory=dict)
+    structure: np.ndarray | None = None  # (len(ids),) strong DCT coefficients of each image
+
+    def structures(self, image_ids: np.ndarray) -> np.ndarray:
+        """Each image's hash structure; ``NO_STRUCTURE`` where it has no views."""
+        pos, found = self._rows(image_ids)
+        out = np.full(len(pos), NO_STRUCTURE, np.int64)
+        if self.structure is not None:
+            out[found] = self.structure[pos[found]]
+        return out
 
     def _rows(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         image_ids = np.asarray(image_ids, np.int64)
@@ -181,13 +200,38 @@ class HashScan:
         return out
 
 
+class StoredViews:
+    """Dihedral hashes and hash structure of stored images, from one decode and one DCT each
+    (the decode search gives a query: at twice the model's input size)."""
+
+    def __init__(self, items: list[tuple[int, Path]], options) -> None:
+        self.items, self.options = items, options
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        image_id, path = self.items[i]
+        try:
+            data = read_file_bytes(path, self.options.max_image_bytes)
+            decoded = decode_image(
+                data,
+                str(path),
+                self.options.max_image_bytes,
+                self.options.max_image_pixels,
+                2 * self.options.image_size,
+            )
+        except ImageError as exc:
+            return {"id": image_id, "error": exc}
+        coeffs = dct_coefficients(decoded.image)
+        hashes = hash_coefficients(dihedral_coefficients(coeffs))
+        return {"id": image_id, "hashes": hashes, "structure": structure_of(coeffs)}
+
+
 def stored_views(options, items: list[tuple[int, Path]], workers: int, progress: bool):
-    """(ids, views, skipped) of the stored images ``items``, decoded in worker processes."""
-
-    from .calibrate import QueryHashes
-
-    ids, views, skipped = [], [], Counter()
-    dataset = QueryHashes(items, options)
+    """(ids, views, structure, skipped) of the stored images ``items``, decoded in worker processes."""
+    ids, views, structure, skipped = [], [], [], Counter()
+    dataset = StoredViews(items, options)
     workers = workers if len(items) >= 4 * options.batch_size else 0
     bar = tqdm(total=len(items), desc="hashing images", unit="img", disable=not progress)
     for batch in iter_batches(dataset, options.batch_size, workers):
@@ -198,10 +242,11 @@ def stored_views(options, items: list[tuple[int, Path]], workers: int, progress:
             else:
                 ids.append(item["id"])
                 views.append(item["hashes"])
+                structure.append(item["structure"])
         bar.update(len(batch))
     bar.close()
     views = np.stack(views).astype(np.int64) if views else np.zeros((0, TURNS), np.int64)
-    return np.asarray(ids, np.int64), views, skipped
+    return np.asarray(ids, np.int64), views, np.asarray(structure, np.int64), skipped
 
 
 def scan_hashes(
@@ -221,7 +266,9 @@ def scan_hashes(
     """
     if radius < 0:
         empty = np.zeros(0, np.int64)
-        return HashScan(radius, empty, np.zeros((0, VIEWS), np.int64), (empty, empty, empty), {"off": True})
+        return HashScan(
+            radius, empty, np.zeros((0, VIEWS), np.int64), (empty, empty, empty), {"off": True}, empty
+        )
     radius = check_radius(radius)
     hashed, stored = load_stored_hashes(catalog)
     wanted = np.isin(ids, hashed)
@@ -229,22 +276,24 @@ def scan_hashes(
     cached = _load(catalog) if incremental else None
     known = _known(cached, ids, keys, stored)
     views = np.zeros((len(ids), VIEWS), np.int64)
+    structure = np.full(len(ids), NO_STRUCTURE, np.int64)
     if cached is not None:
-        views[known] = cached["views"][np.searchsorted(cached["ids"], ids[known])]
-    fresh, decoded = _decode_new(catalog, options, ids[~known], workers, progress)
-    views[~known] = fresh
+        at = np.searchsorted(cached["ids"], ids[known])
+        views[known], structure[known] = cached["views"][at], cached["structure"][at]
+    fresh, fresh_structure, decoded = _decode_new(catalog, options, ids[~known], workers, progress)
+    views[~known], structure[~known] = fresh, fresh_structure
     have = known.copy()
     have[~known] = decoded
-    ids, keys, views, known = ids[have], keys[have], views[have], known[have]
+    ids, keys, views, known, structure = ids[have], keys[have], views[have], known[have], structure[have]
     views[:, 0] = stored[have, 0]  # what search compares a query with
     views[:, TURNS:] = stored[have, 1:]
     reuse = cached is not None and cached["radius"] >= radius
     pairs, facts = _pairs(ids, views, known if reuse else None, cached, radius)
-    _save(catalog, radius if not reuse else cached["radius"], ids, keys, views, pairs)
+    _save(catalog, radius if not reuse else cached["radius"], ids, keys, views, structure, pairs)
     a, b, d = pairs
     keep = d <= radius
     facts |= {"decoded": int((~known).sum()), "skipped": int((~have).sum()), "images": len(ids)}
-    return HashScan(radius, ids, views, (a[keep], b[keep], d[keep].astype(np.int64)), facts)
+    return HashScan(radius, ids, views, (a[keep], b[keep], d[keep].astype(np.int64)), facts, structure)
 
 
 def _known(cached: dict | None, ids: np.ndarray, keys: np.ndarray, stored: np.ndarray) -> np.ndarray:
@@ -257,19 +306,21 @@ def _known(cached: dict | None, ids: np.ndarray, keys: np.ndarray, stored: np.nd
 
 
 def _decode_new(catalog, options, ids: np.ndarray, workers: int, progress: bool):
-    """Views of ``ids`` in that order, and which of them decoded (the others are zeros)."""
+    """Views and structure of ``ids`` in that order, and which of them decoded (the others are
+    zeros)."""
     out, ok = np.zeros((len(ids), VIEWS), np.int64), np.zeros(len(ids), bool)
+    structure = np.full(len(ids), NO_STRUCTURE, np.int64)
     if not len(ids):
-        return out, ok
+        return out, structure, ok
     store = ImageStore(options.images_dir)
     paths = _stored_paths(catalog, ids.tolist())
     items = [(i, store.path(paths[i])) for i in ids.tolist() if i in paths]
-    got, views, reasons = stored_views(options, items, workers, progress)
+    got, views, got_structure, reasons = stored_views(options, items, workers, progress)
     pos = np.searchsorted(ids, got)
-    out[pos, :TURNS], ok[pos] = views, True
+    out[pos, :TURNS], structure[pos], ok[pos] = views, got_structure, True
     if not ok.all():
         LOG.warning("%d images left out of hash pairs: %s", int((~ok).sum()), dict(reasons))
-    return out, ok
+    return out, structure, ok
 
 
 def _stored_paths(catalog: Catalog, ids: list[int]) -> dict[int, str]:
@@ -305,11 +356,14 @@ def _load(catalog: Catalog) -> dict | None:
         row = session.get(HashPairCache, cache_key())
         if row is None:
             return None
+        # Each image's row of views carries its structure after them (``HASH_SCHEME``).
+        rows = np.frombuffer(row.member_views, np.int64).reshape(-1, VIEWS + 1)
         return {
             "radius": row.radius,
             "ids": np.frombuffer(row.member_ids, np.int64),
             "keys": np.frombuffer(row.member_keys, np.int64),
-            "views": np.frombuffer(row.member_views, np.int64).reshape(-1, VIEWS),
+            "views": rows[:, :VIEWS],
+            "structure": rows[:, VIEWS],
             "pairs": (
                 np.frombuffer(row.pair_a, np.int64),
                 np.frombuffer(row.pair_b, np.int64),
@@ -318,14 +372,15 @@ def _load(catalog: Catalog) -> dict | None:
         }
 
 
-def _save(catalog: Catalog, radius: int, ids, keys, views, pairs) -> None:
+def _save(catalog: Catalog, radius: int, ids, keys, views, structure, pairs) -> None:
     a, b, d = pairs
+    rows = np.column_stack([np.asarray(views, np.int64).reshape(-1, VIEWS), np.asarray(structure, np.int64)])
     values = dict(
         scheme=cache_key(),
         radius=int(radius),
         member_ids=np.ascontiguousarray(ids, np.int64).tobytes(),
         member_keys=np.ascontiguousarray(keys, np.int64).tobytes(),
-        member_views=np.ascontiguousarray(views, np.int64).tobytes(),
+        member_views=np.ascontiguousarray(rows, np.int64).tobytes(),
         pair_a=np.ascontiguousarray(a, np.int64).tobytes(),
         pair_b=np.ascontiguousarray(b, np.int64).tobytes(),
         pair_distance=np.ascontiguousarray(d, np.int8).tobytes(),

@@ -1,8 +1,14 @@
-"""The report's scan: saved vectors -> duplicate pairs (CNN score or hash distance) -> groups.
+"""The report's scan: saved vectors -> candidate pairs -> search's verdict on each -> groups.
 
-A pair is a duplicate when its CNN score is at or above the duplicate threshold (FAISS,
-``search.pairs``, cached in ``search.pair_cache``) OR its perceptual-hash distance, best over the
-8 dihedral views, is at or below the duplicate hash threshold (``search.report_hashes``).
+Candidate pairs: a CNN score at or above the duplicate threshold (FAISS, ``search.pairs``,
+cached in ``search.pair_cache``), a perceptual-hash distance (best over the 8 dihedral views) at
+or below the duplicate hash threshold (``search.report_hashes``), and each image's nearest
+neighbours that local-feature verification could still make duplicates (as many as search
+verifies, ``options.verify_top``, scoring at least ``similar - verify_slack``). Each gets the
+verdict search would give it: ``Thresholds.judge`` with the CNN score, the hash distance, the
+pair's structure (the lower of its two images') and, where verification can change the verdict
+(the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
+earlier one. The duplicate pairs are grouped by ``search.report_linkage``.
 """
 
 from __future__ import annotations
@@ -15,14 +21,19 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
+from tqdm import tqdm
 
 from twice.hashing import HASH_BITS
 from twice.indexer import Catalog, ImageRow, IndexFileError, IndexMismatchError, VectorIndex
 
+from .explain import verification_json
 from .pair_cache import pairs_with_cache
-from .pairs import METHODS, check_threshold, group_pairs, pair_graph
-from .report_hashes import HashScan, scan_hashes
-from .verdicts import Judgement, Thresholds, thresholds_for
+from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
+from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
+from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key, partners_within
+from .report_verify import PairVerifier
+from .verdicts import DUPLICATE, Judgement, Thresholds, thresholds_for
+from .verify import verification_weight
 
 LOG = logging.getLogger(__name__)
 
@@ -30,6 +41,9 @@ LOG = logging.getLogger(__name__)
 # the thresholds join unrelated images: the report warns.
 LARGE_GROUP_SHARE = 0.5
 LARGE_GROUP_MIN = 10
+ALWAYS = 1 << 30  # inliers that verify any pair: what verification could make of a pair at most
+NOT_RUN = -1  # inliers of a pair verification did not run on
+CHUNK = 500  # ids per catalog lookup
 
 
 @dataclass
@@ -41,13 +55,16 @@ class DuplicateScan:
     index_type: str
     ids: np.ndarray  # vector ids that have a catalog row, sorted
     xb: np.ndarray  # their vectors, same order
-    pairs: Pairs
+    pairs: Pairs  # the duplicate pairs (search's verdict)
     groups: list[list[int]]
     hashes: HashScan
     cache: dict = field(default_factory=dict)
     pending: int = 0  # catalog rows without a vector
     nprobe: int = 0
     seconds: float = 0.0
+    verifier: PairVerifier | None = None  # None: verification is off (``verify_top`` 0)
+    candidates: Pairs | None = None  # every pair judged, duplicate or not
+    linkage: str = DEFAULT_LINKAGE
 
     @property
     def threshold(self) -> float:
@@ -67,12 +84,24 @@ class DuplicateScan:
         """Each image's duplicate partners."""
         return pair_graph(self.pairs.a, self.pairs.b)
 
-    def judge(self, original: int, member: int) -> tuple[float, Judgement, dict | None]:
-        """CNN score, verdict and hash evidence of a member against its group's original (the
-        transform turns the original into the member)."""
+    def structure(self, a: int, b: int) -> int | None:
+        """The pair's hash structure: the lower of its two images' (None: unknown)."""
+        lowest = int(self.hashes.structures(np.array([a, b])).min())
+        return None if lowest == NO_STRUCTURE else lowest
+
+    def judge(self, original: int, member: int) -> tuple[float, Judgement, dict | None, dict | None]:
+        """CNN score, verdict, hash evidence and verification (``verification_json``; None when
+        it did not run) of a member against its group's original (the transform turns the
+        original into the member), as search would judge the member as a query."""
         score = float(np.clip(self.vector(original) @ self.vector(member), -1.0, 1.0))
         found = self.hashes.match(original, member) if self.hashes.radius >= 0 else None
-        judgement = self.thresholds.judge(score, None if found is None else found[0].distance)
+        distance = None if found is None else found[0].distance
+        structure = self.structure(original, member)
+        checked = None
+        if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
+            checked = self.verifier(original, member)
+        inliers = None if checked is None else checked.inliers
+        judgement = self.thresholds.judge(score, distance, structure=structure, inliers=inliers)
         hashed = None
         if found is not None:
             match, side = found
@@ -85,7 +114,15 @@ class DuplicateScan:
                 "stored": match.stored,
                 "stored_of": None if side is None else ("original" if side == original else "member"),
             }
-        return score, judgement, hashed
+        verification = None
+        if checked is not None:
+            fired = hashed is not None and judgement.hash not in (None, "different")
+            grey = self.verifier.grey(original, member)
+            verification = verification_json(checked, hashed["stored"] if fired else None, grey)
+        return score, judgement, hashed, verification
+
+    def is_duplicate(self, original: int, member: int) -> bool:
+        return self.judge(original, member)[1].verdict == DUPLICATE
 
 
 @dataclass
@@ -98,16 +135,30 @@ class Pairs:
     distance: np.ndarray  # best dihedral hash distance; NO_HASH where a side has no hash
     by_cnn: np.ndarray  # bool: score >= the CNN cut
     by_hash: np.ndarray  # bool: distance <= the hash cut
+    structure: np.ndarray | None = None  # the lower of the two images' structure; NO_STRUCTURE unknown
+    inliers: np.ndarray | None = None  # verification's inliers; NOT_RUN where it did not run
+    verified: np.ndarray | None = None  # bool: verification made the duplicate
+    duplicate: np.ndarray | None = None  # bool: search's verdict is duplicate
+    weight: np.ndarray | None = None  # the evidence, in nats (``EvidenceWeights`` + verification)
 
     def __len__(self) -> int:
         return len(self.a)
+
+    def subset(self, keep: np.ndarray) -> Pairs:
+        return Pairs(*(None if v is None else v[keep] for v in vars(self).values()))
 
     def keys_list(self) -> list[tuple[int, int]]:
         return list(zip(self.a.tolist(), self.b.tolist(), strict=True))
 
     def counts(self) -> dict:
         both = int(np.count_nonzero(self.by_cnn & self.by_hash))
-        return {"cnn": int(self.by_cnn.sum()), "hash": int(self.by_hash.sum()), "both": both}
+        verified = 0 if self.verified is None else int(self.verified.sum())
+        return {
+            "cnn": int(self.by_cnn.sum()),
+            "hash": int(self.by_hash.sum()),
+            "both": both,
+            "verify": verified,
+        }
 
 
 def scan_duplicates(
@@ -120,15 +171,18 @@ def scan_duplicates(
     progress: bool = False,
     nprobe: int | None = None,
     workers: int = 0,
+    linkage: str = DEFAULT_LINKAGE,
 ) -> DuplicateScan:
-    """Duplicate pairs (CNN score >= the cut, or hash distance <= the hash cut) and groups.
+    """Candidate pairs, search's verdict on each, and the groups of the duplicates.
 
-    The cuts are the model version's duplicate thresholds; ``threshold`` overrides the CNN one.
-    ``workers``: processes decoding images whose hash views are not cached yet.
+    The cuts are the model version's thresholds; ``threshold`` overrides the CNN duplicate one.
+    ``workers``: processes decoding images whose hash views are not cached yet. ``linkage``:
+    how duplicate pairs make groups (``search.report_linkage``).
     """
     started = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    check_linkage(linkage)
     vectors = load_index(options, model_version)
     if nprobe is not None:
         if not isinstance(nprobe, int) or nprobe < 1:
@@ -150,21 +204,116 @@ def scan_duplicates(
     hashes = scan_hashes(
         catalog, options, ids, member_keys, thresholds.hash_duplicate, incremental, workers, progress
     )
-    pairs = join_pairs(a[keep], b[keep], hashes, ids, xb)
-    return DuplicateScan(
+    top = int(getattr(options, "verify_top", 0))
+    verifier = PairVerifier(options, catalog) if top > 0 else None
+    band = band_pairs(vectors, ids, xb, thresholds, top) if verifier is not None else (a[:0], b[:0])
+    candidates = join_pairs(a[keep], b[keep], hashes, ids, xb, band)
+    judge_pairs(candidates, hashes, thresholds, verifier, progress)
+    pairs = candidates.subset(candidates.duplicate)
+    scan = DuplicateScan(
         model_version=vectors.model_version,
         thresholds=thresholds,
         index_type=vectors.index_type,
         ids=ids,
         xb=xb,
         pairs=pairs,
-        groups=group_pairs(pairs.a, pairs.b),
+        groups=[],
         hashes=hashes,
         cache=cache | {"hash": hashes.cache},
         pending=max(0, len(keys[0]) - len(ids)),
         nprobe=vectors.nprobe,
-        seconds=time.perf_counter() - started,
+        verifier=verifier,
+        candidates=candidates,
+        linkage=linkage,
     )
+    scan.groups = link_groups(
+        pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
+    )
+    scan.seconds = time.perf_counter() - started
+    return scan
+
+
+def band_pairs(vectors: VectorIndex, ids: np.ndarray, xb: np.ndarray, thresholds: Thresholds, top: int):
+    """(a, b): each image's ``top`` nearest neighbours that verification could make duplicates
+    (score >= ``similar - verify_slack``), as search verifies a query's top candidates."""
+    floor = max(thresholds.similar - thresholds.verify_slack, -1.0 + 1e-6)
+    if not len(ids):
+        return ids[:0], ids[:0]
+    D, I = vectors.search(np.ascontiguousarray(xb, np.float32), min(top + 1, len(vectors)))
+    query = np.repeat(ids, D.shape[1])
+    D, I = D.reshape(-1), I.reshape(-1)
+    keep = (floor <= D) & (I >= 0) & (query != I) & np.isin(I, ids)
+    a, b, _ = canonical_pairs(query[keep], I[keep], D[keep])
+    return a, b
+
+
+def judge_pairs(
+    pairs: Pairs, hashes: HashScan, thresholds: Thresholds, verifier: PairVerifier | None, progress: bool
+) -> None:
+    """Search's verdict on every pair, verifying (the later image onto the earlier) where that
+    can change it; fills ``structure``, ``inliers``, ``verified``, ``duplicate`` and ``weight``."""
+    n = len(pairs)
+    pairs.structure = np.minimum(hashes.structures(pairs.a), hashes.structures(pairs.b))
+    pairs.inliers = np.full(n, NOT_RUN, np.int64)
+    pairs.verified = np.zeros(n, bool)
+    pairs.duplicate = np.zeros(n, bool)
+    pairs.weight = np.zeros(n, np.float64)
+    wanted = [
+        i
+        for i in range(n)
+        if verifier is not None and verification_matters(thresholds, *pair_signals(pairs, i))
+    ]
+    if wanted:
+        verifier.prefetch(np.r_[pairs.a[wanted], pairs.b[wanted]].tolist())
+    checked = dict.fromkeys(range(n))
+    for i in tqdm(wanted, desc="verifying pairs", unit="pair", disable=not progress):
+        checked[i] = verifier(int(pairs.a[i]), int(pairs.b[i]))
+    for i, verification in checked.items():
+        score, distance, structure = pair_signals(pairs, i)
+        inliers = None if verification is None else verification.inliers
+        judgement = thresholds.judge(score, distance, structure=structure, inliers=inliers)
+        pairs.inliers[i] = NOT_RUN if inliers is None else inliers
+        pairs.verified[i] = judgement.verified
+        pairs.duplicate[i] = judgement.verdict == DUPLICATE
+        pairs.weight[i] = thresholds.weights.weight(score, distance) + verification_weight(verification)
+
+
+def pair_signals(pairs: Pairs, i: int) -> tuple[float, int | None, int | None]:
+    """(CNN score, hash distance or None, structure or None) of pair i."""
+    distance, structure = int(pairs.distance[i]), int(pairs.structure[i])
+    return (
+        float(pairs.score[i]),
+        None if distance >= NO_HASH else distance,
+        None if structure == NO_STRUCTURE else structure,
+    )
+
+
+def verification_matters(
+    thresholds: Thresholds, score: float, distance: int | None, structure: int | None
+) -> bool:
+    """Whether verification can change a pair's verdict: it could verify a pair scoring close
+    enough, or find no geometry for a duplicate of a low-structure image (the uncertain band)."""
+    unknown = thresholds.judge(score, distance, structure=structure).verdict
+    return any(
+        thresholds.judge(score, distance, structure=structure, inliers=n).verdict != unknown
+        for n in (0, ALWAYS)
+    )
+
+
+def originals(catalog: Catalog, pairs: Pairs):
+    """A component -> its original (``ORIGINAL_RULE``), from the pairs and their catalog rows."""
+    ids = sorted(set(pairs.a.tolist()) | set(pairs.b.tolist()))
+    rows = {}
+    for start in range(0, len(ids), CHUNK):
+        rows.update(catalog.get_many(ids[start : start + CHUNK]))
+    graph = pair_graph(pairs.a, pairs.b)
+
+    def original_of(component: list[int]) -> int:
+        partners = partners_within(component, graph)
+        known = [i for i in component if i in rows] or component  # a row deleted meanwhile
+        return min(known, key=lambda i: original_key(rows[i], partners[i]) if i in rows else (0, i))
+
+    return original_of
 
 
 def report_thresholds(stored: Thresholds, threshold: float | None = None) -> Thresholds:
@@ -175,15 +324,17 @@ def report_thresholds(stored: Thresholds, threshold: float | None = None) -> Thr
     return replace(stored, duplicate=cut, similar=min(stored.similar, cut), source="manual")
 
 
-def join_pairs(a, b, hashes: HashScan, ids: np.ndarray, xb: np.ndarray) -> Pairs:
-    """The CNN pairs (a, b) and the hash pairs as one sorted set, each with both signals."""
+def join_pairs(a, b, hashes: HashScan, ids: np.ndarray, xb: np.ndarray, band=None) -> Pairs:
+    """The CNN pairs (a, b), the hash pairs and the ``band`` pairs (a, b) as one sorted set, each
+    with both signals."""
     ha, hb, _ = hashes.pairs
-    stacked = np.stack([np.r_[a, ha], np.r_[b, hb]], axis=1).astype(np.int64).reshape(-1, 2)
+    va, vb = band if band is not None else (ha[:0], hb[:0])
+    stacked = np.stack([np.r_[a, ha, va], np.r_[b, hb, vb]], axis=1).astype(np.int64).reshape(-1, 2)
     unique, inverse = np.unique(stacked, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     by_cnn, by_hash = np.zeros(len(unique), bool), np.zeros(len(unique), bool)
     by_cnn[inverse[: len(a)]] = True
-    by_hash[inverse[len(a) :]] = True
+    by_hash[inverse[len(a) : len(a) + len(ha)]] = True
     a, b = unique[:, 0], unique[:, 1]
     score = np.einsum("ij,ij->i", xb[np.searchsorted(ids, a)], xb[np.searchsorted(ids, b)])
     return Pairs(a, b, score.astype(np.float32), hashes.distances(a, b), by_cnn, by_hash)

@@ -217,16 +217,19 @@ def test_report_finds_every_planted_group_with_scores_to_the_original(collection
 
 
 def test_a_member_chained_to_the_original_says_through_which_images(collection, tmp_path):
-    # A-B and B-C are duplicate pairs (cosine 0.93), A-C is not (0.72): one group, and C's
-    # evidence against the original A says `different`, so the report names the chain.
+    # A-B and B-C are duplicate pairs (cosine 0.93), A-C is not (0.72): with single linkage
+    # one group, and C's evidence against the original A says `different`, so the report
+    # names the chain (the default linkage leaves C out: tests/test_report_groups.py). D pairs
+    # with A only, so A has as many duplicates as B and is the original by its resolution.
     u, w = collection.random(), collection.random()
     w = unit(w - (w @ u) * u)
-    angle = np.radians([0.0, 22.0, 44.0])
-    a, b, c = (unit(np.cos(t) * u + np.sin(t) * w) for t in angle)
+    angle = np.radians([0.0, 22.0, 44.0, -22.0])
+    a, b, c, d = (unit(np.cos(t) * u + np.sin(t) * w) for t in angle)
     first = collection.add(a, size=(64, 48))  # the largest: the original
     middle, last = collection.add(b), collection.add(c)
+    collection.add(d)
     collection.save()
-    report = build_report(collection.options)
+    report = build_report(collection.options, linkage="single")
     (group,) = report["groups"]
     members = {m["id"]: m for m in group["members"]}
     assert group["members"][0]["id"] == first

@@ -21,13 +21,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help=help_for("report"),
-        description="Find all pairs of indexed images that search would call duplicates (CNN score at"
-        " or above the duplicate threshold, or perceptual-hash distance, best of 8 rotations/flips,"
-        " at or below the duplicate hash threshold; both stored with the model version), join"
-        " them into groups, pick each group's original (largest resolution, then earliest added,"
-        " then smallest id) and write a report. Known augmented variants are counted, not listed,"
-        " unless --include-variants. Pairs and hashes are cached, so a report after adding"
-        " images only searches the new ones.",
+        description="Find all pairs of indexed images that search would call duplicates (the same"
+        " verdict: CNN score, perceptual-hash distance over 8 rotations/flips, the images' hash"
+        " structure, and local-feature verification where it can change the verdict; thresholds"
+        " stored with the model version), group each original with its duplicates (no chains of"
+        " weak links; the original has the most duplicates in its group, then the largest"
+        " resolution, then was added first) and write a report. Known augmented variants are"
+        " counted, not listed, unless --include-variants. Pairs and hashes are cached, so a"
+        " report after adding images only searches the new ones.",
     )
     p.add_argument("--format", choices=FORMATS, help="output format (default: from -o's suffix, else html)")
     p.add_argument(

@@ -376,13 +376,16 @@ class PairCounts(BaseModel):
     cnn: int
     hash: int
     both: int
+    verify: int = Field(description="duplicate pairs that local-feature verification made")
 
 
 class ReportSummary(BaseModel):
     images: int
     pending: int
-    pairs: int
+    pairs: int = Field(description="duplicate pairs (search's verdict)")
     pairs_by: PairCounts
+    candidate_pairs: int = Field(description="pairs judged: a signal past its cut, or near enough to verify")
+    verified_pairs: int = Field(description="pairs local-feature verification ran on")
     hashed_images: int
     groups: int
     groups_listed: int
@@ -488,6 +491,7 @@ class DuplicateReport(BaseModel):
     hash_threshold: int
     thresholds: Thresholds
     original_rule: str
+    linkage: Literal["original", "split", "single"] = Field(description="how duplicate pairs make groups")
     include_variants: bool
     summary: ReportSummary
     recall: Recall

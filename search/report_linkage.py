@@ -1,0 +1,145 @@
+"""How duplicate pairs become a report's groups.
+
+Single linkage (every connected component of the duplicate pairs is a group) lets a group grow
+by chaining: A-B and B-C are duplicates, so A, B and C are one group though A and C are
+different. On a folder of clip art, 116 unrelated drawings chained one to the next that way.
+
+- ``single``: connected components (what reports did before).
+- ``original``: complete linkage against the group's original: each component's original
+  (``ORIGINAL_RULE``) keeps the members that are duplicates of it, judged pair by pair as
+  search would judge them; the rest form components of their own and are grouped again.
+- ``split``: split at the weakest link: while some member of a component is not a duplicate of
+  its original, the pair with the least evidence is dropped and the parts grouped again.
+
+Measured on a planted collection (tests/test_report_groups.py; docs/how-it-works.md): see
+``DEFAULT_LINKAGE``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from .pairs import group_pairs, pair_graph
+
+LOG = logging.getLogger(__name__)
+
+LINKAGES = ("original", "split", "single")
+# Complete linkage against the original: on the planted collection it keeps every family whole
+# and no drawing with another, as splitting at the weakest link does, with fewer pairs judged.
+DEFAULT_LINKAGE = "original"
+ORIGINAL_RULE = (
+    "most duplicates in the group, then largest resolution (width x height), then earliest added_at,"
+    " then smallest id"
+)
+
+IsDuplicate = Callable[[int, int], bool]  # (original, member) -> whether a duplicate pair
+OriginalOf = Callable[[list[int]], int]  # a component -> its original
+
+
+def original_key(row, partners: int = 0) -> tuple:
+    """Sort key of ``ORIGINAL_RULE`` for a catalog row with ``partners`` duplicates in its group:
+    the smallest key is the original. Copies pair with the original more than with each other
+    (a tilt and a crop of one photo share less than either shares with it), and resolution
+    alone would pick a copy that an edit made larger (a tilt's canvas, a caption bar)."""
+    added = row.added_at.timestamp() if row.added_at is not None else float("inf")
+    return (-partners, -(row.width * row.height), added, row.id)
+
+
+def partners_within(group, graph: dict[int, list[int]]) -> dict[int, int]:
+    """How many duplicate partners each image of ``group`` has inside it."""
+    members = set(group)
+    return {i: sum(j in members for j in graph.get(i, ())) for i in group}
+
+
+def check_linkage(linkage: str) -> str:
+    if linkage not in LINKAGES:
+        raise ValueError(f"linkage must be one of {', '.join(LINKAGES)}, got {linkage!r}")
+    return linkage
+
+
+def link_groups(
+    a,
+    b,
+    weights,
+    linkage: str,
+    is_duplicate: IsDuplicate,
+    original_of: OriginalOf,
+) -> list[list[int]]:
+    """Groups of the duplicate pairs (a[i], b[i]) by ``linkage``: sorted id lists, largest first.
+
+    ``weights[i]``: the evidence of pair i (``split`` drops the weakest first).
+    """
+    components = group_pairs(a, b)
+    if check_linkage(linkage) == "single":
+        return components
+    if linkage == "original":
+        groups = around_originals(components, pair_graph(a, b), is_duplicate, original_of)
+    else:
+        weight = {(x, y): w for x, y, w in zip(list(a), list(b), list(weights), strict=True)}
+        groups = split_weakest(components, weight, is_duplicate, original_of)
+    return sorted((sorted(g) for g in groups), key=lambda g: (-len(g), g[0]))
+
+
+def around_originals(
+    components: list[list[int]],
+    graph: dict[int, list[int]],
+    is_duplicate: IsDuplicate,
+    original_of: OriginalOf,
+) -> list[list[int]]:
+    """Each component's original with its duplicates; the others are grouped again."""
+    groups, todo = [], list(components)
+    while todo:
+        component = todo.pop()
+        original = original_of(component)
+        members = [i for i in component if i != original and is_duplicate(original, i)]
+        if members:
+            groups.append([original, *members])
+        todo += components_within(set(component) - {original, *members}, graph)
+    return groups
+
+
+def split_weakest(
+    components: list[list[int]],
+    weight: dict[tuple[int, int], float],
+    is_duplicate: IsDuplicate,
+    original_of: OriginalOf,
+) -> list[list[int]]:
+    """Drop a component's weakest pair until every member is a duplicate of its original."""
+    groups, todo = [], list(components)
+    while todo:
+        component = todo.pop()
+        original = original_of(component)
+        if all(is_duplicate(original, i) for i in component if i != original):
+            groups.append(component)
+            continue
+        members = set(component)
+        edges = sorted(
+            ((w, x, y) for (x, y), w in weight.items() if x in members and y in members), reverse=True
+        )
+        while edges:
+            _, x, y = edges.pop()  # the weakest
+            del weight[(x, y)]
+            parts = group_pairs([e[1] for e in edges], [e[2] for e in edges])
+            if len(parts) != 1 or len(parts[0]) != len(component):
+                todo += parts
+                break
+    return groups
+
+
+def components_within(ids: set[int], graph: dict[int, list[int]]) -> list[list[int]]:
+    """Connected components of ``graph`` restricted to ``ids``, of two or more images."""
+    seen, out = set(), []
+    for start in sorted(ids):
+        if start in seen:
+            continue
+        seen.add(start)
+        component, frontier = [start], [start]
+        while frontier:
+            frontier = [y for x in frontier for y in graph.get(x, ()) if y in ids and y not in seen]
+            frontier = list(dict.fromkeys(frontier))
+            seen.update(frontier)
+            component += frontier
+        if len(component) > 1:
+            out.append(component)
+    return out
