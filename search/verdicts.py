@@ -35,9 +35,11 @@ Two more signals can change a verdict:
   inliers in the issue's trial, while 62-88% of true copies (tilts, crops, captions) had 8 or
   more. A hash or CNN duplicate that verification ran on and found at most
   ``VERIFY_REJECT_INLIERS`` inliers is demoted to similar when its image has low structure
-  (geometry is the only signal there that tells drawings apart); a photograph with few
-  inliers keeps its verdict (a heavy blur leaves no keypoints but is still a copy). The same
-  bytes are always a duplicate.
+  (geometry is the only signal there that tells drawings apart) or when only the hash said
+  duplicate and the CNN says different (different drawings whose hashes sit a few bits apart:
+  the report's look-alike clip art); a photograph the CNN also calls a copy keeps its verdict
+  with few inliers (a heavy blur leaves no keypoints but is still a copy). The same bytes are
+  always a duplicate.
 """
 
 from __future__ import annotations
@@ -179,7 +181,7 @@ class Judgement:
     clear: bool = False  # the CNN's duplicate came from the clear-match rule, not its score alone
     weak_hash: bool = False  # a hash duplicate on a low-structure image, counted as similar only
     verified: bool = False  # local-feature verification made the duplicate
-    demoted: bool = False  # a duplicate that verification found no geometry for, on a low-structure image
+    demoted: bool = False  # a duplicate verification found no geometry for (low structure, or hash alone)
 
     @property
     def signals(self) -> list[str]:
@@ -307,7 +309,10 @@ class Thresholds:
         demoted = False
         if verified:
             verdict = DUPLICATE
-        elif verdict == DUPLICATE and low and inliers is not None and inliers <= VERIFY_REJECT_INLIERS:
+        elif self._no_geometry(verdict, inliers) and (low or cnn == DIFFERENT):
+            # A low-structure image, or a hash match the CNN disowns (different drawings whose
+            # hashes sit a few bits apart), with no shared geometry is no duplicate. A photo the
+            # CNN also calls a copy keeps it (a heavy blur has no keypoints to match).
             verdict, demoted = SIMILAR, True
         if exact:
             verdict = DUPLICATE
@@ -315,6 +320,11 @@ class Thresholds:
         return Judgement(
             verdict, cnn, hashed, exact, clear, weak_hash, verified and not exact, demoted and not exact
         )
+
+    @staticmethod
+    def _no_geometry(verdict: str, inliers: int | None) -> bool:
+        """A duplicate that verification ran on and found (almost) nothing shared."""
+        return verdict == DUPLICATE and inliers is not None and inliers <= VERIFY_REJECT_INLIERS
 
     def duplicate_rule(self) -> str:
         """The duplicate rule in one line, for people."""

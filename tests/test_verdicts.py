@@ -67,6 +67,16 @@ def test_no_geometry_demotes_a_low_structure_duplicate_only():
     assert rule.judge(0.95, None, structure=5, inliers=3).verdict == DUPLICATE
 
 
+def test_no_geometry_demotes_a_hash_duplicate_the_cnn_disowns():
+    """Two different drawings 4 bits apart with plenty of structure: the hash alone says
+    duplicate, the CNN says different, verification finds nothing shared."""
+    rule = Thresholds()
+    drawings = rule.judge(0.30, 4, structure=40, inliers=1)
+    assert (drawings.verdict, drawings.demoted) == (SIMILAR, True)
+    assert rule.judge(0.30, 4, structure=40).verdict == DUPLICATE  # not verified: the hash stands
+    assert rule.judge(0.30, 4, structure=40, inliers=12).verdict == DUPLICATE  # shared geometry: kept
+
+
 def test_thresholds_refuse_bad_values_naming_them():
     with pytest.raises(ValueError, match="low_structure=80"):
         Thresholds(low_structure=80)
