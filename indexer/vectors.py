@@ -3,6 +3,7 @@
 Exact inner product (``IDMap2,Flat``) while small; an inverted-file index (``IVF<n>,Flat``)
 once the collection passes ``flat_limit`` vectors. Saved as one file (header + FAISS bytes +
 checksum) written to a temporary name and renamed, so a crash never leaves half an index.
+Adds between saves go to a write-ahead log beside the file (``vector_log``); ``load`` replays it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import faiss
 import numpy as np
 
 from twice.files import atomic_write
+
+from .vector_log import LogPosition, VectorLog, log_path
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class VectorIndex:
         self._lock = threading.RLock()
         self._gpu_index: faiss.Index | None = None
         self.use_gpu = False
+        self.log_position: LogPosition | None = None  # how far ``load`` replayed the log
 
     # facts ------------------------------------------------------------------------------
 
@@ -151,8 +155,11 @@ class VectorIndex:
         LOG.debug("saved %d vectors to %s", header["count"], path)
 
     @classmethod
-    def load(cls, path: Path, model_version: str | None = None, dim: int | None = None) -> VectorIndex:
-        """Read a saved index, refusing a damaged file or another model version/dimension."""
+    def load(
+        cls, path: Path, model_version: str | None = None, dim: int | None = None, replay_log: bool = True
+    ) -> VectorIndex:
+        """Read a saved index, refusing a damaged file or another model version/dimension, and
+        replay the adds its write-ahead log holds (unless ``replay_log`` is False)."""
         path = Path(path)
         try:
             blob = path.read_bytes()
@@ -167,13 +174,25 @@ class VectorIndex:
         if dim is not None and header["dim"] != dim:
             raise IndexMismatchError(f"{path} holds {header['dim']}-d vectors, not {dim}-d")
         index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
-        return cls(
+        loaded = cls(
             header["model_version"],
             header["dim"],
             index,
             flat_limit=header.get("flat_limit", DEFAULT_FLAT_LIMIT),
             nprobe=header.get("nprobe", DEFAULT_NPROBE),
         )
+        if replay_log:
+            loaded.replay(VectorLog(log_path(path), loaded.model_version, loaded.dim))
+        return loaded
+
+    def replay(self, log: VectorLog) -> int:
+        """Add the log's records written since ``log_position``; returns how many."""
+        records = log.read(self.log_position)
+        if len(records):
+            self.add(records.ids, records.xb)
+        if records.position is not None:
+            self.log_position = records.position
+        return len(records)
 
     @staticmethod
     def read_header(path: Path) -> dict:
