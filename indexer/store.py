@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from twice.files import ImageStore
 from twice.hashing import HASH_VERSION, STORED_COLUMNS, stored_hashes
@@ -142,6 +144,41 @@ class Indexer:
             bytes=decoded.nbytes,
             **columns,
         )
+
+    def add_stored(self, session, rows: list[dict]) -> list[tuple[int, bool]]:
+        """Catalogue images whose bytes are in the store already (reindex workers put them
+        there), inside ``session``: one query for the sha256s known, one batched insert for the
+        rest. Returns (id, created) per row, in order; bytes seen twice are created once."""
+        shas = {row["sha256"] for row in rows}
+        if not shas:
+            return []
+        found = select(ImageRow.sha256, ImageRow.id).where(ImageRow.sha256.in_(shas))
+        known = {sha: image_id for sha, image_id in session.execute(found)}
+        values: dict[str, dict] = {}
+        for row in rows:
+            if row["sha256"] not in known:
+                values.setdefault(row["sha256"], row)  # the first file with these bytes names them
+        new = {sha: ImageRow(**columns) for sha, columns in values.items()}
+        try:
+            with session.begin_nested():
+                session.add_all(new.values())
+        except IntegrityError:  # another writer catalogued some of these bytes first: one by one
+            new = {}
+            for sha, columns in values.items():
+                added, created = self.catalog.add_image(session, **columns)
+                if created:
+                    new[sha] = added
+                else:
+                    known[sha] = added.id
+        outcomes, made = [], set()
+        for row in rows:
+            sha = row["sha256"]
+            if sha in known:
+                outcomes.append((known[sha], False))
+            else:
+                outcomes.append((new[sha].id, sha not in made))
+                made.add(sha)
+        return outcomes
 
     def add_bytes(self, data: bytes, source: str, draft_side: int | None = None, **columns: object) -> Added:
         """Decode, store and catalogue one image; raises ``ImageError`` for bad input.

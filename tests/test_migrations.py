@@ -28,6 +28,7 @@ TABLES = {
     "report_pair_cache",
     "report_runs",
     "report_hash_cache",
+    "source_files",
 }
 HASH_COLUMNS = {"phash", "phash_version", "phash_bright", "phash_dark"}
 

@@ -3,6 +3,7 @@ and the Indexer's appends and folds."""
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -11,11 +12,12 @@ import time
 
 import numpy as np
 
-from conftest import ROOT
-from imagegen import image_bytes, make_image
-from twice.indexer import Indexer, VectorIndex
+from conftest import ROOT, make_options
+from imagegen import image_bytes, make_image, write_images
+from twice.indexer import Indexer, VectorIndex, reindex
 from twice.indexer.store import FileStamp
 from twice.indexer.vector_log import VectorLog, log_path
+from twice.web import app as web
 
 
 def unit_vectors(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -142,3 +144,25 @@ def test_a_large_log_is_folded_into_the_index_file(tmp_path, options, monkeypatc
     writer.append([27, 28, 29], unit_vectors(3, seed=6))
     assert VectorIndex.read_header(options.index_path)["count"] == 29 and not writer.log.exists()
     writer.catalog.close()
+
+
+def test_an_upload_appends_to_the_log_and_another_worker_sees_it(tmp_path, embedder):
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    options = make_options(tmp_path / "data")
+    reindex([folder], options, embedder, progress=False)
+    stamp = FileStamp.of(options.index_path)
+    first, second = (web.create_app(options, embedder=embedder) for _ in range(2))
+    a, b = first.test_client(), second.test_client()
+    assert b.get("/stats").get_json()["vectors"] == 3  # b holds the index as it was
+    data = image_bytes(make_image(77))
+    added = a.post("/images", data={"image": (io.BytesIO(data), "new.png")}).get_json()
+    assert FileStamp.of(options.index_path) == stamp, "an upload rewrote the index file"
+    assert added["id"] in VectorLog(log_path(options.index_path), embedder.version, embedder.dim).read().ids
+    hit = b.post("/search?k=1", data={"image": (io.BytesIO(data), "q.png")}).get_json()["results"][0]
+    assert hit["id"] == added["id"] and hit["exact"]
+    assert web.service_of(second).reloads == 0  # read from the log, not by reloading the index
+    web.service_of(first).close()  # it appended: its close folds the log into the file
+    web.service_of(second).close()
+    assert not log_path(options.index_path).exists()
+    assert added["id"] in VectorIndex.load(options.index_path, replay_log=False).ids()
