@@ -15,8 +15,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .embedder import MAX_BLACK_POINT, STD_FLOOR
-
 
 def decode_jpegs(encoded: Sequence[bytes], device: torch.device) -> list[torch.Tensor]:
     """JPEG bytes -> (3, H, W) uint8 RGB tensors on ``device`` (one batched call on CUDA)."""
@@ -28,18 +26,15 @@ def decode_jpegs(encoded: Sequence[bytes], device: torch.device) -> list[torch.T
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
 
 
-def preprocess_tensor(image: torch.Tensor, size: int, black_point: bool = True) -> torch.Tensor:
+def preprocess_tensor(
+    image: torch.Tensor, size: int, max_black_point: float | None, std_floor: float
+) -> torch.Tensor:
     """A (3, H, W) uint8 RGB tensor -> the standardised (3, size, size) float tensor that
-    ``Preprocess`` makes of the same picture (bilinear squash with antialiasing, as PIL's)."""
+    ``Preprocess`` makes of the same picture (bilinear squash with antialiasing, as PIL's; the
+    black point moved to 0 from at most ``max_black_point``, None: left alone)."""
     x = image.unsqueeze(0).float() / 255.0
-    resized = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    tensor = resized[0]
-    if black_point:
-        black = x.amin(dim=(2, 3))[0].clamp(max=MAX_BLACK_POINT).view(3, 1, 1)
+    tensor = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    if max_black_point is not None:
+        black = x.amin(dim=(2, 3))[0].clamp(max=max_black_point).view(3, 1, 1)
         tensor = (tensor - black) / (1.0 - black)
-    return (tensor - tensor.mean()) / (tensor.std() + STD_FLOOR)
-
-
-def preprocess_jpegs(encoded: Sequence[bytes], size: int, device: torch.device) -> torch.Tensor:
-    """JPEG bytes -> (N, 3, size, size) preprocessed tensors, decoded and prepared on ``device``."""
-    return torch.stack([preprocess_tensor(image, size) for image in decode_jpegs(encoded, device)])
+    return (tensor - tensor.mean()) / (tensor.std() + std_floor)

@@ -163,12 +163,19 @@ class Embedder:
             out = self.net(batch)
         return out.float().cpu().numpy()
 
+    def preprocess_encoded(self, encoded: Sequence[bytes]) -> torch.Tensor:
+        """Upright RGB or grey JPEG bytes -> (N,3,S,S) preprocessed tensors, decoded and
+        prepared on the device (nvJPEG on CUDA): ``preprocess``'s twin, equal to rounding."""
+        from .device_decode import decode_jpegs, preprocess_tensor
+
+        black = MAX_BLACK_POINT if self.preprocess.black_point else None
+        images = decode_jpegs(encoded, self.device)
+        return torch.stack([preprocess_tensor(x, self.image_size, black, STD_FLOOR) for x in images])
+
     def _stack(self, items: list) -> torch.Tensor:
         encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
         if encoded:
-            from .device_decode import preprocess_jpegs
-
-            decoded = preprocess_jpegs([items[i] for i in encoded], self.image_size, self.device)
+            decoded = self.preprocess_encoded([items[i] for i in encoded])
             for i, tensor in zip(encoded, decoded, strict=True):
                 items[i] = tensor
         return torch.stack([item.to(self.device) for item in items])

@@ -14,7 +14,6 @@ from imagegen import make_image, write_images
 from twice.imageio import decode_image
 from twice.indexer import VectorIndex, reindex
 from twice.model import Embedder
-from twice.model.device_decode import preprocess_jpegs
 
 needs_faiss_gpu = pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="FAISS sees no GPU")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")
@@ -55,7 +54,7 @@ def test_tensor_preprocess_matches_the_pil_preprocess_on_cpu(embedder):
     on_cpu = embedder.embed_images(
         [decode_image(data, draft_side=embedder.draft_side).image for data in encoded]
     )
-    tensors = preprocess_jpegs(encoded, embedder.image_size, torch.device("cpu"))
+    tensors = embedder.preprocess_encoded(encoded)  # on the CPU embedder: the device path's maths
     assert tensors.shape == (4, 3, embedder.image_size, embedder.image_size)
     cos = (embedder.embed_tensors(tensors) * on_cpu).sum(axis=1)
     assert cos.min() > 0.99
@@ -68,7 +67,7 @@ def test_jpegs_decoded_on_the_gpu_embed_as_on_the_cpu(embedder):
         assert cuda.decodes_on_device
         encoded = [jpeg_bytes(i) for i in range(6)]
         on_gpu = cuda.embed_tensors(encoded)  # bytes: nvJPEG decodes them on the device
-        on_cpu = embedder.embed_tensors(preprocess_jpegs(encoded, embedder.image_size, torch.device("cpu")))
+        on_cpu = embedder.embed_tensors(embedder.preprocess_encoded(encoded))
         assert (on_gpu * on_cpu).sum(axis=1).min() > 0.999
     finally:
         embedder.net.to("cpu")
