@@ -332,33 +332,33 @@ def encode_png(image: Image.Image) -> bytes:
 
 def measure_uploads(options, embedder: Embedder, config: SpeedConfig, work: Path) -> list[dict]:
     """``POST /images`` of new images (Flask's test client over the real route) into data
-    directories of each ``upload_sizes`` vectors."""
+    directories of each ``upload_sizes`` vectors, upload by upload in turn, so that load on the
+    machine hits every size alike."""
     from twice.web import app as web
 
-    rows = []
+    clients, apps = [], []
     for n in config.upload_sizes:
-        LOG.info("uploads: %d vectors", n)
+        LOG.info("uploads: filling a data directory with %d vectors", n)
         sized = options.with_overrides(data_dir=work / f"upload-{n}")
         fill_data_dir(sized, embedder, n)
-        app = web.create_app(sized, embedder=embedder)
-        client = app.test_client()
-        rng = np.random.default_rng(1)
-        times = []
-        try:
-            for i in range(config.uploads + 1):  # the first request loads model and index: not timed
-                pixels = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
-                data = encode_png(Image.fromarray(pixels))
+        apps.append(web.create_app(sized, embedder=embedder))
+        clients.append(apps[-1].test_client())
+    rng = np.random.default_rng(1)
+    times: list[list[float]] = [[] for _ in clients]
+    try:
+        for i in range(config.uploads + 1):  # the first round loads model and index: not timed
+            for client, timed in zip(clients, times, strict=True):
+                data = encode_png(Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)))
                 started = time.perf_counter()
                 reply = client.post("/images", data={"image": (io.BytesIO(data), f"up{i}.png")})
                 if i:
-                    times.append(time.perf_counter() - started)
+                    timed.append(time.perf_counter() - started)
                 if reply.status_code != 201:
                     raise RuntimeError(f"POST /images answered {reply.status_code}: {reply.data[:300]}")
-        finally:
+    finally:
+        for app in apps:
             web.service_of(app).close()
-        rows.append({"vectors": n, **latency_figures(times)})
-        shutil.rmtree(sized.data_dir, ignore_errors=True)
-    return rows
+    return [{"vectors": n, **latency_figures(t)} for n, t in zip(config.upload_sizes, times, strict=True)]
 
 
 def make_query_files(paths: list[Path], count: int, folder: Path) -> list[Path]:
@@ -777,7 +777,8 @@ def speed_markdown(payload: dict) -> str:
             [f"{r['vectors']:,}", r["n"], r["p50_ms"], r["p95_ms"], r["mean_ms"]] for r in payload["upload"]
         ]
         lines += [
-            "`POST /images` of a new image (Flask test client over the real route), by index size:",
+            "`POST /images` of a new image (Flask test client over the real route), by index size,"
+            " the sizes in turn upload by upload:",
             "",
             markdown_table(["vectors", "uploads", "p50 ms", "p95 ms", "mean ms"], rows, 1),
             "",
