@@ -19,6 +19,7 @@ def test_bench_speed_rerun_upload_and_reindex_stages(tmp_path, capsys):
     assert (rerun["files"], rerun["first_added"], rerun["rerun_unchanged"]) == (40, 40, 40)
     assert rerun["rerun_already"] == 0 and rerun["cli_rerun_s"] > 0
     assert [(row["vectors"], row["n"]) for row in payload["upload"]] == [(20, 2), (60, 2)]
+    assert all(row["rewrite_p50_ms"] > 0 and row["append_p50_ms"] > 0 for row in payload["upload"])
     stages = payload["reindex"]["stages_s"]
     assert set(stages) == {"decode", "hash", "store", "embed", "write", "wait"} and stages["embed"] > 0
     out = capsys.readouterr().out
