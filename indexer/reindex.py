@@ -33,7 +33,7 @@ from PIL import Image
 from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
-from twice.files import ImageStore
+from twice.files import ImageStore, sync_files
 from twice.imageio import IMAGE_SUFFIXES, ImageError, decode_image, read_file_bytes, sha256_bytes
 
 from .batches import iter_batches
@@ -60,11 +60,11 @@ class BatchEmbedder(Protocol):
 @dataclass
 class StageTimes:
     """Where a reindex spent its time, in seconds. ``decode`` (read, decode, preprocess),
-    ``hash`` (sha256 and the perceptual hashes) and ``store`` (image bytes to the store) are
+    ``hash`` (sha256 and the perceptual hashes) and ``store`` (image bytes into the store) are
     summed over the decode workers, which run beside each other and beside the embedding;
-    ``embed`` is the main process, ``write`` the writer thread (catalog rows and the vector
-    log, overlapping the next batch's embedding), ``wait`` the main process waiting for
-    decoded batches: where it is large, decoding is the bottleneck."""
+    ``embed`` is the main process; ``write`` the writer thread, beside the next batch's
+    embedding (fsync of the stored bytes, catalog rows, the vector log); ``wait`` the main
+    process waiting for decoded batches: where it is large, decoding is the bottleneck."""
 
     decode: float = 0.0
     hash: float = 0.0
@@ -243,7 +243,8 @@ class NewFiles:
             timer.lap("decode")
             hashes = image_hashes(decoded.image)  # here, in the worker, not in the main loop
             timer.lap("hash")
-            stored = self.store.put(data, sha, decoded.format)
+            # fsynced by the writer thread before the row commits, beside the embedding
+            stored = self.store.put(data, sha, decoded.format, durable=False)
             timer.lap("store")
         except ImageError as exc:
             return {"file": stamp, "error": exc, "times": timer.times}
@@ -406,8 +407,10 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
 
 
 def _write_batch(indexer: Indexer, batch: list[dict], new: list[dict], xb, summary: ReindexSummary) -> None:
-    """Catalogue a batch in one transaction (rows and file stamps), then log its vectors."""
+    """Make the batch's stored bytes durable, catalogue it in one transaction (rows and file
+    stamps), then log its vectors."""
     with _stage(summary.stages, "write"):
+        sync_files([indexer.store.path(item["row"]["stored_path"]) for item in new])
         with indexer.catalog.session() as session:
             outcomes = indexer.add_stored(session, [item["row"] for item in new])
             record_source_files(
