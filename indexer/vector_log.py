@@ -32,6 +32,7 @@ LOG = logging.getLogger(__name__)
 MAGIC = b"TWICELOG"
 FILE_VERSION = 1
 _FIXED = len(MAGIC) + 8
+HEADER_READ = 64 * 1024  # more than any header: read first, then seek to the records wanted
 
 
 def log_path(index_path: Path) -> Path:
@@ -79,13 +80,17 @@ class VectorLog:
         """Records after ``after`` (all of them when it is None or names another log). A log of
         another model version or dimension holds nothing for this index and reads as empty."""
         try:
-            blob = self.path.read_bytes()
+            with open(self.path, "rb") as handle:
+                header, start = self._header(handle.read(HEADER_READ))
+                if header is None:
+                    return self._empty(None)
+                position = LogPosition(header["token"], start)
+                if after is not None and after.token == position.token:
+                    start = max(start, after.offset)  # only what was appended since: no re-read
+                handle.seek(start)
+                blob = handle.read()
         except FileNotFoundError:
             return self._empty(None)
-        header, start = self._header(blob)
-        if header is None:
-            return self._empty(None)
-        position = LogPosition(header["token"], start)
         if header["model_version"] != self.model_version or header["dim"] != self.dim:
             LOG.warning(
                 "ignoring %s: it holds vectors of model %s (%d-d), not %s",
@@ -95,11 +100,9 @@ class VectorLog:
                 self.model_version,
             )
             return self._empty(position)
-        if after is not None and after.token == position.token:
-            start = max(start, after.offset)
-        whole = (len(blob) - start) // self.record_bytes
+        whole = len(blob) // self.record_bytes
         end = start + whole * self.record_bytes
-        records = np.frombuffer(blob, dtype=self._dtype, count=whole, offset=start)
+        records = np.frombuffer(blob, dtype=self._dtype, count=whole)
         good = np.array([self._crc(r["id"], r["x"]) == r["crc"] for r in records], dtype=bool)
         bad = int(whole - good.sum())
         if bad:
@@ -149,7 +152,7 @@ class VectorLog:
         size = self.path.stat().st_size if self.path.exists() else 0
         if size:
             with open(self.path, "rb") as handle:
-                header, start = self._header(handle.read(min(size, 64 * 1024)))
+                header, start = self._header(handle.read(HEADER_READ))
             if header is not None and (header["model_version"], header["dim"]) == (
                 self.model_version,
                 self.dim,
