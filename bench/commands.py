@@ -126,7 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("speed", help="forward rate, reindex throughput, query latency, FAISS speed/recall")
     _common(sp)
-    sp.add_argument("--parts", help="comma-separated subset of forward,reindex,query,faiss (default all)")
+    sp.add_argument(
+        "--parts",
+        help="comma-separated subset of forward,reindex,rerun,upload,query,faiss"
+        " (default forward,reindex,query,faiss)",
+    )
     sp.add_argument("--faiss-sizes", help="comma-separated vector counts (default 10000,100000,1000000)")
     sp.add_argument("--nprobe", help="comma-separated IVF nprobe values (default 1,4,16,64,256)")
     sp.add_argument(
@@ -142,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeat", type=int, help="timed forward passes per setting (default 2)")
     sp.add_argument("--queries", type=int, help="latency queries per path (default 20)")
     sp.add_argument("--reindex-images", type=int, help="JPEG files to reindex (default 64)")
+    sp.add_argument("--rerun-files", type=int, help="tiny files for the unchanged re-run (default 100000)")
+    sp.add_argument(
+        "--upload-sizes", help="comma-separated index sizes for POST /images (default 1000,100000)"
+    )
+    sp.add_argument("--uploads", type=int, help="timed uploads per index size (default 20)")
     sp.add_argument("--no-http", action="store_true", help="skip the `twice serve` latency")
     sp.add_argument(
         "--no-cli-process", action="store_true", help="skip timing a whole `twice search` process"
@@ -352,12 +361,15 @@ def run_speed_command(args, options) -> int:
         repeat=args.repeat,
         queries=args.queries,
         reindex_images=args.reindex_images,
+        rerun_files=args.rerun_files,
+        upload_sizes=_ints("upload-sizes", args.upload_sizes),
+        uploads=args.uploads,
         work_dir=args.work_dir,
     )
     values.update(
         bf16=args.bf16, http=not args.no_http, cli_process=not args.no_cli_process, progress=not args.quiet
     )
-    for name in ("repeat", "queries", "reindex_images"):
+    for name in ("repeat", "queries", "reindex_images", "rerun_files", "uploads"):
         if name in values and values[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {values[name]}")
     config = SpeedConfig.quick_config(**values) if args.quick else SpeedConfig(**values)

@@ -1,10 +1,13 @@
-"""``twice bench speed``: model forward rate, reindex throughput, query latency (in process and
-over HTTP) and FAISS search speed/recall, each with its peak memory, on this machine."""
+"""``twice bench speed``: model forward rate, reindex throughput and where its time goes, the
+re-run of an unchanged folder, upload latency by index size, query latency (in process and over
+HTTP) and FAISS search speed/recall, each with its peak memory, on this machine."""
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import io
+import json
 import logging
 import os
 import shutil
@@ -22,7 +25,9 @@ from PIL import Image
 
 from twice.augment import make_collection
 from twice.imageio import decode_image, read_file_bytes
-from twice.indexer import VectorIndex, reindex
+from twice.indexer import Indexer, VectorIndex, reindex
+from twice.indexer.schema import ImageRow
+from twice.indexer.store import image_hashes, phash_version
 from twice.indexer.vectors import ivf_nlist
 from twice.model import Embedder
 from twice.model.embedder import cpu_has_fast_bf16
@@ -54,6 +59,9 @@ class SpeedConfig:
     faiss_queries: int = 1000
     nprobes: tuple[int, ...] = (1, 4, 16, 64, 256)
     faiss_data: str = "clustered"  # clustered | uniform
+    rerun_files: int = 100_000  # tiny files for the unchanged re-run
+    upload_sizes: tuple[int, ...] = (1_000, 100_000)  # index sizes for POST /images
+    uploads: int = 20  # timed uploads per index size
     parts: tuple[str, ...] = ("forward", "reindex", "query", "faiss")
     work_dir: Path | None = None
     progress: bool = True
@@ -71,6 +79,9 @@ class SpeedConfig:
             faiss_sizes=(2_000, 10_000),
             faiss_queries=100,
             nprobes=(1, 8),
+            rerun_files=500,
+            upload_sizes=(100, 1_000),
+            uploads=3,
             quick=True,
         )
         return cls(**{**asdict(base), **overrides})
@@ -209,7 +220,182 @@ def measure_reindex(options, embedder: Embedder, config: SpeedConfig, work: Path
         "peak_mib": probe.peak_mib,
         "bare_images_per_s": bare,
         "ratio_to_bare": rate / bare if rate and bare else None,
+        "stages_s": _stages(summary),
     }, paths
+
+
+def _stages(summary) -> dict | None:
+    stages = getattr(summary, "stages", None)  # absent before the stage profile (bench of older code)
+    return stages.to_dict() if stages is not None else None
+
+
+# re-runs and uploads --------------------------------------------------------------------------
+
+
+class RandomEmbedder:
+    """Stands in for the model while a bench fills a data directory: the real model's version
+    and size, random unit vectors (their values do not matter to what is timed)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.version, self.dim, self.draft_side = embedder.version, embedder.dim, 16
+        self.preprocess = no_pixels
+        self.rng = np.random.default_rng(0)
+
+    def embed_tensors(self, batch) -> np.ndarray:
+        return unit_rows(self.rng.standard_normal((len(batch), self.dim), dtype=np.float32))
+
+
+def no_pixels(_image) -> torch.Tensor:
+    return torch.zeros(1)
+
+
+def write_tiny_files(folder: Path, n: int) -> None:
+    """``n`` distinct 8x8 PNGs, a thousand per folder."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = folder / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(sub / f"{i:07d}.png")
+
+
+def measure_rerun(options, embedder: Embedder, config: SpeedConfig, work: Path) -> dict:
+    """A second reindex over an unchanged folder of ``rerun_files`` tiny files: in this process
+    (model loaded) and as a whole ``twice reindex`` process. The first run, which fills the
+    catalog and the index, embeds with random vectors: only the re-run is timed."""
+    folder = work / "tiny"
+    write_tiny_files(folder, config.rerun_files)
+    options = options.with_overrides(data_dir=work / "rerun-data")
+    first = reindex([folder], options, RandomEmbedder(embedder), progress=config.progress)
+    again = reindex([folder], options, embedder, progress=False)
+    argv = [sys.executable, "-m", "twice", "-q", "reindex", str(folder), "--json"]
+    started = time.perf_counter()
+    done = subprocess.run(
+        argv, env={**os.environ, **options.to_env()}, capture_output=True, text=True, timeout=3600, cwd=ROOT
+    )
+    cli_seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"twice reindex failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    cli = json.loads(done.stdout)
+    return {
+        "files": config.rerun_files,
+        "first_s": first.seconds,
+        "first_added": first.added,
+        "rerun_s": again.seconds,
+        "rerun_unchanged": getattr(again, "unchanged", None),
+        "rerun_already": again.already,
+        "cli_rerun_s": cli_seconds,
+        "cli_reindex_s": cli["seconds"],
+    }
+
+
+def fill_data_dir(options, embedder: Embedder, n: int) -> None:
+    """``n`` catalogued images with random vectors and hashes, saved as one index file: one
+    real stored image stands behind every row (search reads rows, and a file for evidence)."""
+    rng = np.random.default_rng(n)
+    image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    data = encode_png(image)
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    stored = indexer.store.put(data, "f" * 64, "PNG")
+    hashes = image_hashes(image)
+    rows = [
+        {
+            "sha256": f"{i:064x}",
+            "stored_path": stored,
+            "source": f"bench:{i}",
+            "width": 64,
+            "height": 64,
+            "format": "PNG",
+            "bytes": len(data),
+            **hashes,
+            "phash": int(rng.integers(-(2**63), 2**63 - 1)),
+            "phash_version": phash_version(),
+        }
+        for i in range(1, n + 1)
+    ]
+    from sqlalchemy import insert
+
+    with indexer.catalog.session() as session:
+        for start in range(0, n, 2000):
+            session.execute(insert(ImageRow), rows[start : start + 2000])
+    ids = indexer.catalog.ids()
+    indexer.add_vectors(ids, unit_rows(rng.standard_normal((len(ids), embedder.dim), dtype=np.float32)))
+    indexer.save()
+    indexer.close()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def measure_uploads(options, embedder: Embedder, config: SpeedConfig, work: Path) -> list[dict]:
+    """``POST /images`` of new images (Flask's test client over the real route) into data
+    directories of each ``upload_sizes`` vectors, upload by upload in turn, so that load on the
+    machine hits every size alike."""
+    from twice.web import app as web
+
+    clients, apps = [], []
+    for n in config.upload_sizes:
+        LOG.info("uploads: filling a data directory with %d vectors", n)
+        sized = options.with_overrides(data_dir=work / f"upload-{n}")
+        fill_data_dir(sized, embedder, n)
+        apps.append(web.create_app(sized, embedder=embedder))
+        clients.append(apps[-1].test_client())
+    rng = np.random.default_rng(1)
+    times: list[list[float]] = [[] for _ in clients]
+    try:
+        for i in range(config.uploads + 1):  # the first round loads model and index: not timed
+            for client, timed in zip(clients, times, strict=True):
+                data = encode_png(Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)))
+                started = time.perf_counter()
+                reply = client.post("/images", data={"image": (io.BytesIO(data), f"up{i}.png")})
+                if i:
+                    timed.append(time.perf_counter() - started)
+                if reply.status_code != 201:
+                    raise RuntimeError(f"POST /images answered {reply.status_code}: {reply.data[:300]}")
+    finally:
+        for app in apps:
+            web.service_of(app).close()
+    rows = []
+    for n, timed in zip(config.upload_sizes, times, strict=True):
+        writes = measure_index_writes(options.with_overrides(data_dir=work / f"upload-{n}"), embedder, 5)
+        rows.append({"vectors": n, **latency_figures(timed), **writes})
+    return rows
+
+
+def measure_index_writes(options, embedder: Embedder, count: int) -> dict:
+    """The durable write of one new vector, both ways, in the same data directory: rewriting
+    the whole index file (what an upload did before the write-ahead log) and appending to the
+    log (what it does now). p50 of ``count`` each, in turn."""
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    rng = np.random.default_rng(2)
+    next_id = int(indexer.vectors.ids().max()) + 1
+    rewrite: list[float] = []
+    append: list[float] = []
+    # Indexer.append is absent from code before the write-ahead log (a bench of older code)
+    ways = [(rewrite, _rewrite_one)] + ([(append, Indexer.append)] if hasattr(Indexer, "append") else [])
+    try:
+        for _ in range(count):
+            for timed, write in ways:
+                ids = np.array([next_id], dtype=np.int64)
+                xb = unit_rows(rng.standard_normal((1, embedder.dim), dtype=np.float32))
+                started = time.perf_counter()
+                write(indexer, ids, xb)
+                timed.append(time.perf_counter() - started)
+                next_id += 1
+    finally:
+        indexer.close()
+    return {
+        "rewrite_p50_ms": float(np.median(rewrite) * 1000),
+        "append_p50_ms": float(np.median(append) * 1000) if append else None,
+    }
+
+
+def _rewrite_one(indexer: Indexer, ids: np.ndarray, xb: np.ndarray) -> None:
+    indexer.add_vectors(ids, xb)
+    indexer.save()
 
 
 def make_query_files(paths: list[Path], count: int, folder: Path) -> list[Path]:
@@ -531,14 +717,15 @@ def measure_faiss(config: SpeedConfig) -> list[dict]:
 
 # the run --------------------------------------------------------------------------------------
 
+SPEED_PARTS = ("forward", "reindex", "rerun", "upload", "query", "faiss")
+UPLOAD_HEADERS = ["vectors", "uploads", "p50 ms", "p95 ms", "mean ms", "rewrite p50 ms", "append p50 ms"]
+
 
 def run_speed(config: SpeedConfig, options, command: str) -> tuple[dict, str]:
     """Measure every part in ``config.parts``; returns (JSON payload, markdown)."""
-    unknown = set(config.parts) - {"forward", "reindex", "query", "faiss"}
+    unknown = set(config.parts) - set(SPEED_PARTS)
     if unknown:
-        raise ValueError(
-            f"unknown speed part(s) {sorted(unknown)}; choose from forward, reindex, query, faiss"
-        )
+        raise ValueError(f"unknown speed part(s) {sorted(unknown)}; choose from {', '.join(SPEED_PARTS)}")
     work = Path(config.work_dir) if config.work_dir else Path(tempfile.mkdtemp(prefix="twice-bench-speed-"))
     options = options.with_overrides(data_dir=work / "data")
     payload: dict = {
@@ -548,7 +735,7 @@ def run_speed(config: SpeedConfig, options, command: str) -> tuple[dict, str]:
         "config": {k: v for k, v in asdict(config).items() if k not in ("notes", "progress")},
     }
     try:
-        needs_model = {"forward", "reindex", "query"} & set(config.parts)
+        needs_model = {"forward", "reindex", "query", "rerun", "upload"} & set(config.parts)
         embedder = Embedder.from_options(options) if needs_model else None
         if embedder is not None:
             payload["model"] = embedder.version
@@ -557,6 +744,10 @@ def run_speed(config: SpeedConfig, options, command: str) -> tuple[dict, str]:
             payload["forward"] = measure_forward(embedder, config)
         if {"reindex", "query"} & set(config.parts):
             payload["reindex"], paths = measure_reindex(options, embedder, config, work)
+        if "rerun" in config.parts:
+            payload["rerun"] = measure_rerun(options, embedder, config, work)
+        if "upload" in config.parts:
+            payload["upload"] = measure_uploads(options, embedder, config, work)
         if "query" in config.parts:
             queries = make_query_files(paths, config.queries, work / "queries")
             payload["query"] = {"engine": measure_engine_latency(options, embedder, queries)}
@@ -598,6 +789,41 @@ def speed_markdown(payload: dict) -> str:
             f"{_f(r['ratio_to_bare'])} × the bare forward rate at that batch, timed just before and after"
             f" ({_f(r['bare_images_per_s'])} images/s);"
             f" peak {r['peak_mib']} MiB.",
+            "",
+        ]
+        if r.get("stages_s"):
+            st = r["stages_s"]
+            lines += [
+                "Where the reindex time went (seconds; decode, hash and store summed over the decode"
+                " workers, which run beside the embedding; write runs in a thread beside it; wait is"
+                " the embedding loop waiting for decoded images):",
+                "",
+                markdown_table(list(st), [list(st.values())], 2),
+                "",
+            ]
+    if "rerun" in payload:
+        r = payload["rerun"]
+        lines += [
+            f"Re-run over an unchanged folder of {r['files']:,} tiny files: {_f(r['rerun_s'])} s in process"
+            f" ({r['rerun_unchanged']} unchanged, not read); a whole `twice reindex` process"
+            f" {_f(r['cli_rerun_s'])} s (its own figure {_f(r['cli_reindex_s'])} s). First run, random"
+            f" vectors: {_f(r['first_s'])} s.",
+            "",
+        ]
+    if "upload" in payload:
+        rows = [
+            [f"{r['vectors']:,}", r["n"], r["p50_ms"], r["p95_ms"], r["mean_ms"]]
+            + [r.get("rewrite_p50_ms"), r.get("append_p50_ms")]
+            for r in payload["upload"]
+        ]
+        lines += [
+            "`POST /images` of a new image (Flask test client over the real route), by index size,"
+            " the sizes in turn upload by upload:",
+            "",
+            markdown_table(UPLOAD_HEADERS, rows, 1),
+            "",
+            "rewrite / append: the durable write of one new vector alone, by rewriting the whole index"
+            " file (as an upload did before the write-ahead log) or by appending it to the log (as now).",
             "",
         ]
     if "query" in payload:

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 LOG = logging.getLogger(__name__)
 
 # The newest revision in migrations/versions (tests/test_migrations.py checks it is Alembic's head).
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 # pg_advisory_xact_lock key that serialises migrations on PostgreSQL ("twice" in ASCII).
 PG_LOCK_KEY = 0x7477696365

@@ -84,6 +84,18 @@ class ImageRow(Base):
         }
 
 
+class SourceFile(Base):
+    """A file ``twice reindex`` has read: its size and mtime then, and the sha256 of its bytes.
+    While both are unchanged (and the sha256 still catalogued) a re-run skips it unread."""
+
+    __tablename__ = "source_files"
+
+    path: Mapped[str] = mapped_column(String, primary_key=True)  # absolute
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
 class IndexRecord(Base):
     """What the saved vector index holds; written only after the index file is durable."""
 

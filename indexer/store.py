@@ -6,6 +6,9 @@ so that the three stay consistent:
 - image bytes are written (atomically) before the catalog row that points at them;
 - catalog rows may exist without a vector (pending): the next reindex embeds them;
 - vectors whose catalog row is gone (orphans) are removed by the next reindex;
+- vectors are appended to a write-ahead log (fsynced) beside the index file, and the log is
+  folded into the file (rewrite, rename, delete the log) when it grows past a quarter of the
+  index, on ``save`` and on ``close``: one upload costs one small append, not a rewrite;
 - the catalog's index record is written only after the index file is durable.
 """
 
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from twice.files import ImageStore
 from twice.hashing import HASH_VERSION, STORED_COLUMNS, stored_hashes
@@ -27,9 +32,15 @@ from twice.imageio import DecodedImage, decode_image
 
 from .catalog import Catalog
 from .schema import ImageRow
+from .vector_log import VectorLog, log_path
 from .vectors import IndexFileError, IndexMismatchError, VectorIndex
 
 LOG = logging.getLogger(__name__)
+
+# The log is folded into the index file once it holds this many records and a quarter of the
+# index: rewrites stay rare (amortised, a constant cost per add) and replay on open stays short.
+FOLD_MIN_RECORDS = 4096
+FOLD_FRACTION = 0.25
 
 
 @dataclass
@@ -55,6 +66,8 @@ class Indexer:
         self._rebuilding = False
         self._disk_stamp: FileStamp | None = None
         self._lock = threading.RLock()
+        self.log = VectorLog(log_path(self.index_path), model_version, dim)
+        self._appended = 0  # vectors this writer logged and has not folded yet
 
     @property
     def vectors(self) -> VectorIndex:
@@ -74,6 +87,7 @@ class Indexer:
         fresh = VectorIndex(self.model_version, self.dim, flat_limit=self.options.flat_limit)
         self._disk_stamp = FileStamp.of(self.index_path)  # before reading: a later change is seen
         if self._disk_stamp is None:
+            fresh.replay(self.log)  # a first reindex killed before its first fold
             return fresh, False
         header = VectorIndex.read_header(self.index_path)
         if header["model_version"] != self.model_version or header["dim"] != self.dim:
@@ -83,11 +97,19 @@ class Indexer:
                 header["model_version"],
                 self.model_version,
             )
+            fresh.replay(self.log)  # a killed re-embed resumes from its log
             return fresh, True
         return VectorIndex.load(self.index_path, self.model_version, self.dim), False
 
     def close(self) -> None:
-        self.catalog.close()
+        """Fold what this writer logged into the index file (not mid-rebuild: the old index
+        stays until the new one is whole), then close the catalog."""
+        try:
+            with self._lock:
+                if self._appended and not self._rebuilding:
+                    self.save()
+        finally:
+            self.catalog.close()
 
     # adding -------------------------------------------------------------------------------
 
@@ -123,6 +145,41 @@ class Indexer:
             **columns,
         )
 
+    def add_stored(self, session, rows: list[dict]) -> list[tuple[int, bool]]:
+        """Catalogue images whose bytes are in the store already (reindex workers put them
+        there), inside ``session``: one query for the sha256s known, one batched insert for the
+        rest. Returns (id, created) per row, in order; bytes seen twice are created once."""
+        shas = {row["sha256"] for row in rows}
+        if not shas:
+            return []
+        found = select(ImageRow.sha256, ImageRow.id).where(ImageRow.sha256.in_(shas))
+        known = {sha: image_id for sha, image_id in session.execute(found)}
+        values: dict[str, dict] = {}
+        for row in rows:
+            if row["sha256"] not in known:
+                values.setdefault(row["sha256"], row)  # the first file with these bytes names them
+        new = {sha: ImageRow(**columns) for sha, columns in values.items()}
+        try:
+            with session.begin_nested():
+                session.add_all(new.values())
+        except IntegrityError:  # another writer catalogued some of these bytes first: one by one
+            new = {}
+            for sha, columns in values.items():
+                added, created = self.catalog.add_image(session, **columns)
+                if created:
+                    new[sha] = added
+                else:
+                    known[sha] = added.id
+        outcomes, made = [], set()
+        for row in rows:
+            sha = row["sha256"]
+            if sha in known:
+                outcomes.append((known[sha], False))
+            else:
+                outcomes.append((new[sha].id, sha not in made))
+                made.add(sha)
+        return outcomes
+
     def add_bytes(self, data: bytes, source: str, draft_side: int | None = None, **columns: object) -> Added:
         """Decode, store and catalogue one image; raises ``ImageError`` for bad input.
 
@@ -134,8 +191,32 @@ class Indexer:
         return Added(row, created, decoded)
 
     def add_vectors(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        """Add vectors in memory only; ``save`` makes them durable (``append`` does both at once)."""
         with self._lock:
             self.vectors.add(ids, xb)
+
+    def append(self, ids: np.ndarray, xb: np.ndarray) -> None:
+        """Add vectors durably without rewriting the index file: they are fsynced to the
+        write-ahead log, then added in memory; a large log is folded into the file."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) == 0:
+            return
+        with self._lock, self._file_lock():
+            self.vectors.replay(self.log)  # other writers' records first: positions stay in step
+            self.vectors.log_position = self.log.append(ids, xb)
+            self.vectors.add(ids, xb)
+            self._appended += len(ids)
+            if self._log_records() >= max(FOLD_MIN_RECORDS, FOLD_FRACTION * len(self.vectors)):
+                self._save_locked()
+
+    def replay_log(self) -> int:
+        """Take in the vectors other writers appended since we last read the log."""
+        with self._lock:
+            return self.vectors.replay(self.log)
+
+    def _log_records(self) -> int:
+        position = self.vectors.log_position
+        return position.offset // self.log.record_bytes if position else 0
 
     # removing -----------------------------------------------------------------------------
 
@@ -172,13 +253,21 @@ class Indexer:
         file are merged in first, so no writer's additions are lost.
         """
         with self._lock, self._file_lock():
-            self._merge_from_disk()
-            self.vectors.save(self.index_path)
-            self._disk_stamp = FileStamp.of(self.index_path)
-            self._rebuilding = False
-            self.catalog.set_index_record(
-                self.model_version, self.dim, self.vectors.index_type, len(self.vectors)
-            )
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        """Fold: merge other writers' saves and log records, rewrite the file, drop the log."""
+        self._merge_from_disk()
+        self.vectors.replay(self.log)
+        self.vectors.save(self.index_path)
+        self.log.remove()  # after the rename: a crash in between replays records already saved
+        self.vectors.log_position = None
+        self._appended = 0
+        self._disk_stamp = FileStamp.of(self.index_path)
+        self._rebuilding = False
+        self.catalog.set_index_record(
+            self.model_version, self.dim, self.vectors.index_type, len(self.vectors)
+        )
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -196,7 +285,7 @@ class Indexer:
         if FileStamp.of(self.index_path) in (None, self._disk_stamp):
             return
         try:
-            other = VectorIndex.load(self.index_path, self.model_version, self.dim)
+            other = VectorIndex.load(self.index_path, self.model_version, self.dim, replay_log=False)
         except (IndexFileError, IndexMismatchError) as exc:
             LOG.warning("not merging %s (%s): it will be replaced", self.index_path, exc)
             return

@@ -7,6 +7,7 @@ past ``compress_limit`` the same inverted file with 8-bit scalar-quantised codes
 index``). A large index is trained once on a sample (``VectorIndex.trained``) and then filled
 batch by batch, or shard by shard (``merge_shards``). Saved as one file (header + FAISS bytes +
 checksum) written to a temporary name and renamed, so a crash never leaves half an index.
+Adds between saves go to a write-ahead log beside the file (``vector_log``); ``load`` replays it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import faiss
 import numpy as np
 
 from twice.files import atomic_write
+
+from .vector_log import LogPosition, VectorLog, log_path
 
 LOG = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class VectorIndex:
         self._lock = threading.RLock()
         self._gpu_index: faiss.Index | None = None
         self.use_gpu = False
+        self.log_position: LogPosition | None = None  # how far ``load`` replayed the log
 
     @classmethod
     def trained(
@@ -203,8 +207,11 @@ class VectorIndex:
         LOG.debug("saved %d vectors to %s", header["count"], path)
 
     @classmethod
-    def load(cls, path: Path, model_version: str | None = None, dim: int | None = None) -> VectorIndex:
-        """Read a saved index, refusing a damaged file or another model version/dimension."""
+    def load(
+        cls, path: Path, model_version: str | None = None, dim: int | None = None, replay_log: bool = True
+    ) -> VectorIndex:
+        """Read a saved index, refusing a damaged file or another model version/dimension, and
+        replay the adds its write-ahead log holds (unless ``replay_log`` is False)."""
         path = Path(path)
         try:
             blob = path.read_bytes()
@@ -219,7 +226,7 @@ class VectorIndex:
         if dim is not None and header["dim"] != dim:
             raise IndexMismatchError(f"{path} holds {header['dim']}-d vectors, not {dim}-d")
         index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
-        return cls(
+        loaded = cls(
             header["model_version"],
             header["dim"],
             index,
@@ -227,6 +234,18 @@ class VectorIndex:
             nprobe=header.get("nprobe", DEFAULT_NPROBE),
             compress_limit=header.get("compress_limit", DEFAULT_COMPRESS_LIMIT),
         )
+        if replay_log:
+            loaded.replay(VectorLog(log_path(path), loaded.model_version, loaded.dim))
+        return loaded
+
+    def replay(self, log: VectorLog) -> int:
+        """Add the log's records written since ``log_position``; returns how many."""
+        records = log.read(self.log_position)
+        if len(records):
+            self.add(records.ids, records.xb)
+        if records.position is not None:
+            self.log_position = records.position
+        return len(records)
 
     @staticmethod
     def read_header(path: Path) -> dict:

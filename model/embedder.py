@@ -126,6 +126,8 @@ class Embedder:
         # JPEGs may be decoded at reduced size, down to twice the input size (see decode_image).
         self.draft_side = 2 * self.image_size
         self.version = model_version(self.net, self.image_size, self.weights)
+        # On CUDA, reindex hands upright JPEGs over as bytes: nvJPEG decodes them on the GPU.
+        self.decodes_on_device = self.device.type == "cuda"
 
     @classmethod
     def from_options(cls, options) -> Embedder:
@@ -165,10 +167,10 @@ class Embedder:
 
     @torch.inference_mode()
     def embed_tensors(self, batch: torch.Tensor | Sequence[torch.Tensor]) -> np.ndarray:
-        """(N,3,S,S) preprocessed tensors (stacked, or a sequence of (3,S,S)) -> (N, dim) float32
-        unit vectors."""
+        """(N,3,S,S) preprocessed tensors (stacked, or a sequence of (3,S,S), where JPEG bytes
+        may stand in for a tensor: decoded on the device) -> (N, dim) float32 unit vectors."""
         if not isinstance(batch, torch.Tensor):
-            batch = torch.stack(list(batch))
+            batch = self._stack(list(batch))
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)
@@ -176,6 +178,23 @@ class Embedder:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=enabled):
             out = self.net(batch)
         return out.float().cpu().numpy()
+
+    def preprocess_encoded(self, encoded: Sequence[bytes]) -> torch.Tensor:
+        """Upright RGB or grey JPEG bytes -> (N,3,S,S) preprocessed tensors, decoded and
+        prepared on the device (nvJPEG on CUDA): ``preprocess``'s twin, equal to rounding."""
+        from .device_decode import decode_jpegs, preprocess_tensor
+
+        black = MAX_BLACK_POINT if self.preprocess.black_point else None
+        images = decode_jpegs(encoded, self.device)
+        return torch.stack([preprocess_tensor(x, self.image_size, black, STD_FLOOR) for x in images])
+
+    def _stack(self, items: list) -> torch.Tensor:
+        encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
+        if encoded:
+            decoded = self.preprocess_encoded([items[i] for i in encoded])
+            for i, tensor in zip(encoded, decoded, strict=True):
+                items[i] = tensor
+        return torch.stack([item.to(self.device) for item in items])
 
     def embed_images(
         self, images: Iterable[Image.Image], batch_size: int = 32, progress: bool = False

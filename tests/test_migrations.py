@@ -29,6 +29,7 @@ TABLES = {
     "report_runs",
     "report_hash_cache",
     "audit",
+    "source_files",
 }
 HASH_COLUMNS = {"phash", "phash_version", "phash_bright", "phash_dark"}
 

@@ -3,6 +3,7 @@ skipped, model changes re-embed."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from awkward import bad_images, good_images
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
 from twice.indexer import Catalog, ImageRow, Indexer, VectorIndex, reindex
+from twice.indexer.store import FileStamp
 from twice.model import Embedder
 
 
@@ -43,13 +45,75 @@ def test_reindex_adds_new_images_once(tmp_path, options, embedder):
     first = reindex([tmp_path / "in"], options, embedder, progress=False)
     assert (first.added, first.already, first.vectors) == (12, 0, 12)
     second = reindex([tmp_path / "in"], options, embedder, progress=False)
-    assert (second.added, second.already, second.vectors) == (0, 12, 12)
+    assert (second.added, second.already, second.unchanged, second.vectors) == (0, 0, 12, 12)
     write_images(tmp_path / "in", 3, start=100)
     (tmp_path / "in" / "copy.png").write_bytes((tmp_path / "in" / "img_0000.png").read_bytes())
     third = reindex([tmp_path / "in"], options, embedder, progress=False)
-    assert (third.added, third.already, third.vectors) == (3, 13, 15)
+    assert (third.added, third.already, third.unchanged, third.vectors) == (3, 1, 12, 15)
     vectors, catalog_ids = state(options)
     assert len(vectors) == len(catalog_ids) == 15
+
+
+def test_unchanged_files_are_not_read_again_and_changed_ones_are(tmp_path, options, embedder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = [folder / f"img_{seed}.bmp" for seed in range(4)]
+    for seed, path in enumerate(paths):
+        path.write_bytes(bmp_bytes(seed))
+    reindex([folder], options, embedder, progress=False)
+    # New bytes under an old stamp (same size, mtime put back): a run that read the file would
+    # catalogue them; one that trusts the stamp does not.
+    stat = paths[0].stat()
+    paths[0].write_bytes(bmp_bytes(50))
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert paths[0].stat().st_size == stat.st_size
+    # New bytes under a new mtime: read again and added.
+    paths[1].write_bytes(bmp_bytes(51))
+    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    summary = reindex([folder], options, embedder, progress=False)
+    assert (summary.unchanged, summary.added, summary.vectors) == (3, 1, 5)
+    sources = [row.source for row in Catalog(options.catalog_url).get_many(range(1, 6)).values()]
+    assert sources.count(str(paths[1])) == 2 and sources.count(str(paths[0])) == 1
+    # Nothing new: the index file is left as it was.
+    index_stamp = FileStamp.of(options.index_path)
+    again = reindex([folder], options, embedder, progress=False)
+    assert (again.unchanged, again.added) == (4, 0)
+    assert FileStamp.of(options.index_path) == index_stamp
+    assert "unchanged (not read) 4" in again.lines()[0]
+
+
+def test_a_deleted_image_is_added_again_from_its_unchanged_file(tmp_path, options, embedder):
+    folder = tmp_path / "in"
+    write_images(folder, 3)
+    reindex([folder], options, embedder, progress=False)
+    indexer = Indexer(options, embedder.version, embedder.dim)
+    indexer.remove(2)
+    indexer.close()
+    summary = reindex([folder], options, embedder, progress=False)
+    assert (summary.unchanged, summary.added, summary.vectors) == (2, 1, 3)
+
+
+def test_decode_workers_store_and_a_writer_thread_catalogue_with_a_stage_profile(tmp_path, options, embedder):
+    folder = tmp_path / "in"
+    paths = write_images(folder, 11, fmt="JPEG")
+    (folder / "same.jpg").write_bytes(paths[3].read_bytes())  # the same bytes twice in one run
+    summary = reindex([folder], options.with_overrides(workers=2, batch_size=4), embedder, progress=False)
+    assert (summary.added, summary.already, summary.vectors, summary.workers) == (11, 1, 11, 2)
+    stages = summary.stages
+    assert min(stages.decode, stages.hash, stages.store, stages.embed, stages.write) > 0
+    assert summary.lines()[-1].startswith("time: decode")
+    vectors, catalog_ids = state(options)
+    assert len(vectors) == len(catalog_ids) == 11
+    rows = Catalog(options.catalog_url).get_many(catalog_ids)
+    assert sorted(row.source for row in rows.values()) == sorted(map(str, paths))
+    assert all(Path(options.images_dir, row.stored_path).exists() for row in rows.values())
+
+
+def bmp_bytes(seed: int) -> bytes:
+    """An uncompressed image: every seed gives different bytes of the same length."""
+    out = io.BytesIO()
+    make_image(seed).save(out, format="BMP")
+    return out.getvalue()
 
 
 def test_bad_files_are_skipped_counted_and_harmless(tmp_path, options, embedder):

@@ -20,8 +20,10 @@ SUFFIX_BY_FORMAT = {
 }
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file and a rename.
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file and a rename. ``durable=False``
+    skips the fsyncs (readers still never see half a file): the caller syncs later, off its
+    critical path (``sync_files``).
 
     On failure (a full disk: ENOSPC) ``path`` is as it was, the temporary file is gone, and
     the ``OSError`` names ``path``: a bare "No space left on device" does not say where.
@@ -32,17 +34,31 @@ def atomic_write(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename is None:
             raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
+def sync_files(paths: list[Path]) -> None:
+    """Make files written with ``durable=False`` durable: each file, then each folder once."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for folder in {path.parent for path in paths}:
+        fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -59,12 +75,13 @@ class ImageStore:
     def relative_path(self, sha256: str, image_format: str) -> str:
         return f"{sha256[:2]}/{sha256}{SUFFIX_BY_FORMAT.get(image_format, '.img')}"
 
-    def put(self, data: bytes, sha256: str, image_format: str) -> str:
-        """Store the bytes (idempotent); returns the path relative to the store."""
+    def put(self, data: bytes, sha256: str, image_format: str, durable: bool = True) -> str:
+        """Store the bytes (idempotent); returns the path relative to the store. With
+        ``durable=False`` the caller makes them durable (``sync_files``) before relying on them."""
         relative = self.relative_path(sha256, image_format)
         target = self.root / relative
         if not target.exists() or target.stat().st_size != len(data):
-            atomic_write(target, data)
+            atomic_write(target, data, durable)
         return relative
 
     def path(self, relative: str) -> Path:

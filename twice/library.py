@@ -215,9 +215,11 @@ class Library:
     - writes (``add_image``, ``remove``) take a thread lock and an inter-process file lock, so
       several processes on one data directory never overwrite each other's index saves;
     - the saved index is reloaded when its file is replaced on disk (a finished ``add`` or
-      ``twice reindex``, another process's upload). Files are written to a temporary name and
-      renamed, so a changed (inode, mtime, size) stamp is the signal and a half-written file is
-      never read.
+      ``twice reindex``, a fold of the write-ahead log). Files are written to a temporary name
+      and renamed, so a changed (inode, mtime, size) stamp is the signal and a half-written file
+      is never read;
+    - an upload appends its vector to the index's write-ahead log (no rewrite of the index);
+      another process's uploads are read from that log when its stamp changes.
     """
 
     def __init__(self, options: Options, embedder=None) -> None:
@@ -230,6 +232,7 @@ class Library:
         self._indexer: Indexer | None = None
         self._engine: SearchEngine | None = None
         self._stamp: FileStamp | None = None
+        self._log_stamp: FileStamp | None = None
         self._not_ready = "not opened yet"
         self._thresholds_at = 0.0
         self._open_lock = threading.Lock()
@@ -341,6 +344,12 @@ class Library:
                 stamp = FileStamp.of(self.index_path)
                 if stamp != self._stamp:
                     self._load(stamp)
+        elif self._indexer is not None and FileStamp.of(self._indexer.log.path) != self._log_stamp:
+            with self._write_lock:
+                self._log_stamp = FileStamp.of(
+                    self._indexer.log.path
+                )  # before reading: later appends are seen
+                self._indexer.replay_log()
         if time.monotonic() - self._thresholds_at > THRESHOLDS_TTL:
             self._refresh_thresholds()
 
@@ -348,6 +357,7 @@ class Library:
         """(Re)open the writer and the engine over the index file as it is now."""
         try:
             indexer = Indexer(self.options, self._embedder.version, self._embedder.dim)
+            self._log_stamp = FileStamp.of(indexer.log.path)  # before reading: later appends are seen
             indexer.vectors  # noqa: B018 - load now, so a damaged file is caught here
         except (IndexFileError, IndexMismatchError, OSError, ValueError) as exc:
             # Keep serving what we had: a damaged file is fixed by the next reindex.
@@ -437,6 +447,7 @@ class Library:
         self._after_save(indexer)
 
     def _after_save(self, indexer: Indexer) -> None:
+        self._log_stamp = FileStamp.of(indexer.log.path)
         stamp = FileStamp.of(self.index_path)
         if self._engine is None:
             self._use(indexer, stamp)  # the first save into an empty data directory
@@ -454,10 +465,19 @@ class Library:
             xq, duplicate_of = self._embed_and_match(decoded)
             added = indexer.add_bytes(data, source, **columns)
             if added.created:
-                indexer.add_vectors(np.array([added.row.id], dtype=np.int64), xq)
-                self._saved(indexer)
+                self._store_vector(indexer, added.row.id, xq)
             match = "exact" if not added.created else ("duplicate" if duplicate_of else None)
             return self._added(added.row, added.created, match, duplicate_of)
+
+    def _store_vector(self, indexer: Indexer, image_id: int, xq: np.ndarray) -> None:
+        """Append to the write-ahead log; the first image of a data directory writes the file."""
+        ids = np.array([image_id], dtype=np.int64)
+        if self._stamp is None:
+            indexer.add_vectors(ids, xq)
+            self._saved(indexer)
+            return
+        indexer.append(ids, xq)
+        self._after_save(indexer)
 
     def _embed_and_match(self, decoded: DecodedImage) -> tuple[np.ndarray, dict | None]:
         """The new image's vector, and the catalogued image that search calls its duplicate.

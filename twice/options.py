@@ -40,7 +40,9 @@ class Options:
     max_image_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 80_000_000
     flat_limit: int = 200_000  # above this many vectors the index becomes approximate
-    checkpoint_seconds: float = 30.0  # reindex saves the index at least this often
+    # reindex folds its vector log into the index file at least this often (every batch is
+    # durable in the log at once; the fold only bounds the log's length)
+    checkpoint_seconds: float = 300.0
     allow_private_urls: bool = False  # let URL fetches reach loopback/private networks (tests, intranets)
     fetch_timeout: float = 10.0  # seconds, for URL fetches by the API
     # The web service (docs/service.md#security). A config file (TWICE_CONFIG, key=value lines
