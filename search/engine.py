@@ -251,7 +251,7 @@ class SearchEngine:
         """One candidate's result: its verdict, evidence and weight (with its verification when run)."""
         score, view = candidate.scored if candidate.scored is not None else (-1.0, 0)
         distance = _distance(candidate.match)
-        inliers = None if checked is None else checked.inliers
+        inliers = None if checked is None else checked.evidence
         judgement = thresholds.judge(score, distance, candidate.exact, candidate.margin, structure, inliers)
         weight = thresholds.weights.weight(
             None if candidate.scored is None else score, distance, candidate.gap

@@ -100,7 +100,7 @@ class DuplicateScan:
         checked = None
         if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
             checked = self.verifier(original, member)
-        inliers = None if checked is None else checked.inliers
+        inliers = None if checked is None else checked.evidence
         judgement = self.thresholds.judge(score, distance, structure=structure, inliers=inliers)
         hashed = None
         if found is not None:
@@ -270,7 +270,7 @@ def judge_pairs(
         checked[i] = verifier(int(pairs.a[i]), int(pairs.b[i]))
     for i, verification in checked.items():
         score, distance, structure = pair_signals(pairs, i)
-        inliers = None if verification is None else verification.inliers
+        inliers = None if verification is None else verification.evidence
         judgement = thresholds.judge(score, distance, structure=structure, inliers=inliers)
         pairs.inliers[i] = NOT_RUN if inliers is None else inliers
         pairs.verified[i] = judgement.verified

@@ -87,10 +87,16 @@ class Verification:
     matches: int  # one-to-one matches the fit was tried on (the better of plain and mirrored)
     geometry: Geometry | None  # None unless verified
     reason: str | None = None  # why it did not verify, in words
+    conclusive: bool = True  # False: too little detail to match at all (says nothing either way)
 
     @property
     def verified(self) -> bool:
         return self.geometry is not None
+
+    @property
+    def evidence(self) -> int | None:
+        """The inlier count a verdict may weigh; None when the images had too little detail."""
+        return self.inliers if self.conclusive else None
 
 
 class FeatureExtractor:
@@ -207,7 +213,7 @@ def verify(query: Features, stored: Features, mirror: Features | None = None) ->
     """Fit the query (and its mirror image, when given) to the stored image; keep the better."""
     if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
         few = min(len(query), len(stored))
-        return Verification(0, 0, None, f"too few keypoints ({few}): an image with little detail")
+        return Verification(0, 0, None, f"too few keypoints ({few}): an image with little detail", False)
     if query.detector != stored.detector:
         raise ValueError(f"features of different detectors: {query.detector} and {stored.detector}")
     tries = [_fit(query, stored, flip_width=None)]

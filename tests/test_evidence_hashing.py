@@ -263,6 +263,7 @@ def test_an_old_catalog_gets_the_column_and_reindex_backfills_hashes(tmp_path, o
         db.execute("ALTER TABLE images DROP COLUMN phash")
         db.execute("DROP TABLE alembic_version")  # written before migrations existed
         db.execute("DROP TABLE audit")  # and before the audit trail
+        db.execute("DROP TABLE source_files")  # and the re-run stamps
     catalog = Catalog(options.catalog_url)
     columns = catalog_columns(catalog)
     assert "phash" in columns
@@ -343,6 +344,7 @@ def test_a_version_2_catalog_gets_the_view_columns_and_reindex_fills_them(tmp_pa
         db.execute("UPDATE images SET phash_version = 2")
         db.execute("DROP TABLE alembic_version")  # written before migrations existed
         db.execute("DROP TABLE audit")  # and before the audit trail
+        db.execute("DROP TABLE source_files")  # and the re-run stamps
     catalog = Catalog(options.catalog_url)
     columns = catalog_columns(catalog)
     assert {"phash_bright", "phash_dark"} <= set(columns)
