@@ -213,7 +213,8 @@ def test_shipped_checkpoint_loads_by_default_and_the_index_records_its_version(t
     options = make_options(tmp_path, shipped_checkpoint=True, image_size=128)
     embedder = Embedder.from_options(options)
     assert embedder.weights.source == "shipped" and "-shipped-" in embedder.version
-    assert embedder.weights.meta["trained_by"] == "twice train" and embedder.net.invariance == "d4"
+    assert embedder.weights.meta["trained_by"] == "twice train" and embedder.net.invariance == "none"
+    assert embedder.weights.image_size == 96 and embedder.shipped_thresholds is not None
     assert embedder.image_size == embedder.weights.image_size  # the checkpoint's own size wins
     write_images(tmp_path / "in", 3)
     reindex([tmp_path / "in"], options, embedder, progress=False)
