@@ -4,6 +4,7 @@ and the Indexer's appends and folds."""
 from __future__ import annotations
 
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
+from twice.cli import main
 from twice.indexer import Indexer, VectorIndex, reindex
 from twice.indexer.store import FileStamp
 from twice.indexer.vector_log import VectorLog, log_path
@@ -146,7 +148,7 @@ def test_a_large_log_is_folded_into_the_index_file(tmp_path, options, monkeypatc
     writer.catalog.close()
 
 
-def test_an_upload_appends_to_the_log_and_another_worker_sees_it(tmp_path, embedder):
+def test_an_upload_appends_to_the_log_and_another_worker_sees_it(tmp_path, embedder, capsys):
     folder = tmp_path / "in"
     write_images(folder, 3)
     options = make_options(tmp_path / "data")
@@ -162,6 +164,9 @@ def test_an_upload_appends_to_the_log_and_another_worker_sees_it(tmp_path, embed
     hit = b.post("/search?k=1", data={"image": (io.BytesIO(data), "q.png")}).get_json()["results"][0]
     assert hit["id"] == added["id"] and hit["exact"]
     assert web.service_of(second).reloads == 0  # read from the log, not by reloading the index
+    assert main(["-q", "--data-dir", str(options.data_dir), "status", "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["index"]["count"], status["index_log_records"]) == (3, 1)
     web.service_of(first).close()  # it appended: its close folds the log into the file
     web.service_of(second).close()
     assert not log_path(options.index_path).exists()

@@ -6,6 +6,7 @@ import json
 import sys
 
 from twice.indexer import Catalog, VectorIndex
+from twice.indexer.vector_log import VectorLog, log_path
 from twice.library import Library
 from twice.search.verdicts import CLEAR_OFF, rule_text
 
@@ -130,10 +131,12 @@ def run_status(args, options) -> int:
     catalog = Catalog(options.catalog_url)
     try:
         record = catalog.index_record()
+        header = VectorIndex.read_header(options.index_path) if options.index_path.exists() else None
         status = {
             "data_dir": str(options.data_dir),
             "images": catalog.count(),
-            "index": VectorIndex.read_header(options.index_path) if options.index_path.exists() else None,
+            "index": header,
+            "index_log_records": logged_vectors(options.index_path, header),
             "index_record_updated": record.updated_at.isoformat() if record else None,
         }
     finally:
@@ -144,3 +147,10 @@ def run_status(args, options) -> int:
         for key, value in status.items():
             print(f"{key}: {value}")
     return 0
+
+
+def logged_vectors(index_path, header: dict | None) -> int:
+    """Vectors in the index's write-ahead log, not yet folded into the file (``header["count"]``)."""
+    if header is None:
+        return 0
+    return len(VectorLog(log_path(index_path), header["model_version"], header["dim"]).read())
