@@ -48,10 +48,11 @@ from twice.hashing import (
     row_hashes,
     view_distances,
 )
-from twice.imageio import ImageError, decode_image, read_file_bytes
+from twice.imageio import ImageError
 from twice.indexer import Catalog, ImageRow, VectorIndex, load_vectors_for_search
 from twice.indexer.batches import iter_batches
 
+from .report_hashes import decode_stored
 from .verdicts import (
     CLEAR_OFF,
     HASH_DISTANCES,
@@ -469,15 +470,7 @@ class QueryHashes:
     def __getitem__(self, i: int) -> dict:
         image_id, path = self.items[i]
         try:
-            data = read_file_bytes(path, self.options.max_image_bytes)
-            decoded = decode_image(
-                data,
-                str(path),
-                self.options.max_image_bytes,
-                self.options.max_image_pixels,
-                2 * self.options.image_size,  # what search decodes a query at
-            )
-            return {"id": image_id, "hashes": dihedral_hashes(decoded.image)}
+            return {"id": image_id, "hashes": dihedral_hashes(decode_stored(path, self.options).image)}
         except ImageError as exc:
             return {"id": image_id, "error": exc}
 

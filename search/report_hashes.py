@@ -2,7 +2,7 @@
 
 Search compares a query's 8 dihedral hash views with the stored hashes. A report does the
 same with every stored image as the query, so it needs each image's views: they come from one
-decode of the stored file (``calibrate.QueryHashes``, the decode search gives a query), and
+decode of the stored file (``decode_stored``: the decode search gives a query), and
 view 0 is the catalog's stored hash, the hash search compares against; after the 8 views come
 the catalog's stored photometric views (``STORED_VIEWS``: the image brightened and darkened),
 which search compares a query's views with too. A pair's distance is the nearer of its two
@@ -56,7 +56,7 @@ from twice.hashing import (
     structure_of,
     view_distances,
 )
-from twice.imageio import ImageError, decode_image, read_file_bytes
+from twice.imageio import DecodedImage, ImageError, decode_image, read_file_bytes
 from twice.indexer import Catalog
 from twice.indexer.batches import iter_batches
 from twice.indexer.catalog import load_stored_hashes, upsert
@@ -200,6 +200,15 @@ class HashScan:
         return out
 
 
+def decode_stored(path: Path, options) -> DecodedImage:
+    """A stored image decoded as search decodes a query (at twice the model's input size), so
+    its hashes compare with a query's."""
+    data = read_file_bytes(path, options.max_image_bytes)
+    return decode_image(
+        data, str(path), options.max_image_bytes, options.max_image_pixels, 2 * options.image_size
+    )
+
+
 class StoredViews:
     """Dihedral hashes and hash structure of stored images, from one decode and one DCT each
     (the decode search gives a query: at twice the model's input size)."""
@@ -213,14 +222,7 @@ class StoredViews:
     def __getitem__(self, i: int) -> dict:
         image_id, path = self.items[i]
         try:
-            data = read_file_bytes(path, self.options.max_image_bytes)
-            decoded = decode_image(
-                data,
-                str(path),
-                self.options.max_image_bytes,
-                self.options.max_image_pixels,
-                2 * self.options.image_size,
-            )
+            decoded = decode_stored(path, self.options)
         except ImageError as exc:
             return {"id": image_id, "error": exc}
         coeffs = dct_coefficients(decoded.image)
