@@ -172,8 +172,7 @@ def add_source_arguments(p) -> None:
 
 def sources_from_args(args: argparse.Namespace, exclude_bench: bool = True) -> Sources:
     """What ``add_source_arguments``' flags (and ``--seed``) ask for."""
-    text = args.sources.strip()
-    names = [] if text.lower() == "none" else [s.strip() for s in text.split(",") if s.strip()]
+    names = list(comma_names(args.sources))
     return Sources(names, list(args.data), args.synthetic, args.max_per_source, args.seed, exclude_bench)
 
 
@@ -203,9 +202,7 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         workers=args.workers,
         init=str(args.init or ""),
         views=args.views,
-        hold_out=()
-        if args.hold_out.strip().lower() == "none"
-        else tuple(f.strip() for f in args.hold_out.split(",") if f.strip()),
+        hold_out=comma_names(args.hold_out),
         combo_p=args.combo_p,
         step_overrides=tuple(args.step),
         sources=sources,
@@ -273,8 +270,8 @@ def format_recall(recall: dict[str, float]) -> str:
     return "recall@1 per transform:\n" + "\n".join(rows)
 
 
-def parse_families(text: str) -> tuple[str, ...]:
-    """``tilt,crop`` as a tuple; ``none`` (or nothing) holds no family out."""
+def comma_names(text: str) -> tuple[str, ...]:
+    """``tilt,crop`` as a tuple of names; ``none`` (or nothing) is none."""
     if text.strip().lower() in ("", "none"):
         return ()
     return tuple(name.strip() for name in text.split(",") if name.strip())
