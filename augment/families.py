@@ -84,7 +84,7 @@ RANGES: dict[str, dict[str, Uniform | Integers | Choice]] = {
         "width": Uniform(0.03, 0.25),
         "fill": Choice(("black", "white", "colour", "blur")),
     },
-    "crop": {"area": Uniform(0.4, 0.95), "aspect": Uniform(0.6, 1.6), "x": Uniform(0, 1), "y": Uniform(0, 1)},
+    "crop": {"area": Uniform(0.3, 0.95), "aspect": Uniform(0.6, 1.6), "x": Uniform(0, 1), "y": Uniform(0, 1)},
     "caption": {"where": Choice(CAPTION_POSITIONS), "seed": SEEDS},
     "sticker": {"count": Integers(1, 3), "seed": SEEDS},
     "stretch": {"axis": Choice(("x", "y")), "factor": Uniform(0.6, 1.6)},
@@ -182,7 +182,7 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("tilt", GEOMETRY, _tilt, "a small rotation, corners black, white, a colour, edge or blur"),
         Family("border", ADDED, _border, "letterbox, pillarbox, a frame or some sides, of a colour or blur"),
-        Family("crop", CROP, _crop, "a box of 40-95% of the area, anywhere, aspect changed 0.6-1.6x"),
+        Family("crop", CROP, _crop, "a box of 30-95% of the area, anywhere, aspect changed 0.6-1.6x"),
         Family("caption", ADDED, _params("caption"), "a line of text on a bar or over the picture"),
         Family("sticker", ADDED, _params("sticker"), "1-3 emoji-like stickers"),
         Family("stretch", GEOMETRY, _stretch, "one axis resized 0.6-1.6x"),
