@@ -3,11 +3,11 @@
     python -m bench.verification [--wrong-pairs 2000] [--detectors sift,orb] [--results-dir DIR]
 
 True copies: skimage samples and synthetic photos (``augment.make_synthetic_image``), each edited
-five ways with parameters drawn from a seed (tilt on black corners, letterbox, crop to 60% off
-centre, a caption bar, mirror + tilt). Wrong pairs: clip art against clip art
-(/usr/share/openclipart/png), the pairs whose perceptual hashes are nearest (different drawings
-that look alike: the hard case). For each detector: how many wrong pairs reach >= N inliers and
-the share of copies that do, per edit, with the time to extract and to verify.
+by every family in ``EDITS`` with parameters drawn from the family's ranges. Wrong pairs: clip
+art against clip art (/usr/share/openclipart/png), the pairs whose perceptual hashes are nearest
+(different drawings that look alike: the hard case). For each detector: how many wrong pairs
+reach >= N inliers and the share of copies that do, per edit, with the time to extract and to
+verify.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from twice.augment import transforms
+from twice.augment.families import draw_combo, draw_edit
 from twice.augment.sources import APT_SOURCES, Candidate, flatten_rgb, skimage_source
 from twice.augment.synthetic import make_synthetic_image
+from twice.augment.transforms import apply_transforms
 from twice.hashing import hamming, phash
 from twice.search.verify import FeatureExtractor, verify
 
@@ -35,49 +36,17 @@ from .sources import MAX_SIDE, NEAR_COPY_CORRELATION, dihedral_signatures, serie
 LOG = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-LEVELS = (4, 5, 6, 8, 10, 12)
+LEVELS = (4, 6, 8, 12, 16, 24, 32)
 
 
-def tilt_black(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    degrees = float(rng.choice([-1, 1]) * rng.uniform(4, 15))
-    return image.rotate(-degrees, resample=Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0))
+# The copies: edit families drawn from their ranges (augment.families), the held-out ones too,
+# and combinations of two or three.
+EDITS = ("tilt", "border", "crop", "caption", "screenshot", "perspective", "sticker", "combo")
 
 
-def letterbox(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    width, height = image.size
-    side = max(width, height)
-    canvas = Image.new("RGB", (side, side), (0, 0, 0))
-    small = image.resize((round(width * 0.9), round(height * 0.9)), Image.Resampling.LANCZOS)
-    canvas.paste(small, ((side - small.width) // 2, (side - small.height) // 2))
-    return canvas.resize((int(rng.integers(256, 512)),) * 2, Image.Resampling.LANCZOS)
-
-
-def crop_off_centre(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    return transforms.crop(image, 0.6, int(rng.integers(0, 2**31 - 1)))
-
-
-def caption(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    width, height = image.size
-    bar = max(16, height // 5)
-    canvas = Image.new("RGB", (width, height + bar), (255, 255, 255))
-    canvas.paste(image, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((8, height + bar // 4), f"caption {int(rng.integers(1000))}: look at this", fill=(0, 0, 0))
-    return canvas
-
-
-def mirror_tilt(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    degrees = float(rng.uniform(3, 10))
-    return transforms.mirror(image).rotate(-degrees, resample=Image.Resampling.BICUBIC, expand=True)
-
-
-EDITS = {
-    "tilt-black": tilt_black,
-    "letterbox": letterbox,
-    "crop-60-off-centre": crop_off_centre,
-    "caption": caption,
-    "mirror+tilt": mirror_tilt,
-}
+def edited_copy(image: Image.Image, edit: str, rng: np.random.Generator) -> Image.Image:
+    specs = draw_combo(rng) if edit == "combo" else draw_edit(edit, rng)
+    return apply_transforms(image, specs)
 
 
 def originals(count: int) -> list[Image.Image]:
@@ -135,7 +104,7 @@ def measure(detector: str, photos, edited, clips, pairs, names) -> dict:
     stored = [extract(im) for im in photos]
     clip_features = [extract.both(im) for im in clips]  # each may be the query: with its mirror
     extract_ms = (time.perf_counter() - started) * 1000 / (len(photos) + 2 * len(clips))
-    true_inliers: dict[str, list[int]] = {}
+    true: dict[str, list[int]] = {}
     verify_ms = []
     for name, queries in edited.items():
         for k, query in enumerate(queries):
@@ -143,12 +112,13 @@ def measure(detector: str, photos, edited, clips, pairs, names) -> dict:
             started = time.perf_counter()
             result = verify(plain, stored[k], mirrored)
             verify_ms.append((time.perf_counter() - started) * 1000)
-            true_inliers.setdefault(name, []).append(result.inliers)
+            true.setdefault(name, []).append(result.inliers)
     wrong = []
     for i, j, _ in pairs:
         plain, mirrored = clip_features[i]
         wrong.append(verify(plain, clip_features[j][0], mirrored).inliers)
     wrong = np.array(wrong)
+    every_copy = [t for v in true.values() for t in v]
     return {
         "detector": detector,
         "extract_ms": round(extract_ms, 1),
@@ -163,25 +133,26 @@ def measure(detector: str, photos, edited, clips, pairs, names) -> dict:
             for k in np.argsort(-wrong).tolist()
             if wrong[k] >= 4
         ],
-        "wrong_other_sets_at_least": {
-            n: int(
-                sum(
-                    w >= n and not same_set(names[i], names[j])
-                    for (i, j, _), w in zip(pairs, wrong, strict=True)
-                )
-            )
+        "levels": [
+            {
+                "inliers": n,
+                "wrong": int((wrong >= n).sum()),
+                "wrong_other_sets": int(
+                    sum(
+                        w >= n and not same_set(names[i], names[j])
+                        for (i, j, _), w in zip(pairs, wrong, strict=True)
+                    )
+                ),
+                "copies": share_reaching(every_copy, n),
+                "per_edit": {name: share_reaching(v, n) for name, v in true.items()},
+            }
             for n in LEVELS
-        },
-        "wrong_at_least": {n: int((wrong >= n).sum()) for n in LEVELS},
-        "true_at_least": {
-            name: {n: round(float(np.mean(np.array(v) >= n)), 3) for n in LEVELS}
-            for name, v in true_inliers.items()
-        },
-        "true_all_at_least": {
-            n: round(float(np.mean(np.concatenate([np.array(v) for v in true_inliers.values()]) >= n)), 3)
-            for n in LEVELS
-        },
+        ],
     }
+
+
+def share_reaching(inliers: list[int], n: int) -> float:
+    return round(float(np.mean(np.array(inliers) >= n)), 3)
 
 
 def main(argv=None) -> int:
@@ -202,7 +173,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rng = np.random.default_rng(args.seed)
     photos = originals(args.originals)
-    edited = {name: [edit(im, rng) for im in photos] for name, edit in EDITS.items()}
+    edited = {name: [edited_copy(im, name, rng) for im in photos] for name in EDITS}
     clips, names = clip_art(args.clip_art, args.seed)
     pairs = nearest_pairs(clips, args.wrong_pairs)
     LOG.info(
@@ -241,13 +212,13 @@ def main(argv=None) -> int:
         header = ["inliers >=", "wrong pairs", "of them across sets", "all copies", *EDITS]
         rows = [
             [
-                n,
-                run["wrong_at_least"][n],
-                run["wrong_other_sets_at_least"][n],
-                run["true_all_at_least"][n],
-                *(run["true_at_least"][e][n] for e in EDITS),
+                level["inliers"],
+                level["wrong"],
+                level["wrong_other_sets"],
+                level["copies"],
+                *(level["per_edit"][e] for e in EDITS),
             ]
-            for n in LEVELS
+            for level in run["levels"]
         ]
         lines += [
             f"## {run['detector']}: extract {run['extract_ms']} ms/image,"

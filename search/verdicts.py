@@ -73,6 +73,12 @@ DEFAULT_LOW_STRUCTURE = 20
 # Verification: inliers that make a duplicate, and how far below `similar` the CNN may then be.
 DEFAULT_VERIFY_INLIERS = 8
 DEFAULT_VERIFY_SLACK = 0.15
+# ... and how much further below for each doubling of the inliers beyond twice that many: more
+# shared geometry needs less agreement in appearance. A crop to a third of the area scores
+# 0.2-0.45 on the CNN while verification finds 25-265 inliers; wrong clip-art pairs (cards of one
+# deck, jigsaw pieces, icons of one set sharing a part) reach 8-27 inliers at any score
+# (docs/verification.md).
+VERIFY_SLACK_PER_DOUBLING = 0.15
 VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no geometric match
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
@@ -301,9 +307,7 @@ class Thresholds:
         if weak_hash:
             hashed = SIMILAR
         verified = (
-            inliers is not None
-            and inliers >= self.verify_inliers
-            and score >= self.similar - self.verify_slack
+            inliers is not None and inliers >= self.verify_inliers and score >= self.verify_floor(inliers)
         )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False
@@ -314,12 +318,22 @@ class Thresholds:
             # hashes sit a few bits apart), with no shared geometry is no duplicate. A photo the
             # CNN also calls a copy keeps it (a heavy blur has no keypoints to match).
             verdict, demoted = SIMILAR, True
+        elif verdict == DUPLICATE and hashed != DUPLICATE and not weak_hash and inliers is not None:
+            # The CNN alone said duplicate (no hash match, not even a weak one) and verification,
+            # with enough detail to match, found too little shared geometry: look-alikes of one
+            # set (the letters S and s, N and Ñ).
+            verdict, demoted = SIMILAR, True
         if exact:
             verdict = DUPLICATE
         clear = cnn == DUPLICATE and score < self.duplicate
         return Judgement(
             verdict, cnn, hashed, exact, clear, weak_hash, verified and not exact, demoted and not exact
         )
+
+    def verify_floor(self, inliers: int) -> float:
+        """The lowest CNN score that ``inliers`` verification inliers make a duplicate."""
+        doublings = max(0.0, np.log2(inliers / (2 * self.verify_inliers)))
+        return self.similar - self.verify_slack - VERIFY_SLACK_PER_DOUBLING * float(doublings)
 
     @staticmethod
     def _no_geometry(verdict: str, inliers: int | None) -> bool:

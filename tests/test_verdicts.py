@@ -44,7 +44,9 @@ def test_the_cnn_and_exact_bytes_still_make_a_low_structure_duplicate():
     ("score", "inliers", "verdict"),
     [
         (0.70, 8, DUPLICATE),  # verified, CNN within the slack below similar (0.75 - 0.15)
-        (0.55, 40, DIFFERENT),  # many inliers but a CNN far below similar: not verified
+        (0.55, 12, DIFFERENT),  # a few inliers and a CNN far below similar: not verified
+        (0.45, 64, DUPLICATE),  # 64 inliers: two doublings past 16 lower the floor to 0.30
+        (0.25, 64, DIFFERENT),  # ... and no further
         (0.80, 7, SIMILAR),  # too few inliers
         (0.80, None, SIMILAR),  # verification did not run
     ],
@@ -64,7 +66,16 @@ def test_no_geometry_demotes_a_low_structure_duplicate_only():
     photo = rule.judge(0.95, 4, structure=40, inliers=0)  # a blurred photo copy: no keypoints, still a copy
     assert (photo.verdict, photo.demoted) == (DUPLICATE, False)
     assert rule.judge(0.95, None, structure=5, inliers=0).verdict == SIMILAR
-    assert rule.judge(0.95, None, structure=5, inliers=3).verdict == DUPLICATE
+
+
+def test_too_little_geometry_vetoes_a_duplicate_of_the_cnn_alone():
+    """The letters S and s: the CNN says duplicate, verification matches a few keypoints only."""
+    rule = Thresholds()
+    letters = rule.judge(0.95, None, structure=40, inliers=4)
+    assert (letters.verdict, letters.demoted, letters.cnn) == (SIMILAR, True, DUPLICATE)
+    assert rule.judge(0.95, None, structure=40).verdict == DUPLICATE  # too little detail to verify
+    assert rule.judge(0.95, 4, structure=40, inliers=4).verdict == DUPLICATE  # the hash backs it
+    assert rule.judge(0.95, None, structure=40, inliers=8).verdict == DUPLICATE  # verified
 
 
 def test_no_geometry_demotes_a_hash_duplicate_the_cnn_disowns():
