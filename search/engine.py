@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,6 +78,7 @@ def default_tta(embedder) -> str:
 DEFAULT_VERIFY_TOP = 5
 MAX_VERIFY_TOP = 20
 FEATURE_CACHE = 512  # stored images' features kept (~25-140 KB each)
+VERIFY_THREADS = 2  # threads finding keypoints for one query's verification
 
 
 @dataclass
@@ -278,16 +280,21 @@ class SearchEngine:
         wanted = [c for c in candidates if not c.exact]
         if not wanted:
             return {}
-        query, mirror = self.features.both(decoded.image, (decoded.width, decoded.height))
+        # OpenCV releases the GIL: the query's keypoints and the stored images' (those not
+        # cached) are found side by side.
+        with ThreadPoolExecutor(VERIFY_THREADS) as pool:
+            both = pool.submit(self.features.both, decoded.image, (decoded.width, decoded.height))
+            stored = list(pool.map(self._cached_features, [c.row for c in wanted]))
+            query, mirror = both.result()
         checked = {}
-        for candidate in wanted:
-            stored = self.stored_features.get(
-                candidate.row.id, lambda row=candidate.row: self._stored_features(row)
-            )
-            if stored is not None:
-                checked[candidate.row.id] = verify(query, stored, mirror)
-                candidate.grey = query.grey and not stored.grey
+        for candidate, features in zip(wanted, stored, strict=True):
+            if features is not None:
+                checked[candidate.row.id] = verify(query, features, mirror)
+                candidate.grey = query.grey and not features.grey
         return checked
+
+    def _cached_features(self, row) -> Features | None:
+        return self.stored_features.get(row.id, lambda: self._stored_features(row))
 
     def _stored_features(self, row) -> Features | None:
         path = Path(self.options.images_dir) / row.stored_path

@@ -25,6 +25,7 @@ from twice.search.verify import (
     FeatureExtractor,
     Geometry,
     distinct,
+    mirrored,
     verify,
 )
 from twice.web import app as api
@@ -129,6 +130,30 @@ def test_unrelated_photos_do_not_verify(photo, extract):
 def test_orb_verifies_too(photo):
     result = check(FeatureExtractor("orb"), photo, tilted(photo, 10))
     assert result.verified and abs(result.geometry.angle - 10) <= ANGLE_TOL
+
+
+def test_mirrored_sift_features_are_those_of_the_mirror_image(photo, extract):
+    """The permuted descriptors agree with SIFT run on the mirror image at the mirrored keypoints
+    (a wrong permutation of the 4x4x8 histogram is as far off as unrelated descriptors)."""
+    import cv2
+
+    plain = extract(photo)
+    derived = mirrored(plain)
+    width = plain.size[0]
+    assert np.allclose(derived.points[:, 0], width - 1 - plain.points[:, 0])
+    grey = cv2.cvtColor(np.asarray(photo.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    keypoints, _ = cv2.SIFT_create(1000).detectAndCompute(grey, None)
+    flipped = [
+        cv2.KeyPoint(width - 1 - k.pt[0], k.pt[1], k.size, (180 - k.angle) % 360, k.response, k.octave)
+        for k in keypoints
+    ]
+    _, computed = cv2.SIFT_create(1000).compute(cv2.flip(grey, 1), flipped)
+    plain_cv = np.clip(cv2.SIFT_create(1000).compute(grey, keypoints)[1], 0, 255).astype(np.uint8)
+    ours = mirrored(replace(plain, descriptors=plain_cv)).descriptors.astype(float)
+    assert np.abs(ours - np.clip(computed, 0, 255)).mean() < 4
+    assert np.abs(plain_cv.astype(float) - np.clip(computed, 0, 255)).mean() > 15
+    with pytest.raises(ValueError, match="orb"):
+        mirrored(FeatureExtractor("orb")(photo))
 
 
 def test_bad_settings_name_the_value():
