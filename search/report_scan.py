@@ -4,7 +4,7 @@ Candidate pairs: a CNN score at or above the duplicate threshold (FAISS, ``searc
 cached in ``search.pair_cache``), a perceptual-hash distance (best over the 8 dihedral views) at
 or below the duplicate hash threshold (``search.report_hashes``), and each image's nearest
 neighbours that local-feature verification could still make duplicates (as many as search
-verifies, ``options.verify_top``, scoring at least ``similar - verify_slack``). Each gets the
+verifies, ``options.verify_top``, scoring at least the lowest ``Thresholds.verify_floor``). Each gets the
 verdict search would give it: ``Thresholds.judge`` with the CNN score, the hash distance, the
 pair's structure (the lower of its two images') and, where verification can change the verdict
 (the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
@@ -235,8 +235,9 @@ def scan_duplicates(
 
 def band_pairs(vectors: VectorIndex, ids: np.ndarray, xb: np.ndarray, thresholds: Thresholds, top: int):
     """(a, b): each image's ``top`` nearest neighbours that verification could make duplicates
-    (score >= ``similar - verify_slack``), as search verifies a query's top candidates."""
-    floor = max(thresholds.similar - thresholds.verify_slack, -1.0 + 1e-6)
+    (score >= the floor of the most inliers, ``Thresholds.verify_floor``), as search verifies a
+    query's top candidates."""
+    floor = max(thresholds.verify_floor(ALWAYS), -1.0 + 1e-6)
     if not len(ids):
         return ids[:0], ids[:0]
     D, I = vectors.search(np.ascontiguousarray(xb, np.float32), min(top + 1, len(vectors)))

@@ -79,6 +79,7 @@ DEFAULT_VERIFY_SLACK = 0.15
 # deck, jigsaw pieces, icons of one set sharing a part) reach 8-27 inliers at any score
 # (docs/verification.md).
 VERIFY_SLACK_PER_DOUBLING = 0.15
+MAX_DOUBLINGS = 3  # 128 inliers and more lower it no further
 VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no geometric match
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
@@ -332,7 +333,7 @@ class Thresholds:
 
     def verify_floor(self, inliers: int) -> float:
         """The lowest CNN score that ``inliers`` verification inliers make a duplicate."""
-        doublings = max(0.0, np.log2(inliers / (2 * self.verify_inliers)))
+        doublings = min(max(0.0, np.log2(inliers / (2 * self.verify_inliers))), MAX_DOUBLINGS)
         return self.similar - self.verify_slack - VERIFY_SLACK_PER_DOUBLING * float(doublings)
 
     @staticmethod
