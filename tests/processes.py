@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from pathlib import Path
 
 
@@ -24,3 +26,14 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+def wait_for_children(process: subprocess.Popen, count: int, seconds: float) -> list[int]:
+    """The pids of ``process``'s children once it has ``count`` of them (fewer if it ends or
+    ``seconds`` pass first)."""
+    children: list[int] = []
+    deadline = time.monotonic() + seconds
+    while len(children) < count and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        children = children_of(process.pid)
+    return children

@@ -683,23 +683,32 @@ def test_new_transforms_refuse_bad_parameters(spec, message):
         parse_transform(spec)
 
 
-def test_twice_augment_stores_black_tilts_and_letterboxes_through_the_cli(options, capsys):
+def add_original(options, image: Image.Image) -> int:
+    """Catalog ``image`` as an original (no model, no vector) and return its id."""
     indexer = Indexer(options, "test-no-model", 4)
     try:
-        parent = indexer.add_bytes(image_bytes(make_image(3, (96, 72))), source="/photos/a.png").row.id
+        return indexer.add_bytes(image_bytes(image), source="/photos/a.png").row.id
     finally:
         indexer.close()
-    specs = "tilt:10:black,pad:1.7778,border:white:0.1:0,cropbox:0.5:1.2:0:1"
-    assert main(["--data-dir", str(options.data_dir), "-q", "augment", "--transforms", specs]) == 0
-    assert "added 4 variants" in capsys.readouterr().out
+
+
+def variants_of(options, parent: int) -> dict[str, ImageRow]:
+    """The catalogued variants of ``parent`` by their transform column."""
     indexer = Indexer(options, "test-no-model", 4)
     try:
         with indexer.catalog.session() as session:
-            rows = {
-                r.transform: r for r in session.scalars(select(ImageRow).where(ImageRow.parent_id == parent))
-            }
+            query = select(ImageRow).where(ImageRow.parent_id == parent)
+            return {row.transform: row for row in session.scalars(query)}
     finally:
         indexer.close()
+
+
+def test_twice_augment_stores_black_tilts_and_letterboxes_through_the_cli(options, capsys):
+    parent = add_original(options, make_image(3, (96, 72)))
+    specs = "tilt:10:black,pad:1.7778,border:white:0.1:0,cropbox:0.5:1.2:0:1"
+    assert main(["--data-dir", str(options.data_dir), "-q", "augment", "--transforms", specs]) == 0
+    assert "added 4 variants" in capsys.readouterr().out
+    rows = variants_of(options, parent)
     assert set(rows) == {"tilt:10:black", "pad:1.7778", "border:white:0.1:0", "cropbox:0.5:1.2:0:1"}
     original = make_image(3, (96, 72))
     for spec, row in rows.items():
@@ -709,25 +718,14 @@ def test_twice_augment_stores_black_tilts_and_letterboxes_through_the_cli(option
 
 
 def test_twice_augment_stores_a_chain_as_one_variant_through_the_cli(options, capsys):
-    indexer = Indexer(options, "test-no-model", 4)
-    try:
-        parent = indexer.add_bytes(image_bytes(make_image(3, (96, 72))), source="/photos/a.png").row.id
-    finally:
-        indexer.close()
+    parent = add_original(options, make_image(3, (96, 72)))
     specs = "tilt:10:black+cropbox:0.6:1:0.5:0.5,rotate+jpeg:30"
     command = ["--data-dir", str(options.data_dir), "-q", "augment", "--transforms", specs]
     assert main(command) == 0
     assert "added 2 variants (1 rotate+jpeg:30, 1 tilt:10:black+cropbox)" in capsys.readouterr().out
     assert main(command) == 0
     assert "added 0 variants, already present 2" in capsys.readouterr().out
-    indexer = Indexer(options, "test-no-model", 4)
-    try:
-        with indexer.catalog.session() as session:
-            rows = {
-                r.transform: r for r in session.scalars(select(ImageRow).where(ImageRow.parent_id == parent))
-            }
-    finally:
-        indexer.close()
+    rows = variants_of(options, parent)
     assert set(rows) == {"tilt:10:black+cropbox", "rotate+jpeg:30"}
     assert rows["rotate+jpeg:30"].source == "/photos/a.png#rotate+jpeg:30"
     original = make_image(3, (96, 72))

@@ -15,7 +15,7 @@ from test_crawler_site import Reply, Site, fast_fetch
 
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
-from processes import alive, children_of
+from processes import alive, wait_for_children
 from twice.crawler import Fetcher, Refused
 from twice.files import OutsideStore
 from twice.indexer import Catalog, ImageRow, Indexer
@@ -171,10 +171,7 @@ def test_decode_workers_die_with_a_killed_reindex(tmp_path):
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 120
-        while len(workers) < 2 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            workers = children_of(process.pid)
+        workers = wait_for_children(process, 2, seconds=120)
         assert len(workers) >= 2, f"no decode workers seen: {process.stderr.read().decode()[-2000:]}"
         time.sleep(0.5)  # let them get busy decoding
         process.send_signal(signal.SIGKILL)

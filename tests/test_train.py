@@ -20,7 +20,7 @@ import torch
 
 from conftest import ROOT, make_options
 from imagegen import make_image, write_images
-from processes import alive, children_of
+from processes import alive, wait_for_children
 from twice.augment.sources import APT_SOURCES
 from twice.cli import main
 from twice.model import Embedder
@@ -133,10 +133,7 @@ def test_sigterm_to_the_process_group_saves_the_state_and_resume_continues(folde
     )
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 180
-        while len(workers) < 2 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-            workers = children_of(process.pid)
+        workers = wait_for_children(process, 2, seconds=180)
         assert len(workers) >= 2, f"no augmentation workers seen: {process.communicate()[1][-2000:]}"
         time.sleep(0.3)  # past the workers' start-up
         os.killpg(process.pid, signal.SIGTERM)
