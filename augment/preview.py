@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .transforms import TransformSpec, apply_transform, parse_transforms
+from .transforms import VariantSpec, parse_transforms
 from .variants import DEFAULT_MAX_SIDE, bound_image
 
 LOG = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ INK = (20, 20, 20)
 
 def contact_sheet(
     image: Image.Image,
-    specs: str | Iterable[str | TransformSpec],
+    specs: str | Iterable[str | VariantSpec],
     cell: int = 200,
     columns: int | None = None,
     label_original: str = "original",
@@ -31,7 +31,7 @@ def contact_sheet(
         raise ValueError(f"cell must be at least 32 pixels, not {cell!r}")
     parsed = parse_transforms(specs)
     image, _ = bound_image(image.convert("RGB"), DEFAULT_MAX_SIDE)
-    tiles = [(label_original, image)] + [(s.canonical, apply_transform(image, s)) for s in parsed]
+    tiles = [(label_original, image)] + [(s.canonical, s.apply(image)) for s in parsed]
     columns = columns or min(len(tiles), 4)
     if columns < 1:
         raise ValueError(f"columns must be at least 1, not {columns!r}")

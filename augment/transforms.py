@@ -2,12 +2,14 @@
 
 A spec string names a transform and, optionally, its parameters: ``rotate``, ``rotate:180``,
 ``bright:60``, ``crop:0.8``, ``crop:0.8:7`` (position from seed 7), ``jpeg:30``,
-``tilt:10:black``, ``border:white:0.1:0`` (a letterbox). Fills and drawings live in
-``fills.py`` and ``drawings.py``; this module owns the registry. The CLI,
+``tilt:10:black``, ``border:white:0.1:0`` (a letterbox). Specs joined by ``+`` are a chain,
+applied in order and stored as one variant: ``tilt:10:black+cropbox:0.6:1:0.5:0.5``. Fills
+and drawings live in ``fills.py`` and ``drawings.py``; this module owns the registry. The CLI,
 the training pipeline and the benchmark all go through ``parse_transform`` and
 ``apply_transform``, so a name means the same pixels everywhere. The canonical spec (trailing
 default parameters dropped, numbers normalised) is what the catalog's ``transform`` column
-stores, so ``rotate:90`` and ``rotate`` are the same variant.
+stores, so ``rotate:90`` and ``rotate`` are the same variant (a chain's is its steps' canonical
+specs joined by ``+``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from .fills import FILLS, HEX_COLOUR, colour_rgb, frame, warp
 LOG = logging.getLogger(__name__)
 
 ORIGINAL_FOUR = ("rotate", "mirror", "bright", "dark")
-# Characters that separate specs (",") and parameters (":") cannot appear in text.
-SEPARATORS = ",:"
+CHAIN = "+"  # joins the steps of one variant
+# Characters that separate specs (","), parameters (":") and chained steps cannot appear in text.
+SEPARATORS = ",:" + CHAIN
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Param:
         if self.kind is str:
             if not text or len(text) > 32 or any(c in SEPARATORS for c in text) or not text.isprintable():
                 raise ValueError(
-                    f"transform {spec!r}: {self.name} must be 1..32 printable characters without , or :"
+                    f"transform {spec!r}: {self.name} must be 1..32 printable characters without , : or +"
                 )
             return text
         try:
@@ -139,11 +142,40 @@ class TransformSpec:
             shown.pop()
         return ":".join([self.name, *(format_number(v) for v in shown)])
 
+    @property
+    def steps(self) -> tuple[TransformSpec, ...]:
+        """The spec as a chain of one step (what ``TransformChain`` holds several of)."""
+        return (self,)
+
     def __str__(self) -> str:
         return self.canonical
 
     def apply(self, image: Image.Image) -> Image.Image:
         return self.transform.fn(image.convert("RGB"), *self.values)
+
+
+@dataclass(frozen=True)
+class TransformChain:
+    """Registry transforms applied in order and stored as one variant, as a copy passed through
+    several hands is: ``tilt:10:black+cropbox:0.6:1:0.5:0.5``."""
+
+    steps: tuple[TransformSpec, ...]
+
+    @property
+    def canonical(self) -> str:
+        """The steps' canonical specs joined by ``+``."""
+        return CHAIN.join(step.canonical for step in self.steps)
+
+    def __str__(self) -> str:
+        return self.canonical
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        for step in self.steps:
+            image = step.apply(image)
+        return image
+
+
+VariantSpec = TransformSpec | TransformChain
 
 
 def format_number(value: object) -> str:
@@ -551,14 +583,37 @@ def parse_transform(spec: str | TransformSpec) -> TransformSpec:
     return TransformSpec(name, tuple(values))
 
 
-def parse_transforms(specs: str | Iterable[str]) -> list[TransformSpec]:
-    """A comma-separated list (or iterable) of specs, canonical duplicates dropped; ``all`` = every one."""
+def parse_variant(spec: str | VariantSpec) -> VariantSpec:
+    """One spec, or a chain of specs joined by ``+`` (one variant, its steps applied in order);
+    ValueError naming the step that is wrong."""
+    if isinstance(spec, TransformSpec | TransformChain):
+        return spec
+    if not isinstance(spec, str) or CHAIN not in spec:
+        return parse_transform(spec)
+    parts = spec.split(CHAIN)
+    steps = [_parse_step(spec, part, number, len(parts)) for number, part in enumerate(parts, 1)]
+    return TransformChain(tuple(steps))
+
+
+def _parse_step(chain: str, part: str, number: int, count: int) -> TransformSpec:
+    where = f"transform chain {chain!r}, step {number} of {count}"
+    if not part.strip():
+        raise ValueError(f"{where} is empty")
+    try:
+        return parse_transform(part)
+    except ValueError as exc:
+        raise ValueError(f"{where} ({part.strip()!r}): {exc}") from None
+
+
+def parse_transforms(specs: str | Iterable[str | VariantSpec]) -> list[VariantSpec]:
+    """A comma-separated list (or iterable) of specs and ``+`` chains, canonical duplicates
+    dropped; ``all`` = every registered transform."""
     items = specs.split(",") if isinstance(specs, str) else list(specs)
-    parsed: dict[str, TransformSpec] = {}
+    parsed: dict[str, VariantSpec] = {}
     for item in items:
         if not str(item).strip():
             continue
-        for spec in all_transforms() if str(item).strip().lower() == "all" else [parse_transform(item)]:
+        for spec in all_transforms() if str(item).strip().lower() == "all" else [parse_variant(item)]:
             parsed.setdefault(spec.canonical, spec)
     if not parsed:
         raise ValueError(f"no transforms given; valid transforms: {valid_transforms()}")
@@ -570,9 +625,9 @@ def all_transforms() -> list[TransformSpec]:
     return [parse_transform(name) for name in TRANSFORMS]
 
 
-def apply_transform(image: Image.Image, spec: str | TransformSpec) -> Image.Image:
-    """The RGB image that ``spec`` makes of ``image`` (the input is left untouched)."""
-    return parse_transform(spec).apply(image)
+def apply_transform(image: Image.Image, spec: str | VariantSpec) -> Image.Image:
+    """The RGB image that ``spec`` (or a ``+`` chain) makes of ``image`` (the input is left untouched)."""
+    return parse_variant(spec).apply(image)
 
 
 def apply_transforms(image: Image.Image, specs: Iterable[str | TransformSpec]) -> Image.Image:

@@ -1,8 +1,9 @@
 """Writing variants of catalogued originals: the library side of ``twice augment``.
 
 Every original (a row with neither parent nor transform) gets one variant row per transform
-spec, written through ``Indexer.add_bytes`` with ``parent_id`` and the canonical ``transform``
-so that the catalog records the link. Variant rows have no vector until ``twice reindex``.
+spec (or ``+`` chain of specs), written through ``Indexer.add_bytes`` with ``parent_id`` and
+the canonical ``transform`` so that the catalog records the link. Variant rows have no vector
+until ``twice reindex``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from twice.imageio import ImageError, read_file_bytes
 from twice.indexer import ImageRow, Indexer
 
-from .transforms import ORIGINAL_FOUR, TransformSpec, encode_jpeg, parse_transforms
+from .transforms import ORIGINAL_FOUR, VariantSpec, encode_jpeg, parse_transforms
 
 LOG = logging.getLogger(__name__)
 
@@ -80,17 +81,20 @@ class AugmentSummary:
         return lines
 
 
-def variant_bytes(image: Image.Image, spec: TransformSpec) -> bytes:
+def variant_bytes(image: Image.Image, spec: VariantSpec) -> bytes:
     """The bytes to store for ``spec`` of ``image``: the JPEG itself for ``jpeg:q`` (its
     artefacts are the point), lossless PNG otherwise so the stored pixels are exactly the
-    transform's output."""
-    if spec.name == "jpeg":
-        return encode_jpeg(image, spec.values[0])
-    image = spec.apply(image)
+    transform's output. A chain is stored as its last step stores what the others made."""
+    *head, last = spec.steps
+    for step in head:
+        image = step.apply(image)
+    if last.name == "jpeg":
+        return encode_jpeg(image, last.values[0])
+    image = last.apply(image)
     buffer = io.BytesIO()
     # Grey variants as 1-channel PNG: a third of the size, decoded back to the same RGB.
     # Level 1 encodes twice as fast as the default 6 for about 7% more bytes.
-    (image.convert("L") if spec.name == "gray" else image).save(buffer, format="PNG", compress_level=1)
+    (image.convert("L") if last.name == "gray" else image).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
@@ -126,7 +130,7 @@ def existing_variants(indexer: Indexer) -> dict[int, set[str]]:
 
 def augment_catalog(
     indexer: Indexer,
-    specs: str | Iterable[str | TransformSpec] = ORIGINAL_FOUR,
+    specs: str | Iterable[str | VariantSpec] = ORIGINAL_FOUR,
     *,
     only_new: bool = False,
     ids: Iterable[int] | None = None,
@@ -167,7 +171,7 @@ def augment_catalog(
 def _augment_one(
     indexer: Indexer,
     row: ImageRow,
-    todo: list[TransformSpec],
+    todo: list[VariantSpec],
     max_side: int,
     summary: AugmentSummary,
     pool: ThreadPoolExecutor,
@@ -193,7 +197,7 @@ def _load_original(indexer: Indexer, row: ImageRow) -> Image.Image:
 
 
 def _add_variant(
-    indexer: Indexer, row: ImageRow, data: bytes, spec: TransformSpec, meta, summary: AugmentSummary
+    indexer: Indexer, row: ImageRow, data: bytes, spec: VariantSpec, meta, summary: AugmentSummary
 ) -> None:
     canonical = spec.canonical
     try:

@@ -12,12 +12,15 @@ A run lives in one folder (``<data_dir>/models/train/`` by default):
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import math
+import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from twice.augment import HELD_OUT_FAMILIES, FamilyAugment, RandomAugment, apply_transform, with_overrides
+from twice.indexer.batches import die_with_parent
 
 from .embedder import Embedder, cpu_has_fast_bf16, pick_device
 from .losses import LOSSES, make_loss
@@ -46,6 +50,7 @@ from .weights import WeightsInfo, load_checkpoint, save_checkpoint, seeded_netwo
 LOG = logging.getLogger(__name__)
 
 STATE_FORMAT = "twice-train-state"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # save and stop; only the main process handles them
 VIEWS = ("families", "steps")
 D4_EXACT = ("rotate", "mirror")  # families a d4-pooled model matches exactly, whatever it learns
 # Validation queries: the original system's four, the other quarter turns and flips, and the
@@ -353,7 +358,7 @@ class Trainer:
         """Train to the end, to a stop signal, or to the end of epoch ``stop_after`` (when > 0) of
         the schedule; returns ``"finished"``, ``"interrupted"`` or ``"paused"``. A paused run is
         saved exactly as an uninterrupted one at that epoch, so ``--resume`` finishes it."""
-        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, self.request_stop) for s in STOP_SIGNALS}
         try:
             return self._run(progress, on_step, stop_after)
         finally:
@@ -380,10 +385,12 @@ class Trainer:
             self.dataset,
             batch_sampler=batches[done : self.steps_per_epoch],
             num_workers=self.config.workers,
-            worker_init_fn=_worker_init if self.config.workers else None,
+            worker_init_fn=functools.partial(_worker_init, os.getpid()) if self.config.workers else None,
         )
+        with _stop_signals_blocked():  # the workers are forked here and start with them blocked
+            pairs = iter(loader)
         started, seen = time.perf_counter(), 0
-        for anchors, positives in loader:
+        for anchors, positives in pairs:
             loss = self.train_step(anchors, positives)
             seen += 2 * len(anchors)
             rate = seen / (time.perf_counter() - started)
@@ -423,7 +430,32 @@ class Trainer:
         write_history(self.history, self.config.out_dir)
 
 
-def _worker_init(_worker_id: int) -> None:
+@contextlib.contextmanager
+def _stop_signals_blocked() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (delivered on exit) while workers fork: they inherit the mask,
+    so none can be stopped before ``_worker_init`` has made it ignore them."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on Windows
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _worker_init(parent: int, _worker_id: int) -> None:
+    """An augmentation worker ignores the stop signals and dies with ``parent``.
+
+    A SIGTERM to the process group (a session's end, ``kill -- -PGID``, systemd) or a Ctrl-C
+    reaches the workers too; were they to die of it, the main process would fail on the lost
+    worker instead of saving last.pt. The main process stops them itself once it has saved.
+    """
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    die_with_parent(parent)
     torch.set_num_threads(1)  # augmentation workers must not fight the network for cores
 
 

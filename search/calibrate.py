@@ -652,8 +652,10 @@ class _PairCollector:
 
 
 def transform_name(spec: str | None) -> str:
-    """``bright:60`` -> ``bright``; variants of variants keep their last step."""
-    return (spec or "unknown").split(",")[-1].split(":")[0]
+    """``bright:60`` -> ``bright``, a chain ``tilt:10:black+jpeg:30`` -> ``tilt+jpeg``; variants of
+    variants keep their last step."""
+    last = (spec or "unknown").split(",")[-1]
+    return "+".join(step.split(":")[0] for step in last.split("+"))
 
 
 def recall_by_transform(pairs: Pairs, point: OperatingPoint) -> dict[str, float]:

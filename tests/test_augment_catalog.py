@@ -197,7 +197,9 @@ def test_preview_writes_a_labelled_contact_sheet(options, tmp_path, capsys):
         assert sheet.format == "PNG"
         full = sheet.size
     assert (
-        run_augment(options, "--preview", str(source), "--transforms", "rotate,mirror", "-o", str(sheet_path))
+        run_augment(
+            options, "--preview", str(source), "--transforms", "rotate,rotate+mirror", "-o", str(sheet_path)
+        )
         == 0
     )
     with Image.open(sheet_path) as sheet:

@@ -19,10 +19,11 @@ from twice.augment import (
     drawings,
     parse_transform,
     parse_transforms,
+    parse_variant,
 )
 from twice.augment.drawings import FONT_FILE, font_file
 from twice.augment.fills import backdrop
-from twice.augment.transforms import encode_jpeg
+from twice.augment.transforms import TransformChain, TransformSpec, encode_jpeg
 from twice.cli import main
 from twice.imageio import decode_image
 from twice.indexer import ImageRow, Indexer
@@ -216,6 +217,78 @@ def test_apply_transforms_composes_in_order():
     )
 
 
+# chains: several transforms, one variant ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        # rotate: [[4, 1], [5, 2], [6, 3]], then each row reversed
+        ("rotate+mirror", [[1, 4], [2, 5], [3, 6]]),
+        # mirror: [[3, 2, 1], [6, 5, 4]], then its left column read bottom-up is the top row
+        ("mirror+rotate", [[6, 3], [5, 2], [4, 1]]),
+    ],
+)
+def test_a_chain_applies_its_steps_in_order(spec, expected):
+    np.testing.assert_array_equal(
+        pixels(apply_transform(grid_image(GRID), spec)), pixels(grid_image(expected))
+    )
+
+
+def test_border_then_cropbox_cuts_the_hand_computed_box_of_the_framed_picture():
+    image = numbered_image(100, 80)
+    # 10% black margins: 10 px left and right, 8 px top and bottom, 120x96; then a quarter of
+    # the area (half of each side) at the top left: 60x48, the picture from (10, 8) on.
+    expected = np.zeros((48, 60, 3), dtype=np.uint8)
+    expected[8:, 10:] = pixels(image)[:40, :50]
+    np.testing.assert_array_equal(
+        pixels(apply_transform(image, "border:black:0.1+cropbox:0.25:1:0:0")), expected
+    )
+    # The other order frames the 50x40 corner: 5 px left and right, 4 px top and bottom.
+    expected = np.zeros((48, 60, 3), dtype=np.uint8)
+    expected[4:44, 5:55] = pixels(image)[:40, :50]
+    np.testing.assert_array_equal(
+        pixels(apply_transform(image, "cropbox:0.25:1:0:0+border:black:0.1")), expected
+    )
+
+
+def test_a_chain_is_canonical_step_by_step_and_one_step_is_a_plain_spec():
+    chain = parse_variant(" TILT:10:black + cropbox:0.60:1:0.5:0.5 ")
+    assert isinstance(chain, TransformChain) and chain.canonical == "tilt:10:black+cropbox" == str(chain)
+    assert chain.steps == (parse_transform("tilt:10:black"), parse_transform("cropbox"))
+    assert parse_variant(chain.canonical) == chain
+    assert (
+        isinstance(parse_variant("rotate:90"), TransformSpec)
+        and parse_variant("rotate:90").canonical == "rotate"
+    )
+    assert [s.canonical for s in parse_transforms("rotate+mirror,ROTATE:90+mirror,mirror+rotate,all")][
+        :3
+    ] == [
+        "rotate+mirror",
+        "mirror+rotate",
+        "rotate",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            "tilt:10:black+cropbox:2",
+            r"transform chain 'tilt:10:black\+cropbox:2', step 2 of 2 \('cropbox:2'\):"
+            r" transform 'cropbox:2': area must be in 0\.01\.\.1, not '2'",
+        ),
+        ("rotate+spin+mirror", r"step 2 of 3 \('spin'\): unknown transform 'spin'; valid transforms: rotate"),
+        ("rotate++mirror", r"transform chain 'rotate\+\+mirror', step 2 of 3 is empty"),
+        ("+rotate", r"step 1 of 2 is empty"),
+        ("all+rotate", r"step 1 of 2 \('all'\): unknown transform 'all'"),
+    ],
+)
+def test_a_bad_chain_is_refused_naming_the_bad_step(spec, message):
+    with pytest.raises(ValueError, match=message):
+        parse_transforms(f"mirror,{spec}")
+
+
 # spec strings -----------------------------------------------------------------------------------
 
 
@@ -290,7 +363,7 @@ def test_unknown_transform_is_refused_with_the_valid_list():
         ("blur:inf", r"sigma must be finite"),
         ("mirror:2", r"'mirror:2' takes at most 0 parameter\(s\): mirror"),
         ("crop:0.5:1:2", r"takes at most 2 parameter\(s\): crop\[:FRACTION\[:SEED\]\]"),
-        ("overlay:" + "x" * 33, r"text must be 1\.\.32 printable characters"),
+        ("overlay:" + "x" * 33, r"text must be 1\.\.32 printable characters without , : or \+"),
     ],
 )
 def test_bad_parameters_are_refused_naming_the_spec_and_range(spec, message):
@@ -610,26 +683,55 @@ def test_new_transforms_refuse_bad_parameters(spec, message):
         parse_transform(spec)
 
 
-def test_twice_augment_stores_black_tilts_and_letterboxes_through_the_cli(options, capsys):
+def add_original(options, image: Image.Image) -> int:
+    """Catalog ``image`` as an original (no model, no vector) and return its id."""
     indexer = Indexer(options, "test-no-model", 4)
     try:
-        parent = indexer.add_bytes(image_bytes(make_image(3, (96, 72))), source="/photos/a.png").row.id
+        return indexer.add_bytes(image_bytes(image), source="/photos/a.png").row.id
     finally:
         indexer.close()
-    specs = "tilt:10:black,pad:1.7778,border:white:0.1:0,cropbox:0.5:1.2:0:1"
-    assert main(["--data-dir", str(options.data_dir), "-q", "augment", "--transforms", specs]) == 0
-    assert "added 4 variants" in capsys.readouterr().out
+
+
+def variants_of(options, parent: int) -> dict[str, ImageRow]:
+    """The catalogued variants of ``parent`` by their transform column."""
     indexer = Indexer(options, "test-no-model", 4)
     try:
         with indexer.catalog.session() as session:
-            rows = {
-                r.transform: r for r in session.scalars(select(ImageRow).where(ImageRow.parent_id == parent))
-            }
+            query = select(ImageRow).where(ImageRow.parent_id == parent)
+            return {row.transform: row for row in session.scalars(query)}
     finally:
         indexer.close()
+
+
+def test_twice_augment_stores_black_tilts_and_letterboxes_through_the_cli(options, capsys):
+    parent = add_original(options, make_image(3, (96, 72)))
+    specs = "tilt:10:black,pad:1.7778,border:white:0.1:0,cropbox:0.5:1.2:0:1"
+    assert main(["--data-dir", str(options.data_dir), "-q", "augment", "--transforms", specs]) == 0
+    assert "added 4 variants" in capsys.readouterr().out
+    rows = variants_of(options, parent)
     assert set(rows) == {"tilt:10:black", "pad:1.7778", "border:white:0.1:0", "cropbox:0.5:1.2:0:1"}
     original = make_image(3, (96, 72))
     for spec, row in rows.items():
         stored = decode_image((options.images_dir / row.stored_path).read_bytes()).image
         np.testing.assert_array_equal(pixels(stored.convert("RGB")), pixels(apply_transform(original, spec)))
     assert (rows["pad:1.7778"].width, rows["pad:1.7778"].height) == (128, 72)  # 96x72 pillarboxed to 16:9
+
+
+def test_twice_augment_stores_a_chain_as_one_variant_through_the_cli(options, capsys):
+    parent = add_original(options, make_image(3, (96, 72)))
+    specs = "tilt:10:black+cropbox:0.6:1:0.5:0.5,rotate+jpeg:30"
+    command = ["--data-dir", str(options.data_dir), "-q", "augment", "--transforms", specs]
+    assert main(command) == 0
+    assert "added 2 variants (1 rotate+jpeg:30, 1 tilt:10:black+cropbox)" in capsys.readouterr().out
+    assert main(command) == 0
+    assert "added 0 variants, already present 2" in capsys.readouterr().out
+    rows = variants_of(options, parent)
+    assert set(rows) == {"tilt:10:black+cropbox", "rotate+jpeg:30"}
+    assert rows["rotate+jpeg:30"].source == "/photos/a.png#rotate+jpeg:30"
+    original = make_image(3, (96, 72))
+    tilted = (options.images_dir / rows["tilt:10:black+cropbox"].stored_path).read_bytes()
+    expected = apply_transform(apply_transform(original, "tilt:10:black"), "cropbox")
+    np.testing.assert_array_equal(pixels(decode_image(tilted).image.convert("RGB")), pixels(expected))
+    # A chain ending in jpeg stores the JPEG itself, of the picture the other steps made.
+    stored = (options.images_dir / rows["rotate+jpeg:30"].stored_path).read_bytes()
+    assert stored == encode_jpeg(apply_transform(original, "rotate"), 30)

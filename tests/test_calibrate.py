@@ -364,6 +364,11 @@ def test_positive_distances_see_the_originals_bright_view(tmp_path, options, emb
     assert len(bright) == 4 and max(bright) <= 2
 
 
+def test_transform_name_names_a_chain_by_its_steps():
+    assert transform_name("bright:60") == "bright" and transform_name(None) == "unknown"
+    assert transform_name("tilt:10:black+cropbox:0.5") == "tilt+cropbox"
+
+
 # the clear-match rule -------------------------------------------------------------------------
 
 

@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from test_crawler_site import Reply, Site, fast_fetch
 
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
+from processes import alive, wait_for_children
 from twice.crawler import Fetcher, Refused
 from twice.files import OutsideStore
 from twice.indexer import Catalog, ImageRow, Indexer
@@ -162,27 +162,6 @@ def test_store_path_refuses_absolute_and_parent_paths(tmp_path):
 # 7. workers die with a killed reindex --------------------------------------------------------
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent's wait is missing
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux")
 def test_decode_workers_die_with_a_killed_reindex(tmp_path):
     write_images(tmp_path / "images", 400)
@@ -192,10 +171,7 @@ def test_decode_workers_die_with_a_killed_reindex(tmp_path):
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     workers: list[int] = []
     try:
-        deadline = time.monotonic() + 120
-        while len(workers) < 2 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            workers = children_of(process.pid)
+        workers = wait_for_children(process, 2, seconds=120)
         assert len(workers) >= 2, f"no decode workers seen: {process.stderr.read().decode()[-2000:]}"
         time.sleep(0.5)  # let them get busy decoding
         process.send_signal(signal.SIGKILL)

@@ -9,14 +9,18 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import make_options
+from conftest import ROOT, make_options
 from imagegen import make_image, write_images
+from processes import alive, wait_for_children
 from twice.augment.sources import APT_SOURCES
 from twice.cli import main
 from twice.model import Embedder
@@ -113,6 +117,45 @@ def test_stop_after_then_resume_through_the_cli_equals_an_uninterrupted_run(unin
     state_b = torch.load(out_b / "last.pt", map_location="cpu", weights_only=False)
     for name, tensor in state_a["model"].items():
         assert torch.equal(tensor, state_b["model"][name]), name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; PR_SET_PDEATHSIG is Linux")
+def test_sigterm_to_the_process_group_saves_the_state_and_resume_continues(folder, tmp_path):
+    """As a session end, `kill -- -PGID` or systemd stop it: the augmentation workers get the
+    SIGTERM too, and must leave stopping to the main process, which saves last.pt."""
+    out, data_dir = tmp_path / "run", tmp_path / "data"
+    args = tiny_args(folder, out)
+    args[args.index("--epochs") + 1] = "50"  # far more than the test lets it run
+    command = [sys.executable, "-m", "twice", "-q", "--data-dir", str(data_dir), *args, "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    workers: list[int] = []
+    try:
+        workers = wait_for_children(process, 2, seconds=180)
+        assert len(workers) >= 2, f"no augmentation workers seen: {process.communicate()[1][-2000:]}"
+        time.sleep(0.3)  # past the workers' start-up
+        os.killpg(process.pid, signal.SIGTERM)
+        printed, errors = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == 130, errors[-2000:]
+    assert "interrupted at step" in printed and "--resume" in printed, printed
+    assert not [pid for pid in workers if alive(pid)], "workers outlived the run"
+    saved = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    steps_per_epoch, total = 2, 100  # --steps-per-epoch 2, --epochs 50
+    assert 1 <= saved["step"] < total
+    stop_after = saved["step"] // steps_per_epoch + 1  # the end of the epoch it was stopped in
+    with contextlib.redirect_stdout(io.StringIO()) as resumed:
+        code = main(["-q", "--data-dir", str(data_dir), "train", "--resume", "--out", str(out),
+                     "--device", "cpu", "--stop-after", str(stop_after)])  # fmt: skip
+    assert code == 0, resumed.getvalue()
+    continued = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert continued["step"] == stop_after * steps_per_epoch
+    assert [row[0] for row in continued["history"]["steps"]] == list(range(1, continued["step"] + 1))
 
 
 def test_exported_checkpoint_loads_in_the_embedder(uninterrupted, tmp_path):

@@ -31,13 +31,15 @@ def register(subparsers) -> None:
         " catalog row linked to it (parent id, transform spec). Idempotent: pairs already in the"
         " catalog are skipped. Variants are embedded by the next `twice reindex`. With --preview,"
         " nothing is stored: a labelled contact sheet of one image and its variants is written.",
-        epilog=f"transforms (spec = name[:param[:param]], comma-separated, or 'all'):\n{names}",
+        epilog="transforms (spec = name[:param[:param]], comma-separated, or 'all'; specs joined by +\n"
+        "are one variant, their steps applied in order, e.g. tilt:10:black+cropbox:0.6:1:0.5:0.5):\n" + names,
         formatter_class=PreformattedEpilog,
     )
     p.add_argument(
         "--transforms",
-        help=f"comma-separated specs, e.g. rotate,rotate:180,jpeg:30 (default {','.join(ORIGINAL_FOUR)};"
-        " with --preview: all)",
+        help="comma-separated specs, e.g. rotate,rotate:180,jpeg:30; specs joined by + store several"
+        " edits, applied in order, as one variant, e.g. tilt:10:black+jpeg:30"
+        f" (default {','.join(ORIGINAL_FOUR)}; with --preview: all)",
     )
     p.add_argument("--only-new", action="store_true", help="skip originals that already have any variant")
     p.add_argument(

@@ -20,7 +20,8 @@ EPILOG = """examples:
   twice train --resume                         # continue the run in <data_dir>/models/train/
   twice --checkpoint index_data/models/train/model.pt train --evaluate
                                                # recall@1 per transform on the held-out split
-Ctrl-C (or SIGTERM) saves the state after the current step; --resume continues exactly."""
+Ctrl-C (or SIGTERM, to the process or its whole group) saves the state after the current step;
+--resume continues exactly."""
 
 
 def register(subparsers) -> None:
