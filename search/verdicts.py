@@ -30,16 +30,19 @@ Two more signals can change a verdict:
   textures and low-contrast scans: moon, page, text, ...) and 5% of synthetic scenes fall under
   it; 29% of all drawings do. Copies of those images keep their CNN verdict.
 - Local-feature verification (``inliers``: RANSAC inliers of a fitted geometric transform, None
-  when it did not run). A verified match (``inliers >= verify_inliers``) with a CNN score at
-  least ``similar - verify_slack`` is a duplicate: no wrong pair of ~2,000 had more than 4
-  inliers in the issue's trial, while 62-88% of true copies (tilts, crops, captions) had 8 or
-  more. A hash or CNN duplicate that verification ran on and found at most
-  ``VERIFY_REJECT_INLIERS`` inliers is demoted to similar when its image has low structure
-  (geometry is the only signal there that tells drawings apart) or when only the hash said
-  duplicate and the CNN says different (different drawings whose hashes sit a few bits apart:
-  the report's look-alike clip art); a photograph the CNN also calls a copy keeps its verdict
-  with few inliers (a heavy blur leaves no keypoints but is still a copy). The same bytes are
-  always a duplicate.
+  when it did not run or the images had too little detail to match). A verified match
+  (``inliers >= verify_inliers``) with a CNN score at least ``verify_floor(inliers)`` is a
+  duplicate: the floor is ``similar - verify_slack`` up to twice ``verify_inliers``, then
+  ``VERIFY_SLACK_PER_DOUBLING`` lower per doubling of the inliers (at most ``MAX_DOUBLINGS``):
+  crops that the CNN scores low keep hundreds of inliers, while wrong pairs that share a drawn
+  part (cards of one deck) reach 8-27. A hash or CNN duplicate that verification ran on and
+  found at most ``VERIFY_REJECT_INLIERS`` inliers is demoted to similar when its image has low
+  structure (geometry is the only signal there that tells drawings apart) or when only the hash
+  said duplicate and the CNN says different (different drawings whose hashes sit a few bits
+  apart: the report's look-alike clip art). A duplicate of the CNN alone (no hash match at all)
+  with fewer than ``verify_inliers`` inliers is demoted as well: look-alikes of one set (the
+  letters S and s of a stamp set at 0.90). A copy too blurred to have keypoints is not verified
+  at all (None) and keeps its verdict. The same bytes are always a duplicate.
 """
 
 from __future__ import annotations
@@ -188,7 +191,7 @@ class Judgement:
     clear: bool = False  # the CNN's duplicate came from the clear-match rule, not its score alone
     weak_hash: bool = False  # a hash duplicate on a low-structure image, counted as similar only
     verified: bool = False  # local-feature verification made the duplicate
-    demoted: bool = False  # a duplicate verification found no geometry for (low structure, or hash alone)
+    demoted: bool = False  # a duplicate verification found (too) little geometry for
 
     @property
     def signals(self) -> list[str]:
