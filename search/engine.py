@@ -254,7 +254,10 @@ class SearchEngine:
         score, view = candidate.scored if candidate.scored is not None else (-1.0, 0)
         distance = _distance(candidate.match)
         inliers = None if checked is None else checked.evidence
-        judgement = thresholds.judge(score, distance, candidate.exact, candidate.margin, structure, inliers)
+        reframed = checked is None or checked.reframed
+        judgement = thresholds.judge(
+            score, distance, candidate.exact, candidate.margin, structure, inliers, reframed
+        )
         weight = thresholds.weights.weight(
             None if candidate.scored is None else score, distance, candidate.gap
         )

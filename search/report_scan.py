@@ -101,7 +101,10 @@ class DuplicateScan:
         if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
             checked = self.verifier(original, member)
         inliers = None if checked is None else checked.evidence
-        judgement = self.thresholds.judge(score, distance, structure=structure, inliers=inliers)
+        reframed = checked is None or checked.reframed
+        judgement = self.thresholds.judge(
+            score, distance, structure=structure, inliers=inliers, reframed=reframed
+        )
         hashed = None
         if found is not None:
             match, side = found
@@ -272,7 +275,8 @@ def judge_pairs(
     for i, verification in checked.items():
         score, distance, structure = pair_signals(pairs, i)
         inliers = None if verification is None else verification.evidence
-        judgement = thresholds.judge(score, distance, structure=structure, inliers=inliers)
+        reframed = verification is None or verification.reframed
+        judgement = thresholds.judge(score, distance, structure=structure, inliers=inliers, reframed=reframed)
         pairs.inliers[i] = NOT_RUN if inliers is None else inliers
         pairs.verified[i] = judgement.verified
         pairs.duplicate[i] = judgement.verdict == DUPLICATE

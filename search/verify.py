@@ -94,6 +94,15 @@ class Verification:
         return self.geometry is not None
 
     @property
+    def reframed(self) -> bool:
+        """Whether the fit moved the picture: a crop, added borders or a tilt off the quarter turns."""
+        g = self.geometry
+        if g is None:
+            return False
+        off_axis = abs((g.angle + 45.0) % 90.0 - 45.0) >= ANGLE_DEGREES
+        return g.crop is not None or g.borders is not None or off_axis
+
+    @property
     def evidence(self) -> int | None:
         """The inlier count a verdict may weigh; None when the images had too little detail."""
         return self.inliers if self.conclusive else None

@@ -68,6 +68,15 @@ def test_no_geometry_demotes_a_low_structure_duplicate_only():
     assert rule.judge(0.95, None, structure=5, inliers=0).verdict == SIMILAR
 
 
+def test_a_fit_in_place_needs_three_times_the_inliers():
+    """Cards of one deck fit in place (no crop, border or tilt) with 8-22 inliers; a copy edited
+    in place scores high on the CNN already, so the fit must be stronger to count."""
+    rule = Thresholds()
+    assert rule.judge(0.65, inliers=20, reframed=True).verdict == DUPLICATE
+    assert rule.judge(0.65, inliers=20, reframed=False).verdict == DIFFERENT
+    assert rule.judge(0.65, inliers=24, reframed=False).verdict == DUPLICATE
+
+
 def test_too_little_geometry_vetoes_a_duplicate_of_the_cnn_alone():
     """The letters S and s: the CNN says duplicate, verification matches a few keypoints only."""
     rule = Thresholds()

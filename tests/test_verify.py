@@ -132,6 +132,21 @@ def test_orb_verifies_too(photo):
     assert result.verified and abs(result.geometry.angle - 10) <= ANGLE_TOL
 
 
+@pytest.mark.parametrize(
+    ("edit", "reframed"),
+    [
+        (lambda im: tilted(im, 8), True),
+        (lambda im: im.crop((40, 30, 280, 300)), True),
+        (lambda im: im.point(lambda v: min(255, v + 40)), False),  # brighter, in place
+        (lambda im: im.transpose(Image.Transpose.ROTATE_90), False),  # a quarter turn moves nothing
+    ],
+    ids=["tilt", "crop", "brighter", "quarter-turn"],
+)
+def test_a_fit_says_whether_it_moved_the_picture(photo, extract, edit, reframed):
+    result = check(extract, photo, edit(photo))
+    assert result.verified and result.reframed is reframed
+
+
 def test_mirrored_sift_features_are_those_of_the_mirror_image(photo, extract):
     """The permuted descriptors agree with SIFT run on the mirror image at the mirrored keypoints
     (a wrong permutation of the 4x4x8 histogram is as far off as unrelated descriptors)."""
