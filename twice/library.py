@@ -41,6 +41,7 @@ from twice.indexer import (
     reindex,
 )
 from twice.indexer.store import FileStamp
+from twice.model.deferred import deferred_embedder
 from twice.options import Options
 from twice.search import SearchEngine, build_report
 from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
@@ -252,7 +253,9 @@ class Library:
         """Index image files and folders (new sha256s only) and embed anything pending: what
         ``twice reindex`` does. Searches after it see the new images."""
         paths = [Path(p).expanduser() for p in paths]
-        summary = reindex(paths, self.options, self.embedder, progress)
+        # A re-run with nothing to embed needs only the model's version: no network is built.
+        embedder = self._embedder or deferred_embedder(self.options, lambda: self.embedder)
+        summary = reindex(paths, self.options, embedder, progress)
         if self._opened:
             self.refresh()
         return summary
