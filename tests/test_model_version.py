@@ -1,14 +1,17 @@
-"""The model version read from a checkpoint's header equals the built model's, and a reindex
-with nothing to embed never builds the network."""
+"""The model version read from a checkpoint's header equals the built model's, a reindex with
+nothing to embed never builds the network, and an upload is decoded as reindex decodes."""
 
 from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import torch
 
-from imagegen import write_images
-from twice.indexer import reindex
+from imagegen import image_bytes, make_image, write_images
+from twice.hashing import row_hashes
+from twice.indexer import Catalog, VectorIndex, reindex
+from twice.library import Library
 from twice.model import Embedder, save_checkpoint
 from twice.model.deferred import DeferredEmbedder, deferred_embedder
 from twice.model.version import SHIPPED_CHECKPOINT, model_facts, read_checkpoint_header
@@ -59,3 +62,22 @@ def test_a_rerun_with_nothing_to_embed_does_not_build_the_network(tmp_path, opti
     again = reindex([tmp_path / "in"], options, DeferredEmbedder(model_facts(options), build), progress=False)
     assert (again.unchanged, again.added, again.vectors, len(builds)) == (5, 0, 5, 1)
     assert again.model_version == first.model_version
+
+
+def test_an_uploaded_jpeg_is_decoded_hashed_and_embedded_as_reindex_does(tmp_path, options, embedder):
+    # A JPEG large enough to be decoded at reduced size (draft): upload and reindex must agree.
+    data = image_bytes(make_image(7, (640, 480)), "JPEG", quality=90)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(data)
+    with Library(options, embedder) as library:
+        library.add_image(data, "upload.jpg")
+    indexed = options.with_overrides(data_dir=tmp_path / "indexed")
+    reindex([tmp_path / "in"], indexed, embedder, progress=False)
+    rows, vectors = [], []
+    for opts in (options, indexed):
+        catalog = Catalog(opts.catalog_url)
+        rows.append(row_hashes(catalog.get_many([1])[1]))
+        catalog.close()
+        vectors.append(VectorIndex.load(opts.index_path).vectors()[1][0])
+    assert rows[0] == rows[1]
+    np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-5)

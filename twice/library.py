@@ -460,13 +460,17 @@ class Library:
     def add_image(self, data: bytes, source: str, **columns: object) -> AddedImage:
         """Add one image and index it now; says whether it (or a duplicate of it) was there."""
         self.open()
-        decoded = decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
+        # Decoded as reindex and search decode it (JPEG draft): the same hashes and vector.
+        options = self.options
+        decoded = decode_image(
+            data, source, options.max_image_bytes, options.max_image_pixels, self._embedder.draft_side
+        )
         with self.writing() as indexer:
             known = self.catalog.by_sha256(decoded.sha256)
             if known is not None:
                 return self._added(known, created=False, match="exact", duplicate_of=None)
             xq, duplicate_of = self._embed_and_match(decoded)
-            added = indexer.add_bytes(data, source, **columns)
+            added = indexer.add_decoded_bytes(data, decoded, source, **columns)
             if added.created:
                 self._store_vector(indexer, added.row.id, xq)
             match = "exact" if not added.created else ("duplicate" if duplicate_of else None)
