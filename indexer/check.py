@@ -20,7 +20,6 @@ row commits), so it is noted, never removed.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import sqlite3
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select, update
 
-from twice.files import ImageStore, OutsideStore, atomic_write
+from twice.files import ImageStore, OutsideStore, atomic_write, file_sha256
 from twice.hashing import HASH_VERSION
 from twice.imageio import ImageError, decode_image, read_file_bytes
 
@@ -45,7 +44,6 @@ from .vectors import IndexFileError, VectorIndex
 LOG = logging.getLogger(__name__)
 
 STRAY_AGE = 600.0  # seconds: a younger unreferenced or temporary file may be mid-write
-READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -289,14 +287,6 @@ def _source_matches(row: Row) -> bool:
         return source.is_absolute() and source.is_file() and file_sha256(source) == row.sha256
     except OSError:
         return False
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # perceptual hashes -----------------------------------------------------------------------------

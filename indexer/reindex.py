@@ -276,12 +276,11 @@ def _device_decodable(decoded, data: bytes) -> bool:
         return opened.mode in ("RGB", "L") and opened.getexif().get(0x0112, 1) == 1
 
 
-class StoredImages:
-    """Catalogued images read back from the image store, for pending embeddings."""
+class StoredFiles:
+    """Catalogued images read back from the image store, decoded as reindex decodes files."""
 
     def __init__(self, rows: list[tuple[int, Path]], embedder: BatchEmbedder, options) -> None:
-        self.rows, self.options = rows, options
-        self.preprocess, self.draft_side = embedder.preprocess, embedder.draft_side
+        self.rows, self.options, self.draft_side = rows, options, embedder.draft_side
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -294,6 +293,14 @@ class StoredImages:
             data, str(path), options.max_image_bytes, options.max_image_pixels, self.draft_side
         )
 
+
+class StoredImages(StoredFiles):
+    """Catalogued images read back from the image store, for pending embeddings."""
+
+    def __init__(self, rows: list[tuple[int, Path]], embedder: BatchEmbedder, options) -> None:
+        super().__init__(rows, embedder, options)
+        self.preprocess = embedder.preprocess
+
     def __getitem__(self, i: int) -> dict:
         timer = _Timer()
         try:
@@ -305,7 +312,7 @@ class StoredImages:
             return {"id": self.rows[i][0], "path": str(self.rows[i][1]), "error": exc}
 
 
-class StoredHashes(StoredImages):
+class StoredHashes(StoredFiles):
     """Catalogued images read back from the image store, for their perceptual hash."""
 
     def __getitem__(self, i: int) -> dict:

@@ -185,7 +185,11 @@ class Indexer:
 
         Pass the embedder's ``draft_side`` when ``Added.decoded.image`` will be embedded.
         """
-        decoded = self.decode(data, source, draft_side)
+        return self.add_decoded_bytes(data, self.decode(data, source, draft_side), source, **columns)
+
+    def add_decoded_bytes(self, data: bytes, decoded: DecodedImage, source: str, **columns: object) -> Added:
+        """``add_bytes`` for bytes the caller has decoded already (with the same ``draft_side``
+        as it embeds them: the stored hashes come from this decode)."""
         with self._lock, self.catalog.session() as session:
             row, created = self.add_decoded(session, data, decoded, source, **columns)
         return Added(row, created, decoded)

@@ -83,8 +83,8 @@ class VectorIndex:
         self.flat_limit = flat_limit
         self.compress_limit = compress_limit
         self.nprobe = nprobe
-        self.index = index if index is not None else self._new_flat()
         self._lock = threading.RLock()
+        self.index = index if index is not None else self._new_flat()
         self._gpu_index: faiss.Index | None = None
         self.use_gpu = False
         self.log_position: LogPosition | None = None  # how far ``load`` replayed the log
@@ -103,6 +103,20 @@ class VectorIndex:
         if spec.startswith("IVF"):
             vectors.index = _train(spec, train_sample(sample, ivf_nlist(expected)))
         return vectors
+
+    @property
+    def index(self) -> faiss.Index:
+        return self._index
+
+    @index.setter
+    def index(self, index: faiss.Index) -> None:
+        with self._lock:
+            self._index = index
+            self.forget_id_bound()
+
+    def forget_id_bound(self) -> None:
+        """Say that ids reached the FAISS index other than through ``add`` (a new index, a merge)."""
+        self._id_bound: int | None = None  # unknown until ``_max_id`` reads the ids
 
     # facts ------------------------------------------------------------------------------
 
@@ -158,12 +172,14 @@ class VectorIndex:
         if len(ids) == 0:
             return
         with self._lock:
-            self._remove(ids)
+            if int(ids.min()) <= self._max_id():  # new catalog ids are above every stored one
+                self._remove(ids)
             grown = index_spec(len(self) + len(ids), self.flat_limit, self.compress_limit)
             if _rank(grown) > _rank(self.index_type):  # only ever forward: flat, IVF, IVF-SQ8
                 self._convert(extra=(ids, xb))
             else:
                 self.index.add_with_ids(xb, ids)
+            self._id_bound = max(self._max_id(), int(ids.max()))
             self._gpu_index = None
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
@@ -291,6 +307,14 @@ class VectorIndex:
             raise IndexMismatchError(f"query of dimension {xq.shape[1]} for a {self.dim}-d index")
         return xq
 
+    def _max_id(self) -> int:
+        """An upper bound of the stored ids (-1: none): the largest id ever added to this FAISS
+        index. Read from the index once; removals leave it an upper bound."""
+        if self._id_bound is None:
+            ids = self.ids()
+            self._id_bound = int(ids[-1]) if len(ids) else -1
+        return self._id_bound
+
     def _remove(self, ids: np.ndarray) -> int:
         if len(ids) == 0 or len(self) == 0:
             return 0
@@ -379,6 +403,7 @@ def merge_shards(vectors: VectorIndex, shards: list[VectorIndex]) -> None:
                 f"shard {shard.index_type} ({shard.dim}-d) does not fit {vectors.index_type}"
             )
         vectors.index.merge_from(shard.index, 0)
+    vectors.forget_id_bound()
 
 
 def _split_file(path: Path, blob: bytes) -> tuple[dict, bytes]:

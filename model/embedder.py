@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,12 +14,11 @@ from tqdm import tqdm
 from twice.borders import fill_corners, trim_borders
 
 from .network import EmbeddingNet
+from .version import draft_side_for, version_string
 from .weights import WeightsInfo, build_network, shipped_thresholds
 
 LOG = logging.getLogger(__name__)
 
-# Any change to Preprocess must change this id: it is part of the model version.
-PREPROCESS_ID = "jpegdraft2x-trim-squash-bilinear-blackpoint-standardise-v4"
 # Added to each image's standard deviation, so a nearly flat image is not blown up into noise.
 STD_FLOOR = 0.05
 # The black point is moved to 0 from at most this level, so the stretch is at most 4x and a
@@ -28,6 +26,7 @@ STD_FLOOR = 0.05
 MAX_BLACK_POINT = 0.75
 
 
+# Any change to what Preprocess computes must change PREPROCESS_ID (model/version.py).
 class Preprocess:
     """RGB PIL image -> standardised (3, size, size) float tensor.
 
@@ -103,9 +102,7 @@ def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype
 
 def model_version(net: EmbeddingNet, image_size: int, weights: WeightsInfo) -> str:
     """Changes whenever the weights, the architecture, the pooling or the preprocessing change."""
-    key = f"{net.arch}|{net.dim}|{image_size}|{PREPROCESS_ID}|{net.invariance}|{weights.digest}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return f"{net.arch}-d{net.dim}-s{image_size}-{net.invariance}-{weights.source}-{digest}"
+    return version_string(net.arch, net.dim, image_size, net.invariance, weights.source, weights.digest)
 
 
 @dataclass
@@ -123,8 +120,7 @@ class Embedder:
         if self.device.type == "cpu":
             self.net.to(memory_format=torch.channels_last)
         self.preprocess = Preprocess(self.image_size)
-        # JPEGs may be decoded at reduced size, down to twice the input size (see decode_image).
-        self.draft_side = 2 * self.image_size
+        self.draft_side = draft_side_for(self.image_size)  # JPEGs decode at reduced size
         self.version = model_version(self.net, self.image_size, self.weights)
         # On CUDA, reindex hands upright JPEGs over as bytes: nvJPEG decodes them on the GPU.
         self.decodes_on_device = self.device.type == "cuda"

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 from dataclasses import dataclass, field
@@ -18,13 +17,14 @@ from pathlib import Path
 import torch
 import torchvision
 
+from twice.files import file_sha256
+
 from .network import EmbeddingNet
+from .version import CHECKPOINT_FORMAT, SHIPPED_CHECKPOINT, checkpoint_for
 
 LOG = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "twice-embedder"
 CHECKPOINT_FORMAT_VERSION = 1
-SHIPPED_CHECKPOINT = Path(__file__).parent / "weights" / "twice-vgg16.pt"
 HEAD_SEED = 0
 WHITENING_PREFIX = "whitening."
 INIT_ID = "features-init-v2"  # part of every digest that involves seeded random weights
@@ -181,9 +181,7 @@ def read_shipped_thresholds(path: str | Path) -> dict | None:
 
 def checkpoint_in_use(options) -> Path | None:
     """The twice checkpoint file ``build_network`` loads for ``options`` (None: no file)."""
-    if options.checkpoint:
-        return Path(options.checkpoint)
-    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.exists() else None
+    return checkpoint_for(options)[0]
 
 
 def write_shipped_thresholds(source: str | Path, target: str | Path, thresholds: dict) -> Path:
@@ -201,14 +199,6 @@ def write_shipped_thresholds(source: str | Path, target: str | Path, thresholds:
     torch.save(blob, tmp)
     tmp.replace(target)
     return target
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def seeded_network(arch: str, dim: int, invariance: str = "d4", seed: int = HEAD_SEED) -> EmbeddingNet:

@@ -25,6 +25,7 @@ from twice.hashing import (
     phash,
     popcount,
     resample_matrix,
+    shifted,
     stored_hashes,
 )
 from twice.indexer import Catalog, Indexer, reindex
@@ -364,3 +365,14 @@ def test_a_version_2_catalog_gets_the_view_columns_and_reindex_fills_them(tmp_pa
         assert row.phash_bright == phash(apply_transform(image, "bright"))
         assert row.phash_version == HASH_VERSION
     assert reindex([], options, embedder, progress=False).hashed == 0
+
+
+@pytest.mark.parametrize("amount", [100, -50, 0, 300])
+def test_shifted_adds_and_clips_every_channel_as_integer_arithmetic_does(amount):
+    rgb = np.random.default_rng(3).integers(0, 256, (7, 5, 3), dtype=np.uint8)
+    expected = np.clip(rgb.astype(np.int32) + amount, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(shifted(Image.fromarray(rgb), amount)), expected)
+    grey = Image.fromarray(rgb[..., 0])  # other modes are shifted as their RGB
+    np.testing.assert_array_equal(
+        np.asarray(shifted(grey, amount)), np.asarray(shifted(grey.convert("RGB"), amount))
+    )

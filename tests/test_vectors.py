@@ -45,6 +45,38 @@ def test_adding_an_existing_id_replaces_its_vector():
     np.testing.assert_allclose(stored[1], xb[2])
 
 
+def replaced_once(index: VectorIndex, image_id: int, vector: np.ndarray) -> None:
+    """Add ``vector`` under an id the index holds: still one vector under it, the new one."""
+    before = len(index)
+    index.add(np.array([image_id]), vector[None, :])
+    ids, stored = index.vectors()
+    assert len(index) == before and np.sum(ids == image_id) == 1
+    np.testing.assert_allclose(stored[ids == image_id][0], vector, atol=0.02)  # SQ8 codes: close
+
+
+def test_an_id_below_the_largest_is_replaced_in_every_state_of_the_index(tmp_path):
+    # Adds skip the scan for stored ids when every new id is above the largest one stored:
+    # the largest must be known after a load, a merge, a conversion and removals.
+    xb = unit_vectors(3000, d=32, seed=11)
+    ids = np.arange(3000) + 100
+    index = VectorIndex("m1", 32, flat_limit=1000)
+    index.add(ids[:500], xb[:500])
+    index.save(tmp_path / "flat.twice")
+    loaded = VectorIndex.load(tmp_path / "flat.twice", "m1", 32)
+    replaced_once(loaded, 150, xb[2000])
+    loaded.remove([ids[499]])  # the largest: a later add of a smaller id still replaces
+    replaced_once(loaded, 598, xb[2001])
+    loaded.add(ids[499:1500], xb[499:1500])  # past flat_limit: converted to IVF
+    assert loaded.kind == "ivf"
+    replaced_once(loaded, 1599, xb[2002])
+    limits = {"flat_limit": 100, "compress_limit": 1000}
+    merged = VectorIndex.trained("m1", xb[:2000], expected=3000, **limits)
+    shard = VectorIndex.trained("m1", xb[:2000], expected=3000, **limits)
+    shard.add(ids, xb)
+    merge_shards(merged, [shard])
+    replaced_once(merged, 3099, xb[0])
+
+
 def test_switches_to_ivf_above_flat_limit_and_keeps_every_vector(tmp_path):
     xb = unit_vectors(3000, seed=2)
     ids = np.arange(3000) + 7

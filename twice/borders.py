@@ -65,8 +65,10 @@ def content_box(image: Image.Image, tolerance: int = TOLERANCE) -> Box:
 
 def _peel(pixels: np.ndarray, tolerance: int) -> Box:
     """The content box of (H, W, 3) ``pixels``: bands peeled in passes from all four sides at once."""
-    rows = pixels.astype(np.int16)
-    columns = np.ascontiguousarray(rows.transpose(1, 0, 2))  # each side's lines contiguous
+    # uint8 views, no copies: a line is made int16 where it is compared (``_share_within``),
+    # and most images stop at their first few lines.
+    rows = pixels
+    columns = pixels.transpose(1, 0, 2)
     height, width = pixels.shape[:2]
     box = [0, 0, width, height]
     last: list[np.ndarray | None] = [None] * 4  # each side's last band colour
@@ -105,6 +107,8 @@ def _band(lines: np.ndarray, tolerance: int, previous: np.ndarray | None) -> tup
         border = _share_within(block, colour, tolerance) >= BORDER_SHARE
         if not border.all():
             depth += int(np.argmin(border))
+            if not depth:
+                return 0, None
             stepped = _steps(lines[depth : depth + STEP_LINES], colour, tolerance)
             return (depth, colour) if stepped else (0, None)
         depth += len(block)
@@ -114,7 +118,7 @@ def _band(lines: np.ndarray, tolerance: int, previous: np.ndarray | None) -> tup
 
 def _share_within(lines: np.ndarray, colour: np.ndarray, distance: int) -> np.ndarray:
     """Per line, the share of its pixels within ``distance`` grey levels of ``colour`` in every channel."""
-    return (np.abs(lines - colour).max(axis=-1) <= distance).mean(axis=-1)
+    return (np.abs(lines.astype(np.int16) - colour).max(axis=-1) <= distance).mean(axis=-1)
 
 
 def _steps(lines: np.ndarray, colour: np.ndarray, tolerance: int) -> bool:

@@ -1,7 +1,8 @@
-"""Crash-safe file writes and the content-addressed image store."""
+"""Crash-safe file writes, file digests and the content-addressed image store."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import tempfile
@@ -18,6 +19,18 @@ SUFFIX_BY_FORMAT = {
     "BMP": ".bmp",
     "TIFF": ".tif",
 }
+
+
+READ_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read a chunk at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:

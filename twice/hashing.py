@@ -228,8 +228,13 @@ def hash_structure(image: Image.Image) -> int:
 
 def shifted(image: Image.Image, amount: int) -> Image.Image:
     """``amount`` added to every channel of every pixel, clipped to 0..255 (RGB in, RGB out)."""
-    pixels = np.asarray(image, dtype=np.int16) + amount
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return (image if image.mode == "RGB" else image.convert("RGB")).point(_shift_table(amount))
+
+
+@lru_cache(maxsize=16)
+def _shift_table(amount: int) -> tuple[int, ...]:
+    """``Image.point``'s lookup table for ``shifted``: one 256-entry ramp per RGB channel."""
+    return tuple(min(255, max(0, level + amount)) for level in range(256)) * 3
 
 
 def stored_hashes(image: Image.Image) -> tuple[int, ...]:

@@ -41,6 +41,7 @@ from twice.indexer import (
     reindex,
 )
 from twice.indexer.store import FileStamp
+from twice.model.deferred import deferred_embedder
 from twice.options import Options
 from twice.search import SearchEngine, build_report
 from twice.search.verdicts import DUPLICATE, Thresholds, thresholds_for
@@ -252,7 +253,9 @@ class Library:
         """Index image files and folders (new sha256s only) and embed anything pending: what
         ``twice reindex`` does. Searches after it see the new images."""
         paths = [Path(p).expanduser() for p in paths]
-        summary = reindex(paths, self.options, self.embedder, progress)
+        # A re-run with nothing to embed needs only the model's version: no network is built.
+        embedder = self._embedder or deferred_embedder(self.options, lambda: self.embedder)
+        summary = reindex(paths, self.options, embedder, progress)
         if self._opened:
             self.refresh()
         return summary
@@ -457,13 +460,17 @@ class Library:
     def add_image(self, data: bytes, source: str, **columns: object) -> AddedImage:
         """Add one image and index it now; says whether it (or a duplicate of it) was there."""
         self.open()
-        decoded = decode_image(data, source, self.options.max_image_bytes, self.options.max_image_pixels)
+        # Decoded as reindex and search decode it (JPEG draft): the same hashes and vector.
+        options = self.options
+        decoded = decode_image(
+            data, source, options.max_image_bytes, options.max_image_pixels, self._embedder.draft_side
+        )
         with self.writing() as indexer:
             known = self.catalog.by_sha256(decoded.sha256)
             if known is not None:
                 return self._added(known, created=False, match="exact", duplicate_of=None)
             xq, duplicate_of = self._embed_and_match(decoded)
-            added = indexer.add_bytes(data, source, **columns)
+            added = indexer.add_decoded_bytes(data, decoded, source, **columns)
             if added.created:
                 self._store_vector(indexer, added.row.id, xq)
             match = "exact" if not added.created else ("duplicate" if duplicate_of else None)
