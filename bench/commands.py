@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     rq.add_argument(
         "--work-dir", type=Path, help="keep the folder and data directory here (default: a temporary folder)"
     )
+    rq.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="with --work-dir: reuse the data directory it holds (only the report is run again)",
+    )
     rq.add_argument("--tag", help="name this run's results report-quality-TAG")
     rq.set_defaults(func=run_report_quality_command)
     return p
@@ -454,8 +459,14 @@ def run_report_quality_command(args, options) -> int:
         linkage=args.linkage,
         work_dir=args.work_dir,
     )
+    if args.keep_data and args.work_dir is None:
+        raise ValueError("--keep-data needs --work-dir")
     config = ReportQualityConfig(
-        **values, seed=args.seed, install=not args.no_install, progress=not args.quiet
+        **values,
+        seed=args.seed,
+        install=not args.no_install,
+        keep_data=args.keep_data,
+        progress=not args.quiet,
     )
     config.check()
     kind = _kind(args)  # a bad --tag fails now, not after the run

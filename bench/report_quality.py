@@ -60,6 +60,7 @@ class ReportQualityConfig:
     linkage: str | None = None  # None: the report's default
     install: bool = True  # apt-get the Debian sources when missing
     work_dir: Path | None = None  # None: a temporary folder, removed afterwards
+    keep_data: bool = False  # reuse the data directory a kept work_dir holds (only the report reruns)
     progress: bool = True
     notes: list[str] = field(default_factory=list)
 
@@ -196,14 +197,17 @@ def run_report_quality(config: ReportQualityConfig, options, command: str) -> tu
         made = build_report_folder(work / "folder", config, rows)
         made_seconds = time.perf_counter() - started
         options = options.with_overrides(data_dir=work / "data")
-        shutil.rmtree(work / "data", ignore_errors=True)  # a kept --work-dir must not carry an old catalog
+        if not config.keep_data:
+            shutil.rmtree(
+                work / "data", ignore_errors=True
+            )  # a kept --work-dir must not carry an old catalog
         with Library(options) as library:
             started = time.perf_counter()
             summary = library.add([made.folder], progress=config.progress)
             add_seconds = time.perf_counter() - started
             model = library.embedder.version
             started = time.perf_counter()
-            report, scan = report_with_scan(options, model, config)
+            report, scan = report_with_scan(options, model, library.embedder.shipped_thresholds, config)
             report_seconds = time.perf_counter() - started
             payload = report_payload(config, made, report, scan, options, command, model)
     finally:
@@ -218,13 +222,17 @@ def run_report_quality(config: ReportQualityConfig, options, command: str) -> tu
     return payload, report_quality_markdown(payload)
 
 
-def report_with_scan(options, model: str, config: ReportQualityConfig) -> tuple[dict, DuplicateScan]:
+def report_with_scan(
+    options, model: str, shipped: dict | None, config: ReportQualityConfig
+) -> tuple[dict, DuplicateScan]:
     """``build_report``'s two steps (what ``twice report`` prints), keeping the scan for the
     evidence of pairs the report did not group."""
     catalog = Catalog(options.catalog_url)
     try:
         kwargs = {"linkage": config.linkage} if config.linkage else {}
-        scan = scan_duplicates(options, catalog, model, progress=config.progress, **kwargs)
+        scan = scan_duplicates(
+            options, catalog, model, incremental=False, progress=config.progress, shipped=shipped, **kwargs
+        )
         return assemble(scan, catalog, options, include_variants=True), scan
     finally:
         catalog.close()
@@ -268,6 +276,7 @@ def report_payload(config, made: ReportFolder, report: dict, scan, options, comm
         "scores": scores,
         "per_edit": per_edit(made, ids, groups),
         "wrong_groups": wrong_groups(report, name_of, family_of, made),
+        "split_families": split_families(report, name_of, family_of, made),
         "missed": missed_copies(made, ids, groups, scan),
         "notes": config.notes,
     }
@@ -327,6 +336,32 @@ def wrong_groups(report: dict, name_of: dict[int, str], family_of: dict[str, int
                     {"file": name_of[m["id"]], "is": label(name_of[m["id"]], family_of, made)}
                     | evidence_summary(m)
                     for m in members
+                ],
+            }
+        )
+    return out
+
+
+def split_families(report: dict, name_of: dict[int, str], family_of: dict[str, int], made) -> list[dict]:
+    """Families not whole in one group: each group holding some of them, with its original (what
+    complete linkage judged the others against) and the members by what they are."""
+    out = []
+    for k, family in enumerate(made.families):
+        holding = [
+            g for g in report["groups"] if any(family_of.get(name_of[m["id"]]) == k for m in g["members"])
+        ]
+        if len(holding) == 1 and holding[0]["size"] == len(family.names):
+            continue
+        out.append(
+            {
+                "family": k,
+                "groups": [
+                    {
+                        "group": g["group"],
+                        "original": label(name_of[g["members"][0]["id"]], family_of, made),
+                        "members": [label(name_of[m["id"]], family_of, made) for m in g["members"][1:]],
+                    }
+                    for g in holding
                 ],
             }
         )
@@ -437,8 +472,10 @@ def report_quality_markdown(payload: dict) -> str:
 
 
 def _ci(figures: dict, key: str) -> str:
-    low, high = figures[f"{key}_ci95"]
-    return f"{figures[key]:.3f} ({low:.2f}–{high:.2f})"
+    interval = figures[f"{key}_ci95"]
+    if interval is None:  # no pairs to count
+        return f"{figures[key]:.3f}"
+    return f"{figures[key]:.3f} ({interval[0]:.2f}–{interval[1]:.2f})"
 
 
 def _wrong_lines(groups: list[dict]) -> list[str]:

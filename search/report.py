@@ -58,6 +58,7 @@ def build_report(
     nprobe: int | None = None,
     workers: int = 0,
     linkage: str = DEFAULT_LINKAGE,
+    shipped: dict | None = None,
 ) -> dict:
     """The duplicate report as a JSON-ready dict (see the module docstring).
 
@@ -67,6 +68,8 @@ def build_report(
     ``nprobe``: inverted lists visited per query when the index is IVF (default: the index's).
     ``workers``: processes decoding images whose hash views are not cached (0: this one).
     ``linkage``: how duplicate pairs make groups (``search.report_linkage``).
+    ``shipped``: the thresholds the index's model ships with (``Embedder.shipped_thresholds``),
+    used as search uses them: when ``twice calibrate`` stored none for the model version.
     """
     started = time.perf_counter()
     page, per_page = check_page(page, per_page)
@@ -83,6 +86,7 @@ def build_report(
             nprobe,
             workers,
             linkage,
+            shipped,
         )
         report = assemble(scan, catalog, options, include_variants)
         if record:

@@ -172,10 +172,13 @@ def scan_duplicates(
     nprobe: int | None = None,
     workers: int = 0,
     linkage: str = DEFAULT_LINKAGE,
+    shipped: dict | None = None,
 ) -> DuplicateScan:
     """Candidate pairs, search's verdict on each, and the groups of the duplicates.
 
-    The cuts are the model version's thresholds; ``threshold`` overrides the CNN duplicate one.
+    The cuts are the model version's thresholds as search has them (stored by ``twice calibrate``,
+    else ``shipped``: the ones the model's checkpoint ships with, else the defaults);
+    ``threshold`` overrides the CNN duplicate one.
     ``workers``: processes decoding images whose hash views are not cached yet. ``linkage``:
     how duplicate pairs make groups (``search.report_linkage``).
     """
@@ -188,7 +191,7 @@ def scan_duplicates(
         if not isinstance(nprobe, int) or nprobe < 1:
             raise ValueError(f"nprobe must be an integer >= 1, got {nprobe!r}")
         vectors.nprobe = nprobe  # only an IVF index reads it
-    thresholds = report_thresholds(thresholds_for(catalog, vectors.model_version), threshold)
+    thresholds = report_thresholds(thresholds_for(catalog, vectors.model_version, shipped), threshold)
     cut = thresholds.duplicate
     ids, xb = vectors.vectors()
     keys = catalog_keys(catalog)

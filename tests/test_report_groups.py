@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from bench.report_quality import score_groups
 from imagegen import image_bytes
 from twice.augment import apply_transform
 from twice.augment.synthetic import make_synthetic_image
@@ -111,16 +111,9 @@ def planted(tmp_path_factory):
 def measure(report: dict, families: list[list[int]]) -> dict:
     """Pair precision and recall against the planted families, and families whole in one group
     with nothing else in it."""
-    groups = [{m["id"] for m in g["members"]} for g in report["groups"]]
-    found = {pair for g in groups for pair in combinations(sorted(g), 2)}
-    truth = {pair for f in families for pair in combinations(sorted(f), 2)}
-    right = len(found & truth)
+    scores = score_groups([[m["id"] for m in g["members"]] for g in report["groups"]], families)
     return {
-        "precision": right / len(found) if found else 1.0,
-        "recall": right / len(truth),
-        "whole": sum(set(f) in groups for f in families) / len(families),
-        "largest": max((len(g) for g in groups), default=0),
-        "groups": len(groups),
+        **{key: scores[key] for key in ("precision", "recall", "whole", "largest", "groups")},
         "candidate_pairs": report["summary"]["candidate_pairs"],
         "verified_pairs": report["summary"]["verified_pairs"],
         "seconds": round(report["took_ms"] / 1000, 1),
