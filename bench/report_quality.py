@@ -207,7 +207,7 @@ def run_report_quality(config: ReportQualityConfig, options, command: str) -> tu
             add_seconds = time.perf_counter() - started
             model = library.embedder.version
             started = time.perf_counter()
-            report, scan = report_with_scan(options, model, library.embedder.shipped_thresholds, config)
+            report, scan = report_with_scan(options, library, config)
             report_seconds = time.perf_counter() - started
             payload = report_payload(config, made, report, scan, options, command, model)
     finally:
@@ -222,16 +222,21 @@ def run_report_quality(config: ReportQualityConfig, options, command: str) -> tu
     return payload, report_quality_markdown(payload)
 
 
-def report_with_scan(
-    options, model: str, shipped: dict | None, config: ReportQualityConfig
-) -> tuple[dict, DuplicateScan]:
+def report_with_scan(options, library: Library, config: ReportQualityConfig) -> tuple[dict, DuplicateScan]:
     """``build_report``'s two steps (what ``twice report`` prints), keeping the scan for the
     evidence of pairs the report did not group."""
     catalog = Catalog(options.catalog_url)
     try:
         kwargs = {"linkage": config.linkage} if config.linkage else {}
         scan = scan_duplicates(
-            options, catalog, model, incremental=False, progress=config.progress, shipped=shipped, **kwargs
+            options,
+            catalog,
+            library.embedder.version,
+            incremental=False,
+            progress=config.progress,
+            shipped=library.embedder.shipped_thresholds,
+            embedder=lambda: library.embedder,
+            **kwargs,
         )
         return assemble(scan, catalog, options, include_variants=True), scan
     finally:

@@ -59,6 +59,7 @@ def build_report(
     workers: int = 0,
     linkage: str = DEFAULT_LINKAGE,
     shipped: dict | None = None,
+    embedder=None,
 ) -> dict:
     """The duplicate report as a JSON-ready dict (see the module docstring).
 
@@ -70,6 +71,8 @@ def build_report(
     ``linkage``: how duplicate pairs make groups (``search.report_linkage``).
     ``shipped``: the thresholds the index's model ships with (``Embedder.shipped_thresholds``),
     used as search uses them: when ``twice calibrate`` stored none for the model version.
+    ``embedder``: builds the model when called, so that a pair showing a turn or flip scores as
+    search scores it, over the turned views (``search.report_views``; None: stored vectors only).
     """
     started = time.perf_counter()
     page, per_page = check_page(page, per_page)
@@ -87,6 +90,7 @@ def build_report(
             workers,
             linkage,
             shipped,
+            embedder,
         )
         report = assemble(scan, catalog, options, include_variants)
         if record:

@@ -290,6 +290,7 @@ class Library:
         """The whole duplicate report as JSON (``twice.search.build_report``'s arguments), judged
         by the thresholds search uses (the model's shipped ones until ``twice calibrate``)."""
         kwargs.setdefault("shipped", self.embedder.shipped_thresholds)
+        kwargs.setdefault("embedder", lambda: self.embedder)
         return build_report(self.options, model_version=self.embedder.version, **kwargs)
 
     # life cycle -----------------------------------------------------------------------------

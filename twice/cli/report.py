@@ -58,6 +58,8 @@ def register(subparsers) -> None:
 
 
 def run_report(args, options) -> int:
+    from twice.model import Embedder
+
     fmt = format_for(args.output, args.format)
     report = build_report(
         options,
@@ -70,6 +72,7 @@ def run_report(args, options) -> int:
         nprobe=args.nprobe,
         workers=options.workers,
         shipped=checkpoint_thresholds(options),
+        embedder=lambda: Embedder.from_options(options),
     )
     to_stdout = args.output == "-"
     out_path = None if to_stdout else Path(args.output or default_output(options, fmt))
