@@ -141,6 +141,7 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
             "pairs_by": scan.pairs.counts(),
             "candidate_pairs": len(scan.candidates),
             "verified_pairs": scan.verifier.runs if scan.verifier is not None else 0,
+            "turned_images": scan.views.embedded if scan.views is not None else 0,
             "hashed_images": len(scan.hashes.ids),
             "groups": len(scan.groups),
             "groups_listed": len(listed),

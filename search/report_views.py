@@ -42,6 +42,11 @@ class ViewScorer:
         self.views: dict[int, np.ndarray | None] = {}
 
     @property
+    def embedded(self) -> int:
+        """Images whose 8 views this run embedded."""
+        return sum(views is not None for views in self.views.values())
+
+    @property
     def usable(self) -> bool:
         """Whether the model is this index's and single-view (so search turns its queries)."""
         if self._usable is None:
