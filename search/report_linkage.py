@@ -29,37 +29,27 @@ LINKAGES = ("original", "split", "single")
 # and no drawing with another, as splitting at the weakest link does, with fewer pairs judged.
 DEFAULT_LINKAGE = "original"
 ORIGINAL_RULE = (
-    "most duplicates in the group, then the highest CNN scores to them (summed), then largest"
-    " resolution (width x height), then earliest added_at, then smallest id"
+    "most duplicates in the group, then largest resolution (width x height), then earliest added_at,"
+    " then smallest id"
 )
 
 IsDuplicate = Callable[[int, int], bool]  # (original, member) -> whether a duplicate pair
 OriginalOf = Callable[[list[int]], int]  # a component -> its original
 
 
-def original_key(row, partners: tuple[int, float] = (0, 0.0)) -> tuple:
-    """Sort key of ``ORIGINAL_RULE`` for a catalog row with ``partners`` (how many duplicates it
-    has in its group, and their CNN scores summed): the smallest key is the original. Copies pair
-    with the original more than with each other (a tilt and a crop of one photo share less than
-    either shares with it). An easy copy (rescaled, re-encoded) may pair with as many, but each of
-    its pairs stacks its own edit on the other copy's, so it scores lower; resolution alone would
-    pick a copy that an edit made larger (a tilt's canvas, a caption bar, an upscale)."""
-    count, closeness = partners
+def original_key(row, partners: int = 0) -> tuple:
+    """Sort key of ``ORIGINAL_RULE`` for a catalog row with ``partners`` duplicates in its group:
+    the smallest key is the original. Copies pair with the original more than with each other
+    (a tilt and a crop of one photo share less than either shares with it), and resolution
+    alone would pick a copy that an edit made larger (a tilt's canvas, a caption bar)."""
     added = row.added_at.timestamp() if row.added_at is not None else float("inf")
-    return (-count, -round(closeness, 6), -(row.width * row.height), added, row.id)
+    return (-partners, -(row.width * row.height), added, row.id)
 
 
-def partners_within(
-    group, graph: dict[int, list[int]], scores: dict[tuple[int, int], float] | None = None
-) -> dict[int, tuple[int, float]]:
-    """Each image of ``group``: how many duplicate partners it has inside it, and their CNN
-    ``scores`` summed ((a, b) with a < b -> score; none known: 0)."""
-    members, scores = set(group), scores or {}
-    out = {}
-    for i in group:
-        inside = [j for j in graph.get(i, ()) if j in members]
-        out[i] = (len(inside), sum(scores.get((min(i, j), max(i, j)), 0.0) for j in inside))
-    return out
+def partners_within(group, graph: dict[int, list[int]]) -> dict[int, int]:
+    """How many duplicate partners each image of ``group`` has inside it."""
+    members = set(group)
+    return {i: sum(j in members for j in graph.get(i, ())) for i in group}
 
 
 def check_linkage(linkage: str) -> str:

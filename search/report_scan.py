@@ -82,11 +82,6 @@ class DuplicateScan:
         return self.xb[int(np.searchsorted(self.ids, image_id))]
 
     @cached_property
-    def pair_scores(self) -> dict[tuple[int, int], float]:
-        """Each duplicate pair's CNN score (as search scores it)."""
-        return pair_scores(self.pairs)
-
-    @cached_property
     def graph(self) -> dict[int, list[int]]:
         """Each image's duplicate partners."""
         return pair_graph(self.pairs.a, self.pairs.b)
@@ -366,18 +361,14 @@ def originals(catalog: Catalog, pairs: Pairs):
     rows = {}
     for start in range(0, len(ids), CHUNK):
         rows.update(catalog.get_many(ids[start : start + CHUNK]))
-    graph, scores = pair_graph(pairs.a, pairs.b), pair_scores(pairs)
+    graph = pair_graph(pairs.a, pairs.b)
 
     def original_of(component: list[int]) -> int:
-        partners = partners_within(component, graph, scores)
+        partners = partners_within(component, graph)
         known = [i for i in component if i in rows] or component  # a row deleted meanwhile
-        return min(known, key=lambda i: original_key(rows[i], partners[i]) if i in rows else (0, 0, i))
+        return min(known, key=lambda i: original_key(rows[i], partners[i]) if i in rows else (0, i))
 
     return original_of
-
-
-def pair_scores(pairs: Pairs) -> dict[tuple[int, int], float]:
-    return dict(zip(pairs.keys_list(), pairs.score.tolist(), strict=True))
 
 
 def report_thresholds(stored: Thresholds, threshold: float | None = None) -> Thresholds:
