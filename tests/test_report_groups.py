@@ -227,3 +227,54 @@ def test_report_and_search_agree_on_each_pair(indexed, embedder):
 
 def path_of(engine: SearchEngine, image_id: int) -> str:
     return engine.catalog.get_many([image_id])[image_id].stored_path
+
+
+# turned copies score as search scores them ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_view(tmp_path_factory):
+    """(options, embedder, ids): a photo, its turned and mirrored copies and a drawing, indexed by
+    a single-view model (random weights, as the shipped model is single-view: search turns the
+    query)."""
+    from conftest import make_options
+
+    from twice.model import Embedder
+
+    root = tmp_path_factory.mktemp("turned")
+    folder = root / "in"
+    folder.mkdir()
+    photo = make_synthetic_image(3, 2)
+    photo.save(folder / "photo.png")
+    for edit in ("rotate:90", "mirror"):
+        apply_transform(photo, edit).save(folder / f"photo_{edit.replace(':', '_')}.png")
+    drawing(1).save(folder / "drawing.png")
+    options = make_options(root / "data", invariance="none")
+    embedder = Embedder.from_options(options)
+    reindex([folder], options, embedder, progress=False)
+    catalog = Catalog(options.catalog_url)
+    catalog.set_thresholds(embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12})
+    ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
+    catalog.close()
+    return options, embedder, ids
+
+
+def test_a_turned_copy_scores_in_the_report_as_in_search(single_view):
+    options, embedder, ids = single_view
+    engine = SearchEngine.open(options, embedder)
+    catalog = Catalog(options.catalog_url)
+    try:
+        plain = scan_duplicates(options, catalog)
+        turned = scan_duplicates(options, catalog, embedder=lambda: embedder)
+        for copy in ("photo_rotate_90", "photo_mirror"):
+            response = engine.search_file(Path(options.images_dir) / path_of(engine, ids[copy]), k=4)
+            searched = next(r for r in response["results"] if r["id"] == ids["photo"])
+            assert searched["evidence"]["cnn"]["view"] != "identity"  # search scored a turned view
+            score = turned.judge(ids["photo"], ids[copy])[0]
+            assert score == pytest.approx(searched["score"], abs=1e-3)
+            # The stored vectors alone score the copy lower: the view is what search adds.
+            assert plain.judge(ids["photo"], ids[copy])[0] < score - 1e-3
+        assert turned.views is not None and turned.views.embedded >= 1
+    finally:
+        engine.close()
+        catalog.close()
