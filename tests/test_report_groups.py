@@ -238,7 +238,6 @@ def single_view(tmp_path_factory):
     a single-view model (random weights, as the shipped model is single-view: search turns the
     query)."""
     from conftest import make_options
-
     from twice.model import Embedder
 
     root = tmp_path_factory.mktemp("turned")
@@ -253,7 +252,9 @@ def single_view(tmp_path_factory):
     embedder = Embedder.from_options(options)
     reindex([folder], options, embedder, progress=False)
     catalog = Catalog(options.catalog_url)
-    catalog.set_thresholds(embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12})
+    catalog.set_thresholds(
+        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
+    )
     ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
     catalog.close()
     return options, embedder, ids
