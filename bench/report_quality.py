@@ -94,6 +94,7 @@ class ReportFolder:
     families: list[Family]
     unrelated: dict[str, str]  # file name -> "drawing" or "other"
     left_out: dict[str, int]
+    drawn_as: dict[str, str] = field(default_factory=dict)  # file name -> the source's name for it
 
 
 def copy_edits(rows: Sequence[EditRow], seed: int, slot: int, copies: int) -> list[Edit]:
@@ -125,14 +126,15 @@ def build_report_folder(folder: Path, config: ReportQualityConfig, rows: Sequenc
     families = []
     for slot, (path, _) in enumerate(chosen["originals"]):
         families.append(write_family(folder, path, copy_edits(rows, config.seed, slot, config.copies)))
-    unrelated = {}
+    unrelated, drawn_as = {}, {}
     for role, label in (("drawings", "drawing"), ("others", "other")):
-        for path, _ in chosen[role]:
+        for path, candidate in chosen[role]:
             target = folder / f"{label}-{path.name}"
             shutil.move(path, target)
             unrelated[target.name] = label
+            drawn_as[target.name] = f"{candidate.source}:{candidate.name}"
     shutil.rmtree(staging, ignore_errors=True)
-    return ReportFolder(folder, families, unrelated, dict(left_out))
+    return ReportFolder(folder, families, unrelated, dict(left_out), drawn_as)
 
 
 def write_family(folder: Path, original: Path, edits: Sequence[Edit]) -> Family:
@@ -338,7 +340,11 @@ def wrong_groups(report: dict, name_of: dict[int, str], family_of: dict[str, int
                 "group": g["group"],
                 "size": g["size"],
                 "members": [
-                    {"file": name_of[m["id"]], "is": label(name_of[m["id"]], family_of, made)}
+                    {
+                        "file": name_of[m["id"]],
+                        "drawn_as": made.drawn_as.get(name_of[m["id"]]),
+                        "is": label(name_of[m["id"]], family_of, made),
+                    }
                     | evidence_summary(m)
                     for m in members
                 ],
