@@ -253,12 +253,14 @@ def report_payload(config, made: ReportFolder, report: dict, scan, options, comm
     families = [[ids[n] for n in f.names if n in ids] for f in made.families]
     scores = score_groups(groups, families)
     originals = {ids[f.original] for f in made.families if f.original in ids}
-    scores["original_right"] = sum(
-        g["members"][0]["id"] in originals
+    one_family = [
+        g
         for g in report["groups"]
         if len({family_of.get(name_of[m["id"]]) for m in g["members"]}) == 1
         and family_of.get(name_of[g["members"][0]["id"]]) is not None
-    )
+    ]
+    scores["one_family_groups"] = len(one_family)
+    scores["original_right"] = sum(g["members"][0]["id"] in originals for g in one_family)
     return {
         "kind": "report-quality",
         "command": command,
@@ -282,7 +284,7 @@ def report_payload(config, made: ReportFolder, report: dict, scan, options, comm
         "summary": report["summary"],
         "scores": scores,
         "per_edit": per_edit(made, ids, groups),
-        "wrong_groups": wrong_groups(report, name_of, family_of, made),
+        "wrong_groups": wrong_groups(report, name_of, family_of, made, scan),
         "split_families": split_families(report, name_of, family_of, made),
         "missed": missed_copies(made, ids, groups, scan),
         "notes": config.notes,
@@ -326,9 +328,9 @@ def label(name: str, family_of: dict[str, int], made: ReportFolder) -> str:
     return f"family {k} " + ("original" if edit is None else edit.row)
 
 
-def wrong_groups(report: dict, name_of: dict[int, str], family_of: dict[str, int], made) -> list[dict]:
+def wrong_groups(report: dict, name_of: dict[int, str], family_of: dict[str, int], made, scan) -> list[dict]:
     """Groups holding unrelated images or more than one family, each member with the evidence
-    that joined it to the group's original."""
+    that joined it to the group's original (and the pair's hash structure)."""
     out = []
     for g in report["groups"]:
         members = g["members"]
@@ -344,6 +346,7 @@ def wrong_groups(report: dict, name_of: dict[int, str], family_of: dict[str, int
                         "file": name_of[m["id"]],
                         "drawn_as": made.drawn_as.get(name_of[m["id"]]),
                         "is": label(name_of[m["id"]], family_of, made),
+                        "structure": scan.structure(members[0]["id"], m["id"]),
                     }
                     | evidence_summary(m)
                     for m in members
@@ -459,7 +462,11 @@ def report_quality_markdown(payload: dict) -> str:
                     f"{s['pairs_found']} / {s['pairs_right']} / {s['pairs_true']}",
                     "",
                 ],
-                ["one-family groups whose original is the family's", s["original_right"], ""],
+                [
+                    "groups of one family whose original is the family's",
+                    f"{s['original_right']} of {s['one_family_groups']}",
+                    "",
+                ],
             ],
         ),
         "",
@@ -499,12 +506,13 @@ def _wrong_lines(groups: list[dict]) -> list[str]:
     ]
     for g in groups[:LISTED]:
         parts = [
-            f"{m['is']} ({m['role']}"
+            f"{m['drawn_as'] or m['is']} ({m['role']}"
             + (
                 ""
                 if m["role"] == "original"
                 else f": {m['verdict']} by {','.join(m['decided_by'] or [])},"
-                f" CNN {m['score']:.3f}, hash {m['hash_distance']}, inliers {m['inliers']}"
+                f" CNN {m['score']:.3f}, hash {m['hash_distance']}, structure {m['structure']},"
+                f" inliers {m['inliers']}"
             )
             + ")"
             for m in g["members"]
