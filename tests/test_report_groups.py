@@ -29,6 +29,7 @@ from twice.search.report import build_report
 from twice.search.report_linkage import DEFAULT_LINKAGE, LINKAGES, components_within, link_groups
 from twice.search.report_render import report_csv
 from twice.search.report_scan import scan_duplicates
+from twice.search.verdicts import Thresholds
 
 DIM = 64
 MODEL = "test-model-v1"
@@ -148,6 +149,19 @@ def test_report_members_explain_the_verified_edit(planted):
     assert report["summary"]["verified_pairs"] > 0 and report["summary"]["pairs_by"]["verify"] > 0
     rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
     assert rows[tilted["id"]]["edit"] == verification["explanation"]
+
+
+def test_a_fresh_data_directory_reports_by_the_shipped_thresholds(planted):
+    options, _ = planted
+    shipped = Thresholds(duplicate=0.95, similar=0.85, hash_duplicate=2, hash_similar=4).to_shipped()
+    default = build_report(options)
+    report = build_report(options, shipped=shipped)
+    assert default["thresholds"]["source"] == "default"
+    assert report["thresholds"]["source"] == "shipped"
+    assert (report["threshold"], report["hash_threshold"]) == (0.95, 2)
+    assert not any("defaults" in warning for warning in report["warnings"])
+    # Stricter shipped cuts: the grey (0.92) and brighter (0.93) copies are no CNN duplicates now.
+    assert report["summary"]["pairs_by"]["cnn"] < default["summary"]["pairs_by"]["cnn"]
 
 
 # linkage on its own -------------------------------------------------------------------------------
