@@ -57,3 +57,12 @@ def test_copies_take_every_edit_row_in_turn_and_are_reproducible():
     other_seed = copy_edits(rows, 1, 3, copies)
     assert [e.specs for e in other_seed] != [e.specs for e in drawn[3]]
     assert np.all([len(e.specs) >= 1 for e in again])
+
+
+def test_results_name_the_command_as_a_user_retypes_it():
+    from bench.results import command_line
+
+    assert command_line(["/x/bench/__main__.py", "report-quality", "--copies", "3"]) == (
+        "twice bench report-quality --copies 3"
+    )
+    assert command_line(["/venv/bin/twice", "bench", "quality"]) == "twice bench quality"
