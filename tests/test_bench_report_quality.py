@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.report_quality import copy_edits, score_groups
+from bench.report_quality import ReportQualityConfig, copy_edits, run_report_quality, score_groups
 from bench.sources import edit_rows
 
 
@@ -66,3 +66,27 @@ def test_results_name_the_command_as_a_user_retypes_it():
         "twice bench report-quality --copies 3"
     )
     assert command_line(["/venv/bin/twice", "bench", "quality"]) == "twice bench quality"
+
+
+def test_report_quality_runs_the_report_on_a_folder_and_scores_it(tmp_path):
+    from conftest import make_options
+
+    config = ReportQualityConfig(
+        originals=2, copies=3, drawings=3, others=2, install=False, work_dir=tmp_path / "work", progress=False
+    )
+    payload, markdown = run_report_quality(
+        config, make_options(tmp_path / "unused"), "twice bench report-quality"
+    )
+    assert payload["set"]["copies"] == 6 and payload["set"]["missing_from_catalog"] == []
+    scores = payload["scores"]
+    assert scores["families"] == 2 and scores["pairs_true"] == 2 * 6  # 4 images a family: 6 pairs each
+    assert 0.0 <= scores["recall"] <= 1.0 and scores["pairs_right"] <= scores["pairs_found"]
+    # Every copy is counted once per edit, and each one missed is listed with its verdict.
+    assert sum(f["copies"] for f in payload["per_edit"].values()) == 6
+    kept = sum(f["with_original"] for f in payload["per_edit"].values())
+    assert len(payload["missed"]) == 6 - kept
+    assert all(m["verdict"] in ("duplicate", "similar", "different") for m in payload["missed"])
+    assert "| pair precision |" in markdown and payload["thresholds"]["source"] in ("default", "shipped")
+    # The folder holds the originals, their copies and the unrelated images, flat, as a user's does.
+    files = sorted(p.name for p in (tmp_path / "work" / "folder").iterdir())
+    assert len(files) == 2 + 6 + sum(payload["set"]["unrelated"].values())
