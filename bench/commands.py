@@ -17,6 +17,7 @@ from twice.search.pairs import METHODS
 from .index import IndexBenchConfig, run_index_bench
 from .quality import QualityConfig, run_quality
 from .report import INDEX_KINDS, ReportConfig, all_found, bench_row, run_report_bench
+from .report_quality import ReportQualityConfig, run_report_quality
 from .results import RESULTS_DIR, command_line, write_results
 from .sources import CLIPART_SOURCES, COMBO_SIZES, PHOTO_SOURCES
 from .speed import SpeedConfig, run_speed
@@ -200,6 +201,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--tag", help="name this run's results report-TAG, so they do not replace report.md")
     r.set_defaults(func=run_report_command)
+
+    rq = sub.add_parser(
+        "report-quality",
+        help="`twice report` on a folder of edited copies and unrelated images: pair precision,"
+        " pair recall, families whole",
+        description="Write a folder of photo-like originals, each with edited copies drawn from every"
+        " edit family (held-out ones and combinations included), among unrelated clip-art drawings"
+        " and other photo-like images; add it as `twice reindex FOLDER` does and build the report as"
+        " `twice report` does, with the shipped model and thresholds (no calibrate); score the"
+        " groups against the true families and list the wrong groups and missed copies.",
+    )
+    rq.add_argument("--originals", type=int, help="originals with copies (default 20)")
+    rq.add_argument("--copies", type=int, help="edited copies of each original (default 12)")
+    rq.add_argument("--drawings", type=int, help="unrelated clip-art drawings (default 300)")
+    rq.add_argument("--others", type=int, help="other unrelated photo-like images (default 60)")
+    rq.add_argument("--linkage", help="how duplicate pairs make groups (default: the report's)")
+    rq.add_argument("--seed", type=int, default=0, help="seed of every choice in the folder (default 0)")
+    rq.add_argument("--no-install", action="store_true", help="never apt-get missing Debian sources")
+    rq.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help=f"where results go (default {RESULTS_DIR})"
+    )
+    rq.add_argument(
+        "--work-dir", type=Path, help="keep the folder and data directory here (default: a temporary folder)"
+    )
+    rq.add_argument(
+        "--keep-data",
+        action="store_true",
+        help="with --work-dir: reuse the data directory it holds (only the report is run again)",
+    )
+    rq.add_argument("--tag", help="name this run's results report-quality-TAG")
+    rq.set_defaults(func=run_report_quality_command)
     return p
 
 
@@ -416,3 +448,30 @@ def run_report_command(args, options) -> int:
     print(markdown)
     print(f"\nresults: {json_path}, {md_path}")
     return 0 if all_found(payload) else 1
+
+
+def run_report_quality_command(args, options) -> int:
+    values = _given(
+        originals=args.originals,
+        copies=args.copies,
+        drawings=args.drawings,
+        others=args.others,
+        linkage=args.linkage,
+        work_dir=args.work_dir,
+    )
+    if args.keep_data and args.work_dir is None:
+        raise ValueError("--keep-data needs --work-dir")
+    config = ReportQualityConfig(
+        **values,
+        seed=args.seed,
+        install=not args.no_install,
+        keep_data=args.keep_data,
+        progress=not args.quiet,
+    )
+    config.check()
+    kind = _kind(args)  # a bad --tag fails now, not after the run
+    payload, markdown = run_report_quality(config, options, command_line())
+    json_path, md_path = write_results(kind, payload, markdown, args.results_dir)
+    print(markdown)
+    print(f"\nresults: {json_path}, {md_path}")
+    return 0

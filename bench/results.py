@@ -20,7 +20,9 @@ RESULTS_DIR = Path(__file__).parent / "results"
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The exact command as a user would retype it."""
     argv = list(sys.argv if argv is None else argv)
-    if argv and Path(argv[0]).name in ("twice", "cli.py", "__main__.py"):
+    if argv and Path(argv[0]).name == "__main__.py" and Path(argv[0]).parent.name == "bench":
+        argv[0:1] = ["twice", "bench"]  # `python -m bench KIND` is `twice bench KIND`
+    elif argv and Path(argv[0]).name in ("twice", "cli.py", "__main__.py"):
         argv[0] = "twice"
     return shlex.join(argv)
 

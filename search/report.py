@@ -58,6 +58,8 @@ def build_report(
     nprobe: int | None = None,
     workers: int = 0,
     linkage: str = DEFAULT_LINKAGE,
+    shipped: dict | None = None,
+    embedder=None,
 ) -> dict:
     """The duplicate report as a JSON-ready dict (see the module docstring).
 
@@ -67,6 +69,10 @@ def build_report(
     ``nprobe``: inverted lists visited per query when the index is IVF (default: the index's).
     ``workers``: processes decoding images whose hash views are not cached (0: this one).
     ``linkage``: how duplicate pairs make groups (``search.report_linkage``).
+    ``shipped``: the thresholds the index's model ships with (``Embedder.shipped_thresholds``),
+    used as search uses them: when ``twice calibrate`` stored none for the model version.
+    ``embedder``: builds the model when called, so that a pair showing a turn or flip scores as
+    search scores it, over the turned views (``search.report_views``; None: stored vectors only).
     """
     started = time.perf_counter()
     page, per_page = check_page(page, per_page)
@@ -83,6 +89,8 @@ def build_report(
             nprobe,
             workers,
             linkage,
+            shipped,
+            embedder,
         )
         report = assemble(scan, catalog, options, include_variants)
         if record:
@@ -133,6 +141,7 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
             "pairs_by": scan.pairs.counts(),
             "candidate_pairs": len(scan.candidates),
             "verified_pairs": scan.verifier.runs if scan.verifier is not None else 0,
+            "turned_images": scan.views.embedded if scan.views is not None else 0,
             "hashed_images": len(scan.hashes.ids),
             "groups": len(scan.groups),
             "groups_listed": len(listed),

@@ -32,6 +32,7 @@ from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
 from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
 from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key, partners_within
 from .report_verify import PairVerifier
+from .report_views import ViewScorer, turned_score
 from .verdicts import DUPLICATE, Judgement, Thresholds, thresholds_for
 from .verify import verification_weight
 
@@ -65,6 +66,7 @@ class DuplicateScan:
     verifier: PairVerifier | None = None  # None: verification is off (``verify_top`` 0)
     candidates: Pairs | None = None  # every pair judged, duplicate or not
     linkage: str = DEFAULT_LINKAGE
+    views: ViewScorer | None = None  # None: pairs score by their stored vectors alone
 
     @property
     def threshold(self) -> float:
@@ -97,9 +99,16 @@ class DuplicateScan:
         found = self.hashes.match(original, member) if self.hashes.radius >= 0 else None
         distance = None if found is None else found[0].distance
         structure = self.structure(original, member)
+        transform = turn_seen(self.thresholds, found)
+        score = turned_score(
+            self.views, self.thresholds, self.vector(original), member, score, transform, None
+        )
         checked = None
         if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
             checked = self.verifier(original, member)
+            score = turned_score(
+                self.views, self.thresholds, self.vector(original), member, score, None, checked
+            )
         inliers = None if checked is None else checked.evidence
         reframed = checked is None or checked.reframed
         judgement = self.thresholds.judge(
@@ -175,10 +184,16 @@ def scan_duplicates(
     nprobe: int | None = None,
     workers: int = 0,
     linkage: str = DEFAULT_LINKAGE,
+    shipped: dict | None = None,
+    embedder=None,
 ) -> DuplicateScan:
     """Candidate pairs, search's verdict on each, and the groups of the duplicates.
 
-    The cuts are the model version's thresholds; ``threshold`` overrides the CNN duplicate one.
+    The cuts are the model version's thresholds as search has them (stored by ``twice calibrate``,
+    else ``shipped``: the ones the model's checkpoint ships with, else the defaults);
+    ``threshold`` overrides the CNN duplicate one. ``embedder``: builds the index's model when
+    called, to score a pair that shows a turn as search scores it (``search.report_views``;
+    None: stored vectors alone).
     ``workers``: processes decoding images whose hash views are not cached yet. ``linkage``:
     how duplicate pairs make groups (``search.report_linkage``).
     """
@@ -191,7 +206,7 @@ def scan_duplicates(
         if not isinstance(nprobe, int) or nprobe < 1:
             raise ValueError(f"nprobe must be an integer >= 1, got {nprobe!r}")
         vectors.nprobe = nprobe  # only an IVF index reads it
-    thresholds = report_thresholds(thresholds_for(catalog, vectors.model_version), threshold)
+    thresholds = report_thresholds(thresholds_for(catalog, vectors.model_version, shipped), threshold)
     cut = thresholds.duplicate
     ids, xb = vectors.vectors()
     keys = catalog_keys(catalog)
@@ -211,7 +226,9 @@ def scan_duplicates(
     verifier = PairVerifier(options, catalog) if top > 0 else None
     band = band_pairs(vectors, ids, xb, thresholds, top) if verifier is not None else (a[:0], b[:0])
     candidates = join_pairs(a[keep], b[keep], hashes, ids, xb, band)
-    judge_pairs(candidates, hashes, thresholds, verifier, progress)
+    views = ViewScorer(options, catalog, embedder, vectors.model_version) if embedder is not None else None
+    turn_pairs(candidates, hashes, thresholds, views, ids, xb)
+    judge_pairs(candidates, hashes, thresholds, verifier, progress, views, ids, xb)
     pairs = candidates.subset(candidates.duplicate)
     scan = DuplicateScan(
         model_version=vectors.model_version,
@@ -228,6 +245,7 @@ def scan_duplicates(
         verifier=verifier,
         candidates=candidates,
         linkage=linkage,
+        views=views,
     )
     scan.groups = link_groups(
         pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
@@ -251,11 +269,41 @@ def band_pairs(vectors: VectorIndex, ids: np.ndarray, xb: np.ndarray, thresholds
     return a, b
 
 
+def turn_seen(thresholds: Thresholds, found) -> str | None:
+    """The dihedral transform of a hash match that fired (``HashScan.match``'s answer), else None."""
+    if found is None or found[0].distance > thresholds.hash_similar:
+        return None
+    return found[0].transform
+
+
+def turn_pairs(pairs: Pairs, hashes: HashScan, thresholds: Thresholds, views, ids, xb) -> None:
+    """Pairs whose hashes matched under a turn or flip score as search scores the later image
+    (``turned_score``)."""
+    if views is None:
+        return
+    for i in np.flatnonzero(
+        (pairs.distance <= thresholds.hash_similar) & (pairs.score < thresholds.duplicate)
+    ):
+        a, b = int(pairs.a[i]), int(pairs.b[i])
+        transform = turn_seen(thresholds, hashes.match(a, b))
+        stored = xb[np.searchsorted(ids, a)]
+        pairs.score[i] = turned_score(views, thresholds, stored, b, float(pairs.score[i]), transform, None)
+
+
 def judge_pairs(
-    pairs: Pairs, hashes: HashScan, thresholds: Thresholds, verifier: PairVerifier | None, progress: bool
+    pairs: Pairs,
+    hashes: HashScan,
+    thresholds: Thresholds,
+    verifier: PairVerifier | None,
+    progress: bool,
+    views: ViewScorer | None = None,
+    ids: np.ndarray | None = None,
+    xb: np.ndarray | None = None,
 ) -> None:
     """Search's verdict on every pair, verifying (the later image onto the earlier) where that
-    can change it; fills ``structure``, ``inliers``, ``verified``, ``duplicate`` and ``weight``."""
+    can change it; fills ``structure``, ``inliers``, ``verified``, ``duplicate`` and ``weight``.
+    A pair whose fitted edit turns or mirrors scores as search scores the later image
+    (``turned_score``; ``views`` with the ``ids`` and vectors ``xb``)."""
     n = len(pairs)
     pairs.structure = np.minimum(hashes.structures(pairs.a), hashes.structures(pairs.b))
     pairs.inliers = np.full(n, NOT_RUN, np.int64)
@@ -273,6 +321,12 @@ def judge_pairs(
     for i in tqdm(wanted, desc="verifying pairs", unit="pair", disable=not progress):
         checked[i] = verifier(int(pairs.a[i]), int(pairs.b[i]))
     for i, verification in checked.items():
+        if views is not None and verification is not None:
+            stored = xb[np.searchsorted(ids, pairs.a[i])]
+            score = float(pairs.score[i])
+            pairs.score[i] = turned_score(
+                views, thresholds, stored, int(pairs.b[i]), score, None, verification
+            )
         score, distance, structure = pair_signals(pairs, i)
         inliers = None if verification is None else verification.evidence
         reframed = verification is None or verification.reframed

@@ -500,3 +500,10 @@ def test_exported_thresholds_ship_with_a_checkpoint_and_a_fresh_data_directory_u
         details["duplicate"]["cnn_min"],
         details["duplicate"]["hash_max"],
     )
+    # `twice report` judges by the same shipped rule (it judged by the defaults before).
+    monkeypatch.setenv("TWICE_DATA_DIR", str(fresh.data_dir))
+    monkeypatch.setenv("TWICE_CHECKPOINT", str(shipped))
+    assert cli("report", "--format", "json", "-o", "-") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["thresholds"]["source"] == "shipped"
+    assert (report["threshold"], report["hash_threshold"]) == (rule.duplicate, rule.hash_duplicate)

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from bench.report_quality import score_groups
 from imagegen import image_bytes
 from twice.augment import apply_transform
 from twice.augment.synthetic import make_synthetic_image
@@ -29,6 +29,7 @@ from twice.search.report import build_report
 from twice.search.report_linkage import DEFAULT_LINKAGE, LINKAGES, components_within, link_groups
 from twice.search.report_render import report_csv
 from twice.search.report_scan import scan_duplicates
+from twice.search.verdicts import Thresholds
 
 DIM = 64
 MODEL = "test-model-v1"
@@ -111,16 +112,9 @@ def planted(tmp_path_factory):
 def measure(report: dict, families: list[list[int]]) -> dict:
     """Pair precision and recall against the planted families, and families whole in one group
     with nothing else in it."""
-    groups = [{m["id"] for m in g["members"]} for g in report["groups"]]
-    found = {pair for g in groups for pair in combinations(sorted(g), 2)}
-    truth = {pair for f in families for pair in combinations(sorted(f), 2)}
-    right = len(found & truth)
+    scores = score_groups([[m["id"] for m in g["members"]] for g in report["groups"]], families)
     return {
-        "precision": right / len(found) if found else 1.0,
-        "recall": right / len(truth),
-        "whole": sum(set(f) in groups for f in families) / len(families),
-        "largest": max((len(g) for g in groups), default=0),
-        "groups": len(groups),
+        **{key: scores[key] for key in ("precision", "recall", "whole", "largest", "groups")},
         "candidate_pairs": report["summary"]["candidate_pairs"],
         "verified_pairs": report["summary"]["verified_pairs"],
         "seconds": round(report["took_ms"] / 1000, 1),
@@ -155,6 +149,19 @@ def test_report_members_explain_the_verified_edit(planted):
     assert report["summary"]["verified_pairs"] > 0 and report["summary"]["pairs_by"]["verify"] > 0
     rows = {int(r["id"]): r for r in csv.DictReader(io.StringIO(report_csv(report)))}
     assert rows[tilted["id"]]["edit"] == verification["explanation"]
+
+
+def test_a_fresh_data_directory_reports_by_the_shipped_thresholds(planted):
+    options, _ = planted
+    shipped = Thresholds(duplicate=0.95, similar=0.85, hash_duplicate=2, hash_similar=4).to_shipped()
+    default = build_report(options)
+    report = build_report(options, shipped=shipped)
+    assert default["thresholds"]["source"] == "default"
+    assert report["thresholds"]["source"] == "shipped"
+    assert (report["threshold"], report["hash_threshold"]) == (0.95, 2)
+    assert not any("defaults" in warning for warning in report["warnings"])
+    # Stricter shipped cuts: the grey (0.92) and brighter (0.93) copies are no CNN duplicates now.
+    assert report["summary"]["pairs_by"]["cnn"] < default["summary"]["pairs_by"]["cnn"]
 
 
 # linkage on its own -------------------------------------------------------------------------------
@@ -234,3 +241,55 @@ def test_report_and_search_agree_on_each_pair(indexed, embedder):
 
 def path_of(engine: SearchEngine, image_id: int) -> str:
     return engine.catalog.get_many([image_id])[image_id].stored_path
+
+
+# turned copies score as search scores them ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single_view(tmp_path_factory):
+    """(options, embedder, ids): a photo, its turned and mirrored copies and a drawing, indexed by
+    a single-view model (random weights, as the shipped model is single-view: search turns the
+    query)."""
+    from conftest import make_options
+    from twice.model import Embedder
+
+    root = tmp_path_factory.mktemp("turned")
+    folder = root / "in"
+    folder.mkdir()
+    photo = make_synthetic_image(3, 2)
+    photo.save(folder / "photo.png")
+    for edit in ("rotate:90", "mirror"):
+        apply_transform(photo, edit).save(folder / f"photo_{edit.replace(':', '_')}.png")
+    drawing(1).save(folder / "drawing.png")
+    options = make_options(root / "data", invariance="none")
+    embedder = Embedder.from_options(options)
+    reindex([folder], options, embedder, progress=False)
+    catalog = Catalog(options.catalog_url)
+    catalog.set_thresholds(
+        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
+    )
+    ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
+    catalog.close()
+    return options, embedder, ids
+
+
+def test_a_turned_copy_scores_in_the_report_as_in_search(single_view):
+    options, embedder, ids = single_view
+    engine = SearchEngine.open(options, embedder)
+    catalog = Catalog(options.catalog_url)
+    try:
+        plain = scan_duplicates(options, catalog)
+        turned = scan_duplicates(options, catalog, embedder=lambda: embedder)
+        for copy in ("photo_rotate_90", "photo_mirror"):
+            response = engine.search_file(Path(options.images_dir) / path_of(engine, ids[copy]), k=4)
+            searched = next(r for r in response["results"] if r["id"] == ids["photo"])
+            assert searched["evidence"]["cnn"]["view"] != "identity"  # search scored a turned view
+            score = turned.judge(ids["photo"], ids[copy])[0]
+            assert score == pytest.approx(searched["score"], abs=1e-3)
+            # The stored vectors alone score the copy lower: the view is what search adds.
+            assert plain.judge(ids["photo"], ids[copy])[0] < score - 1e-3
+        assert turned.views is not None and turned.views.embedded >= 1
+    finally:
+        engine.close()
+        catalog.close()

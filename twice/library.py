@@ -290,7 +290,10 @@ class Library:
         return [DuplicateGroup.from_json(group) for group in report["groups"]]
 
     def report(self, **kwargs) -> dict:
-        """The whole duplicate report as JSON (``twice.search.build_report``'s arguments)."""
+        """The whole duplicate report as JSON (``twice.search.build_report``'s arguments), judged
+        by the thresholds search uses (the model's shipped ones until ``twice calibrate``)."""
+        kwargs.setdefault("shipped", self.embedder.shipped_thresholds)
+        kwargs.setdefault("embedder", lambda: self.embedder)
         return build_report(self.options, model_version=self.embedder.version, **kwargs)
 
     # life cycle -----------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def register(subparsers) -> None:
 
 
 def run_report(args, options) -> int:
+    from twice.model import Embedder
+
     fmt = format_for(args.output, args.format)
     report = build_report(
         options,
@@ -69,6 +71,8 @@ def run_report(args, options) -> int:
         progress=not args.quiet,
         nprobe=args.nprobe,
         workers=options.workers,
+        shipped=checkpoint_thresholds(options),
+        embedder=lambda: Embedder.from_options(options),
     )
     to_stdout = args.output == "-"
     out_path = None if to_stdout else Path(args.output or default_output(options, fmt))
@@ -83,6 +87,16 @@ def run_report(args, options) -> int:
     if out_path is not None:
         print(f"wrote {out_path}", file=info)
     return 0
+
+
+def checkpoint_thresholds(options) -> dict | None:
+    """The thresholds the checkpoint search loads ships with, read from its metadata without
+    building the network (None: no twice checkpoint, or one that ships none)."""
+    from twice.model.weights import SHIPPED_CHECKPOINT, read_shipped_thresholds
+
+    use_shipped = options.shipped_checkpoint and SHIPPED_CHECKPOINT.exists()
+    path = Path(options.checkpoint) if options.checkpoint else SHIPPED_CHECKPOINT if use_shipped else None
+    return read_shipped_thresholds(path) if path is not None and path.is_file() else None
 
 
 def default_output(options, fmt: str) -> Path:

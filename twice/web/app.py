@@ -398,6 +398,8 @@ def _register_routes(app: Flask) -> None:
             report = build_report(
                 service.options,
                 model_version=service.embedder.version,
+                shipped=service.embedder.shipped_thresholds,
+                embedder=lambda: service.embedder,
                 threshold=parse_float("threshold", args["threshold"]) if "threshold" in args else None,
                 include_variants=args.get("include_variants", "").lower() in TRUE_WORDS,
                 page=parse_int("page", args.get("page", 1), 1, 10**9),

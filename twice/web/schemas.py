@@ -386,6 +386,10 @@ class ReportSummary(BaseModel):
     pairs_by: PairCounts
     candidate_pairs: int = Field(description="pairs judged: a signal past its cut, or near enough to verify")
     verified_pairs: int = Field(description="pairs local-feature verification ran on")
+    turned_images: int = Field(
+        description="images whose 8 turns and flips were embedded, so that a pair showing a turn"
+        " scores as search scores it"
+    )
     hashed_images: int
     groups: int
     groups_listed: int
