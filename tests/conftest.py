@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pg import PostgresServer, postgres_bin, server_user
+from pg import PostgresServer, postgres_bin, server_user, stop_orphans
 
 from twice.model import Embedder
 from twice.options import Options
@@ -64,6 +64,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         )
     if user is None:
         pytest.skip("running as root and there is no postgres user to run PostgreSQL as")
+    stop_orphans(bin_dir, user)  # servers of earlier runs that were killed mid-way
     server = PostgresServer(bin_dir, user)
     yield server
     server.stop()

@@ -7,6 +7,7 @@ As root (initdb refuses to run as root) the server runs as the ``postgres`` user
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import glob
 import itertools
@@ -77,6 +78,40 @@ def clone_database(url: str) -> str:
     return source.set(database=name).render_as_string(hide_password=False)
 
 
+OWNER_FILE = "owner.pid"  # the test process a server belongs to
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_orphans(bin_dir: Path, user: str) -> list[Path]:
+    """Stop the servers of test runs that were killed before they could stop theirs (pg_ctl
+    detaches the server, so nothing else ends it); returns their folders, now removed."""
+    stopped = []
+    for owner in Path(tempfile.gettempdir()).glob(f"twice-pg-*/{OWNER_FILE}"):
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if process_alive(pid):
+            continue
+        server = PostgresServer.__new__(PostgresServer)
+        server.bin_dir, server.user, server.root = bin_dir, user, owner.parent
+        server.data = server.root / "data"
+        with contextlib.suppress(RuntimeError):
+            server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+        stopped.append(server.root)
+    return stopped
+
+
 class PostgresServer:
     """One running server (``settings`` override ``SERVER_SETTINGS``); ``stop`` shuts it down
     and removes its folder."""
@@ -84,6 +119,7 @@ class PostgresServer:
     def __init__(self, bin_dir: Path, user: str, **settings: str) -> None:
         self.bin_dir, self.user = bin_dir, user
         self.root = Path(tempfile.mkdtemp(prefix="twice-pg-"))
+        (self.root / OWNER_FILE).write_text(str(os.getpid()))
         self.data = self.root / "data"
         self.port = free_port()
         self._names = itertools.count(1)

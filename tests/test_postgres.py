@@ -224,3 +224,23 @@ def test_reindex_search_and_report_answer_alike_on_postgresql_and_sqlite(
     assert (best_score, best_verdict, best_source) == (pytest.approx(1.0), "duplicate", str(query))
     assert on_sqlite["groups"]  # the copies make at least one group
     assert on_postgres == on_sqlite
+
+
+def test_a_server_left_by_a_killed_test_run_is_stopped_by_the_next(postgres_server):
+    """pg_ctl detaches the server, so a test run killed mid-way leaves it running: the next
+    run's fixture stops every server whose test process is gone, and no other."""
+    import socket
+
+    from pg import OWNER_FILE, PostgresServer, stop_orphans
+
+    orphan = PostgresServer(postgres_server.bin_dir, postgres_server.user)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    (orphan.root / OWNER_FILE).write_text(gone.stdout.strip())  # a test process that has exited
+    assert stop_orphans(postgres_server.bin_dir, postgres_server.user) == [orphan.root]
+    assert not orphan.root.exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", orphan.port), timeout=2).close()
+    assert postgres_server.root.exists()  # this run's own server is left alone
+    Catalog(postgres_server.new_database()).close()
