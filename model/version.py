@@ -68,6 +68,13 @@ def model_facts(options) -> ModelFacts | None:
     return ModelFacts(version, int(header["dim"]), int(size))
 
 
+def draft_side_of(options) -> int:
+    """The ``draft_side`` of the embedder ``options`` builds, without building it: search
+    decodes a query with it, so whatever compares with a query decodes the same way."""
+    facts = model_facts(options)
+    return facts.draft_side if facts is not None else draft_side_for(options.image_size)
+
+
 def checkpoint_for(options) -> tuple[Path | None, str]:
     """The checkpoint file ``build_network`` loads for ``options`` and the source it records."""
     if options.checkpoint:

@@ -43,16 +43,14 @@ from twice.hashing import (
     STORED_COLUMNS,
     STORED_KINDS,
     HashIndex,
-    dihedral_hashes,
     is_flat,
     row_hashes,
     view_distances,
 )
-from twice.imageio import ImageError
 from twice.indexer import Catalog, ImageRow, VectorIndex, load_vectors_for_search
 from twice.indexer.batches import iter_batches
 
-from .report_hashes import decode_stored
+from .report_hashes import StoredViews
 from .verdicts import (
     CLEAR_OFF,
     HASH_DISTANCES,
@@ -458,23 +456,6 @@ class Pairs:
         return len(self.labels)
 
 
-class QueryHashes:
-    """Dihedral hashes of catalogued images, decoded from the image store (in workers)."""
-
-    def __init__(self, items: list[tuple[int, Path]], options) -> None:
-        self.items, self.options = items, options
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        image_id, path = self.items[i]
-        try:
-            return {"id": image_id, "hashes": dihedral_hashes(decode_stored(path, self.options).image)}
-        except ImageError as exc:
-            return {"id": image_id, "error": exc}
-
-
 class CatalogView:
     """Rows, families, vectors and hashes of one catalog + index, for pair scoring."""
 
@@ -549,7 +530,7 @@ def collect_pairs(
     extra = rng.choice(originals, size=min(len(originals), max(1, len(variants) // 2)), replace=False)
     queries = sorted(set(variants) | set(extra.tolist()))
     store = ImageStore(options.images_dir)
-    dataset = QueryHashes([(i, store.path(view.stored[i])) for i in queries], options)
+    dataset = StoredViews([(i, store.path(view.stored[i])) for i in queries], options)
     workers = options.workers if len(queries) >= 4 * options.batch_size else 0
     result = _PairCollector(view, k, randoms, rng)
     bar = tqdm(total=len(queries), desc="scoring pairs", unit="img", disable=not progress)

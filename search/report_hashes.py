@@ -9,9 +9,9 @@ which search compares a query's views with too. A pair's distance is the nearer 
 directions (``pair_match``), as search would see it from either side: a brightened copy pairs
 with its original through the original's bright view.
 
-Each image's hash structure (``twice.hashing.structure_of``: how many strong DCT coefficients,
-how much a hash match of it says) comes from the same decode and the same DCT, and is cached
-beside its views.
+Each image's hash structure (``twice.hashing.hash_structure``: how many strong DCT
+coefficients, how much a hash match of it says) comes from the same decode, as search takes a
+query's, and is cached beside its views.
 
 Pairs come from the multi-index lookup, never a scan: a full run is ``hash_pairs``; a later run
 searches only the new images' views against every stored hash, and every image's views
@@ -44,16 +44,13 @@ from twice.hashing import (
     HashIndex,
     HashMatch,
     check_radius,
-    dct_coefficients,
-    dihedral_coefficients,
     dihedral_hashes,
-    hash_coefficients,
     hash_pairs,
+    hash_structure,
     nearest_match,
     stored_hashes,
     stored_of,
     stored_present,
-    structure_of,
     view_distances,
 )
 from twice.imageio import DecodedImage, ImageError, decode_image, read_file_bytes
@@ -61,11 +58,12 @@ from twice.indexer import Catalog
 from twice.indexer.batches import iter_batches
 from twice.indexer.catalog import load_stored_hashes, upsert
 from twice.indexer.schema import HashPairCache
+from twice.model.version import draft_side_of
 
 LOG = logging.getLogger(__name__)
 
 # The hash kind the cache holds; ``cache_key`` adds a fingerprint of the hash function itself.
-HASH_SCHEME = "phash-dct64-dihedral8-photometric2-structure"
+HASH_SCHEME = "phash-dct64-trimmed-dihedral8-photometric2-structure"
 NO_HASH = 65  # distance of a pair where one side has no views: never fires
 NO_STRUCTURE = -1  # an image without views: its structure is unknown
 TURNS = len(DIHEDRAL)
@@ -200,21 +198,22 @@ class HashScan:
         return out
 
 
-def decode_stored(path: Path, options) -> DecodedImage:
-    """A stored image decoded as search decodes a query (at twice the model's input size), so
-    its hashes compare with a query's."""
+def decode_stored(path: Path, options, draft_side: int) -> DecodedImage:
+    """A stored image decoded as search decodes a query (JPEGs at the embedder's
+    ``draft_side``), so its hashes and embeddings compare with a query's."""
     data = read_file_bytes(path, options.max_image_bytes)
-    return decode_image(
-        data, str(path), options.max_image_bytes, options.max_image_pixels, 2 * options.image_size
-    )
+    return decode_image(data, str(path), options.max_image_bytes, options.max_image_pixels, draft_side)
 
 
 class StoredViews:
-    """Dihedral hashes and hash structure of stored images, from one decode and one DCT each
-    (the decode search gives a query: at twice the model's input size)."""
+    """Dihedral hashes and hash structure of stored images, from one decode each (the decode
+    search gives a query: JPEGs at the embedder's draft side), computed as search computes a
+    query's: the views of the trimmed content (``dihedral_hashes``), the structure of the whole
+    image (``hash_structure``)."""
 
     def __init__(self, items: list[tuple[int, Path]], options) -> None:
         self.items, self.options = items, options
+        self.draft_side = draft_side_of(options)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -222,12 +221,11 @@ class StoredViews:
     def __getitem__(self, i: int) -> dict:
         image_id, path = self.items[i]
         try:
-            decoded = decode_stored(path, self.options)
+            decoded = decode_stored(path, self.options, self.draft_side)
         except ImageError as exc:
             return {"id": image_id, "error": exc}
-        coeffs = dct_coefficients(decoded.image)
-        hashes = hash_coefficients(dihedral_coefficients(coeffs))
-        return {"id": image_id, "hashes": hashes, "structure": structure_of(coeffs)}
+        image = decoded.image
+        return {"id": image_id, "hashes": dihedral_hashes(image), "structure": hash_structure(image)}
 
 
 def stored_views(options, items: list[tuple[int, Path]], workers: int, progress: bool):

@@ -77,7 +77,7 @@ class ViewScorer:
             return None
         path = Path(self.options.images_dir) / row.stored_path
         try:
-            decoded = decode_stored(path, self.options)
+            decoded = decode_stored(path, self.options, self._embedder.draft_side)
         except (OSError, ImageError) as exc:
             LOG.warning("no turned views of #%d (%s): %s", image_id, path, exc)
             return None
