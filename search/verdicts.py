@@ -35,7 +35,9 @@ Two more signals can change a verdict:
   duplicate: the floor is ``similar - verify_slack`` up to twice ``verify_inliers``, then
   ``VERIFY_SLACK_PER_DOUBLING`` lower per doubling of the inliers (at most ``MAX_DOUBLINGS``):
   crops that the CNN scores low keep hundreds of inliers, while wrong pairs that share a drawn
-  part (cards of one deck) reach 8-27. A hash or CNN duplicate that verification ran on and
+  part (cards of one deck) reach 8-27. A fit that reframes the picture (a crop, borders, a tilt)
+  with ``REFRAMED_INLIERS`` or more needs no more than ``REFRAMED_FLOOR``; one that leaves it in
+  place needs ``IN_PLACE_FACTOR`` times the inliers. A hash or CNN duplicate that verification ran on and
   found at most ``VERIFY_REJECT_INLIERS`` inliers is demoted to similar when its image has low
   structure (geometry is the only signal there that tells drawings apart) or when only the hash
   said duplicate and the CNN says different (different drawings whose hashes sit a few bits
@@ -90,6 +92,12 @@ MAX_DOUBLINGS = 3  # 128 inliers and more lower it no further
 # (60 originals, 156 never-indexed drawings): 3 of them called duplicate -> 0, duplicate recall
 # 0.934 -> 0.932 (stickers and captions with few inliers).
 IN_PLACE_FACTOR = 3
+# A fit that reframes the picture (crop, borders, tilt) with this many inliers is a duplicate
+# at any CNN score from ``REFRAMED_FLOOR``: among 5,346 wrong candidate pairs of the bench (top-5
+# of 1,140 copies and 156 never-indexed drawings) no reframed fit reached more than 9 inliers,
+# while crops and screenshots the CNN scores 0.23-0.53 keep 11-55 (docs/verification.md).
+REFRAMED_INLIERS = 12
+REFRAMED_FLOOR = 0.2
 VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no geometric match
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
@@ -320,7 +328,9 @@ class Thresholds:
         if weak_hash:
             hashed = SIMILAR
         needed = self.verify_inliers * (1 if reframed else IN_PLACE_FACTOR)
-        verified = inliers is not None and inliers >= needed and score >= self.verify_floor(inliers)
+        verified = (
+            inliers is not None and inliers >= needed and score >= self.verify_floor(inliers, reframed)
+        )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False
         if verified:
@@ -330,10 +340,17 @@ class Thresholds:
             # hashes sit a few bits apart), with no shared geometry is no duplicate. A photo the
             # CNN also calls a copy keeps it (a heavy blur has no keypoints to match).
             verdict, demoted = SIMILAR, True
-        elif verdict == DUPLICATE and hashed != DUPLICATE and not weak_hash and inliers is not None:
+        elif (
+            verdict == DUPLICATE
+            and hashed != DUPLICATE
+            and not weak_hash
+            and inliers is not None
+            and inliers < self.verify_inliers
+        ):
             # The CNN alone said duplicate (no hash match, not even a weak one) and verification,
             # with enough detail to match, found too little shared geometry: look-alikes of one
-            # set (the letters S and s, N and Ñ).
+            # set (the letters S and s, N and Ñ). A fit in place with fewer inliers than a
+            # verified duplicate needs still backs the CNN's duplicate.
             verdict, demoted = SIMILAR, True
         if exact:
             verdict = DUPLICATE
@@ -342,10 +359,13 @@ class Thresholds:
             verdict, cnn, hashed, exact, clear, weak_hash, verified and not exact, demoted and not exact
         )
 
-    def verify_floor(self, inliers: int) -> float:
+    def verify_floor(self, inliers: int, reframed: bool = True) -> float:
         """The lowest CNN score that ``inliers`` verification inliers make a duplicate."""
         doublings = min(max(0.0, np.log2(inliers / (2 * self.verify_inliers))), MAX_DOUBLINGS)
-        return self.similar - self.verify_slack - VERIFY_SLACK_PER_DOUBLING * float(doublings)
+        floor = self.similar - self.verify_slack - VERIFY_SLACK_PER_DOUBLING * float(doublings)
+        if reframed and inliers >= REFRAMED_INLIERS:
+            return min(floor, REFRAMED_FLOOR)
+        return floor
 
     @staticmethod
     def _no_geometry(verdict: str, inliers: int | None) -> bool:

@@ -44,9 +44,9 @@ def test_the_cnn_and_exact_bytes_still_make_a_low_structure_duplicate():
     ("score", "inliers", "verdict"),
     [
         (0.70, 8, DUPLICATE),  # verified, CNN within the slack below similar (0.75 - 0.15)
-        (0.55, 12, DIFFERENT),  # a few inliers and a CNN far below similar: not verified
-        (0.45, 64, DUPLICATE),  # 64 inliers: two doublings past 16 lower the floor to 0.30
-        (0.25, 64, DIFFERENT),  # ... and no further
+        (0.55, 10, DIFFERENT),  # a few inliers and a CNN far below similar: not verified
+        (0.45, 12, DUPLICATE),  # a reframing fit with 12 inliers: the floor is 0.2
+        (0.15, 64, DIFFERENT),  # ... and no lower
         (0.80, 7, SIMILAR),  # too few inliers
         (0.80, None, SIMILAR),  # verification did not run
     ],
@@ -75,6 +75,26 @@ def test_a_fit_in_place_needs_three_times_the_inliers():
     assert rule.judge(0.65, inliers=20, reframed=True).verdict == DUPLICATE
     assert rule.judge(0.65, inliers=20, reframed=False).verdict == DIFFERENT
     assert rule.judge(0.65, inliers=24, reframed=False).verdict == DUPLICATE
+
+
+def test_a_reframing_fit_lowers_the_floor_and_a_fit_in_place_does_not():
+    """Crops the CNN scores 0.23-0.53 keep 11-55 reframed inliers; wrong pairs reached 9."""
+    rule = Thresholds()
+    assert rule.verify_floor(12, reframed=True) == pytest.approx(0.2)
+    assert rule.verify_floor(11, reframed=True) == pytest.approx(0.6)
+    assert rule.verify_floor(12, reframed=False) == pytest.approx(0.6)
+    assert rule.judge(0.3, inliers=12, reframed=True).verdict == DUPLICATE
+    assert rule.judge(0.3, inliers=11, reframed=True).verdict == DIFFERENT
+    assert rule.judge(0.3, inliers=40, reframed=False).verdict == DIFFERENT
+
+
+def test_a_fit_in_place_backs_a_duplicate_of_the_cnn_alone():
+    """A perspective copy at CNN 0.97 fits in place with 14 inliers: too few to verify on their
+    own, enough to back the CNN (look-alike letters match fewer than 8)."""
+    rule = Thresholds()
+    backed = rule.judge(0.95, None, structure=40, inliers=14, reframed=False)
+    assert (backed.verdict, backed.demoted, backed.verified) == (DUPLICATE, False, False)
+    assert rule.judge(0.95, None, structure=40, inliers=7, reframed=False).verdict == SIMILAR
 
 
 def test_too_little_geometry_vetoes_a_duplicate_of_the_cnn_alone():
