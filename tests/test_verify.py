@@ -24,6 +24,7 @@ from twice.search.verify import (
     FeatureCache,
     FeatureExtractor,
     Geometry,
+    Verification,
     distinct,
     mirrored,
     verify,
@@ -324,3 +325,18 @@ def test_report_rows_show_the_edit():
     unverified = evidence | {"verification": {"verified": False, "inliers": 2, "explanation": None}}
     assert "edit" not in evidence_html(unverified)
     assert "edit" not in evidence_html(evidence | {"verification": None})
+
+
+@pytest.mark.parametrize(
+    ("geometry", "reframed"),
+    [
+        (Geometry(False, 0.0, 1.0, None, None), False),  # in place
+        (Geometry(True, 90.0, 1.0, None, None), False),  # a quarter turn, mirrored: still in place
+        (Geometry(False, 2.0, 1.0, None, None), False),  # the fit's angle noise on look-alikes
+        (Geometry(False, -4.0, 1.0, None, None), True),  # a tilt
+        (Geometry(False, 0.0, 0.6, (0.1, 0.1, 0.7, 0.7), None), True),  # a crop
+        (Geometry(False, 0.0, 1.0, None, (0.0, 0.12, 0.0, 0.12)), True),  # letterbox bars
+    ],
+)
+def test_a_fit_reframes_the_picture_only_by_a_crop_borders_or_a_real_tilt(geometry, reframed):
+    assert Verification(20, 30, geometry).reframed is reframed
