@@ -42,6 +42,7 @@ from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
 
 from .explain import verification_json
+from .parts import PART_VIEWS, part_tensors
 from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, RANK, Judgement, Thresholds, thresholds_for
 from .verify import (
     MAX_SIDE,
@@ -116,6 +117,7 @@ class SearchEngine:
         self._hashes_after = 0  # the highest catalog id already in self._hashes
         self._hash_lock = threading.Lock()
         self.verify_top = check_verify_top(getattr(options, "verify_top", DEFAULT_VERIFY_TOP))
+        self.part_views = bool(getattr(options, "part_views", True))
         self.features = FeatureExtractor()
         self.stored_features = FeatureCache(FEATURE_CACHE)
 
@@ -197,10 +199,15 @@ class SearchEngine:
         gets every signal it has, a verdict and a weight.
         """
         thresholds = thresholds or self.thresholds
+        tta = tta_of(views)
         depth = max(k + 1, CONTEXT_K) if thresholds.clear_rule else k + 1
         D, I = self.vectors.search(xq, depth)
-        cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
         exact = self.catalog.by_sha256(decoded.sha256)
+        if self.part_views and exact is None and not (D[:, :1] >= thresholds.duplicate).any():
+            # No view found a duplicate: the query may be a crop, so it is searched as a part
+            # of a larger picture too (``parts``), each part view one more query view.
+            xq, views, D, I = self._with_parts(decoded, xq, views, D, I, depth)
+        cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
         structure = hash_structure(decoded.image)  # a low-structure query's hash match is weak evidence
         matches = [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1]
@@ -229,12 +236,12 @@ class SearchEngine:
             candidates[image_id] = Candidate(
                 rows[image_id], scored, by_hash.get(image_id), margins.get(image_id), gap, is_exact
             )
-        judged = [self._judged(c, thresholds, views, structure) for c in candidates.values()]
+        judged = [self._judged(c, thresholds, views, tta, structure) for c in candidates.values()]
         judged.sort(key=_rank_key)
         # The top candidates again, with their verification: it adds its weight and explains the edit.
         checked = self.verify_candidates(decoded, [candidates[r["id"]] for r in judged[: self.verify_top]])
         results = [
-            self._judged(candidates[r["id"]], thresholds, views, structure, checked[r["id"]])
+            self._judged(candidates[r["id"]], thresholds, views, tta, structure, checked[r["id"]])
             if r["id"] in checked
             else r
             for r in judged
@@ -247,6 +254,7 @@ class SearchEngine:
         candidate: Candidate,
         thresholds: Thresholds,
         views: tuple[str, ...],
+        tta: str,
         structure: int | None = None,
         checked: Verification | None = None,
     ) -> dict:
@@ -267,7 +275,7 @@ class SearchEngine:
         hash_view = candidate.match.stored if fired else None
         verification = verification_json(checked, hash_view, candidate.grey)
         evidence = self._evidence(
-            judgement, candidate.scored, views[view], candidate.match, tta_of(views), weight, candidate.margin
+            judgement, candidate.scored, views[view], candidate.match, tta, weight, candidate.margin
         )
         evidence["verification"] = verification
         evidence["summary"] = summarize(evidence)
@@ -295,6 +303,17 @@ class SearchEngine:
                 checked[candidate.row.id] = verify(query, features, mirror)
                 candidate.grey = query.grey and not features.grey
         return checked
+
+    def _with_parts(self, decoded, xq, views, D, I, depth):
+        """The query views with the part views added, and the FAISS lists of all of them."""
+        parts = self.embedder.embed_tensors(part_tensors(decoded.image, self.embedder.preprocess))
+        D_parts, I_parts = self.vectors.search(parts, depth)
+        return (
+            np.concatenate([xq, parts]),
+            views + PART_VIEWS,
+            np.concatenate([D, D_parts]),
+            np.concatenate([I, I_parts]),
+        )
 
     def _cached_features(self, row) -> Features | None:
         return self.stored_features.get(row.id, lambda: self._stored_features(row))
@@ -523,7 +542,7 @@ def _matched_transform(judgement: Judgement, match: HashMatch | None, view: str)
         name = view
     else:
         return None
-    return None if name == "identity" else name
+    return name if name in DIHEDRAL and name != "identity" else None
 
 
 def _rank_key(result: dict) -> tuple:

@@ -9,6 +9,7 @@ from PIL import Image
 
 from imagegen import image_bytes, make_image, write_images
 from twice.cli import main
+from twice.hashing import DIHEDRAL
 from twice.indexer import IndexFileError, IndexMismatchError, reindex
 from twice.model import Embedder
 from twice.search import SearchEngine, Thresholds
@@ -121,3 +122,50 @@ def test_a_single_view_model_searches_the_query_turns_by_default(tmp_path, optio
     top = response["results"][0]
     assert top["source"] == str(paths[2]) and top["score"] > 0.999
     assert engine.search_bytes(image_bytes(turned), k=1, tta="none")["tta"] == "none"
+
+
+def spread(region) -> float:
+    """The largest per-channel standard deviation of a (3, h, w) tensor region."""
+    return float(region.std(dim=(1, 2)).max())
+
+
+def test_part_views_shrink_the_content_into_a_canvas_at_each_place():
+    from twice.model.embedder import Preprocess
+    from twice.search.parts import PART_GRID, PART_VIEWS, part_tensors
+
+    tensors = part_tensors(make_image(3, (120, 90)), Preprocess(64, black_point=False, fill=False))
+    assert len(tensors) == len(PART_VIEWS) == PART_GRID**2
+    assert all(t.shape == (3, 64, 64) for t in tensors)
+    first, last = tensors[0], tensors[-1]  # content at the top left, then at the bottom right
+    assert spread(first[:, 20:40, 52:62]) < 1e-5  # the fill right of the content, untrimmed
+    assert spread(first[:, 20:40, 2:12]) > 0.1  # the content
+    assert spread(last[:, 20:40, 2:12]) < 1e-5
+    assert spread(last[:, 20:40, 52:62]) > 0.1
+
+
+def test_a_query_without_a_duplicate_is_searched_as_a_part_of_a_larger_picture(tmp_path, options):
+    single = options.with_overrides(invariance="none")
+    embedder = Embedder.from_options(single)
+    paths = write_images(tmp_path / "in", 5)
+    reindex([str(tmp_path / "in")], single, embedder=embedder, progress=False)
+    crop = Image.open(paths[2]).convert("RGB")
+    crop = crop.crop((crop.width // 3, 0, crop.width, crop.height * 2 // 3))
+    found = {}
+    for parts in (True, False):
+        engine = SearchEngine.open(single.with_overrides(part_views=parts), embedder)
+        engine.thresholds = Thresholds(duplicate=1.0, similar=-1.0)  # no view finds a duplicate
+        found[parts] = engine.search_bytes(image_bytes(crop), k=5)["results"]
+        exact = engine.search_bytes(paths[1].read_bytes(), k=5)["results"]
+        engine.close()
+        assert all(not r["evidence"]["cnn"]["view"].startswith("part") for r in exact)  # not needed
+    views = {r["evidence"]["cnn"]["view"] for r in found[True]}
+    assert not any(v.startswith("part") for r in found[False] for v in [r["evidence"]["cnn"]["view"]])
+    with_parts = {r["id"]: r["score"] for r in found[True]}
+    for r in found[False]:  # more views: no image scores lower
+        if r["id"] in with_parts:
+            assert with_parts[r["id"]] >= r["score"] - 1e-6
+    assert all(
+        r["evidence"]["transform"] is None
+        for r in found[True]
+        if r["evidence"]["cnn"]["view"] in views - set(DIHEDRAL)
+    )
