@@ -169,6 +169,9 @@ def main(argv=None) -> int:
     parser.add_argument("--verify-tops", default="0,3,5")
     parser.add_argument("--cache-sizes", default="0,512", help="stored-feature cache sizes (0: always cold)")
     parser.add_argument("--engine-clip-art", type=int, default=200)
+    parser.add_argument(
+        "--part-views", default="0,1", help="search without (0) and with (1) the part views of crops"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rng = np.random.default_rng(args.seed)
@@ -196,7 +199,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as work:
             tops = [int(t) for t in args.verify_tops.split(",")]
             caches = [int(c) for c in args.cache_sizes.split(",")]
-            engine = engine_run(photos, edited, clips[: args.engine_clip_art], tops, caches, Path(work))
+            parts = [bool(int(p)) for p in args.part_views.split(",")]
+            engine = engine_run(
+                photos, edited, clips[: args.engine_clip_art], tops, caches, parts, Path(work)
+            )
     record = {
         "command": " ".join(["python -m bench.verification", *(argv or [])]),
         "machine": machine_facts(),
@@ -229,11 +235,12 @@ def main(argv=None) -> int:
             "",
         ]
     if engine:
-        header = ["verify top", "feature cache", "p50 ms", "p90 ms", "recall@1 all", *EDITS]
+        header = ["verify top", "feature cache", "part views", "p50 ms", "p90 ms", "recall@1 all", *EDITS]
         rows = [
             [
                 e["verify_top"],
                 e["cache"],
+                "yes" if e["part_views"] else "no",
                 e["p50_ms"],
                 e["p90_ms"],
                 e["recall_at_1_all"],
@@ -255,8 +262,11 @@ def main(argv=None) -> int:
 # the engine: recall@1 and latency with and without verification ---------------------------------
 
 
-def engine_run(photos, edited, clips, tops: list[int], cache_sizes: list[int], work: Path) -> list[dict]:
-    """Index the photos among the clip art, query every edited copy with each ``verify_top``."""
+def engine_run(
+    photos, edited, clips, tops: list[int], cache_sizes: list[int], parts: list[bool], work: Path
+) -> list[dict]:
+    """Index the photos among the clip art, query every edited copy with each ``verify_top``,
+    feature cache size and part-views setting."""
     from twice.library import Library
     from twice.options import Options
     from twice.search import engine as engine_module
@@ -269,7 +279,9 @@ def engine_run(photos, edited, clips, tops: list[int], cache_sizes: list[int], w
         image.save(folder / f"clip-{k:03d}.png")
     options = Options.from_env().with_overrides(data_dir=work / "data")
     settings = [
-        (top, cache) for top, cache in itertools.product(tops, cache_sizes) if top or cache == cache_sizes[0]
+        (top, cache, part)
+        for top, cache, part in itertools.product(tops, cache_sizes, parts)
+        if top or cache == cache_sizes[0]
     ]
     caches = {setting: engine_module.FeatureCache(setting[1]) for setting in settings}
     hits: dict = {setting: {} for setting in settings}
@@ -284,6 +296,7 @@ def engine_run(photos, edited, clips, tops: list[int], cache_sizes: list[int], w
                 data = image_bytes(query)
                 for setting in settings:
                     engine.verify_top, engine.stored_features = setting[0], caches[setting]
+                    engine.part_views = setting[2]
                     started = time.perf_counter()
                     response = library.search_json(data, 5)
                     took[setting].append((time.perf_counter() - started) * 1000)
@@ -296,6 +309,7 @@ def engine_run(photos, edited, clips, tops: list[int], cache_sizes: list[int], w
             {
                 "verify_top": setting[0],
                 "cache": setting[1],
+                "part_views": setting[2],
                 "p50_ms": round(float(np.median(took[setting])), 1),
                 "p90_ms": round(float(np.percentile(took[setting], 90)), 1),
                 "recall_at_1": {n: round(float(np.mean(v)), 3) for n, v in found.items()},
