@@ -46,6 +46,7 @@ from .parts import PART_VIEWS, part_tensors
 from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, RANK, Judgement, Thresholds, thresholds_for
 from .verify import (
     MAX_SIDE,
+    MIN_KEYPOINTS,
     FeatureCache,
     FeatureExtractor,
     Features,
@@ -239,10 +240,20 @@ class SearchEngine:
         judged = [self._judged(c, thresholds, views, tta, structure) for c in candidates.values()]
         judged.sort(key=_rank_key)
         # The top candidates again, with their verification: it adds its weight and explains the edit.
-        checked = self.verify_candidates(decoded, [candidates[r["id"]] for r in judged[: self.verify_top]])
+        checked, query_featureless = self.verify_candidates(
+            decoded, [candidates[r["id"]] for r in judged[: self.verify_top]]
+        )
         results = [
-            self._judged(candidates[r["id"]], thresholds, views, tta, structure, checked[r["id"]])
-            if r["id"] in checked
+            self._judged(
+                candidates[r["id"]],
+                thresholds,
+                views,
+                tta,
+                structure,
+                checked.get(r["id"]),
+                query_featureless,
+            )
+            if r["id"] in checked or query_featureless
             else r
             for r in judged
         ]
@@ -257,14 +268,16 @@ class SearchEngine:
         tta: str,
         structure: int | None = None,
         checked: Verification | None = None,
+        query_featureless: bool = False,
     ) -> dict:
         """One candidate's result: its verdict, evidence and weight (with its verification when run)."""
         score, view = candidate.scored if candidate.scored is not None else (-1.0, 0)
         distance = _distance(candidate.match)
         inliers = None if checked is None else checked.evidence
         reframed = checked is None or checked.reframed
+        featureless = query_featureless or (checked is not None and not checked.conclusive)
         judgement = thresholds.judge(
-            score, distance, candidate.exact, candidate.margin, structure, inliers, reframed
+            score, distance, candidate.exact, candidate.margin, structure, inliers, reframed, featureless
         )
         weight = thresholds.weights.weight(
             None if candidate.scored is None else score, distance, candidate.gap
@@ -285,12 +298,13 @@ class SearchEngine:
 
     def verify_candidates(
         self, decoded: DecodedImage, candidates: list[Candidate]
-    ) -> dict[int, Verification]:
+    ) -> tuple[dict[int, Verification], bool]:
         """Local-feature verification of the query against each candidate (the same bytes need
-        none); a stored file that cannot be read is logged and left unverified."""
+        none), and whether the query had too few keypoints to verify anything; a stored file that
+        cannot be read is logged and left unverified."""
         wanted = [c for c in candidates if not c.exact]
         if not wanted:
-            return {}
+            return {}, False
         # OpenCV releases the GIL: the query's keypoints and the stored images' (those not
         # cached) are found side by side.
         with ThreadPoolExecutor(VERIFY_THREADS) as pool:
@@ -302,7 +316,7 @@ class SearchEngine:
             if features is not None:
                 checked[candidate.row.id] = verify(query, features, mirror)
                 candidate.grey = query.grey and not features.grey
-        return checked
+        return checked, len(query) < MIN_KEYPOINTS
 
     def _with_parts(self, decoded, xq, views, D, I, depth):
         """The query views with the part views added, and the FAISS lists of all of them."""

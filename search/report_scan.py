@@ -111,8 +111,9 @@ class DuplicateScan:
             )
         inliers = None if checked is None else checked.evidence
         reframed = checked is None or checked.reframed
+        featureless = checked is not None and not checked.conclusive
         judgement = self.thresholds.judge(
-            score, distance, structure=structure, inliers=inliers, reframed=reframed
+            score, distance, structure=structure, inliers=inliers, reframed=reframed, featureless=featureless
         )
         hashed = None
         if found is not None:
@@ -330,7 +331,10 @@ def judge_pairs(
         score, distance, structure = pair_signals(pairs, i)
         inliers = None if verification is None else verification.evidence
         reframed = verification is None or verification.reframed
-        judgement = thresholds.judge(score, distance, structure=structure, inliers=inliers, reframed=reframed)
+        featureless = verification is not None and not verification.conclusive
+        judgement = thresholds.judge(
+            score, distance, structure=structure, inliers=inliers, reframed=reframed, featureless=featureless
+        )
         pairs.inliers[i] = NOT_RUN if inliers is None else inliers
         pairs.verified[i] = judgement.verified
         pairs.duplicate[i] = judgement.verdict == DUPLICATE

@@ -132,3 +132,15 @@ def test_shipped_thresholds_round_trip_and_say_so():
     assert kept == (0.8, 5, 18, 10)
     assert shipped.weights.to_dict() == fitted.weights.to_dict()
     assert shipped_thresholds({"duplicate": 0.2, "similar": 0.9}, "m1") == Thresholds()  # unusable: defaults
+
+
+def test_little_detail_makes_no_duplicate_without_identical_bytes():
+    """Thin line stars at icon size: low structure, too few keypoints to verify, alike to the
+    CNN at 0.99 and to the hash at 0 bits. A blurred photo has few keypoints but keeps its
+    structure, and keeps its verdict."""
+    rule = Thresholds()
+    stars = rule.judge(0.99, 0, structure=5, featureless=True)
+    assert (stars.verdict, stars.demoted, stars.cnn) == (SIMILAR, True, DUPLICATE)
+    assert rule.judge(0.99, 0, structure=5).verdict == DUPLICATE  # verification did not say
+    assert rule.judge(0.99, 0, structure=40, featureless=True).verdict == DUPLICATE  # a blurred photo
+    assert rule.judge(0.5, 0, exact=True, structure=5, featureless=True).verdict == DUPLICATE

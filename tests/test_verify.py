@@ -15,7 +15,7 @@ from conftest import make_options
 from imagegen import image_bytes, make_image
 from twice.cli import main
 from twice.indexer import reindex
-from twice.search.engine import check_verify_top
+from twice.search.engine import SearchEngine, check_verify_top
 from twice.search.explain import explain, verification_json
 from twice.search.report_html import evidence_html
 from twice.search.report_render import evidence_columns
@@ -340,3 +340,31 @@ def test_report_rows_show_the_edit():
 )
 def test_a_fit_reframes_the_picture_only_by_a_crop_borders_or_a_real_tilt(geometry, reframed):
     assert Verification(20, 30, geometry).reframed is reframed
+
+
+def thin_ring(radius: int) -> Image.Image:
+    """A one-pixel circle at icon size: little structure, too few keypoints to verify."""
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (100, 100), "white")
+    ImageDraw.Draw(image).ellipse((50 - radius, 50 - radius, 50 + radius, 50 + radius), outline=(90, 90, 90))
+    return image
+
+
+def test_a_featureless_look_alike_is_similar_and_its_own_bytes_a_duplicate(tmp_path, embedder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    thin_ring(40).save(folder / "ring.png")
+    make_image(1, (96, 72)).save(folder / "other.png")
+    options = make_options(tmp_path / "data")
+    reindex([folder], options, embedder, progress=False)
+    engine = SearchEngine.open(options, embedder)
+    engine.thresholds = replace(engine.thresholds, duplicate=0.5, similar=0.3)  # the CNN alone says duplicate
+    try:
+        ring = engine.search_bytes(image_bytes(thin_ring(38)), k=1)["results"][0]
+        assert ring["source"].endswith("ring.png") and ring["evidence"]["cnn"]["verdict"] == "duplicate"
+        assert ring["verdict"] == "similar"
+        same = engine.search_bytes((folder / "ring.png").read_bytes(), k=1)["results"][0]
+        assert same["verdict"] == "duplicate" and same["exact"]
+    finally:
+        engine.close()
