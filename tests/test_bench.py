@@ -623,3 +623,18 @@ def test_the_bench_set_holds_no_image_training_may_use(tmp_path):
     # Another seed draws outside the held-out pool, and the set says so.
     other = build_bench_set(tmp_path / "other", 1, 6, 0, seed=5, rows=rows, install=False)
     assert other.seen_in_training()
+
+
+def test_the_negatives_bench_searches_never_indexed_clip_art_and_sorts_the_answers(tmp_path, monkeypatch):
+    from bench.negatives import kind_of, run
+
+    if not all(folder.is_dir() for _package, folder in APT_SOURCES.values()):
+        pytest.skip("the Debian clip-art sources are not installed (twice bench setup)")
+    assert kind_of("/png/shapes/stars/star_74pt13step.png", ["cnn"]) == "stars"
+    assert kind_of("/png/shapes/stars/star_74pt13step.png", ["exact", "cnn"]) == "identical bytes"
+    assert kind_of("/png/animals/cat.png", ["verify"]) == "other"
+    for key, value in {"TWICE_IMAGE_SIZE": "64", "TWICE_WORKERS": "0", "TWICE_DEVICE": "cpu"}.items():
+        monkeypatch.setenv(key, value)
+    result = run(indexed=6, queries=4, seed=7, work=tmp_path / "w")
+    assert 0 < result["indexed"] <= 6 and result["searched"] + result["skipped"] == 4
+    assert result["duplicates"] == len(result["answers"]) == sum(result["by_kind"].values())

@@ -1,0 +1,158 @@
+"""Never-indexed clip art against a large clip-art index: how many are called `duplicate`.
+
+Draws files at random from the Debian clip-art packages (openclipart-png, tuxpaint-stamps-default)
+as they are, numbered series and files repeated across folders included (the bench's own
+negatives leave those out), indexes some as `twice reindex` does and searches the others as
+`twice search` does, shipped model and thresholds. Each `duplicate` answer is listed with the
+signals that made it and sorted into kinds (identical bytes, thin-line stars, playing cards,
+jigsaw pieces, other numbered or coloured series, the rest), so a reader can judge which are
+true copies: openclipart holds some drawings twice under two names.
+
+    python -m bench.negatives --indexed 2000 --queries 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twice.augment.sources import APT_SOURCES
+from twice.imageio import ImageError, iter_image_files
+from twice.library import Library
+from twice.options import Options
+
+from .machine import machine_facts
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = ("openclipart", "tuxpaint")
+KINDS = (
+    ("stars", r"/stars/"),
+    ("playing cards", r"/cards/"),
+    ("jigsaw pieces", r"/jigsaw/"),
+    (
+        "other series (arrows, buttons, LEDs, clocks, flags, letters, smilies)",
+        r"arrow|button|led_|clock|flags|alphabets|smil",
+    ),
+)
+
+
+def clip_art_files(seed: int) -> list[tuple[str, Path]]:
+    files = []
+    for name in SOURCES:
+        folder = APT_SOURCES[name][1]
+        if not folder.is_dir():
+            raise SystemExit(f"{folder} not found: apt-get install {APT_SOURCES[name][0]}")
+        files += [(name, path) for path in sorted(iter_image_files([folder]))]
+    random.Random(seed).shuffle(files)
+    return files
+
+
+def kind_of(query: str, decided_by: list[str]) -> str:
+    if "exact" in decided_by:
+        return "identical bytes"
+    return next((kind for kind, pattern in KINDS if re.search(pattern, query)), "other")
+
+
+def run(indexed: int, queries: int, seed: int, work: Path) -> dict:
+    files = clip_art_files(seed)
+    if len(files) < indexed + queries:
+        raise SystemExit(f"only {len(files)} clip-art files, asked for {indexed} + {queries}")
+    folder = work / "in"
+    folder.mkdir(parents=True)
+    for i, (source, path) in enumerate(files[:indexed]):
+        (folder / f"{source}-{i:05d}{path.suffix}").symlink_to(path)
+    options = Options.from_env().with_overrides(data_dir=work / "data")
+    answers, skipped = [], 0
+    with Library(options) as library:
+        started = time.perf_counter()
+        summary = library.add([folder], progress=True)
+        index_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        for _, path in files[indexed : indexed + queries]:
+            try:
+                top = library.search_json(path, 1)["results"][:1]
+            except ImageError:
+                skipped += 1  # too many pixels, unreadable: refused as a user's query would be
+                continue
+            if top and top[0]["verdict"] == "duplicate":
+                evidence = top[0]["evidence"]
+                answers.append(
+                    {
+                        "query": str(path),
+                        "match": str(Path(top[0]["source"]).resolve()),
+                        "score": top[0]["score"],
+                        "decided_by": evidence["decided_by"],
+                        "summary": evidence["summary"],
+                        "kind": kind_of(str(path), evidence["decided_by"]),
+                    }
+                )
+        query_seconds = time.perf_counter() - started
+    searched = queries - skipped
+    return {
+        "indexed": summary.added,
+        "searched": searched,
+        "skipped": skipped,
+        "seed": seed,
+        "index_seconds": round(index_seconds, 1),
+        "query_ms": round(query_seconds / max(searched, 1) * 1000, 1),
+        "duplicates": len(answers),
+        "by_kind": dict(collections.Counter(a["kind"] for a in answers).most_common()),
+        "answers": answers,
+    }
+
+
+def markdown(result: dict, command: str, machine: dict) -> str:
+    lines = [
+        "# Never-indexed clip art called `duplicate`",
+        "",
+        f"- command: `{command}`",
+        f"- machine: {machine['cpu']}, {machine['cores']} cores;"
+        f" load {machine['load_average']}; {machine['date']}",
+        "",
+        f"{result['searched']} never-indexed files searched against {result['indexed']} indexed ones"
+        f" (seed {result['seed']}; {result['skipped']} refused, e.g. over the pixel limit):"
+        f" **{result['duplicates']} called duplicate**. By kind:",
+        "",
+        "| kind | called duplicate |",
+        "| --- | ---: |",
+        *(f"| {kind} | {n} |" for kind, n in result["by_kind"].items()),
+        "",
+        "Every answer (query, match, what decided it):",
+        "",
+        *(f"- {a['query']} -> {a['match']}: {a['summary']}" for a in result["answers"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.negatives", description=__doc__.split("\n")[0])
+    parser.add_argument("--indexed", type=int, default=2000, help="clip-art files indexed (default 2000)")
+    parser.add_argument(
+        "--queries", type=int, default=1000, help="never-indexed files searched (default 1000)"
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--tag", default="", help="name the results negatives-TAG")
+    args = parser.parse_args(argv)
+    command = " ".join(["python -m bench.negatives", *(sys.argv[1:] if argv is None else argv)])
+    machine = machine_facts()
+    with tempfile.TemporaryDirectory(prefix="twice-negatives-") as work:
+        result = run(args.indexed, args.queries, args.seed, Path(work))
+    name = f"negatives-{args.tag}" if args.tag else "negatives"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"command": command, "machine": machine, **result}
+    (args.results_dir / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    (args.results_dir / f"{name}.md").write_text(markdown(result, command, machine))
+    print(f"{result['duplicates']} of {result['searched']} called duplicate: {result['by_kind']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
