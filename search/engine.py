@@ -43,7 +43,7 @@ from twice.indexer.catalog import load_stored_hashes
 
 from .explain import verification_json
 from .parts import PART_VIEWS, part_tensors
-from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, RANK, Judgement, Thresholds, thresholds_for
+from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, DUPLICATE, RANK, Judgement, Thresholds, thresholds_for
 from .verify import (
     MAX_SIDE,
     MIN_KEYPOINTS,
@@ -197,17 +197,35 @@ class SearchEngine:
 
         Candidates: the FAISS top-k of every view, the hash matches within the lookup radius, the
         row with the same bytes, and the originals of any of those that are known variants; each
-        gets every signal it has, a verdict and a weight.
+        gets every signal it has, a verdict and a weight. A query left with no duplicate after
+        verification may be a crop: it is ranked again with its part views (``parts``) added,
+        each one more query view.
         """
         thresholds = thresholds or self.thresholds
         tta = tta_of(views)
+        found: dict = {}  # the query's keypoints, found once for both rankings
+        results = self._ranked(decoded, xq, views, query_hashes, k, thresholds, tta, found)
+        if self.part_views and not (results and results[0]["verdict"] == DUPLICATE):
+            parts = self.embedder.embed_tensors(part_tensors(decoded.image, self.embedder.preprocess))
+            xq, views = np.concatenate([xq, parts]), views + PART_VIEWS
+            results = self._ranked(decoded, xq, views, query_hashes, k, thresholds, tta, found)
+        return results[:k]
+
+    def _ranked(
+        self,
+        decoded: DecodedImage,
+        xq: np.ndarray,
+        views: tuple[str, ...],
+        query_hashes: np.ndarray,
+        k: int,
+        thresholds: Thresholds,
+        tta: str,
+        found: dict,
+    ) -> list[dict]:
+        """Every candidate's result, ranked (``rank``'s one pass over the given views)."""
         depth = max(k + 1, CONTEXT_K) if thresholds.clear_rule else k + 1
         D, I = self.vectors.search(xq, depth)
         exact = self.catalog.by_sha256(decoded.sha256)
-        if self.part_views and exact is None and not (D[:, :1] >= thresholds.duplicate).any():
-            # No view found a duplicate: the query may be a crop, so it is searched as a part
-            # of a larger picture too (``parts``), each part view one more query view.
-            xq, views, D, I = self._with_parts(decoded, xq, views, D, I, depth)
         cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
         flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
         structure = hash_structure(decoded.image)  # a low-structure query's hash match is weak evidence
@@ -241,7 +259,7 @@ class SearchEngine:
         judged.sort(key=_rank_key)
         # The top candidates again, with their verification: it adds its weight and explains the edit.
         checked, query_featureless = self.verify_candidates(
-            decoded, [candidates[r["id"]] for r in judged[: self.verify_top]]
+            decoded, [candidates[r["id"]] for r in judged[: self.verify_top]], found
         )
         results = [
             self._judged(
@@ -258,7 +276,7 @@ class SearchEngine:
             for r in judged
         ]
         results.sort(key=_rank_key)
-        return results[:k]
+        return results
 
     def _judged(
         self,
@@ -297,37 +315,31 @@ class SearchEngine:
     # verification ---------------------------------------------------------------------------
 
     def verify_candidates(
-        self, decoded: DecodedImage, candidates: list[Candidate]
+        self, decoded: DecodedImage, candidates: list[Candidate], found: dict | None = None
     ) -> tuple[dict[int, Verification], bool]:
         """Local-feature verification of the query against each candidate (the same bytes need
         none), and whether the query had too few keypoints to verify anything; a stored file that
-        cannot be read is logged and left unverified."""
+        cannot be read is logged and left unverified. ``found`` keeps the query's keypoints
+        for another call on the same query."""
         wanted = [c for c in candidates if not c.exact]
         if not wanted:
             return {}, False
+        found = {} if found is None else found
         # OpenCV releases the GIL: the query's keypoints and the stored images' (those not
         # cached) are found side by side.
         with ThreadPoolExecutor(VERIFY_THREADS) as pool:
-            both = pool.submit(self.features.both, decoded.image, (decoded.width, decoded.height))
+            if "query" not in found:
+                found["query"] = pool.submit(
+                    self.features.both, decoded.image, (decoded.width, decoded.height)
+                )
             stored = list(pool.map(self._cached_features, [c.row for c in wanted]))
-            query, mirror = both.result()
+            query, mirror = found["query"].result()
         checked = {}
         for candidate, features in zip(wanted, stored, strict=True):
             if features is not None:
                 checked[candidate.row.id] = verify(query, features, mirror)
                 candidate.grey = query.grey and not features.grey
         return checked, len(query) < MIN_KEYPOINTS
-
-    def _with_parts(self, decoded, xq, views, D, I, depth):
-        """The query views with the part views added, and the FAISS lists of all of them."""
-        parts = self.embedder.embed_tensors(part_tensors(decoded.image, self.embedder.preprocess))
-        D_parts, I_parts = self.vectors.search(parts, depth)
-        return (
-            np.concatenate([xq, parts]),
-            views + PART_VIEWS,
-            np.concatenate([D, D_parts]),
-            np.concatenate([I, I_parts]),
-        )
 
     def _cached_features(self, row) -> Features | None:
         return self.stored_features.get(row.id, lambda: self._stored_features(row))

@@ -64,7 +64,7 @@ class Options:
     max_searches: int = 4  # searches at once per worker; more answer 503 with Retry-After
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For names the client
     verify_top: int = 5  # search verifies this many top candidates by local features (0: off)
-    part_views: bool = True  # a query whose own views find no duplicate is searched as a crop too
+    part_views: bool = True  # a query left without a duplicate is searched again as a crop
 
     @property
     def tokens_path(self) -> Path:
