@@ -33,6 +33,7 @@ from PIL import Image
 from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
+from twice.borders import trim_borders
 from twice.files import ImageStore, OutsideStore, sync_files
 from twice.imageio import (
     IMAGE_SUFFIXES,
@@ -52,13 +53,15 @@ LOG = logging.getLogger(__name__)
 
 class BatchEmbedder(Protocol):
     """What reindex needs of a model (``twice.model.Embedder`` is one): a version and size to
-    record with the index, a preprocess that runs in decode workers, and a batch embedding of
-    preprocessed tensors (or, where ``decodes_on_device``, of upright RGB JPEG bytes)."""
+    record with the index, a preprocess that runs in decode workers (called as
+    ``preprocess(image)``, or ``preprocess(trim_borders(image), trimmed=True)`` where the worker
+    has trimmed the image for its hashes), and a batch embedding of preprocessed tensors (or,
+    where ``decodes_on_device``, of upright RGB JPEG bytes)."""
 
     version: str
     dim: int
     draft_side: int | None
-    preprocess: Callable[[Any], Any]
+    preprocess: Callable[..., Any]
 
     def embed_tensors(self, batch: Sequence[Any]) -> np.ndarray: ...
 
@@ -240,14 +243,15 @@ class NewFiles:
             decoded = decode_image(
                 data, stamp.path, self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
             )
+            content = trim_borders(decoded.image)  # once, for the tensor and the hashes
             # An upright RGB JPEG goes to the GPU as bytes (decoded there); the rest as a tensor.
             pixels = (
                 data
                 if self.on_device and _device_decodable(decoded, data)
-                else self.preprocess(decoded.image)
+                else self.preprocess(content, trimmed=True)
             )
             timer.lap("decode")
-            hashes = image_hashes(decoded.image)  # here, in the worker, not in the main loop
+            hashes = image_hashes(decoded.image, content)  # here, in the worker, not in the main loop
             timer.lap("hash")
             # fsynced by the writer thread before the row commits, beside the embedding
             stored = self.store.put(data, sha, decoded.format, durable=False)

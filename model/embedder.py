@@ -55,9 +55,11 @@ class Preprocess:
         self.trim = trim
         self.fill = fill
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        rgb = image.convert("RGB")
-        if self.trim:
+    def __call__(self, image: Image.Image, trimmed: bool = False) -> torch.Tensor:
+        """``trimmed``: ``image`` is ``trim_borders``' output already (reindex trims once for
+        the tensor and the perceptual hashes)."""
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # read only: no copy
+        if self.trim and not trimmed:
             rgb = trim_borders(rgb)
         resized = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
         if self.fill:
