@@ -240,8 +240,9 @@ class NewFiles:
             timer.lap("hash")
             if sha in self.known:
                 return {"file": stamp, "sha256": sha, "known": True, "times": timer.times}
+            options = self.options
             decoded = decode_image(
-                data, stamp.path, self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
+                data, stamp.path, options.max_image_bytes, options.max_image_pixels, self.draft_side, sha
             )
             content = trim_borders(decoded.image)  # once, for the tensor and the hashes
             # An upright RGB JPEG goes to the GPU as bytes (decoded there); the rest as a tensor.

