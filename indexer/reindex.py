@@ -428,7 +428,8 @@ def _write_batch(indexer: Indexer, batch: list[dict], new: list[dict], xb, summa
     """Make the batch's stored bytes durable, catalogue it in one transaction (rows and file
     stamps), then log its vectors."""
     with _stage(summary.stages, "write"):
-        sync_files([indexer.store.path(item["row"]["stored_path"]) for item in new])
+        # The workers' own ``put`` paths: inside the store, no need to resolve them again.
+        sync_files([indexer.store.root / item["row"]["stored_path"] for item in new])
         with indexer.catalog.session() as session:
             # Writers sharing images queue on their sha256s instead of deadlocking (PostgreSQL).
             indexer.catalog.lock_sha256(session, [item["row"]["sha256"] for item in new])
