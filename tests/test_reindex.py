@@ -143,7 +143,7 @@ def test_workers_trim_once_and_catalogue_what_trimming_each_alone_gives(tmp_path
 
 
 class TensorItems:
-    """Dict items with a tensor of each item's own value, some without, one of another shape."""
+    """Dict items, most with a tensor of their own value, and a key whose tensors differ in shape."""
 
     def __len__(self) -> int:
         return 10

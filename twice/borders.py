@@ -189,8 +189,8 @@ def fill_corners(image: Image.Image, tolerance: int = TOLERANCE) -> Image.Image:
     """
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     width, height = rgb.size
-    corners = [(0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)]
-    corners = np.array([rgb.getpixel(xy) for xy in corners], dtype=np.int16)
+    points = [(0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)]
+    corners = np.array([rgb.getpixel(xy) for xy in points], dtype=np.int16)
     colour = np.sort(corners, axis=0)[1:3].mean(axis=0)  # their median
     if np.abs(corners - colour).max() > tolerance:
         return image  # most photos: told by four pixels, before the image is read
