@@ -245,7 +245,7 @@ class RandomEmbedder:
         return unit_rows(self.rng.standard_normal((len(batch), self.dim), dtype=np.float32))
 
 
-def no_pixels(_image) -> torch.Tensor:
+def no_pixels(_image, trimmed: bool = False) -> torch.Tensor:
     return torch.zeros(1)
 
 

@@ -58,9 +58,42 @@ def iter_batches(dataset: ItemSource, batch_size: int, workers: int) -> Iterator
         dataset,
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=list,
+        collate_fn=pack_tensors if workers else list,
         worker_init_fn=functools.partial(_worker_init, os.getpid()) if workers else None,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
     )
-    yield from loader
+    for batch in loader:
+        yield unpack_tensors(batch) if workers else batch
+
+
+Packed = tuple[list, dict[str, tuple[list[int], Any]]]
+
+
+def pack_tensors(items: list) -> Packed:
+    """A worker's batch as it crosses to the main process: the tensors under each key of its
+    (dict) items stacked into one, where they share a shape. torch hands every tensor over in
+    a shared-memory file of its own; one per batch instead of one per image saves about 0.3 ms
+    of CPU per 96 px image tensor, the two processes together."""
+    import torch
+
+    stacked = {}
+    dicts = [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]
+    keys = {key for _, item in dicts for key, value in item.items() if torch.is_tensor(value)}
+    for key in sorted(keys):
+        where = [i for i, item in dicts if torch.is_tensor(item.get(key))]
+        tensors = [items[i].pop(key) for i in where]
+        if len({(t.shape, t.dtype) for t in tensors}) == 1:
+            stacked[key] = (where, torch.stack(tensors))
+        else:
+            stacked[key] = (where, tensors)
+    return items, stacked
+
+
+def unpack_tensors(batch: Packed) -> list:
+    """``pack_tensors``' items as they were (their tensors are views of the stacked one)."""
+    items, stacked = batch
+    for key, (where, tensors) in stacked.items():
+        for i, tensor in zip(where, tensors, strict=True):
+            items[i][key] = tensor
+    return items

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import update
 
+from twice.borders import trim_borders
 from twice.imageio import ImageError, decode_image, read_file_bytes
 
 from .reindex import BatchEmbedder, Checkpointer, ReindexSummary, _backfill_hashes, _stored_files
@@ -53,8 +54,9 @@ class EmbedWorker:
                 errors.append(f"{image_id}\t{exc.reason}\t{exc}")
                 continue
             ids.append(image_id)
-            tensors.append(self.embedder.preprocess(decoded.image))
-            hashes.append(image_hashes(decoded.image))
+            content = trim_borders(decoded.image)  # once, for the tensor and the hashes
+            tensors.append(self.embedder.preprocess(content, trimmed=True))
+            hashes.append(image_hashes(decoded.image, content))
         vectors = (
             self.embedder.embed_tensors(tensors) if tensors else np.zeros((0, self.embedder.dim), "float32")
         )

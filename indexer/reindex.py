@@ -33,6 +33,7 @@ from PIL import Image
 from sqlalchemy import or_, select, update
 from tqdm import tqdm
 
+from twice.borders import trim_borders
 from twice.files import ImageStore, OutsideStore, sync_files
 from twice.imageio import (
     IMAGE_SUFFIXES,
@@ -52,13 +53,15 @@ LOG = logging.getLogger(__name__)
 
 class BatchEmbedder(Protocol):
     """What reindex needs of a model (``twice.model.Embedder`` is one): a version and size to
-    record with the index, a preprocess that runs in decode workers, and a batch embedding of
-    preprocessed tensors (or, where ``decodes_on_device``, of upright RGB JPEG bytes)."""
+    record with the index, a preprocess that runs in decode workers (called as
+    ``preprocess(image)``, or ``preprocess(trim_borders(image), trimmed=True)`` where the worker
+    has trimmed the image for its hashes), and a batch embedding of preprocessed tensors (or,
+    where ``decodes_on_device``, of upright RGB JPEG bytes)."""
 
     version: str
     dim: int
     draft_side: int | None
-    preprocess: Callable[[Any], Any]
+    preprocess: Callable[..., Any]
 
     def embed_tensors(self, batch: Sequence[Any]) -> np.ndarray: ...
 
@@ -237,17 +240,19 @@ class NewFiles:
             timer.lap("hash")
             if sha in self.known:
                 return {"file": stamp, "sha256": sha, "known": True, "times": timer.times}
+            options = self.options
             decoded = decode_image(
-                data, stamp.path, self.options.max_image_bytes, self.options.max_image_pixels, self.draft_side
+                data, stamp.path, options.max_image_bytes, options.max_image_pixels, self.draft_side, sha
             )
+            content = trim_borders(decoded.image)  # once, for the tensor and the hashes
             # An upright RGB JPEG goes to the GPU as bytes (decoded there); the rest as a tensor.
             pixels = (
                 data
                 if self.on_device and _device_decodable(decoded, data)
-                else self.preprocess(decoded.image)
+                else self.preprocess(content, trimmed=True)
             )
             timer.lap("decode")
-            hashes = image_hashes(decoded.image)  # here, in the worker, not in the main loop
+            hashes = image_hashes(decoded.image, content)  # here, in the worker, not in the main loop
             timer.lap("hash")
             # fsynced by the writer thread before the row commits, beside the embedding
             stored = self.store.put(data, sha, decoded.format, durable=False)
@@ -423,7 +428,8 @@ def _write_batch(indexer: Indexer, batch: list[dict], new: list[dict], xb, summa
     """Make the batch's stored bytes durable, catalogue it in one transaction (rows and file
     stamps), then log its vectors."""
     with _stage(summary.stages, "write"):
-        sync_files([indexer.store.path(item["row"]["stored_path"]) for item in new])
+        # The workers' own ``put`` paths: inside the store, no need to resolve them again.
+        sync_files([indexer.store.root / item["row"]["stored_path"] for item in new])
         with indexer.catalog.session() as session:
             # Writers sharing images queue on their sha256s instead of deadlocking (PostgreSQL).
             indexer.catalog.lock_sha256(session, [item["row"]["sha256"] for item in new])

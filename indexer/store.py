@@ -320,9 +320,10 @@ class FileStamp:
         return cls(stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
-def image_hashes(image) -> dict[str, int | None]:
-    """Every stored hash of an image as catalog columns: ``phash`` and its photometric views."""
-    plain, *views = stored_hashes(image)
+def image_hashes(image, content=None) -> dict[str, int | None]:
+    """Every stored hash of an image as catalog columns: ``phash`` and its photometric views
+    (``content``: the image's ``trim_borders``, where the caller has it)."""
+    plain, *views = stored_hashes(image, content)
     return {"phash": plain, **dict(zip(STORED_COLUMNS, views, strict=True))}
 
 

@@ -55,9 +55,11 @@ class Preprocess:
         self.trim = trim
         self.fill = fill
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        rgb = image.convert("RGB")
-        if self.trim:
+    def __call__(self, image: Image.Image, trimmed: bool = False) -> torch.Tensor:
+        """``trimmed``: ``image`` is ``trim_borders``' output already (reindex trims once for
+        the tensor and the perceptual hashes)."""
+        rgb = image if image.mode == "RGB" else image.convert("RGB")  # read only: no copy
+        if self.trim and not trimmed:
             rgb = trim_borders(rgb)
         resized = rgb.resize((self.size, self.size), Image.Resampling.BILINEAR)
         if self.fill:
@@ -65,10 +67,15 @@ class Preprocess:
         array = np.asarray(resized, dtype=np.float32) / 255.0
         tensor = torch.from_numpy(array).permute(2, 0, 1)
         if self.black_point:
-            lows = torch.tensor([low for low, _ in rgb.getextrema()], dtype=torch.float32) / 255.0
+            lows = torch.from_numpy(_channel_minima(rgb).astype(np.float32)) / 255.0
             black = lows.clamp(max=MAX_BLACK_POINT).view(3, 1, 1)
             tensor = (tensor - black) / (1.0 - black)
         return (tensor - tensor.mean()) / (tensor.std() + STD_FLOOR)
+
+
+def _channel_minima(rgb: Image.Image) -> np.ndarray:
+    """(3,) the darkest level of each channel: ``getextrema``'s lows, in a third of its time."""
+    return np.asarray(rgb).min(axis=0).min(axis=0)
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -11,7 +11,17 @@ from PIL import Image, ImageDraw, ImageOps
 
 from imagegen import image_bytes, make_image
 from twice.borders import MIN_KEEP, TOLERANCE, WORK_SIDE, content_box, fill_corners, trim_borders
-from twice.hashing import DIHEDRAL, dihedral_hashes, dihedral_image, hamming, phash
+from twice.hashing import (
+    DIHEDRAL,
+    VIEW_SHIFTS,
+    content_phash,
+    dihedral_hashes,
+    dihedral_image,
+    hamming,
+    phash,
+    shifted,
+    stored_hashes,
+)
 from twice.indexer import reindex
 from twice.model import Preprocess
 from twice.search import SearchEngine
@@ -128,6 +138,35 @@ def test_hash_and_preprocess_describe_the_content():
         torch.testing.assert_close(Preprocess(32)(boxed), Preprocess(32)(original))
     untrimmed = Preprocess(32, trim=False)(ImageOps.expand(original, (0, 20, 0, 20), "black"))
     assert (untrimmed - Preprocess(32)(original)).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+def test_one_content_box_gives_the_tensor_and_hashes_that_trimming_each_alone_gives(colour):
+    """Reindex workers trim an image once for the model's tensor and its plain pHash."""
+    image = jpeg_round_trip(ImageOps.expand(make_image(9, (120, 90)), (14, 6, 3, 20), colour))
+    content = trim_borders(image)
+    assert content.size != image.size  # the border came off: the found box is what is reused
+    for preprocess in (Preprocess(32), Preprocess(96)):
+        assert torch.equal(preprocess(content, trimmed=True), preprocess(image))
+    assert stored_hashes(image, content) == stored_hashes(image)
+
+
+def noisy_light_margin(seed: int) -> Image.Image:
+    """A dark picture in a light margin too noisy to be a border (levels 160-255), until a bright
+    shift clips the margin to one white."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(160, 256, (110, 140, 3), dtype=np.uint8))
+    image.paste(make_image(seed, (100, 70)).point(lambda level: level * 100 // 255), (20, 20))
+    return image
+
+
+def test_a_shift_can_change_the_box_so_the_photometric_views_are_trimmed_after_it():
+    image = noisy_light_margin(2)
+    bright = shifted(image, VIEW_SHIFTS["bright"])
+    assert content_box(image) == (0, 0, 140, 110)
+    assert content_box(bright) == (20, 20, 120, 90)
+    _, bright_hash, _ = stored_hashes(image, trim_borders(image))
+    assert bright_hash == phash(bright) != content_phash(bright.crop(content_box(image)))
 
 
 def test_letterboxed_copies_find_their_original_through_reindex_and_search(tmp_path, options, embedder):

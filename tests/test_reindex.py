@@ -13,13 +13,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import ImageOps
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from awkward import bad_images, good_images
 from conftest import ROOT, make_options
 from imagegen import image_bytes, make_image, write_images
+from twice.borders import trim_borders
+from twice.hashing import stored_hashes
+from twice.imageio import decode_image
 from twice.indexer import Catalog, ImageRow, Indexer, VectorIndex, reindex
+from twice.indexer.batches import iter_batches
 from twice.indexer.store import FileStamp
 from twice.model import Embedder
 
@@ -107,6 +113,62 @@ def test_decode_workers_store_and_a_writer_thread_catalogue_with_a_stage_profile
     rows = Catalog(options.catalog_url).get_many(catalog_ids)
     assert sorted(row.source for row in rows.values()) == sorted(map(str, paths))
     assert all(Path(options.images_dir, row.stored_path).exists() for row in rows.values())
+
+
+def test_workers_trim_once_and_catalogue_what_trimming_each_alone_gives(tmp_path, options, embedder):
+    """Decode workers find each image's content box once, for the tensor and the plain pHash,
+    and hand a batch's tensors over stacked: the catalog and the index hold what the separate
+    path computes from the same decoded images."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    colours = [(0, 0, 0), (255, 255, 255), (200, 30, 40)]
+    for seed in range(8):
+        bars = (0, 12 + seed, 0, 12 + seed) if seed % 2 else (10 + seed, 0, 10 + seed, 0)
+        boxed = ImageOps.expand(make_image(seed, (160, 120)), bars, colours[seed % 3])
+        boxed.save(folder / f"boxed_{seed}.jpg", quality=90)
+    summary = reindex([folder], options.with_overrides(workers=2, batch_size=4), embedder, progress=False)
+    assert (summary.added, summary.workers) == (8, 2)
+    catalog = Catalog(options.catalog_url)
+    ids, xb = VectorIndex.load(options.index_path).vectors()
+    rows = catalog.get_many(ids.tolist())
+    catalog.close()
+    images = []
+    for image_id in ids.tolist():  # in the order reindex embedded them, batch by batch
+        row = rows[image_id]
+        image = decode_image(Path(row.source).read_bytes(), draft_side=embedder.draft_side).image
+        assert trim_borders(image).size != image.size
+        assert (row.phash, row.phash_bright, row.phash_dark) == stored_hashes(image)
+        images.append(image)
+    np.testing.assert_allclose(xb, embedder.embed_images(images, batch_size=4), atol=1e-5)
+
+
+class TensorItems:
+    """Dict items, most with a tensor of their own value, and a key whose tensors differ in shape."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"i": i}
+        if i % 3:
+            item["pixels"] = torch.full((3, 4, 4), float(i))
+        if i in (4, 5):
+            item["extra"] = torch.zeros(i)
+        return item
+
+
+def test_a_batchs_tensors_cross_from_the_workers_stacked_and_come_back_as_each_items_own():
+    batches = list(iter_batches(TensorItems(), 4, workers=2))
+    items = [item for batch in batches for item in batch]
+    assert [len(batch) for batch in batches] == [4, 4, 2]
+    assert [item["i"] for item in items] == list(range(10))
+    for item in items:
+        i = item["i"]
+        assert ("pixels" in item) == bool(i % 3) and ("extra" in item) == (i in (4, 5))
+        if i % 3:
+            assert torch.equal(item["pixels"], torch.full((3, 4, 4), float(i)))
+        if i in (4, 5):
+            assert torch.equal(item["extra"], torch.zeros(i))
 
 
 def bmp_bytes(seed: int) -> bytes:

@@ -42,6 +42,7 @@ WORK_SIDE = 256  # larger images are searched on a reduced copy (descriptions sq
 _FIRST_CHUNK = 8  # lines tested at once, doubling: most images stop at their first line
 
 Box = tuple[int, int, int, int]
+Colour = tuple[int, ...]  # (r, g, b) grey levels
 
 
 def content_box(image: Image.Image, tolerance: int = TOLERANCE) -> Box:
@@ -65,13 +66,14 @@ def content_box(image: Image.Image, tolerance: int = TOLERANCE) -> Box:
 
 def _peel(pixels: np.ndarray, tolerance: int) -> Box:
     """The content box of (H, W, 3) ``pixels``: bands peeled in passes from all four sides at once."""
-    # uint8 views, no copies: a line is made int16 where it is compared (``_share_within``),
-    # and most images stop at their first few lines.
+    height, width = pixels.shape[:2]
+    if not _any_edge_is_border(pixels, tolerance):
+        return 0, 0, width, height  # no side starts a band: the first pass would peel nothing
+    # uint8 views, no copies: most images stop at their first few lines.
     rows = pixels
     columns = pixels.transpose(1, 0, 2)
-    height, width = pixels.shape[:2]
     box = [0, 0, width, height]
-    last: list[np.ndarray | None] = [None] * 4  # each side's last band colour
+    last: list[Colour | None] = [None] * 4  # each side's last band colour
     for _ in range(MAX_PASSES):
         left, top, right, bottom = box
         across, down = rows[top:bottom, left:right], columns[left:right, top:bottom]
@@ -92,14 +94,25 @@ def _peel(pixels: np.ndarray, tolerance: int) -> Box:
     return box[0], box[1], box[2], box[3]
 
 
-def _band(lines: np.ndarray, tolerance: int, previous: np.ndarray | None) -> tuple[int, np.ndarray | None]:
+def _any_edge_is_border(pixels: np.ndarray, tolerance: int) -> bool:
+    """Whether any side's outermost line is a border line: ``_band``'s first test, alone (an
+    image whose four edges are not, most photos, is left whole by the first pass)."""
+    height, width = pixels.shape[:2]
+    # A side has lines to peel only when its axis has two or more (``_band``).
+    edges = [pixels[0], pixels[-1]] if height >= 2 else []
+    if width >= 2:
+        edges += [pixels[:, 0], pixels[:, -1]]
+    return any(_share_within(line[None], _line_colour(line), tolerance)[0] >= BORDER_SHARE for line in edges)
+
+
+def _band(lines: np.ndarray, tolerance: int, previous: Colour | None) -> tuple[int, Colour | None]:
     """(depth, colour): how many of ``lines`` (rows from a side's edge inwards) are a uniform
     band of the first line's colour, ending in a clear step to content; 0 when there is no
     such band, or its colour is too close to the side's last band (a gradient, not a border)."""
     if len(lines) < 2:
         return 0, None
-    colour = np.median(lines[0], axis=0).round().astype(np.int16)
-    if previous is not None and np.abs(colour - previous).max() <= 2 * tolerance:
+    colour = _line_colour(lines[0])
+    if previous is not None and _distance(colour, previous) <= 2 * tolerance:
         return 0, None
     depth, chunk = 0, _FIRST_CHUNK
     while depth < len(lines):
@@ -116,12 +129,39 @@ def _band(lines: np.ndarray, tolerance: int, previous: np.ndarray | None) -> tup
     return depth, colour
 
 
-def _share_within(lines: np.ndarray, colour: np.ndarray, distance: int) -> np.ndarray:
-    """Per line, the share of its pixels within ``distance`` grey levels of ``colour`` in every channel."""
-    return (np.abs(lines.astype(np.int16) - colour).max(axis=-1) <= distance).mean(axis=-1)
+def _line_colour(line: np.ndarray) -> Colour:
+    """The median colour of an (n, 3) line, per channel, rounded half to even."""
+    ordered = np.sort(line, axis=0)
+    middle = len(line) // 2
+    if len(line) % 2:
+        return tuple(ordered[middle].tolist())
+    below, above = ordered[middle - 1 : middle + 1].tolist()
+    return tuple(round((a + b) / 2) for a, b in zip(below, above, strict=True))
 
 
-def _steps(lines: np.ndarray, colour: np.ndarray, tolerance: int) -> bool:
+def _distance(colour: Colour, other: Colour) -> int:
+    """The largest difference between two colours in any channel."""
+    return max(abs(a - b) for a, b in zip(colour, other, strict=True))
+
+
+def _share_within(lines: np.ndarray, colour: Colour, distance: int) -> np.ndarray:
+    """Per line of (k, n, 3) ``lines``, the share of its pixels within ``distance`` grey levels
+    of ``colour`` in every channel."""
+    low = tuple(max(level - distance, 0) for level in colour)
+    high = tuple(min(level + distance, 255) for level in colour)
+    within = _in_range(lines, low, high)  # 255 where within: the sum is 255 times the count
+    return within.sum(axis=-1, dtype=np.int64) / (255 * within.shape[-1])
+
+
+def _in_range(lines: np.ndarray, low: Colour, high: Colour) -> np.ndarray:
+    """(k, n) non-zero where every channel of (k, n, 3) ``lines`` is in [low, high]: OpenCV's
+    inRange, one call where numpy takes six (the border search is most of a worker's hashing)."""
+    import cv2  # here: importing OpenCV takes 0.1 s that every `twice` command would pay
+
+    return cv2.inRange(lines, low, high).reshape(lines.shape[:2])
+
+
+def _steps(lines: np.ndarray, colour: Colour, tolerance: int) -> bool:
     """Whether content starts with a straight edge: in one of the first lines past a band, at
     least ``STEP_SHARE`` of the pixels far (twice the tolerance) from the band's colour. A
     gradient only creeps past the tolerance; a drawing's margin ends at the drawing's tip."""
@@ -147,11 +187,14 @@ def fill_corners(image: Image.Image, tolerance: int = TOLERANCE) -> Image.Image:
     ``MAX_FILL_SHARE``: that is a drawing's own background. Symmetric in the four sides, so it
     commutes with turns and flips. Cheap on the small image the embedder squashes to.
     """
-    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.int16)
-    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
-    colour = np.median(corners, axis=0)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    width, height = rgb.size
+    points = [(0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1)]
+    corners = np.array([rgb.getpixel(xy) for xy in points], dtype=np.int16)
+    colour = np.sort(corners, axis=0)[1:3].mean(axis=0)  # their median
     if np.abs(corners - colour).max() > tolerance:
-        return image
+        return image  # most photos: told by four pixels, before the image is read
+    pixels = np.asarray(rgb, dtype=np.int16)
     within = np.abs(pixels - colour).max(axis=-1) <= tolerance
     mask = np.zeros_like(within)
     for turns in range(4):  # the runs from each side: turned so that side is on the left

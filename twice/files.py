@@ -103,8 +103,8 @@ class ImageStore:
         rows are data, and a row written by another tool must not make us serve or delete
         ``/etc/passwd``."""
         path = self.root / relative
-        resolved = path.resolve()
-        if not resolved.is_relative_to(self.root.resolve()) or resolved == self.root.resolve():
+        resolved, root = path.resolve(), self.root.resolve()
+        if not resolved.is_relative_to(root) or resolved == root:
             raise OutsideStore(f"stored path {relative!r} leads outside the image store {self.root}")
         return path
 

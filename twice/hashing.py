@@ -198,7 +198,12 @@ def hash_coefficients(coeffs: np.ndarray) -> np.ndarray:
 def phash(image: Image.Image) -> int:
     """The 64-bit pHash of ``image``'s content (borders trimmed) as a signed integer (what the
     catalog stores)."""
-    return int(hash_coefficients(dct_coefficients(trim_borders(image))))
+    return content_phash(trim_borders(image))
+
+
+def content_phash(content: Image.Image) -> int:
+    """``phash`` of an image already trimmed to its content (``trim_borders``' output)."""
+    return int(hash_coefficients(dct_coefficients(content)))
 
 
 def dihedral_hashes(image: Image.Image) -> np.ndarray:
@@ -237,14 +242,18 @@ def _shift_table(amount: int) -> tuple[int, ...]:
     return tuple(min(255, max(0, level + amount)) for level in range(256)) * 3
 
 
-def stored_hashes(image: Image.Image) -> tuple[int, ...]:
+def stored_hashes(image: Image.Image, content: Image.Image | None = None) -> tuple[int, ...]:
     """What the catalog stores of ``image``: its pHash, then one per ``STORED_VIEWS`` view.
 
-    A view's hash is None when flat (all clipped to white, say): it would match anything.
+    ``content`` is ``trim_borders(image)`` where the caller has it already (reindex trims once
+    for the hash and the model's tensor). The views are trimmed after their shift: clipping can
+    make a near-white margin a border. A view's hash is None when flat (all clipped to white,
+    say): it would match anything.
     """
-    image = image.convert("RGB")
-    views = (phash(shifted(image, VIEW_SHIFTS[name])) for name in STORED_VIEWS)
-    return (phash(image), *(None if is_flat(h) else h for h in views))
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    plain = content_phash(trim_borders(rgb) if content is None else content)
+    views = (phash(shifted(rgb, VIEW_SHIFTS[name])) for name in STORED_VIEWS)
+    return (plain, *(None if is_flat(h) else h for h in views))
 
 
 # Hashes with no AC bit: the image has no structure at 32x32 (one flat colour, say). Such a hash

@@ -86,12 +86,14 @@ def decode_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     draft_side: int | None = None,
+    sha256: str | None = None,
 ) -> DecodedImage:
     """Decode bytes into an RGB image (first frame, EXIF-upright) or raise ``ImageError``.
 
     ``draft_side`` lets JPEG decoding scale down by a power of two while staying at least that
     many pixels on each side: several times faster on photos when only a thumbnail-sized
     image is needed. ``width``/``height`` always describe the full-size upright image.
+    ``sha256`` is the bytes' digest where the caller has it (reindex hashes every file first).
     """
     if not data:
         raise ImageError("empty", source)
@@ -120,7 +122,7 @@ def decode_image(
         raise ImageError("not_image", source) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError("truncated", source, str(exc)) from exc
-    return DecodedImage(image, sha256_bytes(data), fmt, width, height, len(data))
+    return DecodedImage(image, sha256 or sha256_bytes(data), fmt, width, height, len(data))
 
 
 def load_image(
@@ -133,7 +135,7 @@ def load_image(
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Flatten any mode (palette, alpha, 16-bit, CMYK, grey) onto white RGB."""
     if image.mode == "RGB":
-        return image.copy()
+        return image  # decode_image's caller gets a new image from exif_transpose already
     if image.mode.startswith("I") or image.mode == "F":
         # 16-bit and 32-bit greys: scale the 16-bit range down to 8 bits.
         grey = np.clip(np.asarray(image, dtype=np.float32) / 257.0, 0, 255)
