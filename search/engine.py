@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ from twice.hashing import (
     row_hashes,
 )
 from twice.imageio import DecodedImage, ImageError, decode_image, read_file_bytes
-from twice.indexer import Catalog, VectorIndex, load_vectors_for_search
+from twice.indexer import Catalog, ImageRow, VectorIndex, load_vectors_for_search
 from twice.indexer.catalog import load_stored_hashes
 
 from .explain import verification_json
@@ -81,6 +81,18 @@ DEFAULT_VERIFY_TOP = 5
 MAX_VERIFY_TOP = 20
 FEATURE_CACHE = 512  # stored images' features kept (~25-140 KB each)
 VERIFY_THREADS = 2  # threads finding keypoints for one query's verification
+
+
+@dataclass
+class QueryFacts:
+    """What one query's rankings share: found once, whichever views are searched."""
+
+    tta: str
+    exact: ImageRow | None  # the catalog row with the query's bytes
+    flat: bool  # the query's hash says nothing
+    structure: int  # how much a match of the query's hash says
+    matches: list[HashMatch]  # stored hashes within the lookup radius
+    found: dict = field(default_factory=dict)  # the query's keypoints, once verification found them
 
 
 @dataclass
@@ -202,13 +214,23 @@ class SearchEngine:
         each one more query view.
         """
         thresholds = thresholds or self.thresholds
-        tta = tta_of(views)
-        found: dict = {}  # the query's keypoints, found once for both rankings
-        results = self._ranked(decoded, xq, views, query_hashes, k, thresholds, tta, found)
+        depth = max(k + 1, CONTEXT_K) if thresholds.clear_rule else k + 1
+        flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
+        query = QueryFacts(
+            tta_of(views),
+            self.catalog.by_sha256(decoded.sha256),
+            flat,
+            hash_structure(decoded.image),  # a low-structure query's hash match is weak evidence
+            [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1],
+        )
+        D, I = self.vectors.search(xq, depth)
+        results = self._ranked(decoded, xq, views, D, I, query_hashes, k, thresholds, query)
         if self.part_views and not (results and results[0]["verdict"] == DUPLICATE):
             parts = self.embedder.embed_tensors(part_tensors(decoded.image, self.embedder.preprocess))
+            D_parts, I_parts = self.vectors.search(parts, depth)
             xq, views = np.concatenate([xq, parts]), views + PART_VIEWS
-            results = self._ranked(decoded, xq, views, query_hashes, k, thresholds, tta, found)
+            D, I = np.concatenate([D, D_parts]), np.concatenate([I, I_parts])
+            results = self._ranked(decoded, xq, views, D, I, query_hashes, k, thresholds, query)
         return results[:k]
 
     def _ranked(
@@ -216,20 +238,22 @@ class SearchEngine:
         decoded: DecodedImage,
         xq: np.ndarray,
         views: tuple[str, ...],
+        D: np.ndarray,
+        I: np.ndarray,
         query_hashes: np.ndarray,
         k: int,
         thresholds: Thresholds,
-        tta: str,
-        found: dict,
+        query: QueryFacts,
     ) -> list[dict]:
-        """Every candidate's result, ranked (``rank``'s one pass over the given views)."""
-        depth = max(k + 1, CONTEXT_K) if thresholds.clear_rule else k + 1
-        D, I = self.vectors.search(xq, depth)
-        exact = self.catalog.by_sha256(decoded.sha256)
+        """Every candidate's result, ranked (``rank``'s one pass over the views searched, D and I)."""
+        exact, flat, structure, matches, tta = (
+            query.exact,
+            query.flat,
+            query.structure,
+            query.matches,
+            query.tta,
+        )
         cnn = self._cnn_best(D[:, : k + 1], I[:, : k + 1])
-        flat = is_flat(query_hashes[0])  # a query without structure: its hash says nothing
-        structure = hash_structure(decoded.image)  # a low-structure query's hash match is weak evidence
-        matches = [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1]
         ids = set(cnn) | {m.id for m in matches} | ({exact.id} if exact is not None else set())
         rows = self.catalog.get_many(ids)
         # The original of a matched variant is a candidate too (judged on its own evidence): a
@@ -259,7 +283,7 @@ class SearchEngine:
         judged.sort(key=_rank_key)
         # The top candidates again, with their verification: it adds its weight and explains the edit.
         checked, query_featureless = self.verify_candidates(
-            decoded, [candidates[r["id"]] for r in judged[: self.verify_top]], found
+            decoded, [candidates[r["id"]] for r in judged[: self.verify_top]], query.found
         )
         results = [
             self._judged(

@@ -15,7 +15,6 @@ The canvas is not trimmed again (its fill is the uniform border that trimming wo
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,8 +39,6 @@ PART_VIEWS = tuple(
 def part_tensors(image: Image.Image, preprocess: Preprocess) -> list[torch.Tensor]:
     """PART_GRID**2 (3, S, S) tensors: ``image``'s content shrunk into a canvas at each place,
     prepared as ``preprocess`` prepares an image but without trimming the canvas's fill."""
-    untrimmed = copy.copy(preprocess)
-    untrimmed.trim = False
     content = trim_borders(image.convert("RGB"))
     fill = tuple(int(v) for v in np.asarray(content).reshape(-1, 3).mean(axis=0))
     side = preprocess.size
@@ -53,5 +50,5 @@ def part_tensors(image: Image.Image, preprocess: Preprocess) -> list[torch.Tenso
         for col in range(PART_GRID):
             canvas = Image.new("RGB", (side, side), fill)
             canvas.paste(shrunk, (round(room * col / (PART_GRID - 1)), round(room * row / (PART_GRID - 1))))
-            tensors.append(untrimmed(canvas))
+            tensors.append(preprocess(canvas, trimmed=True))  # the fill stays
     return tensors
