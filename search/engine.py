@@ -51,6 +51,7 @@ from .verify import (
     FeatureExtractor,
     Features,
     Verification,
+    verdict_signals,
     verification_weight,
     verify,
 )
@@ -315,11 +316,13 @@ class SearchEngine:
         """One candidate's result: its verdict, evidence and weight (with its verification when run)."""
         score, view = candidate.scored if candidate.scored is not None else (-1.0, 0)
         distance = _distance(candidate.match)
-        inliers = None if checked is None else checked.evidence
-        reframed = checked is None or checked.reframed
-        featureless = query_featureless or (checked is not None and not checked.conclusive)
         judgement = thresholds.judge(
-            score, distance, candidate.exact, candidate.margin, structure, inliers, reframed, featureless
+            score,
+            distance,
+            candidate.exact,
+            candidate.margin,
+            structure,
+            **verdict_signals(checked, query_featureless),
         )
         weight = thresholds.weights.weight(
             None if candidate.scored is None else score, distance, candidate.gap
@@ -561,6 +564,8 @@ def summarize(evidence: dict) -> str:
     # A fit that failed says little (small or flat images have few keypoints): the JSON has it.
     if (verification := evidence.get("verification")) is not None and verification["verified"]:
         parts.append(f"verified by {verification['inliers']} keypoints: {verification['explanation']}")
+    if verification is not None and verification["recoloured"]:
+        parts.append("in other colours")
     decided = ", ".join(evidence["decided_by"]) or "nothing"
     return f"{'; '.join(parts) or 'no evidence'} (decided by {decided})"
 

@@ -46,6 +46,8 @@ def verification_json(
         "borders": None,
         "explanation": None,
         "reason": verification.reason,
+        "recoloured": verification.recoloured,
+        "plain": verification.plain,
     }
     if geometry is not None:
         out |= {

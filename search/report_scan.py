@@ -34,7 +34,7 @@ from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, origina
 from .report_verify import PairVerifier
 from .report_views import ViewScorer, turned_score
 from .verdicts import DUPLICATE, Judgement, Thresholds, thresholds_for
-from .verify import verification_weight
+from .verify import verdict_signals, verification_weight
 
 LOG = logging.getLogger(__name__)
 
@@ -109,12 +109,7 @@ class DuplicateScan:
             score = turned_score(
                 self.views, self.thresholds, self.vector(original), member, score, None, checked
             )
-        inliers = None if checked is None else checked.evidence
-        reframed = checked is None or checked.reframed
-        featureless = checked is not None and not checked.conclusive
-        judgement = self.thresholds.judge(
-            score, distance, structure=structure, inliers=inliers, reframed=reframed, featureless=featureless
-        )
+        judgement = self.thresholds.judge(score, distance, structure=structure, **verdict_signals(checked))
         hashed = None
         if found is not None:
             match, side = found
@@ -329,13 +324,9 @@ def judge_pairs(
                 views, thresholds, stored, int(pairs.b[i]), score, None, verification
             )
         score, distance, structure = pair_signals(pairs, i)
-        inliers = None if verification is None else verification.evidence
-        reframed = verification is None or verification.reframed
-        featureless = verification is not None and not verification.conclusive
-        judgement = thresholds.judge(
-            score, distance, structure=structure, inliers=inliers, reframed=reframed, featureless=featureless
-        )
-        pairs.inliers[i] = NOT_RUN if inliers is None else inliers
+        signals = verdict_signals(verification)
+        judgement = thresholds.judge(score, distance, structure=structure, **signals)
+        pairs.inliers[i] = NOT_RUN if signals["inliers"] is None else signals["inliers"]
         pairs.verified[i] = judgement.verified
         pairs.duplicate[i] = judgement.verdict == DUPLICATE
         pairs.weight[i] = thresholds.weights.weight(score, distance) + verification_weight(verification)

@@ -316,13 +316,17 @@ class Thresholds:
         inliers: int | None = None,
         reframed: bool = True,
         featureless: bool = False,
+        plain: bool = False,
+        recoloured: bool = False,
     ) -> Judgement:
         """The combined verdict: exact bytes, else the strongest of hash, CNN and verification.
 
         ``structure`` is the lower of the pair's two structures (or the query's alone);
         ``inliers`` the verification's inlier count, None when it did not run; ``reframed``
         whether its fit moved the picture (a crop, borders, a tilt); ``featureless`` whether the
-        pair had too few keypoints to be verified at all.
+        pair had too few keypoints to be verified at all, ``plain`` whether the stored image
+        itself had; ``recoloured`` whether both are in colour in different hues
+        (``search.verify.verdict_signals`` gives the last five from a verification).
         """
         cnn, hashed = self.verdict(score, margin), self.hash_verdict(distance)
         low = self.is_low_structure(structure)
@@ -330,7 +334,12 @@ class Thresholds:
         if weak_hash:
             hashed = SIMILAR
         needed = self.verify_inliers * (1 if reframed else IN_PLACE_FACTOR)
-        verified = inliers is not None and inliers >= needed and score >= self.verify_floor(inliers, reframed)
+        verified = (
+            inliers is not None
+            and inliers >= needed
+            and score >= self.verify_floor(inliers, reframed)
+            and not recoloured
+        )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False
         if verified:
@@ -357,6 +366,15 @@ class Thresholds:
             # with enough detail to match, found too little shared geometry: look-alikes of one
             # set (the letters S and s, N and Ñ). A fit in place with fewer inliers than a
             # verified duplicate needs still backs the CNN's duplicate.
+            verdict, demoted = SIMILAR, True
+        elif verdict == DUPLICATE and plain and not (hashed == DUPLICATE and cnn == DUPLICATE):
+            # The stored image is too plain to verify anything against (a LED, a flag, an arrow:
+            # under 12 keypoints), and one signal alone says duplicate: the CNN and the hash both
+            # call plain shapes of one kind alike. Two agreeing signals still make it.
+            verdict, demoted = SIMILAR, True
+        if recoloured and verdict == DUPLICATE:
+            # The same drawing in other colours (a red and a green button): no copy edit changes
+            # hues, a grey copy has none to compare.
             verdict, demoted = SIMILAR, True
         if exact:
             verdict = DUPLICATE

@@ -50,6 +50,14 @@ TILT_DEGREES = 3.0
 SCALE_CHANGE = 0.08
 CROP_SHARE = 0.03  # a crop or border under 3% of a side is not reported
 GREY_SPREAD = 4.0  # mean |channel - luma| below this: a grey image
+# Colour: a chroma-weighted histogram of hues (CIELAB a*b* angle) at a small size. The edits
+# people make to copies keep hues (a grey copy loses them all), recoloured drawings of one set
+# (a red and a green button, LEDs, arrows, jigsaw pieces) do not: see docs/verification.md.
+HUE_BINS = 12
+HUE_SIDE = 96  # px: the long side the hues are read at
+COLOURFUL_CHROMA = 12.0  # a pixel with more CIELAB chroma than this is in colour
+COLOURFUL_SHARE = 0.03  # an image with fewer pixels in colour has no hues to compare
+RECOLOURED_AGREEMENT = 0.2  # hue histograms sharing less than this: recoloured, not a copy
 
 
 @dataclass(frozen=True)
@@ -62,13 +70,15 @@ class Features:
     full_size: tuple[int, int]  # (width, height) of the full image (the scale is reported in it)
     grey: bool  # the image has no colour
     detector: str = DEFAULT_DETECTOR
+    hues: np.ndarray | None = None  # (HUE_BINS,) shares of chroma per hue; None: too little colour
 
     def __len__(self) -> int:
         return len(self.points)
 
     @property
     def nbytes(self) -> int:
-        return self.points.nbytes + self.descriptors.nbytes
+        hues = 0 if self.hues is None else self.hues.nbytes
+        return self.points.nbytes + self.descriptors.nbytes + hues
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class Verification:
     geometry: Geometry | None  # None unless verified
     reason: str | None = None  # why it did not verify, in words
     conclusive: bool = True  # False: too little detail to match at all (says nothing either way)
+    plain: bool = False  # the stored image has too little detail to verify anything against
+    recoloured: bool = False  # both images in colour, in different hues (``hue_agreement``)
 
     @property
     def verified(self) -> bool:
@@ -156,24 +168,24 @@ class FeatureExtractor:
         small = bounded(grey_level, self.max_side)
         size = (small.shape[1], small.shape[0])
         full = tuple(full_size) if full_size else (rgb.shape[1], rgb.shape[0])
-        plain = self._features(small, size, full, grey)
+        hues = None if grey else hue_histogram(rgb)
+        plain = self._features(small, size, full, grey, hues)
         if not mirror:
             return plain, None
         if self.detector == "sift":
             return plain, mirrored(plain)
-        return plain, self._features(cv2.flip(small, 1), size, full, grey)
+        return plain, self._features(cv2.flip(small, 1), size, full, grey, hues)
 
-    def _features(self, small: np.ndarray, size, full, grey: bool) -> Features:
+    def _features(self, small: np.ndarray, size, full, grey: bool, hues: np.ndarray | None) -> Features:
         keypoints, descriptors = self._cv_detector().detectAndCompute(small, None)
         if descriptors is None or not keypoints:
             width = 128 if self.detector == "sift" else 32
-            return Features(
-                np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8), size, full, grey, self.detector
-            )
+            points, descriptors = np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8)
+            return Features(points, descriptors, size, full, grey, self.detector, hues)
         points = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
         # SIFT's float descriptors hold whole numbers 0..255: a byte each keeps them exactly
         descriptors = np.clip(descriptors, 0, 255).astype(np.uint8)
-        return Features(points, descriptors, size, full, grey, self.detector)
+        return Features(points, descriptors, size, full, grey, self.detector, hues)
 
 
 def mirrored(features: Features) -> Features:
@@ -194,20 +206,53 @@ def mirrored(features: Features) -> Features:
     return replace(features, points=points, descriptors=np.ascontiguousarray(descriptors))
 
 
-def bounded(grey: np.ndarray, max_side: int) -> np.ndarray:
+def bounded(image: np.ndarray, max_side: int) -> np.ndarray:
     """The image resized so that its long side is at most ``max_side`` (never enlarged)."""
-    height, width = grey.shape[:2]
+    height, width = image.shape[:2]
     factor = max_side / max(width, height)
     if factor >= 1.0:
-        return grey
+        return image
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def is_grey(rgb: np.ndarray, luma: np.ndarray) -> bool:
     step = max(1, max(rgb.shape[:2]) // 128)  # a sample is plenty
     sample = rgb[::step, ::step].astype(np.float32)
     return float(np.abs(sample - luma[::step, ::step, None]).mean()) < GREY_SPREAD
+
+
+def hue_histogram(rgb: np.ndarray) -> np.ndarray | None:
+    """Shares of chroma per hue (``HUE_BINS`` bins of the CIELAB a*b* angle) at a small size;
+    None when under ``COLOURFUL_SHARE`` of the pixels are in colour."""
+    small = bounded(rgb, HUE_SIDE)
+    lab = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_RGB2LAB).astype(np.float32)
+    a, b = lab[..., 1] - 128.0, lab[..., 2] - 128.0
+    chroma = np.hypot(a, b)
+    coloured = chroma > COLOURFUL_CHROMA
+    if coloured.mean() < COLOURFUL_SHARE:
+        return None
+    angle = np.arctan2(b[coloured], a[coloured]) % (2 * np.pi)
+    bins = np.minimum((angle / (2 * np.pi) * HUE_BINS).astype(np.int64), HUE_BINS - 1)
+    histogram = np.bincount(bins, weights=chroma[coloured], minlength=HUE_BINS)
+    return (histogram / histogram.sum()).astype(np.float32)
+
+
+def hue_agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """How much of two hue histograms coincide, 0..1; a neighbouring bin counts half (a darker
+    or brighter copy's hues drift a little where channels clip)."""
+
+    def spread(h: np.ndarray) -> np.ndarray:
+        return (h + 0.5 * np.roll(h, 1) + 0.5 * np.roll(h, -1)) / 2.0
+
+    return float(np.minimum(spread(a), spread(b)).sum())
+
+
+def recoloured(query: Features, stored: Features) -> bool:
+    """Both images in colour, and their hues barely coincide."""
+    if query.hues is None or stored.hues is None:
+        return False
+    return hue_agreement(query.hues, stored.hues) < RECOLOURED_AGREEMENT
 
 
 # matching ---------------------------------------------------------------------------------------
@@ -245,9 +290,11 @@ def mutual_matches(query: Features, stored: Features) -> np.ndarray:
 
 def verify(query: Features, stored: Features, mirror: Features | None = None) -> Verification:
     """Fit the query (and its mirror image, when given) to the stored image; keep the better."""
+    hues = {"recoloured": recoloured(query, stored)}
     if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
         few = min(len(query), len(stored))
-        return Verification(0, 0, None, f"too few keypoints ({few}): an image with little detail", False)
+        reason = f"too few keypoints ({few}): an image with little detail"
+        return Verification(0, 0, None, reason, False, plain=len(stored) < MIN_KEYPOINTS, **hues)
     if query.detector != stored.detector:
         raise ValueError(f"features of different detectors: {query.detector} and {stored.detector}")
     tries = [_fit(query, stored, flip_width=None)]
@@ -255,8 +302,21 @@ def verify(query: Features, stored: Features, mirror: Features | None = None) ->
         tries.append(_fit(mirror, stored, flip_width=query.size[0]))
     inliers, matches, to_stored, reason = max(tries, key=lambda t: (t[0], t[1]))
     if to_stored is None or inliers < VERIFIED_INLIERS:
-        return Verification(inliers, matches, None, reason or f"only {inliers} consistent matches")
-    return Verification(inliers, matches, geometry(to_stored, query, stored))
+        return Verification(inliers, matches, None, reason or f"only {inliers} consistent matches", **hues)
+    return Verification(inliers, matches, geometry(to_stored, query, stored), **hues)
+
+
+def verdict_signals(verification: Verification | None, query_featureless: bool = False) -> dict:
+    """What a verification tells ``Thresholds.judge`` (its keyword arguments); ``None``: not run."""
+    if verification is None:
+        return {"inliers": None, "reframed": True, "featureless": query_featureless}
+    return {
+        "inliers": verification.evidence,
+        "reframed": verification.reframed,
+        "featureless": query_featureless or not verification.conclusive,
+        "plain": verification.plain,
+        "recoloured": verification.recoloured,
+    }
 
 
 def _fit(query: Features, stored: Features, flip_width: int | None):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_options
 from imagegen import image_bytes, make_image, pale_art
 from twice.augment import apply_transform
 from twice.cli import main
@@ -103,6 +104,14 @@ class Collection:
 
     def vectors(self) -> tuple[np.ndarray, np.ndarray]:
         return self.indexer.vectors.vectors()
+
+
+@pytest.fixture
+def options(tmp_path):
+    """Verification off: the vectors are planted, and the pictures behind them are unrelated
+    small images that verification would rightly tell apart (too plain to verify, in other
+    colours). Reports with verification: test_report_groups.py, test_verify.py."""
+    return make_options(tmp_path / "data", verify_top=0)
 
 
 @pytest.fixture
@@ -769,7 +778,8 @@ def test_a_reused_id_with_new_bytes_is_searched_again(collection, options):
 # the command ---------------------------------------------------------------------------------
 
 
-def test_cli_writes_each_format(collection, tmp_path, capsys):
+def test_cli_writes_each_format(collection, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TWICE_VERIFY_TOP", "0")  # as the fixture: planted vectors (see ``options``)
     build_variants(collection)
     data_dir = str(collection.options.data_dir)
     assert main(["--data-dir", data_dir, "-q", "report", "-o", str(tmp_path / "r.json"), "--no-record"]) == 0

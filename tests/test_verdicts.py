@@ -144,3 +144,25 @@ def test_little_detail_makes_no_duplicate_without_identical_bytes():
     assert rule.judge(0.99, 0, structure=5).verdict == DUPLICATE  # verification did not say
     assert rule.judge(0.99, 0, structure=40, featureless=True).verdict == DUPLICATE  # a blurred photo
     assert rule.judge(0.5, 0, exact=True, structure=5, featureless=True).verdict == DUPLICATE
+
+
+def test_a_plain_stored_image_needs_two_agreeing_signals():
+    """A LED or a flag has too few keypoints to verify against: one signal alone (the CNN, or
+    the hash) calls plain shapes of one kind alike, so it takes both, or identical bytes."""
+    rule = Thresholds()
+    cnn_alone = rule.judge(0.99, 30, structure=40, featureless=True, plain=True)
+    assert (cnn_alone.verdict, cnn_alone.demoted, cnn_alone.cnn) == (SIMILAR, True, DUPLICATE)
+    hash_alone = rule.judge(0.5, 0, structure=40, featureless=True, plain=True)
+    assert (hash_alone.verdict, hash_alone.demoted) == (SIMILAR, True)
+    assert rule.judge(0.99, 0, structure=40, featureless=True, plain=True).verdict == DUPLICATE
+    assert rule.judge(0.5, 30, exact=True, featureless=True, plain=True).verdict == DUPLICATE
+    assert rule.judge(0.99, 30, structure=40, featureless=True).verdict == DUPLICATE  # a blurred query
+
+
+def test_recoloured_images_are_no_duplicate_whatever_else_says_so():
+    rule = Thresholds()
+    verified = rule.judge(0.99, 0, structure=40, inliers=60, reframed=False)
+    assert (verified.verdict, verified.verified) == (DUPLICATE, True)
+    recoloured = rule.judge(0.99, 0, structure=40, inliers=60, reframed=False, recoloured=True)
+    assert (recoloured.verdict, recoloured.verified, recoloured.demoted) == (SIMILAR, False, True)
+    assert rule.judge(0.99, 0, exact=True, recoloured=True).verdict == DUPLICATE

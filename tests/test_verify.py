@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import make_options
 from imagegen import image_bytes, make_image
@@ -344,8 +344,6 @@ def test_a_fit_reframes_the_picture_only_by_a_crop_borders_or_a_real_tilt(geomet
 
 def thin_ring(radius: int) -> Image.Image:
     """A one-pixel circle at icon size: little structure, too few keypoints to verify."""
-    from PIL import ImageDraw
-
     image = Image.new("RGB", (100, 100), "white")
     ImageDraw.Draw(image).ellipse((50 - radius, 50 - radius, 50 + radius, 50 + radius), outline=(90, 90, 90))
     return image
@@ -366,5 +364,69 @@ def test_a_featureless_look_alike_is_similar_and_its_own_bytes_a_duplicate(tmp_p
         assert ring["verdict"] == "similar"
         same = engine.search_bytes((folder / "ring.png").read_bytes(), k=1)["results"][0]
         assert same["verdict"] == "duplicate" and same["exact"]
+    finally:
+        engine.close()
+
+
+# colour ---------------------------------------------------------------------------------------------
+
+
+def shapes(colour: tuple[int, int, int]) -> Image.Image:
+    """A drawing: coloured shapes with corners on white, rich enough in keypoints to verify."""
+    image = Image.new("RGB", (240, 240), "white")
+    draw = ImageDraw.Draw(image)
+    for i in range(6):
+        x, y = 20 + 35 * i, 30 + (i % 3) * 60
+        draw.polygon([(x, y), (x + 30, y + 10), (x + 12, y + 45)], fill=colour, outline="black")
+        draw.rectangle((x, y + 100, x + 20 + 3 * i, y + 130), fill=colour, outline="black")
+    return image
+
+
+def shifted(image: Image.Image, amount: int) -> Image.Image:
+    return Image.fromarray(np.clip(np.asarray(image, np.int16) + amount, 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("query", "recoloured"),
+    [
+        (lambda im: shapes((40, 170, 90)), True),  # the same drawing in green
+        (lambda im: shifted(im, 100), False),  # brighter
+        (lambda im: shifted(im, -50), False),  # darker
+        (lambda im: Image.open(io.BytesIO(image_bytes(im, "JPEG", quality=20))).convert("RGB"), False),
+        (lambda im: im.convert("L").convert("RGB"), False),  # grey: no hues to compare
+    ],
+    ids=["green", "bright", "dark", "jpeg-20", "grey"],
+)
+def test_a_recoloured_drawing_is_told_from_copies_that_keep_its_hues(extract, query, recoloured):
+    red = shapes((200, 40, 40))
+    result = check(extract, red, query(red))
+    assert result.verified, result.reason  # the same shapes fit either way: colour tells them apart
+    assert result.recoloured is recoloured
+    assert verification_json(result)["recoloured"] is recoloured
+
+
+def test_a_stored_image_without_detail_is_plain(photo, extract):
+    flat = Image.new("RGB", (200, 200), (30, 120, 200))
+    assert check(extract, flat, photo).plain
+    blurred = check(extract, photo, Image.new("RGB", (200, 200), (128, 128, 128)))
+    assert not blurred.conclusive and not blurred.plain
+
+
+def test_search_calls_a_recoloured_drawing_similar_and_a_brighter_copy_a_duplicate(tmp_path, embedder):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shapes((200, 40, 40)).save(folder / "red.png")
+    make_image(1, (96, 72)).save(folder / "other.png")
+    options = make_options(tmp_path / "data")
+    reindex([folder], options, embedder, progress=False)
+    engine = SearchEngine.open(options, embedder)
+    engine.thresholds = replace(engine.thresholds, duplicate=0.5, similar=0.3)  # the CNN alone says duplicate
+    try:
+        green = engine.search_bytes(image_bytes(shapes((40, 170, 90))), k=1)["results"][0]
+        assert green["source"].endswith("red.png") and green["evidence"]["cnn"]["verdict"] == "duplicate"
+        assert green["verdict"] == "similar" and green["evidence"]["verification"]["recoloured"]
+        assert "in other colours" in green["evidence"]["summary"]
+        brighter = engine.search_bytes(image_bytes(shifted(shapes((200, 40, 40)), 60)), k=1)["results"][0]
+        assert brighter["source"].endswith("red.png") and brighter["verdict"] == "duplicate"
     finally:
         engine.close()
