@@ -217,7 +217,7 @@ class Verification(BaseModel):
     borders: Box | None = Field(description="borders the query added around the picture (null: none)")
     explanation: str | None = Field(description='the edit in plain words: "rotated 10° clockwise, mirrored"')
     reason: str | None = Field(description="why it did not verify (null when it did)")
-    recoloured: bool = Field(description="both images are in colour, in different hues: no copy edit does that")
+    recoloured: bool = Field(description="both images in colour, in different hues: no copy edit does that")
     plain: bool = Field(description="the stored image has too little detail to verify anything against")
 
 
