@@ -131,11 +131,14 @@ def spread(region) -> float:
 
 def test_part_views_shrink_the_content_into_a_canvas_at_each_place():
     from twice.model.embedder import Preprocess
-    from twice.search.parts import PART_GRID, PART_VIEWS, part_tensors
+    from twice.search.parts import PART_PLACES, PART_VIEWS, part_tensors
 
     tensors = part_tensors(make_image(3, (120, 90)), Preprocess(64, black_point=False, fill=False))
-    assert len(tensors) == len(PART_VIEWS) == PART_GRID**2
+    assert len(tensors) == len(PART_VIEWS) == len(PART_PLACES) == 5
     assert all(t.shape == (3, 64, 64) for t in tensors)
+    centre = tensors[2]  # 48 px of content, 8 px of fill on each side
+    assert spread(centre[:, 20:40, 0:7]) < 1e-5 and spread(centre[:, 20:40, 57:64]) < 1e-5
+    assert spread(centre[:, 20:40, 10:20]) > 0.1
     first, last = tensors[0], tensors[-1]  # content at the top left, then at the bottom right
     assert spread(first[:, 20:40, 52:62]) < 1e-5  # the fill right of the content, untrimmed
     assert spread(first[:, 20:40, 2:12]) > 0.1  # the content
