@@ -6,6 +6,10 @@ flips, so search embeds a query's 8 dihedral views and keeps each candidate's be
 image and its turned copy score 0.1-0.3, where search scores the copy 0.9 and more. A report
 pair scores as search would score its later image (the member) as a query against the other's
 stored vector: the member's views are embedded from its stored file, once per image per run.
+
+An image the report searched as search searches a query (a loner, ``search.report_loners``)
+scores every pair as search scores it: over its 8 views, and its part views where those were
+searched too.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 from twice.imageio import ImageError
 from twice.indexer import Catalog
 
-from .engine import default_tta, dihedral_tensors
+from .engine import default_tta, dihedral_vectors, part_vectors
 from .report_hashes import decode_stored
 
 LOG = logging.getLogger(__name__)
@@ -28,7 +32,8 @@ CHUNK = 500  # ids per catalog lookup
 
 
 class ViewScorer:
-    """Best score of an image's 8 dihedral views against another image's stored vector.
+    """Best score of an image's 8 dihedral views (and its part views, once searched) against
+    another image's stored vector.
 
     ``embedder`` builds the model on first use (a report whose pairs all stand clear of the
     cuts never loads it); views of a model version other than the index's are never used.
@@ -39,7 +44,9 @@ class ViewScorer:
         self._make_embedder, self.model_version = embedder, model_version
         self._embedder = None
         self._usable: bool | None = None
-        self.views: dict[int, np.ndarray | None] = {}
+        self.views: dict[int, np.ndarray | None] = {}  # the 8 dihedral views' vectors
+        self.parts: dict[int, np.ndarray | None] = {}  # the part views' vectors, where searched
+        self.searched: set[int] = set()  # images searched as queries: all their pairs score by their views
 
     @property
     def embedded(self) -> int:
@@ -64,14 +71,23 @@ class ViewScorer:
     def best(self, stored_vector: np.ndarray, query: int) -> float | None:
         """The best score of ``query``'s views against ``stored_vector`` (None: not usable, or the
         query's file could not be read)."""
-        if not self.usable:
-            return None
-        if query not in self.views:
-            self.views[query] = self._embed(query)
-        views = self.views[query]
+        views = self.query_views(query)
         return None if views is None else float(np.max(views @ stored_vector))
 
-    def _embed(self, image_id: int) -> np.ndarray | None:
+    def query_views(self, image_id: int, parts: bool = False) -> np.ndarray | None:
+        """The vectors search would search for the image as a query: its 8 dihedral views, and
+        its part views when ``parts`` or once they were embedded (None: not usable, or the file
+        could not be read)."""
+        if not self.usable:
+            return None
+        if image_id not in self.views:
+            self.views[image_id] = self._embed(image_id, dihedral_vectors)
+        if parts and image_id not in self.parts and self.views[image_id] is not None:
+            self.parts[image_id] = self._embed(image_id, part_vectors)
+        views, more = self.views[image_id], self.parts.get(image_id)
+        return views if views is None or more is None else np.concatenate([views, more])
+
+    def _embed(self, image_id: int, vectors_of) -> np.ndarray | None:
         row = self.catalog.get(image_id)
         if row is None:
             return None
@@ -79,10 +95,9 @@ class ViewScorer:
         try:
             decoded = decode_stored(path, self.options, self._embedder.draft_side)
         except (OSError, ImageError) as exc:
-            LOG.warning("no turned views of #%d (%s): %s", image_id, path, exc)
+            LOG.warning("no query views of #%d (%s): %s", image_id, path, exc)
             return None
-        tensor = self._embedder.preprocess(decoded.image)
-        return self._embedder.embed_tensors(dihedral_tensors(tensor))
+        return vectors_of(self._embedder, decoded.image)
 
 
 TURN_ANGLE = 45.0  # degrees: a fitted edit turned this far or more shows a quarter turn or a half
@@ -106,9 +121,12 @@ def turned_score(
     transform: str | None,
     checked,
 ) -> float:
-    """The pair's score as search gives it (the best of the query's views) where a turn shows and
-    the stored vectors' score is under the duplicate cut; else that score."""
-    if views is None or score >= thresholds.duplicate or not shows_a_turn(transform, checked):
+    """The pair's score as search gives it (the best of the query's views) where a turn shows, or
+    the query was searched as search searches it, and the stored vectors' score is under the
+    duplicate cut; else that score."""
+    if views is None or score >= thresholds.duplicate:
+        return score
+    if not (shows_a_turn(transform, checked) or query in views.searched):
         return score
     best = views.best(stored_vector, query)
     return score if best is None else max(score, best)
