@@ -130,7 +130,8 @@ class DuplicateScan:
         if self.views is not None and original in self.views.searched:
             # An original searched as a loner found the member by its views: the pair scores so
             # whichever image ``ORIGINAL_RULE`` made the original.
-            score = turned_score(self.views, self.thresholds, self.vector(member), original, score, None, None)
+            stored = self.vector(member)
+            score = turned_score(self.views, self.thresholds, stored, original, score, None, None)
         checked = None
         if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
             checked = self.verifier(original, member)

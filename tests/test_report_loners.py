@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_report_groups import drawing
+
 from twice.augment import apply_transform
 from twice.augment.synthetic import make_synthetic_image
 from twice.indexer import Catalog, VectorIndex, reindex
