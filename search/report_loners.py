@@ -1,20 +1,23 @@
-"""Loners: images that the report's candidate pairs left without a duplicate, searched as search
-searches a query.
+"""Loners: images that the report's candidate pairs left without a duplicate, searched by their
+views as search searches a query.
 
 The candidate pairs come from the stored vectors (one view of each image) and the hashes. A copy
-turned a quarter turn and edited further (so that no hash view matches), or a crop, scores
-0.0-0.4 against its original's stored vector and is in nobody's nearest neighbours. Search finds
-such a copy as a query: its 8 dihedral views meet the original's stored view, and when those find
-no duplicate its part views (``search.parts``) put a crop back at the scale it had. The report
-does the same for its loners only, from their stored files (``ViewScorer.query_views``): first
-the 8 views, then, for those still without a duplicate, the part views too; each loner's top
+turned a quarter turn or a half and edited further (so that no hash view matches) scores
+0.0-0.3 against its original's stored vector and is in nobody's nearest neighbours; search finds
+it as a query, whose 8 dihedral views meet the original's stored view. The report does the same
+for its loners only (``ViewScorer.query_views``, from their stored files): each loner's top
 candidates by its best view (as many as search verifies, scoring at least what verification can
 make a duplicate) are judged as search judges them, the loner as the query.
+
+Part views (``search.parts``: the query as a crop) are not searched: on the report bench they
+brought no crop's original within reach of a duplicate verdict (the bench's 3 crops left out
+score 0.29-0.51 by them, with 0-6 inliers) and would cost 9 more views per loner.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from tqdm import tqdm
 
 from twice.indexer import VectorIndex
 
@@ -27,15 +30,14 @@ def loners(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[int]:
 
 
 def searched_pairs(
-    vectors: VectorIndex, views: ViewScorer, images: list[int], top: int, floor: float, parts: bool = False
+    vectors: VectorIndex, views: ViewScorer, images: list[int], top: int, floor: float, progress: bool = False
 ) -> list[tuple[int, int, float]]:
-    """(loner, candidate, best score of the loner's views): each of ``images`` searched by its
-    query views (with its part views when ``parts``), its ``top`` candidates scoring at least
-    ``floor``. Every image searched is marked so (``ViewScorer.searched``): its pairs score by
-    its views from now on."""
+    """(loner, candidate, best score of the loner's views): each of ``images`` searched by its 8
+    views, its ``top`` candidates scoring at least ``floor``. Every image searched is marked so
+    (``ViewScorer.searched``): its pairs score by its views from now on."""
     found = []
-    for image_id in images:
-        xq = views.query_views(image_id, parts)
+    for image_id in tqdm(images, desc="searching loners", unit="img", disable=not progress):
+        xq = views.query_views(image_id)
         if xq is None:
             continue
         views.searched.add(image_id)

@@ -8,7 +8,10 @@ verifies, ``options.verify_top``, scoring at least the lowest ``Thresholds.verif
 verdict search would give it: ``Thresholds.judge`` with the CNN score, the hash distance, the
 pair's structure (the lower of its two images') and, where verification can change the verdict
 (the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
-earlier one. The duplicate pairs are grouped by ``search.report_linkage``.
+earlier one. Images then left in no duplicate pair (loners) are searched by their 8 views as
+search searches a query, and the pairs found judged with the loner as the query
+(``search.report_loners``; only with an embedder and verification on). The duplicate pairs are
+grouped by ``search.report_linkage``.
 """
 
 from __future__ import annotations
@@ -261,7 +264,7 @@ def scan_duplicates(
         views=views,
     )
     if views is not None and verifier is not None:
-        search_loners(scan, vectors, top)
+        search_loners(scan, vectors, top, progress)
     pairs = scan.pairs
     scan.groups = link_groups(
         pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
@@ -285,18 +288,16 @@ def band_pairs(vectors: VectorIndex, ids: np.ndarray, xb: np.ndarray, thresholds
     return a, b
 
 
-def search_loners(scan: DuplicateScan, vectors: VectorIndex, top: int) -> None:
-    """Images in no duplicate pair searched as search searches a query (``search.report_loners``):
-    by their 8 views, then those still alone by their part views too; the pairs found join the
-    scan's candidates, judged with the loner as the query."""
+def search_loners(scan: DuplicateScan, vectors: VectorIndex, top: int, progress: bool = False) -> None:
+    """Images in no duplicate pair searched by their 8 views as search searches a query
+    (``search.report_loners``); the pairs found join the scan's candidates, judged with the loner
+    as the query."""
     floor = max(scan.thresholds.verify_floor(ALWAYS), -1.0 + 1e-6)
-    for parts in (False, True):
-        alone = loners(scan.ids, scan.pairs.a, scan.pairs.b)
-        found = searched_pairs(vectors, scan.views, alone, top, floor, parts)
-        if found:
-            scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
-            scan.pairs = scan.candidates.subset(scan.candidates.duplicate)
-    scan.__dict__.pop("graph", None)  # the pairs changed: the cached graph with them
+    alone = loners(scan.ids, scan.pairs.a, scan.pairs.b)
+    found = searched_pairs(vectors, scan.views, alone, top, floor, progress)
+    if found:
+        scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
+        scan.pairs = scan.candidates.subset(scan.candidates.duplicate)
 
 
 def judged_pairs(scan: DuplicateScan, found: list[tuple[int, int, float]]) -> Pairs:

@@ -7,9 +7,8 @@ image and its turned copy score 0.1-0.3, where search scores the copy 0.9 and mo
 pair scores as search would score its later image (the member) as a query against the other's
 stored vector: the member's views are embedded from its stored file, once per image per run.
 
-An image the report searched as search searches a query (a loner, ``search.report_loners``)
-scores every pair as search scores it: over its 8 views, and its part views where those were
-searched too.
+An image the report searched by its views as search searches a query (a loner,
+``search.report_loners``) scores every pair over its 8 views.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import numpy as np
 from twice.imageio import ImageError
 from twice.indexer import Catalog
 
-from .engine import default_tta, dihedral_vectors, part_vectors
+from .engine import default_tta, dihedral_vectors
 from .report_hashes import decode_stored
 
 LOG = logging.getLogger(__name__)
@@ -32,8 +31,7 @@ CHUNK = 500  # ids per catalog lookup
 
 
 class ViewScorer:
-    """Best score of an image's 8 dihedral views (and its part views, once searched) against
-    another image's stored vector.
+    """Best score of an image's 8 dihedral views against another image's stored vector.
 
     ``embedder`` builds the model on first use (a report whose pairs all stand clear of the
     cuts never loads it); views of a model version other than the index's are never used.
@@ -45,8 +43,7 @@ class ViewScorer:
         self._embedder = None
         self._usable: bool | None = None
         self.views: dict[int, np.ndarray | None] = {}  # the 8 dihedral views' vectors
-        self.parts: dict[int, np.ndarray | None] = {}  # the part views' vectors, where searched
-        self.searched: set[int] = set()  # images searched as queries: all their pairs score by their views
+        self.searched: set[int] = set()  # images searched by their views: all their pairs score so
 
     @property
     def embedded(self) -> int:
@@ -74,20 +71,16 @@ class ViewScorer:
         views = self.query_views(query)
         return None if views is None else float(np.max(views @ stored_vector))
 
-    def query_views(self, image_id: int, parts: bool = False) -> np.ndarray | None:
-        """The vectors search would search for the image as a query: its 8 dihedral views, and
-        its part views when ``parts`` or once they were embedded (None: not usable, or the file
-        could not be read)."""
+    def query_views(self, image_id: int) -> np.ndarray | None:
+        """(8, D): the vectors search would search for the image as a query, its 8 dihedral views
+        (None: not usable, or the file could not be read)."""
         if not self.usable:
             return None
         if image_id not in self.views:
-            self.views[image_id] = self._embed(image_id, dihedral_vectors)
-        if parts and image_id not in self.parts and self.views[image_id] is not None:
-            self.parts[image_id] = self._embed(image_id, part_vectors)
-        views, more = self.views[image_id], self.parts.get(image_id)
-        return views if views is None or more is None else np.concatenate([views, more])
+            self.views[image_id] = self._embed(image_id)
+        return self.views[image_id]
 
-    def _embed(self, image_id: int, vectors_of) -> np.ndarray | None:
+    def _embed(self, image_id: int) -> np.ndarray | None:
         row = self.catalog.get(image_id)
         if row is None:
             return None
@@ -95,9 +88,9 @@ class ViewScorer:
         try:
             decoded = decode_stored(path, self.options, self._embedder.draft_side)
         except (OSError, ImageError) as exc:
-            LOG.warning("no query views of #%d (%s): %s", image_id, path, exc)
+            LOG.warning("no turned views of #%d (%s): %s", image_id, path, exc)
             return None
-        return vectors_of(self._embedder, decoded.image)
+        return dihedral_vectors(self._embedder, decoded.image)
 
 
 TURN_ANGLE = 45.0  # degrees: a fitted edit turned this far or more shows a quarter turn or a half
