@@ -10,8 +10,8 @@ pair's structure (the lower of its two images') and, where verification can chan
 (the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
 earlier one. Images then left in no duplicate pair (loners) are searched by their 8 views as
 search searches a query, and the pairs found judged with the loner as the query
-(``search.report_loners``; only with an embedder and verification on). The duplicate pairs are
-grouped by ``search.report_linkage``.
+(``search.report_loners``; with an embedder and verification on, unless the option
+``report_loners`` is off). The duplicate pairs are grouped by ``search.report_linkage``.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def scan_duplicates(
         linkage=linkage,
         views=views,
     )
-    if views is not None and verifier is not None:
+    if views is not None and verifier is not None and getattr(options, "report_loners", True):
         search_loners(scan, vectors, top, progress)
     pairs = scan.pairs
     scan.groups = link_groups(

@@ -102,6 +102,17 @@ def test_a_turned_copy_far_from_its_original_joins_it_as_a_searched_loner(turned
     assert not any(drawings & set(g) for g in searched.groups)
 
 
+def test_the_loner_search_can_be_turned_off(turned_far):
+    options, embedder, ids = turned_far
+    catalog = Catalog(options.catalog_url)
+    try:
+        off = scan_duplicates(options.with_overrides(report_loners=False), catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    assert off.views.searched == set()
+    assert not any(ids["photo_turned"] in group for group in off.groups)
+
+
 def test_loners_are_the_images_in_no_pair():
     ids = np.array([1, 2, 3, 4, 5])
     assert loners(ids, np.array([1, 2]), np.array([2, 4])) == [3, 5]
