@@ -10,8 +10,9 @@ candidates by its best view (as many as search verifies, scoring at least what v
 make a duplicate) are judged as search judges them, the loner as the query.
 
 Part views (``search.parts``: the query as a crop) are not searched: on the report bench they
-brought no crop's original within reach of a duplicate verdict (the bench's 3 crops left out
-score 0.29-0.51 by them, with 0-6 inliers) and would cost 9 more views per loner.
+brought no crop's original within reach of a duplicate verdict (of the 3 crops left out, one's
+original was not among its top 5, the other two ranked 3rd and 5th at 0.29-0.40 with 4-6
+inliers) and would cost 9 more views per loner.
 """
 
 from __future__ import annotations
