@@ -10,8 +10,8 @@ pair's structure (the lower of its two images') and, where verification can chan
 (the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
 earlier one. Images then left in no duplicate pair (loners) are searched by their 8 views as
 search searches a query, and the pairs found judged with the loner as the query
-(``search.report_loners``; with an embedder and verification on, unless the option
-``report_loners`` is off). The duplicate pairs are grouped by ``search.report_linkage``.
+(``search.report_loners``; with an embedder and verification on, and no more loners than the
+option ``report_loners``). The duplicate pairs are grouped by ``search.report_linkage``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ LARGE_GROUP_MIN = 10
 ALWAYS = 1 << 30  # inliers that verify any pair: what verification could make of a pair at most
 NOT_RUN = -1  # inliers of a pair verification did not run on
 CHUNK = 500  # ids per catalog lookup
+# Loners searched by their views at most (``options.report_loners``): each costs 8 forward
+# passes, ~0.25 s on 2 shared cores, so a folder of mostly unrelated images would pay
+# minutes per thousand; more loners than this are not searched, and the report says so.
+MAX_LONERS = 2000
 
 
 @dataclass
@@ -71,6 +75,8 @@ class DuplicateScan:
     candidates: Pairs | None = None  # every pair judged, duplicate or not
     linkage: str = DEFAULT_LINKAGE
     views: ViewScorer | None = None  # None: pairs score by their stored vectors alone
+    unsearched: int = 0  # loners left unsearched: more of them than ``report_loners``
+    loner_limit: int = MAX_LONERS
 
     @property
     def threshold(self) -> float:
@@ -263,8 +269,9 @@ def scan_duplicates(
         linkage=linkage,
         views=views,
     )
-    if views is not None and verifier is not None and getattr(options, "report_loners", True):
-        search_loners(scan, vectors, top, progress)
+    limit = int(getattr(options, "report_loners", MAX_LONERS))
+    if views is not None and verifier is not None and limit > 0:
+        search_loners(scan, vectors, top, limit, progress)
     pairs = scan.pairs
     scan.groups = link_groups(
         pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
@@ -288,12 +295,20 @@ def band_pairs(vectors: VectorIndex, ids: np.ndarray, xb: np.ndarray, thresholds
     return a, b
 
 
-def search_loners(scan: DuplicateScan, vectors: VectorIndex, top: int, progress: bool = False) -> None:
+def search_loners(
+    scan: DuplicateScan, vectors: VectorIndex, top: int, limit: int = MAX_LONERS, progress: bool = False
+) -> None:
     """Images in no duplicate pair searched by their 8 views as search searches a query
     (``search.report_loners``); the pairs found join the scan's candidates, judged with the loner
-    as the query."""
+    as the query. More than ``limit`` loners: none is searched (``unsearched`` counts them)."""
     floor = max(scan.thresholds.verify_floor(ALWAYS), -1.0 + 1e-6)
     alone = loners(scan.ids, scan.pairs.a, scan.pairs.b)
+    if len(alone) > limit:
+        scan.unsearched, scan.loner_limit = len(alone), limit
+        LOG.warning(
+            "%d images in no duplicate pair, more than %d: not searched by their views", len(alone), limit
+        )
+        return
     found = searched_pairs(vectors, scan.views, alone, top, floor, progress)
     if found:
         scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
@@ -509,6 +524,12 @@ def threshold_warnings(scan: DuplicateScan) -> list[str]:
         warnings.append(
             f"the thresholds are the defaults, not fitted to model {scan.model_version}:"
             " run `twice calibrate` (a CNN without trained weights scores nearly every pair above 0.9)"
+        )
+    if scan.unsearched:
+        warnings.append(
+            f"{scan.unsearched} images are in no duplicate pair, more than {scan.loner_limit}: they were"
+            " not searched by their turned views, so a turned copy with further edits may be left out;"
+            f" set TWICE_REPORT_LONERS to {scan.unsearched} or more to search them (8 views each)"
         )
     largest = len(scan.groups[0]) if scan.groups else 0
     if largest >= LARGE_GROUP_MIN and largest > LARGE_GROUP_SHARE * len(scan.ids):

@@ -21,7 +21,7 @@ from twice.augment import apply_transform
 from twice.augment.synthetic import make_synthetic_image
 from twice.indexer import Catalog, VectorIndex, reindex
 from twice.search.report_loners import loners
-from twice.search.report_scan import scan_duplicates
+from twice.search.report_scan import scan_duplicates, threshold_warnings
 
 TURNED = "rotate:90+screenshot:739427+bright:30"  # no hash view matches the original's
 
@@ -102,15 +102,19 @@ def test_a_turned_copy_far_from_its_original_joins_it_as_a_searched_loner(turned
     assert not any(drawings & set(g) for g in searched.groups)
 
 
-def test_the_loner_search_can_be_turned_off(turned_far):
+def test_more_loners_than_the_limit_are_not_searched_and_the_report_says_so(turned_far):
     options, embedder, ids = turned_far
     catalog = Catalog(options.catalog_url)
     try:
-        off = scan_duplicates(options.with_overrides(report_loners=False), catalog, embedder=lambda: embedder)
+        over = scan_duplicates(options.with_overrides(report_loners=2), catalog, embedder=lambda: embedder)
+        off = scan_duplicates(options.with_overrides(report_loners=0), catalog, embedder=lambda: embedder)
     finally:
         catalog.close()
-    assert off.views.searched == set()
-    assert not any(ids["photo_turned"] in group for group in off.groups)
+    assert over.views.searched == set() and over.unsearched > 2
+    assert not any(ids["photo_turned"] in group for group in over.groups)
+    assert any(f"{over.unsearched} images are in no duplicate pair" in w for w in threshold_warnings(over))
+    assert off.views.searched == set() and off.unsearched == 0  # 0: off, nothing to warn about
+    assert not any("no duplicate pair" in w for w in threshold_warnings(off))
 
 
 def test_loners_are_the_images_in_no_pair():
