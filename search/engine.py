@@ -391,10 +391,9 @@ class SearchEngine:
         Preprocessing squashes the whole image to a square, so a turned or flipped image's
         tensor is the turned or flipped tensor: the views need one decode and one resize.
         """
-        tensor = self.embedder.preprocess(image)
         if check_tta(tta) == "none":
-            return self.embedder.embed_tensors(tensor[None]), DIHEDRAL[:1]
-        return self.embedder.embed_tensors(dihedral_tensors(tensor)), DIHEDRAL
+            return self.embedder.embed_tensors(self.embedder.preprocess(image)[None]), DIHEDRAL[:1]
+        return dihedral_vectors(self.embedder, image), DIHEDRAL
 
     def hash_matches(self, query_hashes: np.ndarray, radius: int) -> list[HashMatch]:
         """Catalogued images within ``radius`` bits of any view of the query, nearest first."""
@@ -509,6 +508,12 @@ class SearchEngine:
             "transform": row.transform,
             "evidence": evidence,
         }
+
+
+def dihedral_vectors(embedder, image) -> np.ndarray:
+    """(8, D): the embeddings of ``image``'s ``DIHEDRAL`` views, from one resize (preprocessing
+    squashes the whole image to a square, so a turned image's tensor is the turned tensor)."""
+    return embedder.embed_tensors(dihedral_tensors(embedder.preprocess(image)))
 
 
 def dihedral_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:

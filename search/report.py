@@ -5,12 +5,13 @@ the way search judges a query's results, with the thresholds of the model versio
 pairs (a CNN score at or above the duplicate threshold, a perceptual-hash distance at or below
 the duplicate hash threshold, or near neighbours that local-feature verification could make
 duplicates) get ``Thresholds.judge`` with the pair's hash structure and, in the uncertain band,
-the verification's inliers (``search.report_scan``). It groups the duplicate pairs so that a
-group does not grow by chaining (``search.report_linkage``), picks each group's original by
-``ORIGINAL_RULE``, gives every other member its evidence against the original (as search's
-``evidence`` field, with the edit in words where verification ran), sets known augmented
-variants aside (counted, and listed only on request), checks how many known variant pairs were
-recovered, and says what changed since the last recorded report.
+the verification's inliers (``search.report_scan``); images left in no duplicate pair are
+searched by their 8 views as search searches a query (``search.report_loners``). It groups the
+duplicate pairs so that a group does not grow by chaining (``search.report_linkage``), picks each
+group's original by ``ORIGINAL_RULE``, gives every other member its evidence against the
+original (as search's ``evidence`` field, with the edit in words where verification ran), sets
+known augmented variants aside (counted, and listed only on request), checks how many known
+variant pairs were recovered, and says what changed since the last recorded report.
 
 CNN pairs are cached per model version (table ``report_pair_cache``), hash views and pairs in
 ``report_hash_cache``: a later report only searches (and decodes) the images added or changed
@@ -142,6 +143,7 @@ def assemble(scan: DuplicateScan, catalog: Catalog, options, include_variants: b
             "candidate_pairs": len(scan.candidates),
             "verified_pairs": scan.verifier.runs if scan.verifier is not None else 0,
             "turned_images": scan.views.embedded if scan.views is not None else 0,
+            "searched_images": len(scan.views.searched) if scan.views is not None else 0,
             "hashed_images": len(scan.hashes.ids),
             "groups": len(scan.groups),
             "groups_listed": len(listed),

@@ -8,7 +8,10 @@ verifies, ``options.verify_top``, scoring at least the lowest ``Thresholds.verif
 verdict search would give it: ``Thresholds.judge`` with the CNN score, the hash distance, the
 pair's structure (the lower of its two images') and, where verification can change the verdict
 (the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
-earlier one. The duplicate pairs are grouped by ``search.report_linkage``.
+earlier one. Images then left in no duplicate pair (loners) are searched by their 8 views as
+search searches a query, and the pairs found judged with the loner as the query
+(``search.report_loners``; with an embedder and verification on, and no more loners than the
+option ``report_loners``). The duplicate pairs are grouped by ``search.report_linkage``.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ from .pair_cache import pairs_with_cache
 from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
 from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
 from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key, partners_within
+from .report_loners import loners, searched_pairs
 from .report_verify import PairVerifier
 from .report_views import ViewScorer, turned_score
 from .verdicts import DUPLICATE, Judgement, Thresholds, thresholds_for
-from .verify import verdict_signals, verification_weight
+from .verify import Verification, verdict_signals, verification_weight
 
 LOG = logging.getLogger(__name__)
 
@@ -45,6 +49,10 @@ LARGE_GROUP_MIN = 10
 ALWAYS = 1 << 30  # inliers that verify any pair: what verification could make of a pair at most
 NOT_RUN = -1  # inliers of a pair verification did not run on
 CHUNK = 500  # ids per catalog lookup
+# Loners searched by their views at most (``options.report_loners``): each costs 8 forward
+# passes, ~0.25 s on 2 shared cores, so a folder of mostly unrelated images would pay
+# minutes per thousand; more loners than this are not searched, and the report says so.
+MAX_LONERS = 2000
 
 
 @dataclass
@@ -67,6 +75,8 @@ class DuplicateScan:
     candidates: Pairs | None = None  # every pair judged, duplicate or not
     linkage: str = DEFAULT_LINKAGE
     views: ViewScorer | None = None  # None: pairs score by their stored vectors alone
+    unsearched: int = 0  # loners left unsearched: more of them than ``report_loners``
+    loner_limit: int = MAX_LONERS
 
     @property
     def threshold(self) -> float:
@@ -95,21 +105,7 @@ class DuplicateScan:
         """CNN score, verdict, hash evidence and verification (``verification_json``; None when
         it did not run) of a member against its group's original (the transform turns the
         original into the member), as search would judge the member as a query."""
-        score = float(np.clip(self.vector(original) @ self.vector(member), -1.0, 1.0))
-        found = self.hashes.match(original, member) if self.hashes.radius >= 0 else None
-        distance = None if found is None else found[0].distance
-        structure = self.structure(original, member)
-        transform = turn_seen(self.thresholds, found)
-        score = turned_score(
-            self.views, self.thresholds, self.vector(original), member, score, transform, None
-        )
-        checked = None
-        if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
-            checked = self.verifier(original, member)
-            score = turned_score(
-                self.views, self.thresholds, self.vector(original), member, score, None, checked
-            )
-        judgement = self.thresholds.judge(score, distance, structure=structure, **verdict_signals(checked))
+        score, judgement, found, checked = self.weigh(original, member)
         hashed = None
         if found is not None:
             match, side = found
@@ -129,8 +125,33 @@ class DuplicateScan:
             verification = verification_json(checked, hashed["stored"] if fired else None, grey)
         return score, judgement, hashed, verification
 
+    def weigh(self, original: int, member: int) -> tuple[float, Judgement, tuple | None, Verification | None]:
+        """``judge``'s signals before formatting: the CNN score, the verdict, the hash match
+        (``HashScan.match``'s answer) and the verification (None: it did not run)."""
+        score = float(np.clip(self.vector(original) @ self.vector(member), -1.0, 1.0))
+        found = self.hashes.match(original, member) if self.hashes.radius >= 0 else None
+        distance = None if found is None else found[0].distance
+        structure = self.structure(original, member)
+        transform = turn_seen(self.thresholds, found)
+        score = turned_score(
+            self.views, self.thresholds, self.vector(original), member, score, transform, None
+        )
+        if self.views is not None and original in self.views.searched:
+            # An original searched as a loner found the member by its views: the pair scores so
+            # whichever image ``ORIGINAL_RULE`` made the original.
+            stored = self.vector(member)
+            score = turned_score(self.views, self.thresholds, stored, original, score, None, None)
+        checked = None
+        if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
+            checked = self.verifier(original, member)
+            score = turned_score(
+                self.views, self.thresholds, self.vector(original), member, score, None, checked
+            )
+        judgement = self.thresholds.judge(score, distance, structure=structure, **verdict_signals(checked))
+        return score, judgement, found, checked
+
     def is_duplicate(self, original: int, member: int) -> bool:
-        return self.judge(original, member)[1].verdict == DUPLICATE
+        return self.weigh(original, member)[1].verdict == DUPLICATE
 
 
 @dataclass
@@ -243,6 +264,10 @@ def scan_duplicates(
         linkage=linkage,
         views=views,
     )
+    limit = int(getattr(options, "report_loners", MAX_LONERS))
+    if views is not None and verifier is not None and limit > 0:
+        search_loners(scan, vectors, top, limit, progress)
+    pairs = scan.pairs
     scan.groups = link_groups(
         pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
     )
@@ -263,6 +288,69 @@ def band_pairs(vectors: VectorIndex, ids: np.ndarray, xb: np.ndarray, thresholds
     keep = (floor <= D) & (I >= 0) & (query != I) & np.isin(I, ids)
     a, b, _ = canonical_pairs(query[keep], I[keep], D[keep])
     return a, b
+
+
+def search_loners(
+    scan: DuplicateScan, vectors: VectorIndex, top: int, limit: int = MAX_LONERS, progress: bool = False
+) -> None:
+    """Images in no duplicate pair searched by their 8 views as search searches a query
+    (``search.report_loners``); the pairs found join the scan's candidates, judged with the loner
+    as the query. More than ``limit`` loners: none is searched (``unsearched`` counts them)."""
+    floor = max(scan.thresholds.verify_floor(ALWAYS), -1.0 + 1e-6)
+    alone = loners(scan.ids, scan.pairs.a, scan.pairs.b)
+    if len(alone) > limit:
+        scan.unsearched, scan.loner_limit = len(alone), limit
+        LOG.warning(
+            "%d images in no duplicate pair, more than %d: not searched by their views", len(alone), limit
+        )
+        return
+    found = searched_pairs(vectors, scan.views, alone, top, floor, progress)
+    if found:
+        scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
+        scan.pairs = scan.candidates.subset(scan.candidates.duplicate)
+
+
+def judged_pairs(scan: DuplicateScan, found: list[tuple[int, int, float]]) -> Pairs:
+    """Each (query, stored image, _) of ``found`` with both in the scan, once per pair, judged as
+    search judges the query (``DuplicateScan.weigh``), as sorted ``Pairs``."""
+    known = set(scan.ids.tolist())
+    asked = {}
+    for query, stored, _ in found:
+        if stored in known:
+            asked.setdefault((min(query, stored), max(query, stored)), (stored, query))
+    rows = []
+    for (a, b), (stored, query) in sorted(asked.items()):
+        score, judgement, match, checked = scan.weigh(stored, query)
+        distance = NO_HASH if match is None else match[0].distance
+        inliers = None if checked is None else checked.evidence
+        weight = scan.thresholds.weights.weight(score, None if match is None else distance)
+        rows.append((a, b, score, distance, inliers, judgement, weight + verification_weight(checked)))
+    a, b, score, distance, inliers, judgement, weight = (list(column) for column in zip(*rows, strict=True))
+    a, b, distance = (np.array(v, np.int64) for v in (a, b, distance))
+    score = np.array(score, np.float32)
+    structure = np.minimum(scan.hashes.structures(a), scan.hashes.structures(b))
+    return Pairs(
+        a,
+        b,
+        score,
+        distance,
+        by_cnn=score >= scan.thresholds.duplicate,
+        by_hash=distance <= scan.thresholds.hash_duplicate,
+        structure=structure,
+        inliers=np.array([NOT_RUN if n is None else n for n in inliers], np.int64),
+        verified=np.array([j.verified for j in judgement], bool),
+        duplicate=np.array([j.verdict == DUPLICATE for j in judgement], bool),
+        weight=np.array(weight, np.float64),
+    )
+
+
+def merge_pairs(old: Pairs, new: Pairs) -> Pairs:
+    """``old`` and ``new`` as one sorted set of pairs; a pair in both is ``new``'s."""
+    replaced = set(new.keys_list())
+    kept = old.subset(np.array([key not in replaced for key in old.keys_list()], bool))
+    columns = zip(vars(kept).values(), vars(new).values(), strict=True)
+    joined = Pairs(*(np.concatenate([x, y]) for x, y in columns))
+    return joined.subset(np.lexsort((joined.b, joined.a)))
 
 
 def turn_seen(thresholds: Thresholds, found) -> str | None:
@@ -427,6 +515,12 @@ def threshold_warnings(scan: DuplicateScan) -> list[str]:
         warnings.append(
             f"the thresholds are the defaults, not fitted to model {scan.model_version}:"
             " run `twice calibrate` (a CNN without trained weights scores nearly every pair above 0.9)"
+        )
+    if scan.unsearched:
+        warnings.append(
+            f"{scan.unsearched} images are in no duplicate pair, more than {scan.loner_limit}: they were"
+            " not searched by their turned views, so a turned copy with further edits may be left out;"
+            f" set TWICE_REPORT_LONERS to {scan.unsearched} or more to search them (8 views each)"
         )
     largest = len(scan.groups[0]) if scan.groups else 0
     if largest >= LARGE_GROUP_MIN and largest > LARGE_GROUP_SHARE * len(scan.ids):

@@ -6,6 +6,9 @@ flips, so search embeds a query's 8 dihedral views and keeps each candidate's be
 image and its turned copy score 0.1-0.3, where search scores the copy 0.9 and more. A report
 pair scores as search would score its later image (the member) as a query against the other's
 stored vector: the member's views are embedded from its stored file, once per image per run.
+
+An image the report searched by its views as search searches a query (a loner,
+``search.report_loners``) scores every pair over its 8 views.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from twice.imageio import ImageError
 from twice.indexer import Catalog
 
-from .engine import default_tta, dihedral_tensors
+from .engine import default_tta, dihedral_vectors
 from .report_hashes import decode_stored
 
 LOG = logging.getLogger(__name__)
@@ -39,7 +42,8 @@ class ViewScorer:
         self._make_embedder, self.model_version = embedder, model_version
         self._embedder = None
         self._usable: bool | None = None
-        self.views: dict[int, np.ndarray | None] = {}
+        self.views: dict[int, np.ndarray | None] = {}  # the 8 dihedral views' vectors
+        self.searched: set[int] = set()  # images searched by their views: all their pairs score so
 
     @property
     def embedded(self) -> int:
@@ -64,12 +68,17 @@ class ViewScorer:
     def best(self, stored_vector: np.ndarray, query: int) -> float | None:
         """The best score of ``query``'s views against ``stored_vector`` (None: not usable, or the
         query's file could not be read)."""
+        views = self.query_views(query)
+        return None if views is None else float(np.max(views @ stored_vector))
+
+    def query_views(self, image_id: int) -> np.ndarray | None:
+        """(8, D): the vectors search would search for the image as a query, its 8 dihedral views
+        (None: not usable, or the file could not be read)."""
         if not self.usable:
             return None
-        if query not in self.views:
-            self.views[query] = self._embed(query)
-        views = self.views[query]
-        return None if views is None else float(np.max(views @ stored_vector))
+        if image_id not in self.views:
+            self.views[image_id] = self._embed(image_id)
+        return self.views[image_id]
 
     def _embed(self, image_id: int) -> np.ndarray | None:
         row = self.catalog.get(image_id)
@@ -81,8 +90,7 @@ class ViewScorer:
         except (OSError, ImageError) as exc:
             LOG.warning("no turned views of #%d (%s): %s", image_id, path, exc)
             return None
-        tensor = self._embedder.preprocess(decoded.image)
-        return self._embedder.embed_tensors(dihedral_tensors(tensor))
+        return dihedral_vectors(self._embedder, decoded.image)
 
 
 TURN_ANGLE = 45.0  # degrees: a fitted edit turned this far or more shows a quarter turn or a half
@@ -106,9 +114,12 @@ def turned_score(
     transform: str | None,
     checked,
 ) -> float:
-    """The pair's score as search gives it (the best of the query's views) where a turn shows and
-    the stored vectors' score is under the duplicate cut; else that score."""
-    if views is None or score >= thresholds.duplicate or not shows_a_turn(transform, checked):
+    """The pair's score as search gives it (the best of the query's views) where a turn shows, or
+    the query was searched as search searches it, and the stored vectors' score is under the
+    duplicate cut; else that score."""
+    if views is None or score >= thresholds.duplicate:
+        return score
+    if not (shows_a_turn(transform, checked) or query in views.searched):
         return score
     best = views.best(stored_vector, query)
     return score if best is None else max(score, best)

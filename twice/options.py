@@ -65,6 +65,7 @@ class Options:
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For names the client
     verify_top: int = 5  # search verifies this many top candidates by local features (0: off)
     part_views: bool = True  # a query left without a duplicate is searched again as a crop
+    report_loners: int = 2000  # images in no duplicate pair the report searches by their views, at most
 
     @property
     def tokens_path(self) -> Path:

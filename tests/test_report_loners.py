@@ -1,0 +1,123 @@
+"""Loners: images the report's candidate pairs leave without a duplicate are searched as search
+searches a query (their 8 views, then their part views), so that a turned copy whose stored
+vector is far from its original's still joins its original's group.
+
+A real folder indexed by a single-view model (random weights, as the shipped model is
+single-view). A trained single-view CNN scores a copy turned a quarter turn and edited further
+0.0-0.3 against its original's stored vector; random weights score it 0.99, so the copy's stored
+vector is replaced by one that scores 0 against every other image: only its turned views meet
+the original again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_report_groups import drawing
+
+from twice.augment import apply_transform
+from twice.augment.synthetic import make_synthetic_image
+from twice.indexer import Catalog, VectorIndex, reindex
+from twice.search.report_loners import loners
+from twice.search.report_scan import scan_duplicates, threshold_warnings
+
+TURNED = "rotate:90+screenshot:739427+bright:30"  # no hash view matches the original's
+
+
+def plant_far(options, image_id: int) -> None:
+    """The image's stored vector replaced by a unit vector orthogonal to every other stored one."""
+    path = Path(options.index_path)
+    header = VectorIndex.read_header(path)
+    vectors = VectorIndex.load(path, header["model_version"], header["dim"])
+    ids, xb = vectors.vectors()
+    others = xb[ids != image_id].astype(np.float64)
+    assert len(others) < xb.shape[1]  # room for a direction none of them has
+    basis, _ = np.linalg.qr(others.T)
+    v = np.random.default_rng(0).standard_normal(xb.shape[1])
+    v -= basis @ (basis.T @ v)
+    vectors.add(np.array([image_id]), (v / np.linalg.norm(v)).astype(np.float32)[None, :])
+    vectors.save(path)
+
+
+@pytest.fixture(scope="module")
+def turned_far(tmp_path_factory):
+    """(options, embedder, ids): a photo, a JPEG copy and a turned, edited copy whose stored vector
+    is far from everything, among other photos with copies and drawings."""
+    from conftest import make_options
+    from twice.model import Embedder
+
+    root = tmp_path_factory.mktemp("loners")
+    folder = root / "in"
+    folder.mkdir()
+    photo = make_synthetic_image(3, 2)
+    photo.save(folder / "photo.png")
+    apply_transform(photo, "jpeg:80").save(folder / "photo_jpeg.png")
+    apply_transform(photo, TURNED).save(folder / "photo_turned.png")
+    for p in range(4):
+        other = make_synthetic_image(5, p)
+        other.save(folder / f"other_{p}.png")
+        apply_transform(other, "jpeg:80").save(folder / f"other_{p}_jpeg.png")
+    for d in range(6):
+        drawing(d).save(folder / f"drawing_{d}.png")
+    options = make_options(root / "data", invariance="none")
+    embedder = Embedder.from_options(options)
+    reindex([folder], options, embedder, progress=False)
+    catalog = Catalog(options.catalog_url)
+    # What `twice calibrate` fits for a random-weight CNN: the CNN alone never decides.
+    catalog.set_thresholds(
+        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
+    )
+    ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
+    catalog.close()
+    plant_far(options, ids["photo_turned"])
+    return options, embedder, ids
+
+
+def test_a_turned_copy_far_from_its_original_joins_it_as_a_searched_loner(turned_far):
+    options, embedder, ids = turned_far
+    photo, turned = ids["photo"], ids["photo_turned"]
+    catalog = Catalog(options.catalog_url)
+    try:
+        plain = scan_duplicates(options, catalog)
+        searched = scan_duplicates(options, catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    pair = (min(photo, turned), max(photo, turned))
+    # The stored vectors and hashes never pair the two: the copy is a loner.
+    assert pair not in plain.candidates.keys_list()
+    assert turned in loners(plain.ids, plain.pairs.a, plain.pairs.b)
+    assert not any(turned in group for group in plain.groups)
+    # Searched by its views, as search searches it, it meets its original and joins its group.
+    assert turned in searched.views.searched
+    group = next(g for g in searched.groups if photo in g)
+    assert set(group) == {photo, ids["photo_jpeg"], turned}
+    score, judgement, hashed, verification = searched.judge(photo, turned)
+    assert judgement.verdict == "duplicate" and verification["verified"]
+    assert score > 0.5 and plain.judge(photo, turned)[0] < 0.1  # its views, not its stored vector
+    assert hashed is None or hashed["distance"] > 12  # no hash view decided it
+    # Searching the loners groups no drawing with anything.
+    drawings = {i for name, i in ids.items() if name.startswith("drawing")}
+    assert not any(drawings & set(g) for g in searched.groups)
+
+
+def test_more_loners_than_the_limit_are_not_searched_and_the_report_says_so(turned_far):
+    options, embedder, ids = turned_far
+    catalog = Catalog(options.catalog_url)
+    try:
+        over = scan_duplicates(options.with_overrides(report_loners=2), catalog, embedder=lambda: embedder)
+        off = scan_duplicates(options.with_overrides(report_loners=0), catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    assert over.views.searched == set() and over.unsearched > 2
+    assert not any(ids["photo_turned"] in group for group in over.groups)
+    assert any(f"{over.unsearched} images are in no duplicate pair" in w for w in threshold_warnings(over))
+    assert off.views.searched == set() and off.unsearched == 0  # 0: off, nothing to warn about
+    assert not any("no duplicate pair" in w for w in threshold_warnings(off))
+
+
+def test_loners_are_the_images_in_no_pair():
+    ids = np.array([1, 2, 3, 4, 5])
+    assert loners(ids, np.array([1, 2]), np.array([2, 4])) == [3, 5]
+    assert loners(ids, np.array([], np.int64), np.array([], np.int64)) == [1, 2, 3, 4, 5]
