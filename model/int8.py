@@ -14,10 +14,12 @@ only there (``embedder.pick_precision``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +117,13 @@ def export_onnx(net: torch.nn.Module, image_size: int, path: Path) -> None:
     """The fp32 network as ONNX, batch size free."""
     net = net.float().eval().to(memory_format=torch.contiguous_format)
     example = torch.zeros(2, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        # Whitening.fitted is a Python branch, fixed for the traced model, as it should be.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        _export(net, example, path)
+
+
+def _export(net: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     torch.onnx.export(
         net,
         (example,),
@@ -154,20 +163,32 @@ def quantize_onnx(
     }
     if settings.calibrate not in methods:
         raise ValueError(f"calibrate must be one of {', '.join(methods)}, not {settings.calibrate!r}")
-    quantize_static(
-        str(fp32_path),
-        str(out_path),
-        _Batches(batches),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        reduce_range=settings.reduce_range,
-        activation_type=QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=list(QUANTISED_OPS),
-        nodes_to_exclude=excluded_nodes(fp32_path, settings),
-        calibrate_method=methods[settings.calibrate],
-        extra_options={"ActivationSymmetric": settings.symmetric_activations},
-    )
+    with _quiet_root_logger():  # onnxruntime advises pre-processing on the root logger, every time
+        quantize_static(
+            str(fp32_path),
+            str(out_path),
+            _Batches(batches),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=settings.reduce_range,
+            activation_type=QuantType.QInt8 if settings.symmetric_activations else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(QUANTISED_OPS),
+            nodes_to_exclude=excluded_nodes(fp32_path, settings),
+            calibrate_method=methods[settings.calibrate],
+            extra_options={"ActivationSymmetric": settings.symmetric_activations},
+        )
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class _Batches:
