@@ -32,6 +32,8 @@ LOG = logging.getLogger(__name__)
 
 QUANTISED_OPS = ("Conv", "Relu", "MaxPool")
 CALIBRATION_SEED = 20261205
+# Any change to what ``calibration_images`` makes must change this id: it names the cached file.
+CALIBRATION_ID = "cal1"
 OPSET = 17
 
 
@@ -54,7 +56,7 @@ class QuantSettings:
         )
 
 
-SHIPPED_SETTINGS = QuantSettings()
+SHIPPED_SETTINGS = QuantSettings(fp32_first_convs=1, fp32_last_convs=1)
 
 
 def ort_missing() -> str | None:
@@ -225,7 +227,8 @@ class OrtNet:
 
 
 def cached_path(models_dir: Path, version: str, settings: QuantSettings = SHIPPED_SETTINGS) -> Path:
-    return Path(models_dir) / "int8" / f"{version}-{settings.key}-ort{ort_version()}.onnx"
+    name = f"{version}-{CALIBRATION_ID}-{settings.key}-ort{ort_version()}.onnx"
+    return Path(models_dir) / "int8" / name
 
 
 def load_or_build(
@@ -240,11 +243,8 @@ def load_or_build(
     quantised now (a minute or more) and cached for the next run."""
     path = cached_path(models_dir, version, settings)
     if not path.exists():
-        LOG.warning(
-            "int8: quantising model %s once for this machine (%s); it is cached in %s",
-            version,
-            settings.key,
-            path.parent,
+        LOG.info(
+            "int8: quantising model %s (%s), once: a minute or two; cached in %s", version, settings.key, path
         )
         build_int8(net, preprocess, image_size, path, settings)
     return OrtNet(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import make_options
 from imagegen import make_image
 from twice.model import Embedder
 from twice.model.embedder import pick_precision
-from twice.model.int8 import QuantSettings, cached_path, calibration_images
+from twice.model.int8 import SHIPPED_SETTINGS, cached_path, calibration_images
 from twice.model.weights import SHIPPED_CHECKPOINT
 
 CPU = torch.device("cpu")
@@ -21,7 +22,7 @@ ALDER_LAKE = frozenset({"avx2", "avx_vnni"})
 SAPPHIRE_RAPIDS = frozenset({"avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_int8", "amx_bf16"})
 OLD_AVX512 = frozenset({"avx2", "avx512f"})
 # Few calibration images keep the test fast; the shipped settings use more.
-TEST_SETTINGS = QuantSettings(images=24)
+TEST_SETTINGS = replace(SHIPPED_SETTINGS, images=24)
 
 
 @pytest.mark.parametrize(
