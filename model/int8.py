@@ -122,6 +122,8 @@ def export_onnx(net: torch.nn.Module, image_size: int, path: Path) -> None:
     with warnings.catch_warnings():
         # Whitening.fitted is a Python branch, fixed for the traced model, as it should be.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # The TorchScript exporter is the one measured (bench/results/int8-ort-settings-20261205.md).
+        warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
         _export(net, example, path)
 
 
