@@ -102,3 +102,16 @@ def test_a_second_embedder_loads_the_cached_file_without_quantising(pair, int8_o
     images = [make_image(7), make_image(8)]
     np.testing.assert_allclose(again.embed_images(images), first.embed_images(images), atol=1e-6)
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary files left
+
+
+@needs_shipped
+def test_bench_speed_times_the_int8_network_where_the_embedder_runs_it(pair):
+    from bench.speed import SpeedConfig, measure_int8_forward
+
+    fp32, int8 = pair
+    config = SpeedConfig.quick_config(batch_sizes=(2,))
+    rows = measure_int8_forward(int8, config)
+    assert [(r["setting"], r["batch"]) for r in rows] == [("int8 (ONNX Runtime)", 2)]
+    assert rows[0]["images_per_s"] > 0
+    assert measure_int8_forward(fp32, config) == []
+    assert config.notes[-1].startswith("int8 not measured: the embedder runs fp32")
