@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --calibrate: distractors given variants (default all)",
     )
     q.add_argument("--no-random-init", action="store_true", help="skip the random-init VGG-16")
+    q.add_argument(
+        "--cnn-only",
+        action="store_true",
+        help="of the current model, only the CNN column (the whole search embeds 8 views a query)",
+    )
     q.add_argument("--no-phash", action="store_true", help="skip imagededup's PHash")
     q.add_argument("--no-install", action="store_true", help="never apt-get missing Debian sources")
     q.add_argument("--seed", type=int, default=0, help="seed of every choice in the set (default 0)")
@@ -366,6 +371,7 @@ def run_quality_command(args, options) -> int:
         checkpoints=tuple(args.model),
         search_variants=tuple(parse_variant(v) for v in args.search_variant),
         random_init=not args.no_random_init,
+        search=not args.cnn_only,
         phash=not args.no_phash,
         progress=not args.quiet,
     )

@@ -47,7 +47,7 @@ def machine_facts() -> dict:
     import faiss
     import torch
 
-    from twice.model.embedder import cpu_has_fast_bf16
+    from twice.model.embedder import VNNI_FLAGS, cpu_flags, cpu_has_fast_bf16
 
     return {
         "cpu": cpu_model(),
@@ -56,6 +56,7 @@ def machine_facts() -> dict:
         "memory_gib": memory_total_gib(),
         "gpu": gpu_name(),
         "fast_bf16": cpu_has_fast_bf16(),
+        "vnni": bool(VNNI_FLAGS & cpu_flags()),
         "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -32,7 +32,9 @@ def random_embedder(options) -> Embedder:
     net = seeded_network(options.arch, options.embed_dim, options.invariance)
     device = pick_device(options.device)
     precision = pick_precision(device, options.precision)
-    return Embedder(net, RANDOM_WEIGHTS, options.image_size, device, precision)
+    return Embedder.in_precision(
+        net, RANDOM_WEIGHTS, options.image_size, device, precision, options.models_dir
+    )
 
 
 class EmbeddingMethod:

@@ -61,6 +61,7 @@ class QualityConfig:
     search_variants: tuple[dict, ...] = ()  # search kwargs to try with the current model
     random_init: bool = True
     phash: bool = True
+    search: bool = True  # False: the current model's CNN column only (no whole-search column)
     calibrate: bool = False  # fit thresholds on edits of the distractors first, as `twice calibrate` does
     calibration_images: int | None = None  # distractors given variants for it (None: all)
     install: bool = True  # apt-get the Debian sources when missing
@@ -108,11 +109,13 @@ def make_methods(config: QualityConfig, options, bench_set: BenchSet | None = No
 
     elif config.calibrate:
         config.notes.append("thresholds not calibrated: the set has no distractors to calibrate on")
-    search = EmbeddingMethod("twice search", options, current, calibrator=calibrator)
-    methods: list = [
-        search,
-        EmbeddingMethod(f"CNN ({current.weights.source})", options, current, "cnn", base=search),
-    ]
+    cnn_name = f"CNN ({current.weights.source})"
+    if config.search:
+        search = EmbeddingMethod("twice search", options, current, calibrator=calibrator)
+        methods: list = [search, EmbeddingMethod(cnn_name, options, current, "cnn", base=search)]
+    else:
+        search = EmbeddingMethod(cnn_name, options, current, "cnn", calibrator=calibrator)
+        methods = [search]
     for kwargs in config.search_variants:
         label = ",".join(f"{k}={v}" for k, v in kwargs.items())
         methods.append(

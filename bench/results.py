@@ -56,7 +56,7 @@ def stamp_lines(payload: dict) -> list[str]:
     m = payload["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     lines = [
-        f"- machine: {m['cpu']}, {m['cores']} cores, {m.get('memory_gib')} GiB{gpu};"
+        f"- machine: {m['cpu']}{_cpu_kind(m)}, {m['cores']} cores, {m.get('memory_gib')} GiB{gpu};"
         f" load average at start {m.get('load_average')}",
         f"- date: {m['date']}; torch {m['torch']}, faiss {m['faiss']}",
     ]
@@ -64,6 +64,12 @@ def stamp_lines(payload: dict) -> list[str]:
         lines.append(f"- model: `{payload['model']}`")
     lines.append(f"- command: `{payload['command']}`")
     return lines
+
+
+def _cpu_kind(machine: dict) -> str:
+    """The CPU features that decide what ``auto`` precision picks, as " (fast bf16, VNNI)"."""
+    kinds = [name for key, name in (("fast_bf16", "fast bf16"), ("vnni", "VNNI")) if machine.get(key)]
+    return f" ({', '.join(kinds)})" if kinds else ""
 
 
 def write_results(

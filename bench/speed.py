@@ -31,6 +31,7 @@ from twice.indexer.store import image_hashes, phash_version
 from twice.indexer.vectors import ivf_nlist
 from twice.model import Embedder
 from twice.model.embedder import cpu_has_fast_bf16
+from twice.model.int8 import OrtNet
 from twice.search import SearchEngine
 
 from .machine import MemoryProbe, machine_facts
@@ -134,14 +135,24 @@ def time_forward(
     fmt = torch.channels_last if memory == "channels_last" else torch.contiguous_format
     net.to(memory_format=fmt)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    with MemoryProbe() as probe, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        net(x)  # warm-up: allocator, kernels, oneDNN primitive cache
-        _sync(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return time_calls(lambda: (net(x), _sync(device)), batch, repeat, min_seconds)
+
+
+def time_int8(int8: OrtNet, batch: int, size: int, repeat: int, min_seconds: float) -> dict:
+    """``time_forward`` for the ONNX Runtime int8 network."""
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    return time_calls(lambda: int8(x), batch, repeat, min_seconds)
+
+
+def time_calls(run, batch: int, repeat: int, min_seconds: float) -> dict:
+    """Images/s of ``run()`` (one batch): the median of ``repeat`` calls or more, after a warm-up."""
+    with MemoryProbe() as probe:
+        run()  # warm-up: allocator, kernels, oneDNN primitive cache
         times = []
         while len(times) < repeat or sum(times) < min_seconds:
             started = time.perf_counter()
-            net(x)
-            _sync(device)
+            run()
             times.append(time.perf_counter() - started)
     per_batch = float(np.median(times))
     return {
@@ -182,14 +193,35 @@ def measure_forward(embedder: Embedder, config: SpeedConfig) -> list[dict]:
                     config.min_seconds,
                 )
             rows.append({"device": str(embedder.device), "setting": label, "threads": n_threads, **row})
+    rows += measure_int8_forward(embedder, config)
     embedder.net.to(
         memory_format=torch.channels_last if embedder.device.type == "cpu" else torch.contiguous_format
     )
     return rows
 
 
+def measure_int8_forward(embedder: Embedder, config: SpeedConfig) -> list[dict]:
+    """The int8 network's rows, where the embedder runs it (``precision`` int8, or ``auto`` on a
+    CPU with VNNI and ONNX Runtime)."""
+    if embedder.int8 is None:
+        config.notes.append(
+            f"int8 not measured: the embedder runs {embedder.precision} (TWICE_PRECISION=int8 measures it)"
+        )
+        return []
+    rows = []
+    for batch in config.batch_sizes:
+        LOG.info("forward: int8 (ONNX Runtime), batch %d", batch)
+        row = time_int8(embedder.int8, batch, embedder.image_size, config.repeat, config.min_seconds)
+        rows.append(
+            {"device": "cpu", "setting": "int8 (ONNX Runtime)", "threads": torch.get_num_threads(), **row}
+        )
+    return rows
+
+
 def bare_rate(embedder: Embedder, batch: int) -> float:
     """Images/s of one bare forward pass in the embedder's own setting (memory format, precision)."""
+    if embedder.int8 is not None:
+        return time_int8(embedder.int8, batch, embedder.image_size, 1, 0.0)["images_per_s"]
     memory = "channels_last" if embedder.device.type == "cpu" else "contiguous"
     row = time_forward(
         embedder.net, embedder.device, batch, embedder.image_size, memory, embedder.autocast_dtype, 1, 0.0
@@ -215,6 +247,7 @@ def measure_reindex(options, embedder: Embedder, config: SpeedConfig, work: Path
         "seconds": summary.seconds,
         "images_per_s": rate,
         "batch_size": options.batch_size,
+        "precision": embedder.precision,
         # reindex decodes in the calling process below two batches of files
         "workers": options.workers if len(paths) >= 2 * options.batch_size else 0,
         "peak_mib": probe.peak_mib,
@@ -784,7 +817,8 @@ def speed_markdown(payload: dict) -> str:
     if "reindex" in payload:
         r = payload["reindex"]
         lines += [
-            f"Reindex from {r['images']} {r['size']} files on disk (batch {r['batch_size']},"
+            f"Reindex from {r['images']} {r['size']} files on disk ({r.get('precision', '?')},"
+            f" batch {r['batch_size']},"
             f" {r['workers']} decode workers): **{_f(r['images_per_s'])} images/s**, "
             f"{_f(r['ratio_to_bare'])} × the bare forward rate at that batch, timed just before and after"
             f" ({_f(r['bare_images_per_s'])} images/s);"

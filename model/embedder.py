@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from twice.borders import fill_corners, trim_borders
 
+from .int8 import SHIPPED_SETTINGS, OrtNet, QuantSettings, load_or_build, ort_missing
 from .network import EmbeddingNet
 from .version import draft_side_for, version_string
 from .weights import WeightsInfo, build_network, shipped_thresholds
@@ -88,23 +90,68 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 bf16: without them bf16 autocast is several times slower than fp32."""
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
+# CPU flags (as /proc/cpuinfo names them) that make bf16 autocast fast, and int8 kernels fast and exact.
+FAST_BF16_FLAGS = frozenset({"amx_tile", "avx512_bf16"})
+VNNI_FLAGS = frozenset({"amx_tile", "amx_int8", "avx512_vnni", "avx_vnni"})
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags: /proc/cpuinfo's where it exists, else what torch detects."""
+    try:
+        for line in CPUINFO.read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
     cpu = torch.cpu
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(cpu, name, lambda: False)() for name in checks)
+    checks = {"amx_tile": "_is_amx_tile_supported", "avx512_bf16": "_is_avx512_bf16_supported"}
+    checks["avx512_vnni"] = "_is_vnni_supported"
+    return frozenset(flag for flag, name in checks.items() if getattr(cpu, name, lambda: False)())
 
 
-def pick_precision(device: torch.device, requested: str = "auto") -> torch.dtype | None:
-    """The autocast dtype for inference, or None for plain fp32."""
-    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+def cpu_has_fast_bf16(flags: frozenset[str] | None = None) -> bool:
+    """AMX or AVX-512 bf16: without them bf16 autocast is several times slower than fp32."""
+    return bool(FAST_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+
+
+def pick_precision(
+    device: torch.device,
+    requested: str = "auto",
+    flags: frozenset[str] | None = None,
+    int8_missing: str | None = "",
+) -> str:
+    """fp32, bf16 (autocast), fp16 (autocast) or int8 (ONNX Runtime, CPU only).
+
+    ``auto``: fp16 on CUDA; int8 on a CPU with VNNI (AVX-512 VNNI, AVX-VNNI or AMX) where ONNX
+    Runtime is installed; else bf16 on a CPU with AMX or AVX-512 bf16; else fp32. ``flags``:
+    the CPU's (default: this one's); ``int8_missing``: why int8 cannot run (None: it can;
+    default: ask ``int8.ort_missing``).
+    """
+    if requested != "auto" and requested not in PRECISIONS:
+        raise ValueError(f"precision must be auto, {', '.join(PRECISIONS)}, not {requested!r}")
+    if int8_missing == "":
+        int8_missing = ort_missing()
+    if requested == "int8":
+        if device.type != "cpu":
+            raise ValueError(f"precision int8 runs on the CPU only, not on {device.type}")
+        if int8_missing:
+            raise ValueError(f"precision int8 needs ONNX Runtime: {int8_missing}")
     if requested != "auto":
-        if requested not in choices:
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {requested!r}")
-        return choices[requested]
+        return requested
     if device.type == "cuda":
-        return torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+        return "fp16"
+    flags = cpu_flags() if flags is None else flags
+    if VNNI_FLAGS & flags and not int8_missing:
+        return "int8"
+    fallback = "bf16" if cpu_has_fast_bf16(flags) else "fp32"
+    if VNNI_FLAGS & flags:
+        LOG.warning("precision %s, not int8: %s", fallback, int8_missing)
+    else:
+        LOG.info("precision %s, not int8: this CPU has no VNNI (int8 would be slow and less exact)", fallback)
+    return fallback
 
 
 def model_version(net: EmbeddingNet, image_size: int, weights: WeightsInfo) -> str:
@@ -121,6 +168,7 @@ class Embedder:
     image_size: int
     device: torch.device
     autocast_dtype: torch.dtype | None = None
+    int8: OrtNet | None = None  # the quantised network (``use_int8``), run instead of ``net``
 
     def __post_init__(self) -> None:
         self.net.eval().to(self.device)
@@ -145,7 +193,43 @@ class Embedder:
         )
         device = pick_device(options.device)
         size = weights.image_size or options.image_size
-        return cls(net, weights, size, device, pick_precision(device, options.precision))
+        return cls.in_precision(
+            net, weights, size, device, pick_precision(device, options.precision), options.models_dir
+        )
+
+    @classmethod
+    def in_precision(
+        cls,
+        net: EmbeddingNet,
+        weights: WeightsInfo,
+        image_size: int,
+        device: torch.device,
+        precision: str,
+        models_dir: Path,
+    ) -> Embedder:
+        """An embedder running in ``precision`` (``pick_precision``'s answer); int8's quantised
+        network is cached in ``models_dir``."""
+        embedder = cls(net, weights, image_size, device, AUTOCAST_DTYPES[precision])
+        if precision == "int8":
+            embedder.use_int8(models_dir)
+        return embedder
+
+    def use_int8(self, models_dir: Path, settings: QuantSettings = SHIPPED_SETTINGS) -> None:
+        """Run the int8 network from now on: quantised once per model version and cached in
+        ``models_dir`` (``model.int8``)."""
+        if self.device.type != "cpu":
+            raise ValueError(f"int8 runs on the CPU only, not on {self.device}")
+        self.int8 = load_or_build(
+            self.net, self.preprocess, self.image_size, self.version, models_dir, settings
+        )
+        self.net.to(memory_format=torch.channels_last)  # the export left it contiguous
+        self.autocast_dtype = None
+
+    @property
+    def precision(self) -> str:
+        if self.int8 is not None:
+            return "int8"
+        return str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "fp32"
 
     @property
     def dim(self) -> int:
@@ -165,7 +249,7 @@ class Embedder:
             "image_size": self.image_size,
             "weights": self.weights.source,
             "device": str(self.device),
-            "precision": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else "fp32",
+            "precision": self.precision,
         }
 
     @torch.inference_mode()
@@ -174,6 +258,8 @@ class Embedder:
         may stand in for a tensor: decoded on the device) -> (N, dim) float32 unit vectors."""
         if not isinstance(batch, torch.Tensor):
             batch = self._stack(list(batch))
+        if self.int8 is not None:
+            return self.int8(batch.numpy())
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cpu":
             batch = batch.contiguous(memory_format=torch.channels_last)

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from pg import PostgresServer, postgres_bin, server_user, stop_orphans
 
 from twice.model import Embedder
+from twice.model.embedder import pick_precision
 from twice.options import Options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +26,11 @@ BACKENDS = ("sqlite", "postgresql")
 # shipped in model/weights/ is tested on purpose where a test asks for it, and CLI runs in
 # the tests (which read TWICE_* from the environment) must not pick it up either.
 os.environ["TWICE_SHIPPED_CHECKPOINT"] = "0"
+# Tests build small networks of their own in many data directories; quantising each for int8
+# would take a minute a directory, so they run in the precision ``auto`` picks short of int8
+# (bf16 or fp32); tests/test_int8.py tests int8.
+TEST_PRECISION = pick_precision(torch.device("cpu"), "auto", int8_missing="tests run their own networks")
+os.environ["TWICE_PRECISION"] = TEST_PRECISION
 
 
 def make_options(data_dir: Path, **overrides) -> Options:
@@ -36,6 +43,7 @@ def make_options(data_dir: Path, **overrides) -> Options:
         shipped_checkpoint=False,
         device="cpu",
         checkpoint_seconds=0.0,
+        precision=TEST_PRECISION,
     )
     return base.with_overrides(**overrides)
 

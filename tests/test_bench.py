@@ -638,3 +638,11 @@ def test_the_negatives_bench_searches_never_indexed_clip_art_and_sorts_the_answe
     result = run(indexed=6, queries=4, seed=7, work=tmp_path / "w")
     assert 0 < result["indexed"] <= 6 and result["searched"] + result["skipped"] == 4
     assert result["duplicates"] == len(result["answers"]) == sum(result["by_kind"].values())
+
+
+def test_quality_cnn_only_runs_the_cnn_column_on_its_own_index(tmp_path):
+    from bench.quality import QualityConfig, make_methods
+
+    config = QualityConfig(search=False, random_init=False, phash=False)
+    (cnn,) = make_methods(config, make_options(tmp_path / "data"))
+    assert (cnn.name, cnn.mode, cnn.base) == ("CNN (random)", "cnn", None)

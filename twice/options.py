@@ -33,7 +33,7 @@ class Options:
         "d4"  # d4: pool over the 8 quarter turns/flips; none: one view (checkpoints bring theirs)
     )
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 | int8 (CPU, ONNX Runtime; auto: where it has VNNI)
     batch_size: int = 32
     workers: int = field(default_factory=default_workers)
     allow_download: bool = True  # try torchvision's weight download when not cached
