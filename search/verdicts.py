@@ -367,10 +367,10 @@ class Thresholds:
             # set (the letters S and s, N and Ñ). A fit in place with fewer inliers than a
             # verified duplicate needs still backs the CNN's duplicate.
             verdict, demoted = SIMILAR, True
-        elif verdict == DUPLICATE and plain and not (hashed == DUPLICATE and cnn == DUPLICATE):
+        elif verdict == DUPLICATE and plain and hashed != DUPLICATE:
             # The stored image is too plain to verify anything against (a LED, a flag, an arrow:
-            # under 12 keypoints), and one signal alone says duplicate: the CNN and the hash both
-            # call plain shapes of one kind alike. Two agreeing signals still make it.
+            # under 12 keypoints) and only the CNN says duplicate: it calls plain shapes of one
+            # kind alike (a red and an orange LED at 0.80). A hash match still makes it.
             verdict, demoted = SIMILAR, True
         if recoloured and verdict == DUPLICATE:
             # The same drawing in other colours (a red and a green button): no copy edit changes

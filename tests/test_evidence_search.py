@@ -234,7 +234,8 @@ def test_cli_search_tta_flag(plain_indexed, tmp_path, capsys, monkeypatch):
 
 
 def test_within_a_verdict_the_weight_of_evidence_ranks(indexed, options, embedder):
-    engine = open_engine(options, embedder)
+    # Verification off: it would rightly refuse a duplicate between these small, different images.
+    engine = open_engine(options.with_overrides(verify_top=0), embedder)
     # A CNN that calls everything a duplicate (what random weights and default thresholds do):
     # the original, which the hash also supports, must still come first.
     engine.thresholds = Thresholds(duplicate=-1.0, similar=-1.0, hash_duplicate=0, hash_similar=15)
@@ -482,7 +483,8 @@ def test_search_measures_each_margin_against_the_best_other_family(indexed, opti
     augment_catalog(indexer, progress=False)  # each original and its 4 variants: one family
     indexer.close()
     reindex([], options, embedder, progress=False)
-    engine = open_engine(options, embedder)
+    # Verification off: the CNN-alone rules are under test, on images too small to verify.
+    engine = open_engine(options.with_overrides(verify_top=0), embedder)
     query = image_bytes(indexed[43], "JPEG", quality=60)
     assert "margin" not in engine.search_bytes(query, k=3)["results"][0]["evidence"]["cnn"]  # rule off
 

@@ -393,6 +393,10 @@ class ReportSummary(BaseModel):
         " scores as search scores it"
     )
     hashed_images: int
+    searched_images: int = Field(
+        description="images in no duplicate pair (loners) searched by their 8 turns and flips,"
+        " as search searches a query"
+    )
     groups: int
     groups_listed: int
     images_in_groups: int
