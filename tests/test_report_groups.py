@@ -251,9 +251,6 @@ def single_view(tmp_path_factory):
     """(options, embedder, ids): a photo, its turned and mirrored copies and a drawing, indexed by
     a single-view model (random weights, as the shipped model is single-view: search turns the
     query)."""
-    from conftest import make_options
-    from twice.model import Embedder
-
     root = tmp_path_factory.mktemp("turned")
     folder = root / "in"
     folder.mkdir()
@@ -262,7 +259,17 @@ def single_view(tmp_path_factory):
     for edit in ("rotate:90", "mirror"):
         apply_transform(photo, edit).save(folder / f"photo_{edit.replace(':', '_')}.png")
     drawing(1).save(folder / "drawing.png")
-    options = make_options(root / "data", invariance="none")
+    return index_single_view(folder, root / "data")
+
+
+def index_single_view(folder: Path, data_dir: Path):
+    """(options, embedder, ids by file stem): ``folder`` indexed by a single-view model with
+    random weights, and the thresholds `twice calibrate` fits for such a CNN: it never decides
+    alone."""
+    from conftest import make_options
+    from twice.model import Embedder
+
+    options = make_options(data_dir, invariance="none")
     embedder = Embedder.from_options(options)
     reindex([folder], options, embedder, progress=False)
     catalog = Catalog(options.catalog_url)

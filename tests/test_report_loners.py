@@ -1,5 +1,5 @@
 """Loners: images the report's candidate pairs leave without a duplicate are searched as search
-searches a query (their 8 views, then their part views), so that a turned copy whose stored
+searches a query (their 8 views), so that a turned copy whose stored
 vector is far from its original's still joins its original's group.
 
 A real folder indexed by a single-view model (random weights, as the shipped model is
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report_groups import drawing
+from test_report_groups import drawing, index_single_view
 
 from twice.augment import apply_transform
 from twice.augment.synthetic import make_synthetic_image
-from twice.indexer import Catalog, VectorIndex, reindex
+from twice.indexer import Catalog, VectorIndex
 from twice.search.report_loners import loners
 from twice.search.report_scan import scan_duplicates, threshold_warnings
 
@@ -45,9 +45,6 @@ def plant_far(options, image_id: int) -> None:
 def turned_far(tmp_path_factory):
     """(options, embedder, ids): a photo, a JPEG copy and a turned, edited copy whose stored vector
     is far from everything, among other photos with copies and drawings."""
-    from conftest import make_options
-    from twice.model import Embedder
-
     root = tmp_path_factory.mktemp("loners")
     folder = root / "in"
     folder.mkdir()
@@ -61,16 +58,7 @@ def turned_far(tmp_path_factory):
         apply_transform(other, "jpeg:80").save(folder / f"other_{p}_jpeg.png")
     for d in range(6):
         drawing(d).save(folder / f"drawing_{d}.png")
-    options = make_options(root / "data", invariance="none")
-    embedder = Embedder.from_options(options)
-    reindex([folder], options, embedder, progress=False)
-    catalog = Catalog(options.catalog_url)
-    # What `twice calibrate` fits for a random-weight CNN: the CNN alone never decides.
-    catalog.set_thresholds(
-        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
-    )
-    ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
-    catalog.close()
+    options, embedder, ids = index_single_view(folder, root / "data")
     plant_far(options, ids["photo_turned"])
     return options, embedder, ids
 

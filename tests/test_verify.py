@@ -349,15 +349,23 @@ def thin_ring(radius: int) -> Image.Image:
     return image
 
 
-def test_a_featureless_look_alike_is_similar_and_its_own_bytes_a_duplicate(tmp_path, embedder):
+def engine_over(tmp_path, embedder, name: str, image: Image.Image) -> SearchEngine:
+    """A search engine over ``image`` (saved as ``name``) and one other picture, with a CNN cut
+    so low that the CNN alone calls the image's look-alikes duplicates."""
     folder = tmp_path / "in"
     folder.mkdir()
-    thin_ring(40).save(folder / "ring.png")
+    image.save(folder / name)
     make_image(1, (96, 72)).save(folder / "other.png")
     options = make_options(tmp_path / "data")
     reindex([folder], options, embedder, progress=False)
     engine = SearchEngine.open(options, embedder)
-    engine.thresholds = replace(engine.thresholds, duplicate=0.5, similar=0.3)  # the CNN alone says duplicate
+    engine.thresholds = replace(engine.thresholds, duplicate=0.5, similar=0.3)
+    return engine
+
+
+def test_a_featureless_look_alike_is_similar_and_its_own_bytes_a_duplicate(tmp_path, embedder):
+    folder = tmp_path / "in"
+    engine = engine_over(tmp_path, embedder, "ring.png", thin_ring(40))
     try:
         ring = engine.search_bytes(image_bytes(thin_ring(38)), k=1)["results"][0]
         assert ring["source"].endswith("ring.png") and ring["evidence"]["cnn"]["verdict"] == "duplicate"
@@ -413,14 +421,7 @@ def test_a_stored_image_without_detail_is_plain(photo, extract):
 
 
 def test_search_calls_a_recoloured_drawing_similar_and_a_brighter_copy_a_duplicate(tmp_path, embedder):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    shapes((200, 40, 40)).save(folder / "red.png")
-    make_image(1, (96, 72)).save(folder / "other.png")
-    options = make_options(tmp_path / "data")
-    reindex([folder], options, embedder, progress=False)
-    engine = SearchEngine.open(options, embedder)
-    engine.thresholds = replace(engine.thresholds, duplicate=0.5, similar=0.3)  # the CNN alone says duplicate
+    engine = engine_over(tmp_path, embedder, "red.png", shapes((200, 40, 40)))
     try:
         green = engine.search_bytes(image_bytes(shapes((40, 170, 90))), k=1)["results"][0]
         assert green["source"].endswith("red.png") and green["evidence"]["cnn"]["verdict"] == "duplicate"
