@@ -41,6 +41,7 @@ from .training_data import (
     PairDataset,
     Sources,
     epoch_order,
+    folder_siblings,
     gather_paths,
     load_images,
     split_holdout,
@@ -105,6 +106,7 @@ class TrainConfig:
         HELD_OUT_FAMILIES  # edit families training never sees (the bench measures them)
     )
     combo_p: float = 0.3  # share of views that combine 2-3 families
+    sibling_pairs: int = 0  # batch slots given to a folder-mate of another image (hard negatives)
     step_overrides: tuple[str, ...] = ()  # NAME:P[:LOW:HIGH] changes to the steps pipeline
     sources: Sources = field(default_factory=Sources)
 
@@ -118,6 +120,7 @@ class TrainConfig:
             "steps_per_epoch": self.steps_per_epoch >= 0,
             "holdout": self.holdout >= 0,
             "workers": self.workers >= 0,
+            "sibling_pairs": 0 <= self.sibling_pairs <= self.batch // 2,
         }
         for name, ok in checks.items():
             if not ok:
@@ -221,6 +224,7 @@ class Trainer:
         self.dtype = autocast_dtype(self.device)
         self.dataset = PairDataset(train_images, config.size, config.view_seed_in_use, config.view_augment())
         self.holdout = holdout_images
+        self.siblings = folder_siblings(train_images) if config.sibling_pairs else None
         self.data_summary = data_summary or {}
         self.steps_per_epoch = len(train_images) // config.batch
         if config.steps_per_epoch:
@@ -380,7 +384,14 @@ class Trainer:
 
     def _run_epoch(self, epoch: int, done: int, bar: tqdm, on_step) -> bool:
         self.dataset.epoch = epoch
-        batches = epoch_order(len(self.dataset), self.config.batch, self.config.view_seed_in_use, epoch)
+        batches = epoch_order(
+            len(self.dataset),
+            self.config.batch,
+            self.config.view_seed_in_use,
+            epoch,
+            self.siblings,
+            self.config.sibling_pairs,
+        )
         loader = DataLoader(
             self.dataset,
             batch_sampler=batches[done : self.steps_per_epoch],

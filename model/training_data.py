@@ -42,6 +42,13 @@ SKIMAGE_FILE_STEMS = {
     "checkerboard": "chessboard_GRAY",
 }
 MIN_SIDE = 24  # smaller images (icons, spacers) teach nothing at the training size
+# Sibling negatives: drawings filed in one folder (the cards of one deck, the pieces of one jigsaw,
+# the icons of one theme) share their layout, and the CNN scores them 0.75-0.99 alike, so they
+# come out as `duplicate` (bench.negatives). A batch slot given to a folder-mate of another image
+# of the batch is a hard negative for it. Files whose 16 x 16 grey thumbnails differ by less than
+# this (mean levels) are the same drawing filed twice, never a negative.
+SAME_DRAWING_LEVELS = 4.0
+FOLDER_KEY = "twice_folder"  # where ``load_images`` notes each image's folder (PIL ``info``)
 
 # Positive views: the registry's transforms, with the ones the original system failed on
 # (quarter turns, mirror, flips) and the light shifts drawn more often than in DEFAULT_STEPS:
@@ -172,6 +179,7 @@ def load_images(paths: Iterable[Path], max_side: int, progress: bool = True) -> 
             skipped += 1
             continue
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        image.info[FOLDER_KEY] = str(Path(path).parent)
         images.append(image)
     if skipped:
         LOG.info(
@@ -232,7 +240,57 @@ def _dihedral(tensor: torch.Tensor, pose: int) -> torch.Tensor:
     return torch.flip(turned, (2,)) if pose % 2 else turned
 
 
-def epoch_order(n: int, batch: int, seed: int, epoch: int) -> list[list[int]]:
-    """The batches (index lists, last partial one dropped) of one epoch."""
+def epoch_order(
+    n: int, batch: int, seed: int, epoch: int, siblings: Sequence[Sequence[int]] | None = None, pairs: int = 0
+) -> list[list[int]]:
+    """The batches (index lists, last partial one dropped) of one epoch.
+
+    With ``siblings`` (per image, the other images of its folder that may be its negatives) and
+    ``pairs``, the last ``pairs`` slots of a batch go to a sibling each of the first images of the
+    batch that have one: hard negatives for them.
+    """
     order = np.random.default_rng([seed, epoch, 7]).permutation(n).tolist()
-    return [order[i : i + batch] for i in range(0, n - batch + 1, batch)]
+    batches = [order[i : i + batch] for i in range(0, n - batch + 1, batch)]
+    if siblings is None or pairs <= 0:
+        return batches
+    if not 0 < pairs <= batch // 2:
+        raise ValueError(f"sibling pairs must be in 1..{batch // 2} for batch {batch}, not {pairs!r}")
+    rng = np.random.default_rng([seed, epoch, 11])
+    return [_with_siblings(b, siblings, pairs, rng) for b in batches]
+
+
+def _with_siblings(batch: list[int], siblings: Sequence[Sequence[int]], pairs: int, rng) -> list[int]:
+    kept, slots = batch[: len(batch) - pairs], batch[len(batch) - pairs :]
+    taken = set(batch)
+    for i in list(kept):
+        if not slots:
+            break
+        free = [j for j in siblings[i] if j not in taken]
+        if free:
+            sibling = int(free[rng.integers(len(free))])
+            kept.append(sibling)
+            taken.add(sibling)
+            slots.pop(0)
+    return kept + slots
+
+
+def folder_siblings(images: Sequence[Image.Image]) -> list[list[int]]:
+    """Per image, the other images loaded from its folder that are not the same drawing (see
+    ``SAME_DRAWING_LEVELS``); empty for generated images and for folders of one."""
+    by_folder: dict[str, list[int]] = {}
+    for i, image in enumerate(images):
+        if FOLDER_KEY in image.info:
+            by_folder.setdefault(image.info[FOLDER_KEY], []).append(i)
+    thumbs = {
+        i: np.asarray(images[i].convert("L").resize((16, 16), Image.Resampling.BOX), np.float32)
+        for members in by_folder.values()
+        if len(members) > 1
+        for i in members
+    }
+    siblings: list[list[int]] = [[] for _ in images]
+    for members in by_folder.values():
+        for i in members:
+            siblings[i] = [
+                j for j in members if j != i and np.abs(thumbs[i] - thumbs[j]).mean() >= SAME_DRAWING_LEVELS
+            ]
+    return siblings

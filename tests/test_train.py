@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from twice.model.training_data import (
     PairDataset,
     Sources,
     epoch_order,
+    folder_siblings,
     gather_paths,
     load_images,
     split_holdout,
@@ -365,3 +367,27 @@ def test_whiten_fits_on_training_images_and_training_from_it_drops_it(uninterrup
     config = TrainConfig(out_dir=tmp_path / "fine", size=SIZE, batch=3, dim=16, holdout=0, device="cpu",
                          init=str(whitened), sources=Sources([], [folder]))  # fmt: skip
     assert not Trainer(config, images, []).net.whitening.fitted
+
+
+def test_sibling_slots_hold_folder_mates_and_never_the_same_drawing_twice(tmp_path):
+    deck = write_images(tmp_path / "deck", 6)
+    write_images(tmp_path / "jigsaw", 4, start=6)
+    (alone,) = write_images(tmp_path / "alone", 1, start=10)
+    filed_twice = tmp_path / "deck" / "same-drawing.png"
+    shutil.copy(deck[0], filed_twice)
+    files = sorted(tmp_path.glob("*/*.png"))
+    images = load_images(files, max_side=64, progress=False)
+    siblings = folder_siblings(images)
+    copy, original = files.index(filed_twice), files.index(deck[0])
+    assert original not in siblings[copy] and copy not in siblings[original]
+    assert all(files[j].parent == files[i].parent and j != i for i, sibs in enumerate(siblings) for j in sibs)
+    assert len(siblings[files.index(deck[1])]) == 6 and siblings[files.index(alone)] == []
+    plain = epoch_order(len(images), 6, seed=3, epoch=0)
+    hard = epoch_order(len(images), 6, seed=3, epoch=0, siblings=siblings, pairs=2)
+    assert hard == epoch_order(len(images), 6, seed=3, epoch=0, siblings=siblings, pairs=2)
+    assert hard != plain and all(len(set(b)) == 6 for b in hard)
+    for old, new in zip(plain, hard, strict=True):
+        assert new[:4] == old[:4]
+        assert all(j in old or any(j in siblings[i] for i in new[:4]) for j in new[4:])
+    with pytest.raises(ValueError, match="sibling pairs must be in 1..3 for batch 6, not 4"):
+        epoch_order(len(images), 6, seed=3, epoch=0, siblings=siblings, pairs=4)

@@ -108,6 +108,14 @@ def register(subparsers) -> None:
         help="share of views combining 2-3 families (default %(default)s)",
     )
     p.add_argument(
+        "--sibling-pairs",
+        type=int,
+        default=defaults.sibling_pairs,
+        metavar="N",
+        help="slots of each batch given to a drawing filed in the same folder as another image of"
+        " the batch (cards of one deck, icons of one theme): hard negatives (default %(default)s)",
+    )
+    p.add_argument(
         "--holdout",
         type=int,
         default=defaults.holdout,
@@ -205,6 +213,7 @@ def config_from_args(args: argparse.Namespace, options) -> TrainConfig:
         views=args.views,
         hold_out=comma_names(args.hold_out),
         combo_p=args.combo_p,
+        sibling_pairs=args.sibling_pairs,
         step_overrides=tuple(args.step),
         sources=sources,
     )
