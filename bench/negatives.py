@@ -26,6 +26,7 @@ from pathlib import Path
 from twice.augment.sources import APT_SOURCES
 from twice.imageio import ImageError, iter_image_files
 from twice.library import Library
+from twice.model.training_data import Sources, gather_paths
 from twice.options import Options
 
 from .machine import machine_facts
@@ -43,15 +44,25 @@ KINDS = (
 )
 
 
-def clip_art_files(seed: int) -> list[tuple[str, Path]]:
+def clip_art_files(seed: int, unseen: bool = False) -> list[tuple[str, Path]]:
+    """The packages' files in a seeded random order; ``unseen``: less those that `twice train`
+    draws by default (``twice.model.training_data``), so a model is judged on drawings it never
+    trained on."""
+    trained = training_files() if unseen else set()
     files = []
     for name in SOURCES:
         folder = APT_SOURCES[name][1]
         if not folder.is_dir():
             raise SystemExit(f"{folder} not found: apt-get install {APT_SOURCES[name][0]}")
-        files += [(name, path) for path in sorted(iter_image_files([folder]))]
+        files += [(name, path) for path in sorted(iter_image_files([folder])) if path not in trained]
     random.Random(seed).shuffle(files)
     return files
+
+
+def training_files() -> set[Path]:
+    with tempfile.TemporaryDirectory(prefix="twice-negatives-") as unused:
+        drawn = gather_paths(Sources(names=SOURCES), Path(unused))
+    return {Path(path) for paths in drawn.values() for path in paths}
 
 
 def kind_of(query: str, decided_by: list[str]) -> str:
@@ -60,8 +71,8 @@ def kind_of(query: str, decided_by: list[str]) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, query)), "other")
 
 
-def run(indexed: int, queries: int, seed: int, work: Path) -> dict:
-    files = clip_art_files(seed)
+def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False) -> dict:
+    files = clip_art_files(seed, unseen)
     if len(files) < indexed + queries:
         raise SystemExit(f"only {len(files)} clip-art files, asked for {indexed} + {queries}")
     folder = work / "in"
@@ -100,6 +111,7 @@ def run(indexed: int, queries: int, seed: int, work: Path) -> dict:
         "searched": searched,
         "skipped": skipped,
         "seed": seed,
+        "unseen": unseen,
         "index_seconds": round(index_seconds, 1),
         "query_ms": round(query_seconds / max(searched, 1) * 1000, 1),
         "duplicates": len(answers),
@@ -117,7 +129,8 @@ def markdown(result: dict, command: str, machine: dict) -> str:
         f" load {machine['load_average']}; {machine['date']}",
         "",
         f"{result['searched']} never-indexed files searched against {result['indexed']} indexed ones"
-        f" (seed {result['seed']}; {result['skipped']} refused, e.g. over the pixel limit):"
+        f" (seed {result['seed']}; {result['skipped']} refused, e.g. over the pixel limit"
+        f"{'; none of them drawn by `twice train`' if result.get('unseen') else ''}):"
         f" **{result['duplicates']} called duplicate**. By kind:",
         "",
         "| kind | called duplicate |",
@@ -138,13 +151,18 @@ def main(argv=None) -> int:
         "--queries", type=int, default=1000, help="never-indexed files searched (default 1000)"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--unseen",
+        action="store_true",
+        help="only files `twice train` does not draw by default (drawings the model never saw)",
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--tag", default="", help="name the results negatives-TAG")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.negatives", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_facts()
     with tempfile.TemporaryDirectory(prefix="twice-negatives-") as work:
-        result = run(args.indexed, args.queries, args.seed, Path(work))
+        result = run(args.indexed, args.queries, args.seed, Path(work), args.unseen)
     name = f"negatives-{args.tag}" if args.tag else "negatives"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "machine": machine, **result}
