@@ -326,9 +326,10 @@ def search_loners(
     scan: DuplicateScan, vectors: VectorIndex, top: int, limit: int = MAX_LONERS, progress: bool = False
 ) -> None:
     """Images in no duplicate pair searched by their 8 views as search searches a query
-    (``search.report_loners``), then those still in none with their part views too; the pairs
-    found join the scan's candidates, judged with the loner as the query. More than ``limit``
-    loners: none is searched (``unsearched`` counts them)."""
+    (``search.report_loners``), then those still in none with their part views too (unless the
+    option ``part_views`` is off, as for search); the pairs found join the scan's candidates,
+    judged with the loner as the query. More than ``limit`` loners: none is searched
+    (``unsearched`` counts them)."""
     floor = max(scan.thresholds.verify_floor(ALWAYS), -1.0 + 1e-6)
     alone = loners(scan.ids, scan.pairs.a, scan.pairs.b)
     if len(alone) > limit:
@@ -337,14 +338,14 @@ def search_loners(
             "%d images in no duplicate pair, more than %d: not searched by their views", len(alone), limit
         )
         return
-    for parts in (False, True):
+    # Search searches a query again as a crop when its views find no duplicate (``part_views``).
+    for parts in (False, True) if getattr(scan.views.options, "part_views", True) else (False,):
         found = searched_pairs(vectors, scan.views, alone, top, floor, parts, progress)
         if found:
             # A pair judged by the 8 views is judged again by all of them: the same verification
             # (cached), a score that may only rise.
             scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
             scan.pairs = scan.candidates.subset(scan.candidates.duplicate)
-        # Search searches a query again as a crop when its views find no duplicate.
         alone = loners(np.array(alone, np.int64), scan.pairs.a, scan.pairs.b)
 
 

@@ -155,3 +155,10 @@ def test_loners_their_views_leave_alone_are_searched_again_as_crops(turned_far):
     stored = scan.vector(ids["photo"])
     every_view = float(np.max(views.query_views(drawing, parts=True) @ stored))
     assert views.best(stored, drawing) == pytest.approx(every_view)
+    # With part views off (as for search), loners are searched by their 8 views only.
+    catalog = Catalog(options.catalog_url)
+    try:
+        plain = scan_duplicates(options.with_overrides(part_views=False), catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    assert drawings <= plain.views.searched and plain.views.as_crops == set() and plain.views.parts == {}
