@@ -227,7 +227,7 @@ class SearchEngine:
         D, I = self.vectors.search(xq, depth)
         results = self._ranked(decoded, xq, views, D, I, query_hashes, k, thresholds, query)
         if self.part_views and not (results and results[0]["verdict"] == DUPLICATE):
-            parts = self.embedder.embed_tensors(part_tensors(decoded.image, self.embedder.preprocess))
+            parts = part_vectors(self.embedder, decoded.image)
             D_parts, I_parts = self.vectors.search(parts, depth)
             xq, views = np.concatenate([xq, parts]), views + PART_VIEWS
             D, I = np.concatenate([D, D_parts]), np.concatenate([I, I_parts])
@@ -514,6 +514,11 @@ def dihedral_vectors(embedder, image) -> np.ndarray:
     """(8, D): the embeddings of ``image``'s ``DIHEDRAL`` views, from one resize (preprocessing
     squashes the whole image to a square, so a turned image's tensor is the turned tensor)."""
     return embedder.embed_tensors(dihedral_tensors(embedder.preprocess(image)))
+
+
+def part_vectors(embedder, image) -> np.ndarray:
+    """(len(PART_VIEWS), D): the embeddings of ``image``'s part views (``search.parts``)."""
+    return embedder.embed_tensors(part_tensors(image, embedder.preprocess))
 
 
 def dihedral_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:

@@ -6,8 +6,9 @@ pairs (a CNN score at or above the duplicate threshold, a perceptual-hash distan
 the duplicate hash threshold, or near neighbours that local-feature verification could make
 duplicates) get ``Thresholds.judge`` with the pair's hash structure and, in the uncertain band,
 the verification's inliers (``search.report_scan``); images left in no duplicate pair are
-searched by their 8 views as search searches a query (``search.report_loners``). It groups the
-duplicate pairs so that a group does not grow by chaining (``search.report_linkage``), picks each
+searched by their 8 views (then their part views) as search searches a query
+(``search.report_loners``). It groups the duplicate pairs so that a group does not grow by
+chaining (``search.report_linkage``, each member judged as search judges it as a query), picks each
 group's original by ``ORIGINAL_RULE``, gives every other member its evidence against the
 original (as search's ``evidence`` field, with the edit in words where verification ran), sets
 known augmented variants aside (counted, and listed only on request), checks how many known

@@ -9,10 +9,11 @@ for its loners only (``ViewScorer.query_views``, from their stored files): each 
 candidates by its best view (as many as search verifies, scoring at least what verification can
 make a duplicate) are judged as search judges them, the loner as the query.
 
-Part views (``search.parts``: the query as a crop) are not searched: on the report bench they
-brought no crop's original within reach of a duplicate verdict (of the 3 crops left out, one's
-original was not among its top 5, the other two ranked 3rd and 5th at 0.29-0.40 with 4-6
-inliers) and would cost 9 more views per loner.
+Loners that their 8 views leave without a duplicate are searched again with their part views
+too (``search.parts``: the query as a part of a larger picture), as search searches a query that
+its views found no duplicate for: a crop to a third of the area can be in nobody's nearest
+neighbours by its stored vector or its views, while its part views rank its original in their
+top 5.
 """
 
 from __future__ import annotations
@@ -31,17 +32,27 @@ def loners(ids: np.ndarray, a: np.ndarray, b: np.ndarray) -> list[int]:
 
 
 def searched_pairs(
-    vectors: VectorIndex, views: ViewScorer, images: list[int], top: int, floor: float, progress: bool = False
+    vectors: VectorIndex,
+    views: ViewScorer,
+    images: list[int],
+    top: int,
+    floor: float,
+    parts: bool = False,
+    progress: bool = False,
 ) -> list[tuple[int, int, float]]:
     """(loner, candidate, best score of the loner's views): each of ``images`` searched by its 8
-    views, its ``top`` candidates scoring at least ``floor``. Every image searched is marked so
-    (``ViewScorer.searched``): its pairs score by its views from now on."""
+    views (and its part views with ``parts``), its ``top`` candidates scoring at least ``floor``.
+    Every image searched is marked so (``ViewScorer.searched``, and ``as_crops`` with ``parts``):
+    its pairs score by those views from now on."""
     found = []
-    for image_id in tqdm(images, desc="searching loners", unit="img", disable=not progress):
-        xq = views.query_views(image_id)
+    desc = "searching loners as crops" if parts else "searching loners"
+    for image_id in tqdm(images, desc=desc, unit="img", disable=not progress):
+        xq = views.query_views(image_id, parts)
         if xq is None:
             continue
         views.searched.add(image_id)
+        if parts:
+            views.as_crops.add(image_id)
         D, I = vectors.search(np.ascontiguousarray(xq, np.float32), min(top + 1, len(vectors)))
         best: dict[int, float] = {}
         for score, other in zip(D.reshape(-1).tolist(), I.reshape(-1).tolist(), strict=True):

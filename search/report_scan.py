@@ -7,11 +7,14 @@ neighbours that local-feature verification could still make duplicates (as many 
 verifies, ``options.verify_top``, scoring at least the lowest ``Thresholds.verify_floor``). Each gets the
 verdict search would give it: ``Thresholds.judge`` with the CNN score, the hash distance, the
 pair's structure (the lower of its two images') and, where verification can change the verdict
-(the uncertain band: ``verification_matters``), the inliers of the later image fitted onto the
-earlier one. Images then left in no duplicate pair (loners) are searched by their 8 views as
-search searches a query, and the pairs found judged with the loner as the query
-(``search.report_loners``; with an embedder and verification on, and no more loners than the
-option ``report_loners``). The duplicate pairs are grouped by ``search.report_linkage``.
+(every duplicate, and the uncertain band: ``verification_matters``), the inliers of the later
+image fitted onto the earlier one. Images then left in no duplicate pair (loners) are searched
+by their 8 views as search searches a query, those still alone by their part views too, and the
+pairs found judged with the loner as the query (``search.report_loners``; with an embedder and
+verification on, and no more loners than the option ``report_loners``). The duplicate pairs are
+grouped by ``search.report_linkage``, which judges a member against its group's original as
+search judges the member as a query (``DuplicateScan.weigh``: its views where the stored vectors
+fall short).
 """
 
 from __future__ import annotations
@@ -127,11 +130,33 @@ class DuplicateScan:
 
     def weigh(self, original: int, member: int) -> tuple[float, Judgement, tuple | None, Verification | None]:
         """``judge``'s signals before formatting: the CNN score, the verdict, the hash match
-        (``HashScan.match``'s answer) and the verification (None: it did not run)."""
-        score = float(np.clip(self.vector(original) @ self.vector(member), -1.0, 1.0))
+        (``HashScan.match``'s answer) and the verification (None: it did not run).
+
+        A pair that the stored vectors leave short of a duplicate scores as search scores the
+        member as a query, by its 8 views (``ViewScorer.best``): a member that pairs with its
+        siblings but whose stored vector is far from the original's (a turned copy, edited
+        further) is judged against the original as search would judge it."""
         found = self.hashes.match(original, member) if self.hashes.radius >= 0 else None
         distance = None if found is None else found[0].distance
         structure = self.structure(original, member)
+        stored = self.stored_score(original, member, found)
+        score, judgement, checked = self.verdict(original, member, stored, distance, structure)
+        if self.short_of_duplicate(score, judgement):
+            queried = self.views.best(self.vector(original), member)
+            if queried is not None and queried > score:
+                score, judgement, checked = self.verdict(original, member, queried, distance, structure)
+        return score, judgement, found, checked
+
+    def short_of_duplicate(self, score: float, judgement: Judgement) -> bool:
+        """Whether the member's views could still make the pair a duplicate: not one yet, and
+        scoring under the CNN cut."""
+        return self.views is not None and judgement.verdict != DUPLICATE and score < self.thresholds.duplicate
+
+    def stored_score(self, original: int, member: int, found) -> float:
+        """The pair's CNN score by the stored vectors, or by the member's views where a turn
+        shows (``turned_score``), or by the original's where the original was searched as a
+        loner; ``found``: the pair's hash match."""
+        score = float(np.clip(self.vector(original) @ self.vector(member), -1.0, 1.0))
         transform = turn_seen(self.thresholds, found)
         score = turned_score(
             self.views, self.thresholds, self.vector(original), member, score, transform, None
@@ -141,6 +166,13 @@ class DuplicateScan:
             # whichever image ``ORIGINAL_RULE`` made the original.
             stored = self.vector(member)
             score = turned_score(self.views, self.thresholds, stored, original, score, None, None)
+        return score
+
+    def verdict(
+        self, original: int, member: int, score: float, distance: int | None, structure: int | None
+    ) -> tuple[float, Judgement, Verification | None]:
+        """(score, verdict, verification) of the pair at ``score``, verified where that can change
+        the verdict (a fit that turns scores as search scores the member, ``turned_score``)."""
         checked = None
         if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
             checked = self.verifier(original, member)
@@ -148,7 +180,7 @@ class DuplicateScan:
                 self.views, self.thresholds, self.vector(original), member, score, None, checked
             )
         judgement = self.thresholds.judge(score, distance, structure=structure, **verdict_signals(checked))
-        return score, judgement, found, checked
+        return score, judgement, checked
 
     def is_duplicate(self, original: int, member: int) -> bool:
         return self.weigh(original, member)[1].verdict == DUPLICATE
@@ -294,8 +326,10 @@ def search_loners(
     scan: DuplicateScan, vectors: VectorIndex, top: int, limit: int = MAX_LONERS, progress: bool = False
 ) -> None:
     """Images in no duplicate pair searched by their 8 views as search searches a query
-    (``search.report_loners``); the pairs found join the scan's candidates, judged with the loner
-    as the query. More than ``limit`` loners: none is searched (``unsearched`` counts them)."""
+    (``search.report_loners``), then those still in none with their part views too (unless the
+    option ``part_views`` is off, as for search); the pairs found join the scan's candidates,
+    judged with the loner as the query. More than ``limit`` loners: none is searched
+    (``unsearched`` counts them)."""
     floor = max(scan.thresholds.verify_floor(ALWAYS), -1.0 + 1e-6)
     alone = loners(scan.ids, scan.pairs.a, scan.pairs.b)
     if len(alone) > limit:
@@ -304,10 +338,15 @@ def search_loners(
             "%d images in no duplicate pair, more than %d: not searched by their views", len(alone), limit
         )
         return
-    found = searched_pairs(vectors, scan.views, alone, top, floor, progress)
-    if found:
-        scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
-        scan.pairs = scan.candidates.subset(scan.candidates.duplicate)
+    # Search searches a query again as a crop when its views find no duplicate (``part_views``).
+    for parts in (False, True) if getattr(scan.views.options, "part_views", True) else (False,):
+        found = searched_pairs(vectors, scan.views, alone, top, floor, parts, progress)
+        if found:
+            # A pair judged by the 8 views is judged again by all of them: the same verification
+            # (cached), a score that may only rise.
+            scan.candidates = merge_pairs(scan.candidates, judged_pairs(scan, found))
+            scan.pairs = scan.candidates.subset(scan.candidates.duplicate)
+        alone = loners(np.array(alone, np.int64), scan.pairs.a, scan.pairs.b)
 
 
 def judged_pairs(scan: DuplicateScan, found: list[tuple[int, int, float]]) -> Pairs:
@@ -434,11 +473,12 @@ def verification_matters(
     thresholds: Thresholds, score: float, distance: int | None, structure: int | None
 ) -> bool:
     """Whether verification can change a pair's verdict: it could verify a pair scoring close
-    enough, or find no geometry for a duplicate of a low-structure image (the uncertain band)."""
+    enough (the uncertain band), or demote a duplicate: too little shared geometry, or the same
+    drawing in other colours (``Verification.recoloured``), which search checks on every result
+    it verifies, a hash match of 0 bits included (a red and a green button hash alike)."""
     unknown = thresholds.judge(score, distance, structure=structure).verdict
-    return any(
-        thresholds.judge(score, distance, structure=structure, inliers=n).verdict != unknown
-        for n in (0, ALWAYS)
+    return unknown == DUPLICATE or (
+        thresholds.judge(score, distance, structure=structure, inliers=ALWAYS).verdict != unknown
     )
 
 

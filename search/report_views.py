@@ -8,7 +8,9 @@ pair scores as search would score its later image (the member) as a query agains
 stored vector: the member's views are embedded from its stored file, once per image per run.
 
 An image the report searched by its views as search searches a query (a loner,
-``search.report_loners``) scores every pair over its 8 views.
+``search.report_loners``) scores every pair over its 8 views, and a loner those left without a
+duplicate, searched again as a crop as search searches such a query (``search.parts``), over its
+part views too.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from twice.imageio import ImageError
 from twice.indexer import Catalog
 
-from .engine import default_tta, dihedral_vectors
+from .engine import default_tta, dihedral_vectors, part_vectors
 from .report_hashes import decode_stored
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +45,9 @@ class ViewScorer:
         self._embedder = None
         self._usable: bool | None = None
         self.views: dict[int, np.ndarray | None] = {}  # the 8 dihedral views' vectors
+        self.parts: dict[int, np.ndarray | None] = {}  # the part views' vectors, where searched
         self.searched: set[int] = set()  # images searched by their views: all their pairs score so
+        self.as_crops: set[int] = set()  # ... and by their part views: their pairs score by those too
 
     @property
     def embedded(self) -> int:
@@ -66,21 +70,35 @@ class ViewScorer:
         return self._usable
 
     def best(self, stored_vector: np.ndarray, query: int) -> float | None:
-        """The best score of ``query``'s views against ``stored_vector`` (None: not usable, or the
-        query's file could not be read)."""
-        views = self.query_views(query)
+        """The best score of ``query``'s views (its part views too once it was searched as a
+        crop) against ``stored_vector`` (None: not usable, or the query's file could not be read)."""
+        views = self.query_views(query, query in self.as_crops)
         return None if views is None else float(np.max(views @ stored_vector))
 
-    def query_views(self, image_id: int) -> np.ndarray | None:
-        """(8, D): the vectors search would search for the image as a query, its 8 dihedral views
-        (None: not usable, or the file could not be read)."""
+    def query_views(self, image_id: int, parts: bool = False) -> np.ndarray | None:
+        """(8, D): the vectors search would search for the image as a query, its 8 dihedral views;
+        with ``parts``, its part views after them (None: not usable, or the file could not be
+        read)."""
         if not self.usable:
             return None
         if image_id not in self.views:
-            self.views[image_id] = self._embed(image_id)
-        return self.views[image_id]
+            self.views[image_id] = self._embed(image_id, dihedral_vectors)
+        views = self.views[image_id]
+        if not parts or views is None:
+            return views
+        more = self.part_views(image_id)
+        return views if more is None else np.concatenate([views, more])
 
-    def _embed(self, image_id: int) -> np.ndarray | None:
+    def part_views(self, image_id: int) -> np.ndarray | None:
+        """(len(PART_VIEWS), D): the vectors search adds for a query that its 8 views found no
+        duplicate for, the image as a part of a larger picture (None: not usable, or unreadable)."""
+        if not self.usable:
+            return None
+        if image_id not in self.parts:
+            self.parts[image_id] = self._embed(image_id, part_vectors)
+        return self.parts[image_id]
+
+    def _embed(self, image_id: int, vectors_of) -> np.ndarray | None:
         row = self.catalog.get(image_id)
         if row is None:
             return None
@@ -88,9 +106,9 @@ class ViewScorer:
         try:
             decoded = decode_stored(path, self.options, self._embedder.draft_side)
         except (OSError, ImageError) as exc:
-            LOG.warning("no turned views of #%d (%s): %s", image_id, path, exc)
+            LOG.warning("no query views of #%d (%s): %s", image_id, path, exc)
             return None
-        return dihedral_vectors(self._embedder, decoded.image)
+        return vectors_of(self._embedder, decoded.image)
 
 
 TURN_ANGLE = 45.0  # degrees: a fitted edit turned this far or more shows a quarter turn or a half

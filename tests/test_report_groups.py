@@ -300,3 +300,45 @@ def test_a_turned_copy_scores_in_the_report_as_in_search(single_view):
     finally:
         engine.close()
         catalog.close()
+
+
+# colour: the report checks every duplicate as search checks every result it verifies ------------
+
+
+def test_a_recoloured_drawing_whose_hash_matches_is_no_duplicate_in_the_report_or_search(tmp_path, embedder):
+    """A red and a green drawing of the same shapes hash alike (the hash sees luma contrast, not
+    hue) and the CNN calls them similar: a hash duplicate that only verification's colour check
+    tells apart. Search checks it on every result it verifies; the report must check it too."""
+    from test_verify import shapes, shifted
+
+    from conftest import make_options
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    red = shapes((200, 40, 40))
+    red.save(folder / "red.png")
+    shapes((40, 170, 90)).save(folder / "green.png")
+    shifted(red, 60).save(folder / "brighter.png")
+    for d in range(3):
+        drawing(d).save(folder / f"drawing_{d}.png")
+    options = make_options(tmp_path / "data")
+    reindex([folder], options, embedder, progress=False)
+    catalog = Catalog(options.catalog_url)
+    catalog.set_thresholds(
+        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
+    )
+    ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
+    engine = SearchEngine.open(options, embedder)
+    try:
+        scan = scan_duplicates(options, catalog)
+        _, judgement, hashed, verification = scan.judge(ids["red"], ids["green"])
+        assert judgement.hash == "duplicate" and hashed["distance"] <= 8  # the hash alone says duplicate
+        assert judgement.verdict == "similar" and verification["recoloured"]
+        assert scan.is_duplicate(ids["red"], ids["brighter"])
+        assert not any(ids["green"] in group for group in scan.groups)
+        response = engine.search_file(Path(options.images_dir) / path_of(engine, ids["green"]), k=3)
+        searched = next(r for r in response["results"] if r["id"] == ids["red"])
+        assert searched["verdict"] == judgement.verdict  # report and search agree
+    finally:
+        engine.close()
+        catalog.close()

@@ -1,5 +1,5 @@
 """Loners: images the report's candidate pairs leave without a duplicate are searched as search
-searches a query (their 8 views), so that a turned copy whose stored
+searches a query (their 8 views, then their part views), so that a turned copy whose stored
 vector is far from its original's still joins its original's group.
 
 A real folder indexed by a single-view model (random weights, as the shipped model is
@@ -19,7 +19,9 @@ from test_report_groups import drawing, index_single_view
 
 from twice.augment import apply_transform
 from twice.augment.synthetic import make_synthetic_image
+from twice.hashing import DIHEDRAL
 from twice.indexer import Catalog, VectorIndex
+from twice.search.parts import PART_VIEWS
 from twice.search.report_loners import loners
 from twice.search.report_scan import scan_duplicates, threshold_warnings
 
@@ -109,3 +111,54 @@ def test_loners_are_the_images_in_no_pair():
     ids = np.array([1, 2, 3, 4, 5])
     assert loners(ids, np.array([1, 2]), np.array([2, 4])) == [3, 5]
     assert loners(ids, np.array([], np.int64), np.array([], np.int64)) == [1, 2, 3, 4, 5]
+
+
+def test_a_member_far_from_its_original_is_judged_by_its_views_as_search_judges_it(turned_far):
+    """Complete linkage judges each member of a component against its original
+    (``DuplicateScan.weigh``): a turned copy that pairs with its siblings but whose stored vector
+    is far from the original's must be judged by its views there too, not only when it is a loner."""
+    options, embedder, ids = turned_far
+    photo, turned = ids["photo"], ids["photo_turned"]
+    unsearched = options.with_overrides(report_loners=0)  # no loner search: only the judging differs
+    catalog = Catalog(options.catalog_url)
+    try:
+        plain = scan_duplicates(unsearched, catalog)
+        viewed = scan_duplicates(unsearched, catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    assert viewed.views.searched == set()
+    score, judgement, _, verification = viewed.judge(photo, turned)
+    assert judgement.verdict == "duplicate" and verification["verified"] and score > 0.5
+    assert viewed.is_duplicate(photo, turned)
+    stored_score, stored_judgement, _, _ = plain.judge(photo, turned)
+    assert stored_judgement.verdict != "duplicate" and stored_score < 0.1
+
+
+def test_loners_their_views_leave_alone_are_searched_again_as_crops(turned_far):
+    """As search searches a query again with its part views when its 8 views find no duplicate."""
+    options, embedder, ids = turned_far
+    catalog = Catalog(options.catalog_url)
+    try:
+        scan = scan_duplicates(options, catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    views = scan.views
+    drawings = {i for name, i in ids.items() if name.startswith("drawing")}
+    alone = set(loners(scan.ids, scan.pairs.a, scan.pairs.b))
+    assert drawings <= alone and drawings <= views.as_crops
+    # The turned copy's 8 views found its original: it is not searched as a crop.
+    assert ids["photo_turned"] in views.searched and ids["photo_turned"] not in views.as_crops
+    drawing = min(drawings)
+    assert views.query_views(drawing, parts=True).shape[0] == len(DIHEDRAL) + len(PART_VIEWS)
+    assert views.query_views(ids["photo_turned"]).shape[0] == len(DIHEDRAL)
+    # A loner searched as a crop scores its pairs over all its views, the part views included.
+    stored = scan.vector(ids["photo"])
+    every_view = float(np.max(views.query_views(drawing, parts=True) @ stored))
+    assert views.best(stored, drawing) == pytest.approx(every_view)
+    # With part views off (as for search), loners are searched by their 8 views only.
+    catalog = Catalog(options.catalog_url)
+    try:
+        plain = scan_duplicates(options.with_overrides(part_views=False), catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+    assert drawings <= plain.views.searched and plain.views.as_crops == set() and plain.views.parts == {}
