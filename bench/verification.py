@@ -136,9 +136,13 @@ def measure(detector: str, photos, edited, clips, pairs, names, fits: bool = Fal
             if fits:
                 true_fits.setdefault(name, []).append(fit_record(result, plain, stored[k], mirrored))
     wrong, wrong_fits = [], []
+    wrong_ms = {True: [], False: []}  # with and without the fallback fits, pair by pair
     for i, j, _ in pairs:
         plain, mirrored = clip_features[i]
-        result = verify(plain, clip_features[j][0], mirrored)
+        for fallback in (False, True):
+            started = time.perf_counter()
+            result = verify(plain, clip_features[j][0], mirrored, fallback)
+            wrong_ms[fallback].append((time.perf_counter() - started) * 1000)
         wrong.append(result.evidence or 0)
         if fits:
             wrong_fits.append(fit_record(result, plain, clip_features[j][0], mirrored))
@@ -149,6 +153,15 @@ def measure(detector: str, photos, edited, clips, pairs, names, fits: bool = Fal
         "extract_ms": round(extract_ms, 1),
         "verify_ms_p50": round(float(np.median(verify_ms)), 1),
         "verify_ms_p90": round(float(np.percentile(verify_ms, 90)), 1),
+        # wrong pairs (most fail the similarity fit): the fallback fits' cost, measured in turns
+        "wrong_verify_ms": {
+            ("with" if on else "without") + "_fallback": {
+                "mean": round(float(np.mean(took)), 2),
+                "p50": round(float(np.median(took)), 2),
+                "p90": round(float(np.percentile(took, 90)), 2),
+            }
+            for on, took in wrong_ms.items()
+        },
         "bytes_per_image": int(np.mean([f.nbytes for f in stored + [c[0] for c in clip_features]])),
         "wrong_pairs": len(wrong),
         "wrong_max": int(wrong.max()),
@@ -316,7 +329,8 @@ def main(argv=None) -> int:
         lines += [
             f"## {run['detector']}: extract {run['extract_ms']} ms/image,"
             f" verify p50 {run['verify_ms_p50']} ms/pair,"
-            f" {run['bytes_per_image']} bytes/image, most inliers of a wrong pair {run['wrong_max']}",
+            f" {run['bytes_per_image']} bytes/image, most inliers of a wrong pair {run['wrong_max']};"
+            f" wrong pairs' verify ms without / with the fallback fits: {run['wrong_verify_ms']}",
             "",
             markdown_table(header, rows),
             "",

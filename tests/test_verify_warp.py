@@ -80,7 +80,7 @@ def test_a_planted_stretch_is_recovered_by_the_affine_fit(sx, degrees):
     assert result.verified and result.warped, result.reason
     assert result.similarity_inliers < VERIFIED_INLIERS <= WARPED_INLIERS <= result.inliers
     geometry = result.geometry
-    assert geometry.fit in ("affine", "homography")
+    assert geometry.fit == "affine"  # the homography fits a stretch as well, but is no better
     assert abs(geometry.angle - degrees) <= ANGLE_TOL
     assert abs(geometry.stretch / sx - 1.0) <= STRETCH_TOL
     assert not geometry.mirrored
