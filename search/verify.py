@@ -475,9 +475,11 @@ def implausible_warp(transform: np.ndarray, size: tuple[int, int]) -> str | None
     the query's frame must map to a convex quad that is not turned over (a mirror is the
     mirrored pose's business), within the scale bounds, its local Jacobian nowhere more than
     ``MAX_ANISOTROPY`` anisotropic."""
-    if abs(transform[2, 2]) < 1e-12:
+    if not np.all(np.isfinite(transform)) or abs(transform[2, 2]) < 1e-6:
         return "a homography through infinity"
     transform = transform / transform[2, 2]
+    if not np.all(np.isfinite(transform)):
+        return "a homography through infinity"
     corners = _corners(size).astype(np.float64)
     w = corners @ transform[2, :2] + 1.0
     if np.any(w <= 0.05):
