@@ -18,6 +18,7 @@ import argparse
 import itertools
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -304,14 +305,19 @@ def main(argv=None) -> int:
                 photos, edited, clips[: args.engine_clip_art], tops, caches, parts, Path(work)
             )
     record = {
-        "command": " ".join(["python -m bench.verification", *(argv or [])]),
+        "command": " ".join(["python -m bench.verification", *(sys.argv[1:] if argv is None else argv)]),
         "machine": machine_facts(),
         "runs": runs,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / "verification.json").write_text(json.dumps(record, indent=1))
+    facts = record["machine"]
     lines = [
         f"# Verification: {len(photos)} originals x {len(EDITS)} edits, {len(pairs)} wrong clip-art pairs",
+        "",
+        f"- command: `{record['command']}`",
+        f"- machine: {facts.get('cpu')}, {facts.get('cores')} cores; load {facts.get('load_average')};"
+        f" {facts.get('date')}",
         "",
     ]
     for run in runs:

@@ -357,10 +357,13 @@ def verify(
     poses = [pose(query, stored, flip_width=None)]
     if mirror is not None:
         poses.append(pose(mirror, stored, flip_width=query.size[0]))
-    best = best_fit(poses, "similarity")
+    fits = [_fit_similarity(p) for p in poses]
+    kept = max(range(len(poses)), key=lambda i: (fits[i].inliers, fits[i].matches))
+    best = fits[kept]
     if best.to_stored is not None and best.inliers >= VERIFIED_INLIERS:
         return Verification(best.inliers, best.matches, geometry(best.to_stored, query, stored), **hues)
-    warped = best_fallback(poses) if fallback else None
+    # only the pose the similarity found most in (a mirrored keystone fits the mirror best)
+    warped = best_fallback(poses[kept]) if fallback else None
     if warped is not None and warped.inliers >= WARPED_INLIERS:
         found = geometry(warped.to_stored, query, stored, warped.model)
         return Verification(warped.inliers, warped.matches, found, similarity_inliers=best.inliers, **hues)
@@ -388,13 +391,12 @@ def best_fit(poses: list[Pose], model: str) -> Fit:
     return max((FITTERS[model](p) for p in poses), key=lambda f: (f.inliers, f.matches))
 
 
-def best_fallback(poses: list[Pose]) -> Fit | None:
-    """The fallback fit over the poses with enough matches (the affine, unless the homography
-    has clearly more inliers); None: none tried."""
-    tried = [p for p in poses if len(p.src) >= FALLBACK_MATCHES]
-    if not tried:
+def best_fallback(p: Pose) -> Fit | None:
+    """The fallback fit of a pose (the affine, unless the homography has clearly more inliers);
+    None when the pose has too few matches to try."""
+    if len(p.src) < FALLBACK_MATCHES:
         return None
-    affine, homography = best_fit(tried, "affine"), best_fit(tried, "homography")
+    affine, homography = _fit_affine(p), _fit_homography(p)
     return homography if homography.inliers > HOMOGRAPHY_GAIN * affine.inliers else affine
 
 
