@@ -12,9 +12,9 @@ the query added around it (letterbox, caption bar).
 
 A similarity first: most edits people make to copies (turns, tilts, crops, letterboxes,
 resizing, mirroring) are similarities, and more degrees of freedom let unrelated drawings fit
-more wrong pairs from few matches. Only when the similarity does not verify, and the pose has
-``FALLBACK_MATCHES`` one-to-one matches or more, a fallback fit follows the edits that are not
-similarities: an affine transform (a stretched aspect, with a tilt or crop) and a homography (a
+more wrong pairs from few matches. Only when the similarity does not verify, and the pose it
+found most in has ``FALLBACK_MATCHES`` one-to-one matches or more, a fallback fit follows the
+edits that are not similarities: an affine transform (a stretched aspect, with a tilt or crop) and a homography (a
 keystone: a screen or print photographed at an angle). Each must be a plausible edit (its
 anisotropy bounded, the query's frame a convex quad that is not turned over, its area within the
 scale bounds) and reach ``WARPED_INLIERS``, more than the similarity needs
@@ -121,7 +121,7 @@ class Geometry:
 class Verification:
     """One pair's result: inliers at distinct positions, and the edit when the fit verifies."""
 
-    inliers: int
+    inliers: int  # of the fit kept (a fallback fit's when it verified, else the similarity's)
     matches: int  # one-to-one matches the fit was tried on (the better of plain and mirrored)
     geometry: Geometry | None  # None unless verified
     reason: str | None = None  # why it did not verify, in words
