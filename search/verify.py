@@ -14,10 +14,10 @@ A similarity first: most edits people make to copies (turns, tilts, crops, lette
 resizing, mirroring) are similarities, and more degrees of freedom let unrelated drawings fit
 more wrong pairs from few matches. Only when the similarity does not verify, and the pose it
 found most in has ``FALLBACK_MATCHES`` one-to-one matches or more, a fallback fit follows the
-edits that are not similarities: an affine transform (a stretched aspect, with a tilt or crop) and a homography (a
-keystone: a screen or print photographed at an angle). Each must be a plausible edit (its
-anisotropy bounded, the query's frame a convex quad that is not turned over, its area within the
-scale bounds) and reach ``WARPED_INLIERS``, more than the similarity needs
+edits that are not similarities: an affine transform (a stretched aspect, with a tilt or crop)
+and a homography (a keystone: a screen or print photographed at an angle). Each must be a
+plausible edit (its anisotropy bounded, the query's frame a convex quad that is not turned
+over, within the scale bounds) and reach ``WARPED_INLIERS``, more than the similarity needs
 (docs/verification.md).
 """
 
