@@ -1,5 +1,6 @@
 """The edit that made a copy, in plain words: "rotated 10° clockwise, cropped to the centre 62%
-of each side, mirrored, darker".
+of each side, mirrored, darker"; "in perspective" or "stretched 40% wider" when the similarity
+fit did not verify and a homography or an affine fit did.
 
 Geometry comes from a verified fit (``search.verify.Geometry``); the photometric change from
 the hash view that matched (the stored image's bright or dark view: the query is brighter or
@@ -18,7 +19,9 @@ PHOTOMETRIC = {"bright": "brighter", "dark": "darker"}
 
 def explain(geometry: Geometry, hash_view: str | None = None, grey: bool = False) -> str:
     """One line for people; ``hash_view`` is the stored view the hash matched (bright, dark)."""
-    parts = [p for p in (_angle(geometry.angle), _crop(geometry.crop), _scale(geometry)) if p]
+    parts = [
+        p for p in (_warp(geometry), _angle(geometry.angle), _crop(geometry.crop), _scale(geometry)) if p
+    ]
     if geometry.mirrored:
         parts.append("mirrored")
     if borders := _borders(geometry.borders):
@@ -44,6 +47,7 @@ def verification_json(
         "scale": None,
         "crop": None,
         "borders": None,
+        "fit": None,
         "explanation": None,
         "reason": verification.reason,
         "recoloured": verification.recoloured,
@@ -56,6 +60,7 @@ def verification_json(
             "scale": geometry.scale,
             "crop": _box(geometry.crop),
             "borders": _box(geometry.borders),
+            "fit": geometry.fit,
             "explanation": explain(geometry, hash_view, grey),
         }
     return out
@@ -63,6 +68,17 @@ def verification_json(
 
 def _box(values: tuple[float, ...] | None) -> dict | None:
     return None if values is None else dict(zip(SIDES, values, strict=True))
+
+
+def _warp(geometry: Geometry) -> str | None:
+    """ "in perspective" (a homography kept) or "stretched 40% wider" (an affine fit)."""
+    if geometry.fit == "homography":
+        return "in perspective"
+    if geometry.fit != "affine" or abs(geometry.stretch - 1.0) < SCALE_CHANGE:
+        return None
+    if geometry.stretch > 1.0:
+        return f"stretched {geometry.stretch - 1.0:.0%} wider"
+    return f"stretched {1.0 / geometry.stretch - 1.0:.0%} taller"
 
 
 def _angle(angle: float) -> str | None:

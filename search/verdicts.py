@@ -318,6 +318,7 @@ class Thresholds:
         featureless: bool = False,
         plain: bool = False,
         recoloured: bool = False,
+        warped: bool = False,
     ) -> Judgement:
         """The combined verdict: exact bytes, else the strongest of hash, CNN and verification.
 
@@ -326,7 +327,9 @@ class Thresholds:
         whether its fit moved the picture (a crop, borders, a tilt); ``featureless`` whether the
         pair had too few keypoints to be verified at all, ``plain`` whether the stored image
         itself had; ``recoloured`` whether both are in colour in different hues
-        (``search.verify.verdict_signals`` gives the last five from a verification).
+        (``search.verify.verdict_signals`` gives the last six from a verification); ``warped``
+        whether a fallback fit (an affine transform or a homography: a stretch, a keystone)
+        verified the pair where the similarity fit did not.
         """
         cnn, hashed = self.verdict(score, margin), self.hash_verdict(distance)
         low = self.is_low_structure(structure)
@@ -372,6 +375,11 @@ class Thresholds:
             # under 12 keypoints) and only the CNN says duplicate: it calls plain shapes of one
             # kind alike (a red and an orange LED at 0.80). A hash match still makes it.
             verdict, demoted = SIMILAR, True
+        if demoted and warped and cnn == DUPLICATE:
+            # The similarity fit found too little, but a stretched or perspective fit verified
+            # (a keystone or a stretch with a tilt or crop is no similarity): it backs the CNN's
+            # own duplicate. It makes none from a lower score (docs/verification.md).
+            verdict, demoted = DUPLICATE, False
         if recoloured and verdict == DUPLICATE:
             # The same drawing in other colours (a red and a green button): no copy edit changes
             # hues, a grey copy has none to compare.

@@ -10,9 +10,15 @@ fit. The transform, read from the stored image to the query, says the edit: the 
 mirror, the scale, the box of the stored image that the query shows (a crop) and the borders
 the query added around it (letterbox, caption bar).
 
-A similarity, not a homography: the edits people make to copies (turns, tilts, crops,
-letterboxes, resizing, mirroring) are similarities, and a homography's four extra degrees of
-freedom let unrelated drawings fit more wrong pairs from few matches.
+A similarity first: most edits people make to copies (turns, tilts, crops, letterboxes,
+resizing, mirroring) are similarities, and more degrees of freedom let unrelated drawings fit
+more wrong pairs from few matches. Only when the similarity does not verify, and the pose it
+found most in has ``FALLBACK_MATCHES`` one-to-one matches or more, a fallback fit follows the
+edits that are not similarities: an affine transform (a stretched aspect, with a tilt or crop)
+and a homography (a keystone: a screen or print photographed at an angle). Each must be a
+plausible edit (its anisotropy bounded, the query's frame a convex quad that is not turned
+over, within the scale bounds) and reach ``WARPED_INLIERS``, more than the similarity needs
+(docs/verification.md).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -41,6 +48,22 @@ CELL = 4.0  # px at MAX_SIDE: inliers closer than this on either image count as 
 # A fit needs at least this many inliers at distinct positions to count as verified. Measured on
 # clip art against clip art (the hard wrong pairs): see docs/verification.md.
 VERIFIED_INLIERS = 8
+# The fallback fits (affine, homography): tried only on a pose with this many one-to-one matches
+# (fewer cannot reach WARPED_INLIERS at distinct positions, and the cost stays bounded), kept
+# only with WARPED_INLIERS, and only as plausible edits: the linear part's (the homography's
+# local Jacobian's, at the query's corners and centre) singular values at most MAX_ANISOTROPY
+# apart (a stretch of 0.6-1.6 is 1.67). That bounds shear, and a homography's perspective too: a
+# keystone steep enough to shrink the far side's scale 3-fold is 2.3 anisotropic there. Among
+# the 1,982 of 2,000 hard wrong clip-art pairs whose similarity fit fails, no fallback fit reached
+# more than 7 inliers; keystones and stretched crops that the similarity misses keep 11-20
+# (docs/verification.md).
+FITS = ("similarity", "affine", "homography")
+FALLBACK_MATCHES = 12
+WARPED_INLIERS = 10
+# The homography is kept over the affine fit only with more inliers than this many times the
+# affine's: a stretched copy fits both alike and is a stretch, not a keystone.
+HOMOGRAPHY_GAIN = 1.25
+MAX_ANISOTROPY = 2.2
 VERIFIED_NATS = 6.0
 # Geometry below these is noise of the fit, not an edit.
 ANGLE_DEGREES = 1.5
@@ -90,23 +113,31 @@ class Geometry:
     scale: float  # query pixels per stored pixel (full sizes)
     crop: tuple[float, float, float, float] | None  # (left, top, right, bottom) of the stored image
     borders: tuple[float, float, float, float] | None  # (left, top, right, bottom) of the query
+    fit: str = "similarity"  # which transform was kept: similarity, affine or homography
+    stretch: float = 1.0  # the query's width : height change (an affine or homography fit; 1: none)
 
 
 @dataclass(frozen=True)
 class Verification:
     """One pair's result: inliers at distinct positions, and the edit when the fit verifies."""
 
-    inliers: int
+    inliers: int  # of the fit kept (a fallback fit's when it verified, else the similarity's)
     matches: int  # one-to-one matches the fit was tried on (the better of plain and mirrored)
     geometry: Geometry | None  # None unless verified
     reason: str | None = None  # why it did not verify, in words
     conclusive: bool = True  # False: too little detail to match at all (says nothing either way)
     plain: bool = False  # the stored image has too little detail to verify anything against
     recoloured: bool = False  # both images in colour, in different hues (``hue_agreement``)
+    similarity_inliers: int | None = None  # the similarity fit's, when a fallback fit was kept
 
     @property
     def verified(self) -> bool:
         return self.geometry is not None
+
+    @property
+    def warped(self) -> bool:
+        """Whether a fallback fit (affine, homography) verified the pair, not the similarity."""
+        return self.geometry is not None and self.geometry.fit != "similarity"
 
     @property
     def reframed(self) -> bool:
@@ -119,8 +150,11 @@ class Verification:
 
     @property
     def evidence(self) -> int | None:
-        """The inlier count a verdict may weigh; None when the images had too little detail."""
-        return self.inliers if self.conclusive else None
+        """The similarity fit's inlier count, which a verdict may weigh (its rules were measured
+        on it); None when the images had too little detail."""
+        if not self.conclusive:
+            return None
+        return self.inliers if self.similarity_inliers is None else self.similarity_inliers
 
 
 class FeatureExtractor:
@@ -288,8 +322,31 @@ def mutual_matches(query: Features, stored: Features) -> np.ndarray:
 # fitting ----------------------------------------------------------------------------------------
 
 
-def verify(query: Features, stored: Features, mirror: Features | None = None) -> Verification:
-    """Fit the query (and its mirror image, when given) to the stored image; keep the better."""
+class Pose(NamedTuple):
+    """The query (or its mirror image) matched to the stored image: matched points, feature pixels."""
+
+    src: np.ndarray  # (m, 2) query points
+    dst: np.ndarray  # (m, 2) stored points
+    flip_width: int | None  # the mirror's width (its points map back by x -> (w - 1) - x); None: plain
+    unit: float  # tolerances scale with the feature image: its long side / MAX_SIDE
+    size: tuple[int, int]  # (width, height) of the query's feature image
+
+
+class Fit(NamedTuple):
+    """One transform fitted to one pose."""
+
+    inliers: int  # at distinct positions
+    matches: int
+    to_stored: np.ndarray | None  # query -> stored 3x3 in feature pixels (plain query's frame)
+    reason: str | None  # why there is no fit
+    model: str = "similarity"
+
+
+def verify(
+    query: Features, stored: Features, mirror: Features | None = None, fallback: bool = True
+) -> Verification:
+    """Fit the query (and its mirror image, when given) to the stored image; keep the better.
+    A similarity first; when it does not verify, the fallback fits (``FITS``; ``fallback``)."""
     hues = {"recoloured": recoloured(query, stored)}
     if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
         few = min(len(query), len(stored))
@@ -297,13 +354,50 @@ def verify(query: Features, stored: Features, mirror: Features | None = None) ->
         return Verification(0, 0, None, reason, False, plain=len(stored) < MIN_KEYPOINTS, **hues)
     if query.detector != stored.detector:
         raise ValueError(f"features of different detectors: {query.detector} and {stored.detector}")
-    tries = [_fit(query, stored, flip_width=None)]
+    poses = [pose(query, stored, flip_width=None)]
     if mirror is not None:
-        tries.append(_fit(mirror, stored, flip_width=query.size[0]))
-    inliers, matches, to_stored, reason = max(tries, key=lambda t: (t[0], t[1]))
-    if to_stored is None or inliers < VERIFIED_INLIERS:
-        return Verification(inliers, matches, None, reason or f"only {inliers} consistent matches", **hues)
-    return Verification(inliers, matches, geometry(to_stored, query, stored), **hues)
+        poses.append(pose(mirror, stored, flip_width=query.size[0]))
+    fits = [_fit_similarity(p) for p in poses]
+    kept = max(range(len(poses)), key=lambda i: (fits[i].inliers, fits[i].matches))
+    best = fits[kept]
+    if best.to_stored is not None and best.inliers >= VERIFIED_INLIERS:
+        return Verification(best.inliers, best.matches, geometry(best.to_stored, query, stored), **hues)
+    # only the pose the similarity found most in (a mirrored keystone fits the mirror best)
+    warped = best_fallback(poses[kept]) if fallback else None
+    if warped is not None and warped.inliers >= WARPED_INLIERS:
+        found = geometry(warped.to_stored, query, stored, warped.model)
+        return Verification(warped.inliers, warped.matches, found, similarity_inliers=best.inliers, **hues)
+    reason = best.reason or f"only {best.inliers} consistent matches"
+    return Verification(best.inliers, best.matches, None, reason, **hues)
+
+
+def inliers_by_fit(query: Features, stored: Features, mirror: Features | None = None) -> dict[str, int]:
+    """Each transform's inliers (the better pose), every fit tried: what ``bench.verification``
+    measures on copies and wrong pairs to set ``WARPED_INLIERS``."""
+    if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
+        return dict.fromkeys(FITS, 0)
+    poses = [pose(query, stored, None)] + ([pose(mirror, stored, query.size[0])] if mirror else [])
+    return {model: best_fit(poses, model).inliers for model in FITS}
+
+
+def pose(query: Features, stored: Features, flip_width: int | None) -> Pose:
+    pairs = mutual_matches(query, stored)
+    src, dst = query.points[pairs[:, 0]], stored.points[pairs[:, 1]]
+    return Pose(src, dst, flip_width, max(query.size) / MAX_SIDE, query.size)
+
+
+def best_fit(poses: list[Pose], model: str) -> Fit:
+    """``model`` fitted to each pose, the one with most inliers (then matches) kept."""
+    return max((FITTERS[model](p) for p in poses), key=lambda f: (f.inliers, f.matches))
+
+
+def best_fallback(p: Pose) -> Fit | None:
+    """The fallback fit of a pose (the affine, unless the homography has clearly more inliers);
+    None when the pose has too few matches to try."""
+    if len(p.src) < FALLBACK_MATCHES:
+        return None
+    affine, homography = _fit_affine(p), _fit_homography(p)
+    return homography if homography.inliers > HOMOGRAPHY_GAIN * affine.inliers else affine
 
 
 def verdict_signals(verification: Verification | None, query_featureless: bool = False) -> dict:
@@ -316,36 +410,108 @@ def verdict_signals(verification: Verification | None, query_featureless: bool =
         "featureless": query_featureless or not verification.conclusive,
         "plain": verification.plain,
         "recoloured": verification.recoloured,
+        "warped": verification.warped,
     }
 
 
-def _fit(query: Features, stored: Features, flip_width: int | None):
-    """(inliers, matches, query->stored 3x3 in feature pixels or None, reason) for one pose."""
-    pairs = mutual_matches(query, stored)
-    if len(pairs) < 3:
-        return 0, len(pairs), None, f"only {len(pairs)} matching keypoints"
-    src, dst = query.points[pairs[:, 0]], stored.points[pairs[:, 1]]
-    unit = max(query.size) / MAX_SIDE  # tolerances scale with the feature image
+def _fit_similarity(p: Pose) -> Fit:
+    if len(p.src) < 3:
+        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints")
     fit, mask = cv2.estimateAffinePartial2D(
-        src,
-        dst,
-        method=cv2.RANSAC,
-        ransacReprojThreshold=RANSAC_PIXELS * unit,
-        maxIters=2000,
-        confidence=0.995,
-        refineIters=10,
+        p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10
     )
     if fit is None or mask is None:
-        return 0, len(pairs), None, "no consistent transform"
+        return Fit(0, len(p.src), None, "no consistent transform")
     scale = float(np.hypot(fit[0, 0], fit[1, 0]))
     if not MIN_SCALE <= scale <= MAX_SCALE:
-        return 0, len(pairs), None, f"implausible scale {scale:.3g}"
+        return Fit(0, len(p.src), None, f"implausible scale {scale:.3g}")
+    return _counted(p, np.vstack([fit, [0.0, 0.0, 1.0]]), mask, "similarity")
+
+
+def _fit_affine(p: Pose) -> Fit:
+    if len(p.src) < 3:
+        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints", "affine")
+    fit, mask = cv2.estimateAffine2D(
+        p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10
+    )
+    if fit is None or mask is None:
+        return Fit(0, len(p.src), None, "no consistent transform", "affine")
+    transform = np.vstack([fit, [0.0, 0.0, 1.0]])
+    if reason := implausible_warp(transform, p.size):
+        return Fit(0, len(p.src), None, reason, "affine")
+    return _counted(p, transform, mask, "affine")
+
+
+def _fit_homography(p: Pose) -> Fit:
+    if len(p.src) < 4:
+        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints", "homography")
+    transform, mask = cv2.findHomography(
+        p.src, p.dst, cv2.USAC_MAGSAC, **_ransac(p), maxIters=2000, confidence=0.995
+    )
+    if transform is None or mask is None:
+        return Fit(0, len(p.src), None, "no consistent transform", "homography")
+    if reason := implausible_warp(transform, p.size):
+        return Fit(0, len(p.src), None, reason, "homography")
+    return _counted(p, transform, mask, "homography")
+
+
+FITTERS = {"similarity": _fit_similarity, "affine": _fit_affine, "homography": _fit_homography}
+
+
+def _ransac(p: Pose) -> dict:
+    return {"ransacReprojThreshold": RANSAC_PIXELS * p.unit}
+
+
+def _counted(p: Pose, transform: np.ndarray, mask: np.ndarray, model: str) -> Fit:
+    """The fit with its inliers counted at distinct positions, mapped to the plain query's frame."""
     inlier = mask.ravel().astype(bool)
-    count = min(distinct(src[inlier], CELL * unit), distinct(dst[inlier], CELL * unit))
-    to_stored = np.vstack([fit, [0.0, 0.0, 1.0]])
-    if flip_width is not None:  # the mirror's points: query x -> (w - 1) - x first
-        to_stored = to_stored @ np.array([[-1.0, 0.0, flip_width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-    return count, len(pairs), to_stored, None
+    cell = CELL * p.unit
+    count = min(distinct(p.src[inlier], cell), distinct(p.dst[inlier], cell))
+    if p.flip_width is not None:  # the mirror's points: query x -> (w - 1) - x first
+        transform = transform @ np.array([[-1.0, 0.0, p.flip_width - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    return Fit(count, len(p.src), transform, None, model)
+
+
+def implausible_warp(transform: np.ndarray, size: tuple[int, int]) -> str | None:
+    """Why a query->stored affine transform or homography is no plausible edit (None: it is):
+    the query's frame must map to a convex quad that is not turned over (a mirror is the
+    mirrored pose's business), within the scale bounds, its local Jacobian nowhere more than
+    ``MAX_ANISOTROPY`` anisotropic."""
+    if not np.all(np.isfinite(transform)) or abs(transform[2, 2]) < 1e-6:
+        return "a homography through infinity"
+    transform = transform / transform[2, 2]
+    if not np.all(np.isfinite(transform)):
+        return "a homography through infinity"
+    corners = _corners(size).astype(np.float64)
+    w = corners @ transform[2, :2] + 1.0
+    if np.any(w <= 0.05):
+        return "the query's frame folds through infinity"
+    quad = project(transform, corners).astype(np.float32)
+    if cv2.contourArea(quad, oriented=True) <= 0 or not cv2.isContourConvex(quad):
+        return "the query's frame maps to a turned-over or non-convex quad"
+    scales, anisotropy = [], []
+    for point in (*corners, corners.mean(0)):
+        singular = np.linalg.svd(jacobian(transform, point), compute_uv=False)
+        scales.append(float(np.sqrt(singular[0] * singular[1])))
+        anisotropy.append(float(singular[0] / max(singular[1], 1e-12)))
+    if not MIN_SCALE <= min(scales) <= max(scales) <= MAX_SCALE:
+        return f"implausible scale {min(scales):.3g}-{max(scales):.3g}"
+    if max(anisotropy) > MAX_ANISOTROPY:
+        return f"implausible stretch or shear {max(anisotropy):.3g}"
+    return None
+
+
+def project(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points (n, 2) through a 3x3 projective transform."""
+    mapped = np.c_[points, np.ones(len(points))] @ transform.T
+    return mapped[:, :2] / mapped[:, 2:]
+
+
+def jacobian(transform: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """The 2x2 derivative of a projective transform at ``point``."""
+    w = float(transform[2, :2] @ point + transform[2, 2])
+    mapped = project(transform, point[None])[0]
+    return (transform[:2, :2] - np.outer(mapped, transform[2, :2])) / w
 
 
 def distinct(points: np.ndarray, cell: float) -> int:
@@ -367,21 +533,30 @@ def verification_weight(verification: Verification | None) -> float:
 # the edit ---------------------------------------------------------------------------------------
 
 
-def geometry(to_stored: np.ndarray, query: Features, stored: Features) -> Geometry:
-    """Read the edit off a query->stored transform (3x3, feature pixels)."""
+def geometry(to_stored: np.ndarray, query: Features, stored: Features, fit: str = "similarity") -> Geometry:
+    """Read the edit off a query->stored transform (3x3, feature pixels): for an affine fit or a
+    homography, its local linear part at the stored image's centre."""
     to_query = np.linalg.inv(to_stored)
-    linear = to_query[:2, :2]
+    to_query = to_query / to_query[2, 2]
+    linear = jacobian(to_query, np.array(stored.size, np.float64) / 2.0)
     mirrored = bool(np.linalg.det(linear) < 0)
     if mirrored:  # mirror the stored image first, then rotate: undo the flip's column sign
         linear = linear @ np.diag([-1.0, 1.0])
+    # linear = rotation @ upper triangle (QR): the rotation, then the axes' own scales
+    rotation, upper = np.linalg.qr(linear)
+    signs = np.sign(np.diag(upper))
+    rotation, upper = rotation * signs, upper * signs[:, None]
     # y points down, so the standard counter-clockwise angle is clockwise on screen
-    angle = float(np.degrees(np.arctan2(linear[1, 0], linear[0, 0])))
+    angle = float(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0])))
     feature_scale = float(np.sqrt(abs(np.linalg.det(linear))))
     # feature pixels -> full pixels on each side
-    scale = feature_scale * (query.full_size[0] / query.size[0]) / (stored.full_size[0] / stored.size[0])
+    pixels = (query.full_size[0] / query.size[0]) / (stored.full_size[0] / stored.size[0])
+    stretch = 1.0 if fit == "similarity" else float(upper[0, 0] / upper[1, 1])
     crop = _shown_box(to_stored, query.size, stored.size)
     borders = _content_box(to_query, stored.size, query.size)
-    return Geometry(mirrored, round(angle, 1), round(scale, 3), crop, borders)
+    return Geometry(
+        mirrored, round(angle, 1), round(feature_scale * pixels, 3), crop, borders, fit, round(stretch, 3)
+    )
 
 
 def _corners(size: tuple[int, int]) -> np.ndarray:
@@ -392,7 +567,7 @@ def _corners(size: tuple[int, int]) -> np.ndarray:
 def _mapped_box(transform: np.ndarray, source: tuple[int, int], target: tuple[int, int]):
     """Bounding box, in fractions of ``target``, of ``source``'s frame mapped into ``target``
     and cut to it; None when the two do not overlap."""
-    quad = (_corners(source) @ transform[:2, :2].T + transform[:2, 2]).astype(np.float32)
+    quad = project(transform, _corners(source).astype(np.float64)).astype(np.float32)
     if cv2.contourArea(quad, oriented=True) < 0:
         quad = quad[::-1].copy()  # intersectConvexConvex wants both polygons turning one way
     area, overlap = cv2.intersectConvexConvex(quad, _corners(target))

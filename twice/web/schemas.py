@@ -205,7 +205,8 @@ class Box(BaseModel):
 
 class Verification(BaseModel):
     """Local-feature verification of a candidate (search's top candidates): keypoints matched
-    one-to-one, a similarity transform fitted by RANSAC, and the edit it shows."""
+    one-to-one, a similarity transform fitted by RANSAC (an affine one or a homography where
+    that fails), and the edit it shows."""
 
     verified: bool = Field(description="the fit holds: at least the verified number of inliers")
     inliers: int = Field(ge=0, description="matches consistent with the fit, at distinct positions")
@@ -215,6 +216,9 @@ class Verification(BaseModel):
     scale: float | None = Field(description="query pixels per stored pixel")
     crop: Box | None = Field(description="the box of the stored image the query shows (null: all of it)")
     borders: Box | None = Field(description="borders the query added around the picture (null: none)")
+    fit: Literal["similarity", "affine", "homography"] | None = Field(
+        description="the transform kept: similarity, affine (a stretch) or homography (a keystone)"
+    )
     explanation: str | None = Field(description='the edit in plain words: "rotated 10° clockwise, mirrored"')
     reason: str | None = Field(description="why it did not verify (null when it did)")
     recoloured: bool = Field(description="both images in colour, in different hues: no copy edit does that")
