@@ -357,7 +357,7 @@ def verify(
     poses = [pose(query, stored, flip_width=None)]
     if mirror is not None:
         poses.append(pose(mirror, stored, flip_width=query.size[0]))
-    fits = [_fit_similarity(p) for p in poses]
+    fits = [fit_model(p, "similarity") for p in poses]
     kept = max(range(len(poses)), key=lambda i: (fits[i].inliers, fits[i].matches))
     best = fits[kept]
     if best.to_stored is not None and best.inliers >= VERIFIED_INLIERS:
@@ -388,7 +388,7 @@ def pose(query: Features, stored: Features, flip_width: int | None) -> Pose:
 
 def best_fit(poses: list[Pose], model: str) -> Fit:
     """``model`` fitted to each pose, the one with most inliers (then matches) kept."""
-    return max((FITTERS[model](p) for p in poses), key=lambda f: (f.inliers, f.matches))
+    return max((fit_model(p, model) for p in poses), key=lambda f: (f.inliers, f.matches))
 
 
 def best_fallback(p: Pose) -> Fit | None:
@@ -396,7 +396,7 @@ def best_fallback(p: Pose) -> Fit | None:
     None when the pose has too few matches to try."""
     if len(p.src) < FALLBACK_MATCHES:
         return None
-    affine, homography = _fit_affine(p), _fit_homography(p)
+    affine, homography = fit_model(p, "affine"), fit_model(p, "homography")
     return homography if homography.inliers > HOMOGRAPHY_GAIN * affine.inliers else affine
 
 
@@ -414,48 +414,46 @@ def verdict_signals(verification: Verification | None, query_featureless: bool =
     }
 
 
-def _fit_similarity(p: Pose) -> Fit:
-    if len(p.src) < 3:
-        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints")
+def fit_model(p: Pose, model: str) -> Fit:
+    """``model`` (``FITS``) fitted to one pose with RANSAC, its inliers counted; no transform
+    when there are too few matches or the fit is no plausible edit."""
+    least, estimate, implausible = ESTIMATORS[model]
+    if len(p.src) < least:
+        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints", model)
+    transform, mask = estimate(p)
+    if transform is None or mask is None:
+        return Fit(0, len(p.src), None, "no consistent transform", model)
+    if reason := implausible(transform, p.size):
+        return Fit(0, len(p.src), None, reason, model)
+    return _counted(p, transform, mask, model)
+
+
+def _similarity(p: Pose):
     fit, mask = cv2.estimateAffinePartial2D(
         p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10
     )
-    if fit is None or mask is None:
-        return Fit(0, len(p.src), None, "no consistent transform")
-    scale = float(np.hypot(fit[0, 0], fit[1, 0]))
-    if not MIN_SCALE <= scale <= MAX_SCALE:
-        return Fit(0, len(p.src), None, f"implausible scale {scale:.3g}")
-    return _counted(p, np.vstack([fit, [0.0, 0.0, 1.0]]), mask, "similarity")
+    return _homogeneous(fit), mask
 
 
-def _fit_affine(p: Pose) -> Fit:
-    if len(p.src) < 3:
-        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints", "affine")
+def _affine(p: Pose):
     fit, mask = cv2.estimateAffine2D(
         p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10
     )
-    if fit is None or mask is None:
-        return Fit(0, len(p.src), None, "no consistent transform", "affine")
-    transform = np.vstack([fit, [0.0, 0.0, 1.0]])
-    if reason := implausible_warp(transform, p.size):
-        return Fit(0, len(p.src), None, reason, "affine")
-    return _counted(p, transform, mask, "affine")
+    return _homogeneous(fit), mask
 
 
-def _fit_homography(p: Pose) -> Fit:
-    if len(p.src) < 4:
-        return Fit(0, len(p.src), None, f"only {len(p.src)} matching keypoints", "homography")
-    transform, mask = cv2.findHomography(
-        p.src, p.dst, cv2.USAC_MAGSAC, **_ransac(p), maxIters=2000, confidence=0.995
-    )
-    if transform is None or mask is None:
-        return Fit(0, len(p.src), None, "no consistent transform", "homography")
-    if reason := implausible_warp(transform, p.size):
-        return Fit(0, len(p.src), None, reason, "homography")
-    return _counted(p, transform, mask, "homography")
+def _homography(p: Pose):
+    return cv2.findHomography(p.src, p.dst, cv2.USAC_MAGSAC, **_ransac(p), maxIters=2000, confidence=0.995)
 
 
-FITTERS = {"similarity": _fit_similarity, "affine": _fit_affine, "homography": _fit_homography}
+def _homogeneous(fit: np.ndarray | None) -> np.ndarray | None:
+    return None if fit is None else np.vstack([fit, [0.0, 0.0, 1.0]])
+
+
+def implausible_scale(transform: np.ndarray, _size) -> str | None:
+    """Why a similarity transform is no plausible edit (None: it is): its scale is out of bounds."""
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    return None if MIN_SCALE <= scale <= MAX_SCALE else f"implausible scale {scale:.3g}"
 
 
 def _ransac(p: Pose) -> dict:
@@ -499,6 +497,14 @@ def implausible_warp(transform: np.ndarray, size: tuple[int, int]) -> str | None
     if max(anisotropy) > MAX_ANISOTROPY:
         return f"implausible stretch or shear {max(anisotropy):.3g}"
     return None
+
+
+# model -> (the fewest matches it is fitted to, estimator, plausibility check)
+ESTIMATORS = {
+    "similarity": (3, _similarity, implausible_scale),
+    "affine": (3, _affine, implausible_warp),
+    "homography": (4, _homography, implausible_warp),
+}
 
 
 def project(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
