@@ -27,6 +27,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from conftest import make_options  # noqa: E402
 from imagegen import image_bytes, write_images  # noqa: E402
+from twice.augment import make_synthetic_image  # noqa: E402
 from twice.indexer import reindex  # noqa: E402
 from twice.web import app as api  # noqa: E402
 
@@ -168,6 +169,13 @@ def test_every_field_a_route_sends_is_documented(served):
         sent.append((method, template or path, response.status_code))
 
     check("POST", "/search", client.post("/search", data={"image": (io.BytesIO(original), "a.png")}))
+    scene = make_synthetic_image(3, 0, (480, 360))
+    stored = client.post("/images", data={"image": (io.BytesIO(image_bytes(scene, "PNG")), "scene.png")})
+    tilted = image_bytes(scene.rotate(-10, expand=True), "PNG")
+    verified = client.post("/search", data={"image": (io.BytesIO(tilted), "tilted.png")})
+    check("POST", "/search", verified)
+    top = verified.get_json()["results"][0]
+    assert top["id"] == stored.get_json()["id"] and "verify" in top["evidence"]["decided_by"]
     added = client.post("/images", data={"image": (io.BytesIO(copy), "copy.png"), "source": "test"})
     check("POST", "/images", added)
     assert added.status_code == 201 and added.get_json()["match"] == "duplicate"

@@ -35,7 +35,7 @@ DEFAULT_THUMB = 256
 T = TypeVar("T")
 
 Verdict = Literal["duplicate", "similar", "different"]
-Signal = Literal["exact", "hash", "cnn"]
+Signal = Literal["exact", "hash", "cnn", "verify"]
 Score = Annotated[float, Field(ge=-1.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 
