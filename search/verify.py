@@ -60,6 +60,10 @@ VERIFIED_INLIERS = 8
 FITS = ("similarity", "affine", "homography")
 FALLBACK_MATCHES = 12
 WARPED_INLIERS = 10
+# A fallback fit with this many inliers weighs as a similarity fit would (a crop of a stretched
+# copy at CNN 0.33 keeps 22 affine inliers): twice the most any wrong pair reached where the
+# fallback decides (7 of 1,982 pairs the similarity fails; bench/results/verification-fits.md).
+WARPED_EVIDENCE = 2 * WARPED_INLIERS
 # The homography is kept over the affine fit only with more inliers than this many times the
 # affine's: a stretched copy fits both alike and is a stretch, not a keystone.
 HOMOGRAPHY_GAIN = 1.25
@@ -150,11 +154,14 @@ class Verification:
 
     @property
     def evidence(self) -> int | None:
-        """The similarity fit's inlier count, which a verdict may weigh (its rules were measured
-        on it); None when the images had too little detail."""
+        """The inlier count a verdict may weigh: the similarity fit's (its rules were measured on
+        it), or a fallback fit's from ``WARPED_EVIDENCE`` inliers; None when the images had too
+        little detail."""
         if not self.conclusive:
             return None
-        return self.inliers if self.similarity_inliers is None else self.similarity_inliers
+        if self.similarity_inliers is None or self.inliers >= WARPED_EVIDENCE:
+            return self.inliers
+        return self.similarity_inliers
 
 
 class FeatureExtractor:

@@ -15,6 +15,7 @@ from twice.search.explain import explain, verification_json
 from twice.search.verdicts import DUPLICATE, SIMILAR, Thresholds
 from twice.search.verify import (
     VERIFIED_INLIERS,
+    WARPED_EVIDENCE,
     WARPED_INLIERS,
     FeatureExtractor,
     Features,
@@ -84,7 +85,8 @@ def test_a_planted_stretch_is_recovered_by_the_affine_fit(sx, degrees):
     assert abs(geometry.angle - degrees) <= ANGLE_TOL
     assert abs(geometry.stretch / sx - 1.0) <= STRETCH_TOL
     assert not geometry.mirrored
-    assert verdict_signals(result)["inliers"] == result.similarity_inliers  # the verdict's rules
+    weighed = result.inliers if result.inliers >= WARPED_EVIDENCE else result.similarity_inliers
+    assert verdict_signals(result)["inliers"] == weighed  # a fallback fit weighs from WARPED_EVIDENCE
 
 
 @pytest.mark.parametrize("shrink", [0.35, 0.45])
