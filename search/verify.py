@@ -64,6 +64,9 @@ WARPED_INLIERS = 10
 # copy at CNN 0.33 keeps 22 affine inliers): twice the most any wrong pair reached where the
 # fallback decides (7 of 1,982 pairs the similarity fails; bench/results/verification-fits.md).
 WARPED_EVIDENCE = 2 * WARPED_INLIERS
+# ... and replaces a similarity fit that verified when it has this many times its inliers (a
+# planted 1.15-1.4x stretch: the similarity keeps 10-27 of 40-80 points, the affine fit all).
+WARPED_GAIN = 2.0
 # The homography is kept over the affine fit only with more inliers than this many times the
 # affine's: a stretched copy fits both alike and is a stretch, not a keystone.
 HOMOGRAPHY_GAIN = 1.25
@@ -353,7 +356,9 @@ def verify(
     query: Features, stored: Features, mirror: Features | None = None, fallback: bool = True
 ) -> Verification:
     """Fit the query (and its mirror image, when given) to the stored image; keep the better.
-    A similarity first; when it does not verify, the fallback fits (``FITS``; ``fallback``)."""
+    A similarity first; when it does not verify, or verifies leaving most matches out, the
+    fallback fits (``FITS``; ``fallback``), kept over a verified similarity only with
+    ``WARPED_GAIN`` times its inliers."""
     hues = {"recoloured": recoloured(query, stored)}
     if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
         few = min(len(query), len(stored))
@@ -367,15 +372,24 @@ def verify(
     fits = [fit_model(p, "similarity") for p in poses]
     kept = max(range(len(poses)), key=lambda i: (fits[i].inliers, fits[i].matches))
     best = fits[kept]
-    if best.to_stored is not None and best.inliers >= VERIFIED_INLIERS:
+    similar = best.to_stored is not None and best.inliers >= VERIFIED_INLIERS
+    # only the pose the similarity found most in (a mirrored keystone fits the mirror best), and
+    # after a verified similarity only where it left most matches out (a stretch may explain them)
+    tried = fallback and (not similar or WARPED_GAIN * best.inliers <= best.matches)
+    warped = best_fallback(poses[kept]) if tried else None
+    if similar and (warped is None or not _explains_better(warped, best)):
         return Verification(best.inliers, best.matches, geometry(best.to_stored, query, stored), **hues)
-    # only the pose the similarity found most in (a mirrored keystone fits the mirror best)
-    warped = best_fallback(poses[kept]) if fallback else None
     if warped is not None and warped.inliers >= WARPED_INLIERS:
         found = geometry(warped.to_stored, query, stored, warped.model)
         return Verification(warped.inliers, warped.matches, found, similarity_inliers=best.inliers, **hues)
     reason = best.reason or f"only {best.inliers} consistent matches"
     return Verification(best.inliers, best.matches, None, reason, **hues)
+
+
+def _explains_better(warped: Fit, similarity: Fit) -> bool:
+    """Whether a fallback fit beats a similarity that verified: a stretch also fits a similarity,
+    with a third of its points (the band the stretch moves least), read as a tilt and a crop."""
+    return warped.inliers >= max(WARPED_EVIDENCE, WARPED_GAIN * similarity.inliers)
 
 
 def inliers_by_fit(query: Features, stored: Features, mirror: Features | None = None) -> dict[str, int]:

@@ -242,3 +242,14 @@ def test_a_warped_fit_lifts_the_cnn_alone_veto_only():
     assert rule.judge(0.40, None, structure=40, inliers=5, warped=True).verdict != DUPLICATE
     # ... nor lifts the recoloured demotion
     assert rule.judge(0.95, None, structure=40, inliers=5, warped=True, recoloured=True).verdict == SIMILAR
+
+
+@pytest.mark.parametrize("sx", [1.2, 1.4])
+def test_a_stretch_the_similarity_also_fits_is_explained_as_a_stretch(sx):
+    query, stored = planted_pair(stretch_and_tilt(sx, 0.0), count=60)
+    counts = inliers_by_fit(query, stored)
+    assert VERIFIED_INLIERS <= counts["similarity"] < counts["affine"] / 2  # a tilt and crop, read wrong
+    result = verify(query, stored)
+    assert result.geometry.fit == "affine" and abs(result.geometry.stretch / sx - 1.0) <= STRETCH_TOL
+    assert "stretched" in explain(result.geometry)
+    assert verify(query, stored, fallback=False).geometry.fit == "similarity"
