@@ -10,6 +10,8 @@ import errno
 import json
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,6 +55,9 @@ def parse_catalog_url(url: str) -> URL:
     return parsed
 
 
+SQLITE_BUSY_SECONDS = 30  # how long a SQLite connection waits for another's write lock
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``. SQLite files get WAL, foreign keys and a busy timeout;
     PostgreSQL connections are checked before use (a server restart costs no request)."""
@@ -61,17 +66,32 @@ def make_engine(url: str) -> Engine:
         return _postgresql_engine(parsed)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"timeout": 30})
+    engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
     @event.listens_for(engine, "connect")
     def _sqlite_pragmas(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
     return engine
+
+
+def _enable_wal(cursor) -> None:
+    """Switch the file to WAL (kept in the file: a no-op once done). The switch needs the file
+    to itself and SQLite answers "database is locked" at once, without its busy wait, while
+    another connection writes: processes opening one new catalog together met it under load."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _postgresql_engine(url: URL) -> Engine:

@@ -4,8 +4,10 @@ migrations, concurrent opens."""
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
 import subprocess
 import sys
+import threading
 from datetime import datetime, timezone
 
 import pytest
@@ -277,4 +279,24 @@ def test_processes_opening_one_new_catalog_together_all_succeed(catalog_url):
     assert table_names(catalog_url) == TABLES | {"alembic_version"}
     catalog = Catalog(catalog_url)
     assert catalog.count() == workers
+    catalog.close()
+
+
+def test_a_new_sqlite_catalog_opens_while_another_connection_writes_to_the_file(tmp_path):
+    """Switching a file to WAL fails at once, without SQLite's busy wait, while another
+    connection writes: the catalog waits for the write to end (4 processes opening one new
+    catalog together met this under load)."""
+    path = tmp_path / "catalog.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE other (i INTEGER)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO other VALUES (1)")
+    released = threading.Timer(0.5, lambda: writer.execute("COMMIT"))
+    released.start()
+    try:
+        catalog = Catalog(f"sqlite:///{path}")
+    finally:
+        released.join()
+        writer.close()
+    assert catalog.count() == 0 and stored_version(f"sqlite:///{path}") == [HEAD_REVISION]
     catalog.close()
