@@ -208,13 +208,7 @@ def indexed(tmp_path_factory, embedder):
     for d in range(12):
         drawing(d).save(folder / f"drawing_{d}.png")
     options = make_options(root / "data")
-    reindex([folder], options, embedder, progress=False)
-    # What `twice calibrate` fits for a random-weight CNN: the CNN alone never decides.
-    catalog = Catalog(options.catalog_url)
-    catalog.set_thresholds(
-        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
-    )
-    catalog.close()
+    index_as_calibrated(folder, options, embedder)
     return options
 
 
@@ -271,6 +265,12 @@ def index_single_view(folder: Path, data_dir: Path):
 
     options = make_options(data_dir, invariance="none")
     embedder = Embedder.from_options(options)
+    return options, embedder, index_as_calibrated(folder, options, embedder)
+
+
+def index_as_calibrated(folder: Path, options, embedder) -> dict[str, int]:
+    """Ids by file stem of ``folder`` indexed, with the thresholds `twice calibrate` fits for a
+    CNN with random weights stored: the CNN alone never decides."""
     reindex([folder], options, embedder, progress=False)
     catalog = Catalog(options.catalog_url)
     catalog.set_thresholds(
@@ -278,7 +278,7 @@ def index_single_view(folder: Path, data_dir: Path):
     )
     ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
     catalog.close()
-    return options, embedder, ids
+    return ids
 
 
 def test_a_turned_copy_scores_in_the_report_as_in_search(single_view):
@@ -322,12 +322,8 @@ def test_a_recoloured_drawing_whose_hash_matches_is_no_duplicate_in_the_report_o
     for d in range(3):
         drawing(d).save(folder / f"drawing_{d}.png")
     options = make_options(tmp_path / "data")
-    reindex([folder], options, embedder, progress=False)
+    ids = index_as_calibrated(folder, options, embedder)
     catalog = Catalog(options.catalog_url)
-    catalog.set_thresholds(
-        embedder.version, 1.0, 0.9, "calibrated", {"hash_duplicate": 8, "hash_similar": 12}
-    )
-    ids = {Path(row.source).stem: row.id for row in catalog.get_many(catalog.ids().tolist()).values()}
     engine = SearchEngine.open(options, embedder)
     try:
         scan = scan_duplicates(options, catalog)

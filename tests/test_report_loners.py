@@ -65,15 +65,19 @@ def turned_far(tmp_path_factory):
     return options, embedder, ids
 
 
+def scans_by_vectors_and_views(options, embedder):
+    """The report's scan by the stored vectors alone, and with ``embedder`` for query views."""
+    catalog = Catalog(options.catalog_url)
+    try:
+        return scan_duplicates(options, catalog), scan_duplicates(options, catalog, embedder=lambda: embedder)
+    finally:
+        catalog.close()
+
+
 def test_a_turned_copy_far_from_its_original_joins_it_as_a_searched_loner(turned_far):
     options, embedder, ids = turned_far
     photo, turned = ids["photo"], ids["photo_turned"]
-    catalog = Catalog(options.catalog_url)
-    try:
-        plain = scan_duplicates(options, catalog)
-        searched = scan_duplicates(options, catalog, embedder=lambda: embedder)
-    finally:
-        catalog.close()
+    plain, searched = scans_by_vectors_and_views(options, embedder)
     pair = (min(photo, turned), max(photo, turned))
     # The stored vectors and hashes never pair the two: the copy is a loner.
     assert pair not in plain.candidates.keys_list()
@@ -120,12 +124,7 @@ def test_a_member_far_from_its_original_is_judged_by_its_views_as_search_judges_
     options, embedder, ids = turned_far
     photo, turned = ids["photo"], ids["photo_turned"]
     unsearched = options.with_overrides(report_loners=0)  # no loner search: only the judging differs
-    catalog = Catalog(options.catalog_url)
-    try:
-        plain = scan_duplicates(unsearched, catalog)
-        viewed = scan_duplicates(unsearched, catalog, embedder=lambda: embedder)
-    finally:
-        catalog.close()
+    plain, viewed = scans_by_vectors_and_views(unsearched, embedder)
     assert viewed.views.searched == set()
     score, judgement, _, verification = viewed.judge(photo, turned)
     assert judgement.verdict == "duplicate" and verification["verified"] and score > 0.5
