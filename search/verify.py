@@ -366,9 +366,7 @@ def verify(
         return Verification(0, 0, None, reason, False, plain=len(stored) < MIN_KEYPOINTS, **hues)
     if query.detector != stored.detector:
         raise ValueError(f"features of different detectors: {query.detector} and {stored.detector}")
-    poses = [pose(query, stored, flip_width=None)]
-    if mirror is not None:
-        poses.append(pose(mirror, stored, flip_width=query.size[0]))
+    poses = poses_of(query, stored, mirror)
     fits = [fit_model(p, "similarity") for p in poses]
     kept = max(range(len(poses)), key=lambda i: (fits[i].inliers, fits[i].matches))
     best = fits[kept]
@@ -397,8 +395,15 @@ def inliers_by_fit(query: Features, stored: Features, mirror: Features | None = 
     measures on copies and wrong pairs to set ``WARPED_INLIERS``."""
     if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
         return dict.fromkeys(FITS, 0)
-    poses = [pose(query, stored, None)] + ([pose(mirror, stored, query.size[0])] if mirror else [])
-    return {model: best_fit(poses, model).inliers for model in FITS}
+    return {model: best_fit(poses_of(query, stored, mirror), model).inliers for model in FITS}
+
+
+def poses_of(query: Features, stored: Features, mirror: Features | None) -> list[Pose]:
+    """The query matched to the stored image, and its mirror image too when given."""
+    poses = [pose(query, stored, flip_width=None)]
+    if mirror is not None:
+        poses.append(pose(mirror, stored, flip_width=query.size[0]))
+    return poses
 
 
 def pose(query: Features, stored: Features, flip_width: int | None) -> Pose:
@@ -450,16 +455,16 @@ def fit_model(p: Pose, model: str) -> Fit:
 
 
 def _similarity(p: Pose):
-    fit, mask = cv2.estimateAffinePartial2D(
-        p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10
-    )
-    return _homogeneous(fit), mask
+    return _two_by_three(cv2.estimateAffinePartial2D, p)
 
 
 def _affine(p: Pose):
-    fit, mask = cv2.estimateAffine2D(
-        p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10
-    )
+    return _two_by_three(cv2.estimateAffine2D, p)
+
+
+def _two_by_three(estimator, p: Pose):
+    """(3x3 transform or None, inlier mask) of an OpenCV estimator of 2x3 transforms."""
+    fit, mask = estimator(p.src, p.dst, **_ransac(p), maxIters=2000, confidence=0.995, refineIters=10)
     return _homogeneous(fit), mask
 
 
