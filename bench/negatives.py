@@ -8,7 +8,13 @@ signals that made it and sorted into kinds (identical bytes, thin-line stars, pl
 jigsaw pieces, other numbered or coloured series, the rest), so a reader can judge which are
 true copies: openclipart holds some drawings twice under two names.
 
-    python -m bench.negatives --indexed 2000 --queries 1000
+``--copies N`` also searches N edited copies of indexed drawings (every edit family in turn,
+parameters drawn from its ranges, 2-3 at once included): the other side of the same trade, how
+many copies of clip art are still called `duplicate` of their original. A rule that removes
+wrong answers here must be weighed against the copies it loses here, not only against the
+photo-like copies of `twice bench quality`.
+
+    python -m bench.negatives --indexed 2000 --queries 1000 --copies 400
 """
 
 from __future__ import annotations
@@ -23,15 +29,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from twice.augment.families import FAMILIES, draw_combo, draw_edit
 from twice.augment.sources import APT_SOURCES
-from twice.imageio import ImageError, iter_image_files
+from twice.augment.transforms import apply_transforms
+from twice.imageio import ImageError, iter_image_files, load_image
 from twice.library import Library
 from twice.model.training_data import Sources, gather_paths
 from twice.options import Options
 
 from .machine import machine_facts
+from .metrics import wilson
 
 ROOT = Path(__file__).resolve().parents[1]
+COPY_FAMILIES = (*FAMILIES, "combo")  # "combo": 2-3 families at once
+COPY_SIDE = 1024  # px: drawings are copied at most this large (some are posters of 10k px)
 SOURCES = ("openclipart", "tuxpaint")
 KINDS = (
     ("stars", r"/stars/"),
@@ -71,7 +84,75 @@ def kind_of(query: str, decided_by: list[str]) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, query)), "other")
 
 
-def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False) -> dict:
+def write_copies(originals: list[Path], count: int, seed: int, folder: Path) -> list[dict]:
+    """One edited copy each of ``count`` of ``originals`` (chosen with ``seed``), the edit
+    families in turn (``COPY_FAMILIES``), written to ``folder`` as PNG; an original that
+    cannot be read (a decompression bomb by twice's limits) gets none."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    chosen = random.Random(seed).sample(range(len(originals)), min(count, len(originals)))
+    copies = []
+    for n, i in enumerate(chosen):
+        family = COPY_FAMILIES[n % len(COPY_FAMILIES)]
+        specs = draw_combo(rng) if family == "combo" else draw_edit(family, rng)
+        try:
+            image = load_image(originals[i]).image
+        except ImageError:
+            continue
+        image.thumbnail((COPY_SIDE, COPY_SIDE))
+        path = folder / f"copy-{n:04d}-{family}.png"
+        apply_transforms(image, specs).convert("RGB").save(path)
+        edit = "+".join(map(str, specs))
+        copies.append({"path": path, "original": originals[i], "family": family, "edit": edit})
+    return copies
+
+
+def search_copies(library: Library, copies: list[dict]) -> list[dict]:
+    """Each copy's top answer: its original (or the same bytes under another name) first, and
+    whether called duplicate."""
+    outcomes = []
+    for copy in copies:
+        top = library.search_json(copy["path"], 1)["results"][:1]
+        match = Path(top[0]["source"]).resolve() if top else None
+        first = match is not None and (
+            match == copy["original"] or match.read_bytes() == copy["original"].read_bytes()
+        )
+        verdict = top[0]["verdict"] if top else None
+        outcomes.append(
+            {
+                "copy": copy["path"].name,
+                "original": str(copy["original"]),
+                "family": copy["family"],
+                "edit": copy["edit"],
+                "first": first,
+                "duplicate": first and verdict == "duplicate",
+                "wrong_duplicate": not first and verdict == "duplicate",
+                "match": None if match is None else str(match),
+                "summary": top[0]["evidence"]["summary"] if top else "",
+            }
+        )
+    return outcomes
+
+
+def copy_figures(outcomes: list[dict]) -> dict:
+    """Per family and in all: copies, found first, called duplicate, wrong duplicates."""
+
+    def tally(rows: list[dict]) -> dict:
+        return {
+            "copies": len(rows),
+            "first": sum(r["first"] for r in rows),
+            "duplicate": sum(r["duplicate"] for r in rows),
+            "wrong_duplicate": sum(r["wrong_duplicate"] for r in rows),
+        }
+
+    families = sorted({r["family"] for r in outcomes}, key=COPY_FAMILIES.index)
+    return {
+        "all": tally(outcomes),
+        "by_family": {f: tally([r for r in outcomes if r["family"] == f]) for f in families},
+    }
+
+
+def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False, copies: int = 0) -> dict:
     files = clip_art_files(seed, unseen)
     if len(files) < indexed + queries:
         raise SystemExit(f"only {len(files)} clip-art files, asked for {indexed} + {queries}")
@@ -80,6 +161,7 @@ def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False)
     for i, (source, path) in enumerate(files[:indexed]):
         (folder / f"{source}-{i:05d}{path.suffix}").symlink_to(path)
     options = Options.from_env().with_overrides(data_dir=work / "data")
+    edited = write_copies([path for _, path in files[:indexed]], copies, seed, work / "copies")
     answers, skipped = [], 0
     with Library(options) as library:
         started = time.perf_counter()
@@ -105,6 +187,7 @@ def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False)
                     }
                 )
         query_seconds = time.perf_counter() - started
+        copy_outcomes = search_copies(library, edited)
     searched = queries - skipped
     return {
         "indexed": summary.added,
@@ -117,6 +200,8 @@ def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False)
         "duplicates": len(answers),
         "by_kind": dict(collections.Counter(a["kind"] for a in answers).most_common()),
         "answers": answers,
+        "copies": copy_figures(copy_outcomes) if copy_outcomes else None,
+        "copy_outcomes": copy_outcomes,
     }
 
 
@@ -141,7 +226,44 @@ def markdown(result: dict, command: str, machine: dict) -> str:
         "",
         *(f"- {a['query']} -> {a['match']}: {a['summary']}" for a in result["answers"]),
     ]
+    if result.get("copies"):
+        lines += ["", *copies_markdown(result["copies"], result["copy_outcomes"])]
     return "\n".join(lines) + "\n"
+
+
+def copies_markdown(figures: dict, outcomes: list[dict]) -> list[str]:
+    total = figures["all"]
+
+    def row(name: str, t: dict) -> str:
+        low, high = wilson(t["duplicate"], t["copies"]) or (0.0, 0.0)
+        share = t["duplicate"] / t["copies"] if t["copies"] else 0.0
+        return (
+            f"| {name} | {t['copies']} | {t['first']} | {t['duplicate']} |"
+            f" {share:.2f} ({low:.2f}–{high:.2f}) | {t['wrong_duplicate']} |"
+        )
+
+    return [
+        "## Edited copies of indexed drawings",
+        "",
+        f"{total['copies']} copies, one edit each (families in turn, parameters from their ranges):"
+        f" **{total['duplicate']} called duplicate of their original**, {total['wrong_duplicate']}"
+        " called duplicate of another drawing.",
+        "",
+        "| edit | copies | original first | called duplicate | duplicate recall (95 % CI)"
+        " | duplicate of another |",
+        "| --- | ---: | ---: | ---: | --- | ---: |",
+        *(row(family, t) for family, t in figures["by_family"].items()),
+        row("**all**", total),
+        "",
+        "Copies not called duplicate of their original:",
+        "",
+        *(
+            f"- {o['copy']} `{o['edit']}` of {o['original']}: "
+            + (o["summary"] if o["first"] else f"first answer {o['match']}: {o['summary']}")
+            for o in outcomes
+            if not o["duplicate"]
+        ),
+    ]
 
 
 def main(argv=None) -> int:
@@ -156,19 +278,28 @@ def main(argv=None) -> int:
         action="store_true",
         help="only files `twice train` does not draw by default (drawings the model never saw)",
     )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        default=0,
+        help="also search this many edited copies of indexed drawings (default 0)",
+    )
     parser.add_argument("--results-dir", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--tag", default="", help="name the results negatives-TAG")
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.negatives", *(sys.argv[1:] if argv is None else argv)])
     machine = machine_facts()
     with tempfile.TemporaryDirectory(prefix="twice-negatives-") as work:
-        result = run(args.indexed, args.queries, args.seed, Path(work), args.unseen)
+        result = run(args.indexed, args.queries, args.seed, Path(work), args.unseen, args.copies)
     name = f"negatives-{args.tag}" if args.tag else "negatives"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     payload = {"command": command, "machine": machine, **result}
     (args.results_dir / f"{name}.json").write_text(json.dumps(payload, indent=1))
     (args.results_dir / f"{name}.md").write_text(markdown(result, command, machine))
     print(f"{result['duplicates']} of {result['searched']} called duplicate: {result['by_kind']}")
+    if result["copies"]:
+        total = result["copies"]["all"]
+        print(f"copies of indexed drawings called duplicate: {total['duplicate']} of {total['copies']}")
     return 0
 
 
