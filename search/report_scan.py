@@ -36,7 +36,14 @@ from .explain import verification_json
 from .pair_cache import pairs_with_cache
 from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
 from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
-from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key, partners_within
+from .report_linkage import (
+    DEFAULT_LINKAGE,
+    KeepsFrame,
+    check_linkage,
+    link_groups,
+    original_key,
+    partners_within,
+)
 from .report_loners import loners, searched_pairs
 from .report_verify import PairVerifier
 from .report_views import ViewScorer, turned_score
@@ -185,6 +192,11 @@ class DuplicateScan:
     def is_duplicate(self, original: int, member: int) -> bool:
         return self.weigh(original, member)[1].verdict == DUPLICATE
 
+    def keeps_frame(self, a: int, b: int) -> bool:
+        """Whether the pair's verification this run fitted the whole picture onto the whole
+        picture (False where verification is off or did not run on it)."""
+        return self.verifier is not None and self.verifier.keeps_frame(a, b)
+
 
 @dataclass
 class Pairs:
@@ -301,7 +313,12 @@ def scan_duplicates(
         search_loners(scan, vectors, top, limit, progress)
     pairs = scan.pairs
     scan.groups = link_groups(
-        pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
+        pairs.a,
+        pairs.b,
+        pairs.weight,
+        linkage,
+        scan.is_duplicate,
+        originals(catalog, pairs, scan.keeps_frame),
     )
     scan.seconds = time.perf_counter() - started
     return scan
@@ -482,8 +499,9 @@ def verification_matters(
     )
 
 
-def originals(catalog: Catalog, pairs: Pairs):
-    """A component -> its original (``ORIGINAL_RULE``), from the pairs and their catalog rows."""
+def originals(catalog: Catalog, pairs: Pairs, keeps_frame: KeepsFrame | None = None):
+    """A component -> its original (``ORIGINAL_RULE``), from the pairs, their catalog rows and
+    ``keeps_frame`` (which pairs' fitted edit keeps the frame; None: none known)."""
     ids = sorted(set(pairs.a.tolist()) | set(pairs.b.tolist()))
     rows = {}
     for start in range(0, len(ids), CHUNK):
@@ -492,8 +510,11 @@ def originals(catalog: Catalog, pairs: Pairs):
 
     def original_of(component: list[int]) -> int:
         partners = partners_within(component, graph)
+        framed = partners_within(component, graph, keeps_frame) if keeps_frame is not None else {}
         known = [i for i in component if i in rows] or component  # a row deleted meanwhile
-        return min(known, key=lambda i: original_key(rows[i], partners[i]) if i in rows else (0, i))
+        return min(
+            known, key=lambda i: original_key(rows[i], partners[i], framed.get(i, 0)) if i in rows else (0, i)
+        )
 
     return original_of
 

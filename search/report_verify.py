@@ -46,6 +46,17 @@ class PairVerifier:
             self.results[key] = checked
         return self.results[key]
 
+    def ran(self, a: int, b: int) -> Verification | None:
+        """The pair's verification where it ran this run, either way round (None: it did not)."""
+        return self.results.get((a, b)) or self.results.get((b, a))
+
+    def keeps_frame(self, a: int, b: int) -> bool:
+        """Whether the pair's verification (where it ran) fitted the whole picture onto the whole
+        picture: a similarity that neither crops nor adds borders nor tilts off the quarter turns
+        (colour, compression, resizing, quarter turns and mirrors keep the frame)."""
+        checked = self.ran(a, b)
+        return checked is not None and checked.verified and not checked.warped and not checked.reframed
+
     def grey(self, stored: int, query: int) -> bool:
         """Whether the query is grey and the stored image in colour (the edit made it grey)."""
         got_stored, got_query = self.image_features(stored), self.image_features(query)
