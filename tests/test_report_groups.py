@@ -164,6 +164,32 @@ def test_a_fresh_data_directory_reports_by_the_shipped_thresholds(planted):
     assert report["summary"]["pairs_by"]["cnn"] < default["summary"]["pairs_by"]["cnn"]
 
 
+def test_the_original_is_the_picture_its_copies_keep_the_frame_of(tmp_path):
+    """Copies that all pair with one another (a full clique ties the count of duplicates): the
+    bordered, captioned and tilted copies are the largest and were added first, yet the original
+    is the photo, whose frame the grey, mirrored and re-encoded copies keep."""
+    from conftest import make_options
+
+    options = make_options(tmp_path / "data")
+    indexer = Indexer(options, MODEL, DIM)
+    rng = np.random.default_rng(9)
+    photo, base = make_synthetic_image(3, 0), unit(rng.standard_normal(DIM).astype(np.float32))
+    ids, images = {}, {}
+    for name in ("border:white:0.2", "caption", "tilt:10", "photo", "mirror", "jpeg:60", "gray"):
+        images[name] = photo if name == "photo" else apply_transform(photo, name)
+        row = indexer.add_bytes(image_bytes(images[name]), f"/folder/{name}.png").row
+        indexer.add_vectors(np.array([row.id]), at_score(base, 0.995, rng)[None, :])
+        ids[name] = row.id
+    indexer.save()
+    indexer.close()
+    area = {name: image.width * image.height for name, image in images.items()}
+    assert min(area["border:white:0.2"], area["caption"], area["tilt:10"]) > area["photo"]
+    report = build_report(options)
+    (group,) = report["groups"]
+    assert group["size"] == len(ids)
+    assert group["members"][0]["id"] == ids["photo"]
+
+
 # linkage on its own -------------------------------------------------------------------------------
 
 
