@@ -31,12 +31,14 @@ DEFAULT_LINKAGE = "original"
 ORIGINAL_RULE = (
     "most duplicates in the group that keep its frame (verified as the whole picture, not cropped,"
     " bordered, tilted or stretched), then most duplicates in the group, then largest resolution"
-    " (width x height), then earliest added_at, then smallest id"
+    " (width x height) unless it is a smaller one's enlargement, then earliest added_at, then"
+    " smallest id"
 )
 
 IsDuplicate = Callable[[int, int], bool]  # (original, member) -> whether a duplicate pair
 OriginalOf = Callable[[list[int]], int]  # a component -> its original
 KeepsFrame = Callable[[int, int], bool]  # whether a duplicate pair's fitted edit keeps the frame
+Enlarged = Callable[[int, int], bool]  # (larger, smaller) -> whether the larger is the smaller enlarged
 
 
 def original_key(row, partners: int = 0, framed: int = 0) -> tuple:
@@ -50,6 +52,27 @@ def original_key(row, partners: int = 0, framed: int = 0) -> tuple:
     copies ties them all), picked such a copy for 13 of 20 families (bench report-quality)."""
     added = row.added_at.timestamp() if row.added_at is not None else float("inf")
     return (-framed, -partners, -(row.width * row.height), added, row.id)
+
+
+def choose_original(
+    rows: list, partners: dict[int, int], framed: dict[int, int], enlarged: Enlarged | None = None
+):
+    """The row of ``rows`` that ``ORIGINAL_RULE`` makes the original (``original_key``), passing
+    over one that ``enlarged`` says is an enlargement of a smaller one tied with it on the
+    duplicates (an upscaled copy keeps the frame and every pair its original has, and is larger)."""
+    ordered = sorted(rows, key=lambda row: original_key(row, partners.get(row.id, 0), framed.get(row.id, 0)))
+    if enlarged is None:
+        return ordered[0]
+
+    def tie(row) -> tuple[int, int]:
+        return framed.get(row.id, 0), partners.get(row.id, 0)
+
+    tied = [row for row in ordered if tie(row) == tie(ordered[0])]
+    for row in tied:
+        smaller = (other for other in tied if other.width * other.height < row.width * row.height)
+        if not any(enlarged(row.id, other.id) for other in smaller):
+            return row
+    return ordered[0]
 
 
 def partners_within(

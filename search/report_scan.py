@@ -38,10 +38,9 @@ from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
 from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
 from .report_linkage import (
     DEFAULT_LINKAGE,
-    KeepsFrame,
     check_linkage,
+    choose_original,
     link_groups,
-    original_key,
     partners_within,
 )
 from .report_loners import loners, searched_pairs
@@ -197,6 +196,11 @@ class DuplicateScan:
         picture (False where verification is off or did not run on it)."""
         return self.verifier is not None and self.verifier.keeps_frame(a, b)
 
+    def enlarged(self, larger: int, smaller: int) -> bool:
+        """Whether the pair keeps the frame and ``larger`` is ``smaller`` enlarged (an upscaled
+        copy, ``PairVerifier.enlarged``)."""
+        return self.keeps_frame(larger, smaller) and self.verifier.enlarged(larger, smaller)
+
 
 @dataclass
 class Pairs:
@@ -318,7 +322,7 @@ def scan_duplicates(
         pairs.weight,
         linkage,
         scan.is_duplicate,
-        originals(catalog, pairs, scan.keeps_frame),
+        originals(catalog, pairs, scan),
     )
     scan.seconds = time.perf_counter() - started
     return scan
@@ -499,9 +503,10 @@ def verification_matters(
     )
 
 
-def originals(catalog: Catalog, pairs: Pairs, keeps_frame: KeepsFrame | None = None):
+def originals(catalog: Catalog, pairs: Pairs, scan: DuplicateScan | None = None):
     """A component -> its original (``ORIGINAL_RULE``), from the pairs, their catalog rows and
-    ``keeps_frame`` (which pairs' fitted edit keeps the frame; None: none known)."""
+    the ``scan``'s verification (which pairs keep the frame, which image is an enlargement; None:
+    none known)."""
     ids = sorted(set(pairs.a.tolist()) | set(pairs.b.tolist()))
     rows = {}
     for start in range(0, len(ids), CHUNK):
@@ -509,12 +514,14 @@ def originals(catalog: Catalog, pairs: Pairs, keeps_frame: KeepsFrame | None = N
     graph = pair_graph(pairs.a, pairs.b)
 
     def original_of(component: list[int]) -> int:
+        known = [rows[i] for i in component if i in rows]
+        if not known:  # rows deleted meanwhile
+            return min(component)
         partners = partners_within(component, graph)
-        framed = partners_within(component, graph, keeps_frame) if keeps_frame is not None else {}
-        known = [i for i in component if i in rows] or component  # a row deleted meanwhile
-        return min(
-            known, key=lambda i: original_key(rows[i], partners[i], framed.get(i, 0)) if i in rows else (0, i)
-        )
+        if scan is None:
+            return choose_original(known, partners, {}).id
+        framed = partners_within(component, graph, scan.keeps_frame)
+        return choose_original(known, partners, framed, scan.enlarged).id
 
     return original_of
 
