@@ -14,7 +14,7 @@ from twice.hashing import HASH_BITS
 from twice.indexer import Catalog, ImageRow
 
 from .pairs import chains_from
-from .report_linkage import original_key, partners_within
+from .report_linkage import Enlarged, choose_original, partners_within
 from .report_scan import DuplicateScan
 from .verdicts import RANK
 
@@ -27,13 +27,18 @@ CHUNK = 500  # ids per SQL IN (...) clause, under SQLite's variable limit
 # originals and variants ----------------------------------------------------------------------
 
 
-def pick_original(rows: list[ImageRow], partners: dict[int, int] | None = None) -> ImageRow:
+def pick_original(
+    rows: list[ImageRow],
+    partners: dict[int, int] | None = None,
+    framed: dict[int, int] | None = None,
+    enlarged: Enlarged | None = None,
+) -> ImageRow:
     """The original of a group by ``ORIGINAL_RULE``; ``partners``: each id's duplicates in the
-    group (none known: resolution decides)."""
+    group, ``framed``: those of them that keep its frame (none known: resolution decides),
+    ``enlarged``: whether a larger image is a smaller one enlarged (``choose_original``)."""
     if not rows:
         raise ValueError("pick_original needs at least one row")
-    partners = partners or {}
-    return min(rows, key=lambda row: original_key(row, partners.get(row.id, 0)))
+    return choose_original(rows, partners or {}, framed or {}, enlarged)
 
 
 def variant_parents(catalog: Catalog) -> dict[int, tuple[int, str | None]]:
@@ -189,7 +194,9 @@ def member_rank(member: dict) -> tuple:
 
 def describe_group(group, rows, parents, scan, options, include_variants: bool) -> dict:
     """One group: the original first, then the others in search's order against it."""
-    original = pick_original([rows[i] for i in group], partners_within(group, scan.graph))
+    partners = partners_within(group, scan.graph)
+    framed = partners_within(group, scan.graph, scan.keeps_frame)
+    original = pick_original([rows[i] for i in group], partners, framed, scan.enlarged)
     expected = known_variants(group, parents) - {original.id}
     chains = chains_from(original.id, scan.graph)
     others = []

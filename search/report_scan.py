@@ -36,7 +36,13 @@ from .explain import verification_json
 from .pair_cache import pairs_with_cache
 from .pairs import METHODS, canonical_pairs, check_threshold, pair_graph
 from .report_hashes import NO_HASH, NO_STRUCTURE, HashScan, scan_hashes
-from .report_linkage import DEFAULT_LINKAGE, check_linkage, link_groups, original_key, partners_within
+from .report_linkage import (
+    DEFAULT_LINKAGE,
+    check_linkage,
+    choose_original,
+    link_groups,
+    partners_within,
+)
 from .report_loners import loners, searched_pairs
 from .report_verify import PairVerifier
 from .report_views import ViewScorer, turned_score
@@ -185,6 +191,16 @@ class DuplicateScan:
     def is_duplicate(self, original: int, member: int) -> bool:
         return self.weigh(original, member)[1].verdict == DUPLICATE
 
+    def keeps_frame(self, a: int, b: int) -> bool:
+        """Whether the pair's verification this run fitted the whole picture onto the whole
+        picture (False where verification is off or did not run on it)."""
+        return self.verifier is not None and self.verifier.keeps_frame(a, b)
+
+    def enlarged(self, larger: int, smaller: int) -> bool:
+        """Whether the pair keeps the frame and ``larger`` is ``smaller`` enlarged (an upscaled
+        copy, ``PairVerifier.enlarged``)."""
+        return self.keeps_frame(larger, smaller) and self.verifier.enlarged(larger, smaller)
+
 
 @dataclass
 class Pairs:
@@ -301,7 +317,12 @@ def scan_duplicates(
         search_loners(scan, vectors, top, limit, progress)
     pairs = scan.pairs
     scan.groups = link_groups(
-        pairs.a, pairs.b, pairs.weight, linkage, scan.is_duplicate, originals(catalog, pairs)
+        pairs.a,
+        pairs.b,
+        pairs.weight,
+        linkage,
+        scan.is_duplicate,
+        originals(catalog, pairs, scan),
     )
     scan.seconds = time.perf_counter() - started
     return scan
@@ -482,8 +503,10 @@ def verification_matters(
     )
 
 
-def originals(catalog: Catalog, pairs: Pairs):
-    """A component -> its original (``ORIGINAL_RULE``), from the pairs and their catalog rows."""
+def originals(catalog: Catalog, pairs: Pairs, scan: DuplicateScan | None = None):
+    """A component -> its original (``ORIGINAL_RULE``), from the pairs, their catalog rows and
+    the ``scan``'s verification (which pairs keep the frame, which image is an enlargement; None:
+    none known)."""
     ids = sorted(set(pairs.a.tolist()) | set(pairs.b.tolist()))
     rows = {}
     for start in range(0, len(ids), CHUNK):
@@ -491,9 +514,14 @@ def originals(catalog: Catalog, pairs: Pairs):
     graph = pair_graph(pairs.a, pairs.b)
 
     def original_of(component: list[int]) -> int:
+        known = [rows[i] for i in component if i in rows]
+        if not known:  # rows deleted meanwhile
+            return min(component)
         partners = partners_within(component, graph)
-        known = [i for i in component if i in rows] or component  # a row deleted meanwhile
-        return min(known, key=lambda i: original_key(rows[i], partners[i]) if i in rows else (0, i))
+        if scan is None:
+            return choose_original(known, partners, {}).id
+        framed = partners_within(component, graph, scan.keeps_frame)
+        return choose_original(known, partners, framed, scan.enlarged).id
 
     return original_of
 

@@ -29,6 +29,7 @@ from twice.search.report import build_report
 from twice.search.report_linkage import DEFAULT_LINKAGE, LINKAGES, components_within, link_groups
 from twice.search.report_render import report_csv
 from twice.search.report_scan import scan_duplicates
+from twice.search.report_verify import is_enlargement
 from twice.search.verdicts import Thresholds
 
 DIM = 64
@@ -162,6 +163,41 @@ def test_a_fresh_data_directory_reports_by_the_shipped_thresholds(planted):
     assert not any("defaults" in warning for warning in report["warnings"])
     # Stricter shipped cuts: the grey (0.92) and brighter (0.93) copies are no CNN duplicates now.
     assert report["summary"]["pairs_by"]["cnn"] < default["summary"]["pairs_by"]["cnn"]
+
+
+def test_the_original_is_the_picture_its_copies_keep_the_frame_of(tmp_path):
+    """Copies that all pair with one another (a full clique ties the count of duplicates): the
+    bordered, captioned, tilted and enlarged copies are the largest and were added first, yet the
+    original is the photo, whose frame the grey, mirrored and re-encoded copies keep (and the
+    enlarged one too: it is passed over as an enlargement of the photo)."""
+    from conftest import make_options
+
+    options = make_options(tmp_path / "data")
+    indexer = Indexer(options, MODEL, DIM)
+    rng = np.random.default_rng(9)
+    photo, base = make_synthetic_image(3, 0), unit(rng.standard_normal(DIM).astype(np.float32))
+    ids, images = {}, {}
+    for name in ("border:white:0.2", "caption", "tilt:10", "scale:1.4", "photo", "mirror", "jpeg:60", "gray"):
+        images[name] = photo if name == "photo" else apply_transform(photo, name)
+        row = indexer.add_bytes(image_bytes(images[name]), f"/folder/{name}.png").row
+        indexer.add_vectors(np.array([row.id]), at_score(base, 0.995, rng)[None, :])
+        ids[name] = row.id
+    indexer.save()
+    indexer.close()
+    area = {name: image.width * image.height for name, image in images.items()}
+    assert min(area["border:white:0.2"], area["caption"], area["tilt:10"], area["scale:1.4"]) > area["photo"]
+    report = build_report(options)
+    (group,) = report["groups"]
+    assert group["size"] == len(ids)
+    assert group["members"][0]["id"] == ids["photo"]
+
+
+def test_an_enlargement_is_told_from_a_reduction():
+    photo = make_synthetic_image(3, 0).convert("L")
+    larger, smaller = apply_transform(photo, "scale:1.3"), apply_transform(photo, "scale:0.7")
+    assert is_enlargement(larger, photo)
+    assert not is_enlargement(photo, smaller)  # the photo holds detail its reduction lost
+    assert not is_enlargement(photo, larger)  # not larger at all
 
 
 # linkage on its own -------------------------------------------------------------------------------
