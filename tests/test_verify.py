@@ -13,12 +13,21 @@ from PIL import Image, ImageDraw
 
 from conftest import make_options
 from imagegen import image_bytes, make_image
+from twice.augment.synthetic import make_synthetic_image
+from twice.augment.transforms import dark
 from twice.cli import main
 from twice.indexer import reindex
 from twice.search.engine import SearchEngine, check_verify_top
 from twice.search.explain import explain, verification_json
 from twice.search.report_html import evidence_html
 from twice.search.report_render import evidence_columns
+from twice.search.verdicts import (
+    DEFAULT_VERIFY_INLIERS,
+    DIFFERENT,
+    DUPLICATE,
+    IN_PLACE_FACTOR,
+    Thresholds,
+)
 from twice.search.verify import (
     VERIFIED_INLIERS,
     FeatureCache,
@@ -27,6 +36,7 @@ from twice.search.verify import (
     Verification,
     distinct,
     mirrored,
+    verdict_signals,
     verify,
 )
 from twice.web import app as api
@@ -133,6 +143,26 @@ def test_orb_verifies_too(photo):
     assert result.verified and abs(result.geometry.angle - 10) <= ANGLE_TOL
 
 
+@pytest.mark.parametrize(("index", "amount"), [(19, 60), (4, 80)])
+def test_a_darkened_simple_scene_keeps_the_keypoints_to_verify(index, amount):
+    """A flat synthetic scene darkened (its shadows clipped to black) keeps few keypoints at
+    OpenCV's contrast threshold of 0.04; at ours it keeps enough for a fit in place to verify
+    with the inliers a duplicate in place needs (three times ``verify_inliers``)."""
+    scene = make_synthetic_image(0, index)
+    darker = dark(scene, amount)
+    opencv_default = check(FeatureExtractor(contrast=0.04), scene, darker)
+    ours = check(FeatureExtractor(), scene, darker)
+    assert opencv_default.inliers < VERIFIED_INLIERS
+    assert ours.verified and not ours.reframed
+    assert ours.inliers >= IN_PLACE_FACTOR * DEFAULT_VERIFY_INLIERS
+    # a CNN score and a hash distance that say neither duplicate nor similar by themselves
+    verdicts = [
+        Thresholds().judge(0.6, 20, structure=64, **verdict_signals(found))
+        for found in (opencv_default, ours)
+    ]
+    assert [v.verdict for v in verdicts] == [DIFFERENT, DUPLICATE] and verdicts[1].verified
+
+
 @pytest.mark.parametrize(
     ("edit", "reframed"),
     [
@@ -175,6 +205,8 @@ def test_mirrored_sift_features_are_those_of_the_mirror_image(photo, extract):
 def test_bad_settings_name_the_value():
     with pytest.raises(ValueError, match="'surf'"):
         FeatureExtractor("surf")
+    with pytest.raises(ValueError, match="0 < contrast < 1.*, 0"):
+        FeatureExtractor(contrast=0)
     with pytest.raises(ValueError, match="-1"):
         FeatureCache(-1)
     with pytest.raises(ValueError, match="verify_top.*99"):
