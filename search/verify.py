@@ -41,15 +41,15 @@ DEFAULT_DETECTOR = "sift"
 MAX_SIDE = 512  # px: keypoints are found on the image resized to this long side (never enlarged)
 MAX_KEYPOINTS = 1000
 MIN_KEYPOINTS = 12  # an image with fewer (flat, a few strokes) cannot be verified
-# SIFT's contrast threshold (OpenCV's default is 0.04): a keypoint's extremum must stand this far
-# out, on a 0..1 grey scale. At 0.04 a darkened copy (its shadows clipped) or a flat, simple scene
-# keeps too few keypoints to verify; lower, those images keep enough, while a detailed image is
-# unchanged (MAX_KEYPOINTS keeps the strongest ones). Measured (python -m bench.verification,
-# 0.04 / 0.02 / 0.01): copies with >= 8 inliers 0.861 / 0.920 / 0.950, wrong clip-art pairs with
-# >= 8 of 2,000: 18 / 19 / 19; on the quality bench's top-5 candidates (30 originals, 570 copies,
-# 2,783 wrong pairs) copies at rank 1 with >= 8 inliers 525 / 548 / 554 of 566, the most inliers
-# of a wrong pair 11 at each, and duplicate recall 0.956 / 0.979 / 0.984 with the same one wrong.
-CONTRAST_THRESHOLD = 0.01
+# Keypoints are found on the grey image with its levels stretched to the full range (``stretched``):
+# SIFT's contrast threshold is absolute, so a darkened or brightened copy (its levels squeezed
+# and clipped) or a dim, flat scene keeps too few keypoints to verify, while an image that already
+# spans the full range (most clip art: lines on white) is unchanged. The range is read between
+# these percentiles (a few stray pixels do not hold it open) and only stretched when it is at
+# least STRETCH_MIN_RANGE levels wide (a flat image's noise is not amplified into keypoints).
+# Measured: STRETCH_MEASURED.
+STRETCH_PERCENTILES = (0.5, 99.5)
+STRETCH_MIN_RANGE = 48
 RATIO = 0.8  # Lowe's ratio test: best match distance < RATIO x second best
 RANSAC_PIXELS = 4.0  # inlier tolerance, px at MAX_SIDE
 MIN_SCALE, MAX_SCALE = 1 / 8, 8.0  # feature-image scale of a plausible fit (a crop to 1/8 per side)
@@ -184,26 +184,24 @@ class FeatureExtractor:
         detector: str = DEFAULT_DETECTOR,
         max_side: int = MAX_SIDE,
         max_keypoints: int = MAX_KEYPOINTS,
-        contrast: float = CONTRAST_THRESHOLD,
     ) -> None:
         if detector not in DETECTORS:
             raise ValueError(f"detector must be one of {', '.join(DETECTORS)}, got {detector!r}")
-        if max_side < 32 or max_keypoints < MIN_KEYPOINTS or not 0.0 < contrast < 1.0:
+        if max_side < 32 or max_keypoints < MIN_KEYPOINTS:
             raise ValueError(
-                f"max_side must be >= 32, max_keypoints >= {MIN_KEYPOINTS} and 0 < contrast < 1,"
-                f" got {max_side}, {max_keypoints}, {contrast}"
+                f"max_side must be >= 32 and max_keypoints >= {MIN_KEYPOINTS},"
+                f" got {max_side}, {max_keypoints}"
             )
         self.detector = detector
         self.max_side = max_side
         self.max_keypoints = max_keypoints
-        self.contrast = contrast  # SIFT's contrast threshold (ORB has none)
         self._local = threading.local()  # OpenCV detectors are not shared between threads
 
     def _cv_detector(self):
         made = getattr(self._local, "detector", None)
         if made is None:
             if self.detector == "sift":
-                made = cv2.SIFT_create(self.max_keypoints, contrastThreshold=self.contrast)
+                made = cv2.SIFT_create(self.max_keypoints)
             else:
                 made = cv2.ORB_create(self.max_keypoints)
             self._local.detector = made
@@ -223,7 +221,7 @@ class FeatureExtractor:
             raise ValueError(f"expected an RGB image, got an array of shape {rgb.shape}")
         grey_level = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         grey = is_grey(rgb, grey_level)
-        small = bounded(grey_level, self.max_side)
+        small = stretched(bounded(grey_level, self.max_side))
         size = (small.shape[1], small.shape[0])
         full = tuple(full_size) if full_size else (rgb.shape[1], rgb.shape[0])
         hues = None if grey else hue_histogram(rgb)
@@ -272,6 +270,16 @@ def bounded(image: np.ndarray, max_side: int) -> np.ndarray:
         return image
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def stretched(grey: np.ndarray) -> np.ndarray:
+    """The grey image with its levels (between ``STRETCH_PERCENTILES``) stretched to 0..255;
+    as it is when they span less than ``STRETCH_MIN_RANGE`` (flat) or the full range already."""
+    low, high = np.percentile(grey, STRETCH_PERCENTILES)
+    if high - low < STRETCH_MIN_RANGE or (low <= 0 and high >= 255):
+        return grey
+    levels = (grey.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(levels + 0.5, 0, 255).astype(np.uint8)
 
 
 def is_grey(rgb: np.ndarray, luma: np.ndarray) -> bool:
