@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from conftest import make_options
 from imagegen import image_bytes, make_image
 from twice.augment.synthetic import make_synthetic_image
-from twice.augment.transforms import dark
+from twice.augment.transforms import bright, dark
 from twice.cli import main
 from twice.indexer import reindex
 from twice.search.engine import SearchEngine, check_verify_top
@@ -32,10 +32,12 @@ from twice.search.verify import (
     VERIFIED_INLIERS,
     FeatureCache,
     FeatureExtractor,
+    Features,
     Geometry,
     Verification,
     distinct,
     mirrored,
+    stretched,
     verdict_signals,
     verify,
 )
@@ -143,24 +145,50 @@ def test_orb_verifies_too(photo):
     assert result.verified and abs(result.geometry.angle - 10) <= ANGLE_TOL
 
 
-@pytest.mark.parametrize(("index", "amount"), [(19, 60), (4, 80)])
-def test_a_darkened_simple_scene_keeps_the_keypoints_to_verify(index, amount):
-    """A flat synthetic scene darkened (its shadows clipped to black) keeps few keypoints at
-    OpenCV's contrast threshold of 0.04; at ours it keeps enough for a fit in place to verify
-    with the inliers a duplicate in place needs (three times ``verify_inliers``)."""
+def unstretched(image: Image.Image) -> tuple[Features, Features]:
+    """SIFT on the grey image as it is (no levels stretched), and its mirror image's features."""
+    import cv2
+
+    grey = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    keypoints, descriptors = cv2.SIFT_create(1000).detectAndCompute(grey, None)
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    descriptors = np.clip(descriptors, 0, 255).astype(np.uint8)
+    features = Features(points, descriptors, image.size, image.size, False)
+    return features, mirrored(features)
+
+
+@pytest.mark.parametrize(
+    ("index", "edit"),
+    [(19, lambda im: dark(im, 60)), (19, lambda im: bright(im, 90)), (25, lambda im: dark(im, 80))],
+    ids=["darker", "brighter", "darker-busier"],
+)
+def test_a_darkened_or_brightened_simple_scene_keeps_the_keypoints_to_verify(extract, index, edit):
+    """A flat synthetic scene darkened or brightened (its levels squeezed, clipped at one end)
+    keeps too few keypoints to verify on its grey levels as they are; stretched to the full
+    range, it keeps enough for a fit in place to verify with the inliers a duplicate in place
+    needs (three times ``verify_inliers``)."""
     scene = make_synthetic_image(0, index)
-    darker = dark(scene, amount)
-    opencv_default = check(FeatureExtractor(contrast=0.04), scene, darker)
-    ours = check(FeatureExtractor(), scene, darker)
-    assert opencv_default.inliers < VERIFIED_INLIERS
+    copy = edit(scene)
+    query, mirror = unstretched(copy)
+    as_they_are = verify(query, unstretched(scene)[0], mirror)
+    ours = check(extract, scene, copy)
+    assert as_they_are.inliers < VERIFIED_INLIERS
     assert ours.verified and not ours.reframed
     assert ours.inliers >= IN_PLACE_FACTOR * DEFAULT_VERIFY_INLIERS
     # a CNN score and a hash distance that say neither duplicate nor similar by themselves
-    verdicts = [
-        Thresholds().judge(0.6, 20, structure=64, **verdict_signals(found))
-        for found in (opencv_default, ours)
-    ]
+    verdicts = [Thresholds().judge(0.6, 20, structure=64, **verdict_signals(v)) for v in (as_they_are, ours)]
     assert [v.verdict for v in verdicts] == [DIFFERENT, DUPLICATE] and verdicts[1].verified
+
+
+def test_levels_are_stretched_only_where_they_leave_room():
+    rng = np.random.default_rng(0)
+    darkened = rng.integers(0, 160, (60, 80)).astype(np.uint8)
+    assert stretched(darkened).max() == 255 and stretched(darkened).min() == 0
+    full = rng.integers(0, 256, (60, 80)).astype(np.uint8)
+    full[:6], full[-6:] = 0, 255  # lines on white: black and white both past the percentiles
+    flat = rng.integers(126, 131, (60, 80)).astype(np.uint8)  # noise is not made into detail
+    for unchanged in (full, flat):
+        assert np.array_equal(stretched(unchanged), unchanged)
 
 
 @pytest.mark.parametrize(
@@ -205,8 +233,6 @@ def test_mirrored_sift_features_are_those_of_the_mirror_image(photo, extract):
 def test_bad_settings_name_the_value():
     with pytest.raises(ValueError, match="'surf'"):
         FeatureExtractor("surf")
-    with pytest.raises(ValueError, match="0 < contrast < 1.*, 0"):
-        FeatureExtractor(contrast=0)
     with pytest.raises(ValueError, match="-1"):
         FeatureCache(-1)
     with pytest.raises(ValueError, match="verify_top.*99"):
