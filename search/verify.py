@@ -47,7 +47,11 @@ MIN_KEYPOINTS = 12  # an image with fewer (flat, a few strokes) cannot be verifi
 # spans the full range (most clip art: lines on white) is unchanged. The range is read between
 # these percentiles (a few stray pixels do not hold it open) and only stretched when it is at
 # least STRETCH_MIN_RANGE levels wide (a flat image's noise is not amplified into keypoints).
-# Measured: STRETCH_MEASURED.
+# Measured (python -m bench.verification): copies with >= 8 inliers 0.861 -> 0.886, wrong clip-art
+# pairs with >= 8 of 2,000 18 -> 18; on the quality bench's top-5 candidates (30 originals, 570
+# copies, 2,783 wrong ones) copies found first with >= 8 inliers 525 -> 538 of 566, most inliers of
+# a wrong one 11 -> 10. A lower contrast threshold instead (0.01) verified more copies (554) but
+# made 6 more of 999 never-indexed drawings duplicates (stars, icons of one set).
 STRETCH_PERCENTILES = (0.5, 99.5)
 STRETCH_MIN_RANGE = 48
 RATIO = 0.8  # Lowe's ratio test: best match distance < RATIO x second best
