@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from conftest import make_options
 from imagegen import image_bytes, make_image
 from twice.augment.synthetic import make_synthetic_image
-from twice.augment.transforms import bright, dark
+from twice.augment.transforms import apply_transforms, bright, dark
 from twice.cli import main
 from twice.indexer import reindex
 from twice.search.engine import SearchEngine, check_verify_top
@@ -29,6 +29,7 @@ from twice.search.verdicts import (
     Thresholds,
 )
 from twice.search.verify import (
+    RETRY_INLIERS,
     VERIFIED_INLIERS,
     FeatureCache,
     FeatureExtractor,
@@ -37,6 +38,7 @@ from twice.search.verify import (
     Verification,
     distinct,
     mirrored,
+    second_look,
     stretched,
     verdict_signals,
     verify,
@@ -489,3 +491,33 @@ def test_search_calls_a_recoloured_drawing_similar_and_a_brighter_copy_a_duplica
         assert brighter["source"].endswith("red.png") and brighter["verdict"] == "duplicate"
     finally:
         engine.close()
+
+
+# a second look ---------------------------------------------------------------------------------------
+
+
+def test_a_second_look_only_replaces_a_first_that_failed_when_it_verifies_with_enough_inliers():
+    failed = Verification(5, 9, None, "only 5 consistent matches")
+    found = Geometry(False, 0.0, 1.0, None, (0.0, 0.0, 0.0, 0.1))
+    assert second_look(failed, Verification(RETRY_INLIERS, 30, found)).inliers == RETRY_INLIERS
+    assert second_look(failed, Verification(RETRY_INLIERS - 1, 30, found)) is failed
+    assert second_look(failed, Verification(40, 60, None, "no consistent transform")) is failed
+
+
+def test_search_verifies_a_captioned_flat_scene_by_a_second_look(tmp_path, embedder):
+    """A flat scene with a white caption bar added: its stretched levels differ from the stored
+    scene's and it keeps too few keypoints to verify at OpenCV's contrast threshold; the first
+    candidate's second look at a lower one verifies it with the caption bar as a border."""
+    scene = make_synthetic_image(0, 19)
+    captioned = apply_transforms(scene, ["caption:bottom:7"])
+    first = check(FeatureExtractor(), scene, captioned)
+    assert not first.verified
+    engine = engine_over(tmp_path, embedder, "scene.png", scene)
+    try:
+        top = engine.search_bytes(image_bytes(captioned), k=1)["results"][0]
+    finally:
+        engine.close()
+    verification = top["evidence"]["verification"]
+    assert top["source"].endswith("scene.png")
+    assert verification["verified"] and verification["inliers"] >= RETRY_INLIERS
+    assert verification["borders"]["bottom"] > 0.05
