@@ -235,6 +235,8 @@ def test_mirrored_sift_features_are_those_of_the_mirror_image(photo, extract):
 def test_bad_settings_name_the_value():
     with pytest.raises(ValueError, match="'surf'"):
         FeatureExtractor("surf")
+    with pytest.raises(ValueError, match="0 < contrast < 1.*, 0"):
+        FeatureExtractor(contrast=0)
     with pytest.raises(ValueError, match="-1"):
         FeatureCache(-1)
     with pytest.raises(ValueError, match="verify_top.*99"):
