@@ -47,10 +47,12 @@ from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, DUPLICATE, RANK, Judgemen
 from .verify import (
     MAX_SIDE,
     MIN_KEYPOINTS,
+    RETRY_CONTRAST,
     FeatureCache,
     FeatureExtractor,
     Features,
     Verification,
+    second_look,
     verdict_signals,
     verification_weight,
     verify,
@@ -134,6 +136,8 @@ class SearchEngine:
         self.part_views = bool(getattr(options, "part_views", True))
         self.features = FeatureExtractor()
         self.stored_features = FeatureCache(FEATURE_CACHE)
+        self.second_features = FeatureExtractor(contrast=RETRY_CONTRAST)
+        self.second_stored = FeatureCache(FEATURE_CACHE // 4)  # first candidates only
 
     @classmethod
     def open(cls, options, embedder, tta: str | None = None) -> SearchEngine:
@@ -366,12 +370,26 @@ class SearchEngine:
             if features is not None:
                 checked[candidate.row.id] = verify(query, features, mirror)
                 candidate.grey = query.grey and not features.grey
+        first = checked.get(wanted[0].row.id)
+        if first is not None and not first.verified:
+            checked[wanted[0].row.id] = self._second_look(decoded, wanted[0].row, first, found)
         return checked, len(query) < MIN_KEYPOINTS
+
+    def _second_look(self, decoded: DecodedImage, row, first: Verification, found: dict) -> Verification:
+        """The first candidate verified again at a lower contrast threshold (``second_look``)."""
+        if "second" not in found:
+            found["second"] = self.second_features.both(decoded.image, (decoded.width, decoded.height))
+        extract = self.second_features
+        stored = self.second_stored.get(row.id, lambda: self._stored_features(row, extract))
+        if stored is None:
+            return first
+        query, mirror = found["second"]
+        return second_look(first, verify(query, stored, mirror))
 
     def _cached_features(self, row) -> Features | None:
         return self.stored_features.get(row.id, lambda: self._stored_features(row))
 
-    def _stored_features(self, row) -> Features | None:
+    def _stored_features(self, row, extract: FeatureExtractor | None = None) -> Features | None:
         path = Path(self.options.images_dir) / row.stored_path
         try:
             data = read_file_bytes(path, self.options.max_image_bytes)
@@ -381,7 +399,7 @@ class SearchEngine:
         except (OSError, ImageError) as exc:
             LOG.warning("cannot verify against #%d (%s): %s", row.id, path, exc)
             return None
-        return self.features(image.image, (image.width, image.height))
+        return (extract or self.features)(image.image, (image.width, image.height))
 
     # evidence -----------------------------------------------------------------------------
 

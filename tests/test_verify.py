@@ -13,20 +13,34 @@ from PIL import Image, ImageDraw
 
 from conftest import make_options
 from imagegen import image_bytes, make_image
+from twice.augment.synthetic import make_synthetic_image
+from twice.augment.transforms import apply_transforms, bright, dark
 from twice.cli import main
 from twice.indexer import reindex
 from twice.search.engine import SearchEngine, check_verify_top
 from twice.search.explain import explain, verification_json
 from twice.search.report_html import evidence_html
 from twice.search.report_render import evidence_columns
+from twice.search.verdicts import (
+    DEFAULT_VERIFY_INLIERS,
+    DIFFERENT,
+    DUPLICATE,
+    IN_PLACE_FACTOR,
+    Thresholds,
+)
 from twice.search.verify import (
+    RETRY_INLIERS,
     VERIFIED_INLIERS,
     FeatureCache,
     FeatureExtractor,
+    Features,
     Geometry,
     Verification,
     distinct,
     mirrored,
+    second_look,
+    stretched,
+    verdict_signals,
     verify,
 )
 from twice.web import app as api
@@ -133,6 +147,52 @@ def test_orb_verifies_too(photo):
     assert result.verified and abs(result.geometry.angle - 10) <= ANGLE_TOL
 
 
+def unstretched(image: Image.Image) -> tuple[Features, Features]:
+    """SIFT on the grey image as it is (no levels stretched), and its mirror image's features."""
+    import cv2
+
+    grey = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    keypoints, descriptors = cv2.SIFT_create(1000).detectAndCompute(grey, None)
+    points = np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2)
+    descriptors = np.clip(descriptors, 0, 255).astype(np.uint8)
+    features = Features(points, descriptors, image.size, image.size, False)
+    return features, mirrored(features)
+
+
+@pytest.mark.parametrize(
+    ("index", "edit"),
+    [(19, lambda im: dark(im, 60)), (19, lambda im: bright(im, 90)), (25, lambda im: dark(im, 80))],
+    ids=["darker", "brighter", "darker-busier"],
+)
+def test_a_darkened_or_brightened_simple_scene_keeps_the_keypoints_to_verify(extract, index, edit):
+    """A flat synthetic scene darkened or brightened (its levels squeezed, clipped at one end)
+    keeps too few keypoints to verify on its grey levels as they are; stretched to the full
+    range, it keeps enough for a fit in place to verify with the inliers a duplicate in place
+    needs (three times ``verify_inliers``)."""
+    scene = make_synthetic_image(0, index)
+    copy = edit(scene)
+    query, mirror = unstretched(copy)
+    as_they_are = verify(query, unstretched(scene)[0], mirror)
+    ours = check(extract, scene, copy)
+    assert as_they_are.inliers < VERIFIED_INLIERS
+    assert ours.verified and not ours.reframed
+    assert ours.inliers >= IN_PLACE_FACTOR * DEFAULT_VERIFY_INLIERS
+    # a CNN score and a hash distance that say neither duplicate nor similar by themselves
+    verdicts = [Thresholds().judge(0.6, 20, structure=64, **verdict_signals(v)) for v in (as_they_are, ours)]
+    assert [v.verdict for v in verdicts] == [DIFFERENT, DUPLICATE] and verdicts[1].verified
+
+
+def test_levels_are_stretched_only_where_they_leave_room():
+    rng = np.random.default_rng(0)
+    darkened = rng.integers(0, 160, (60, 80)).astype(np.uint8)
+    assert stretched(darkened).max() == 255 and stretched(darkened).min() == 0
+    full = rng.integers(0, 256, (60, 80)).astype(np.uint8)
+    full[:6], full[-6:] = 0, 255  # lines on white: black and white both past the percentiles
+    flat = rng.integers(126, 131, (60, 80)).astype(np.uint8)  # noise is not made into detail
+    for unchanged in (full, flat):
+        assert np.array_equal(stretched(unchanged), unchanged)
+
+
 @pytest.mark.parametrize(
     ("edit", "reframed"),
     [
@@ -175,6 +235,8 @@ def test_mirrored_sift_features_are_those_of_the_mirror_image(photo, extract):
 def test_bad_settings_name_the_value():
     with pytest.raises(ValueError, match="'surf'"):
         FeatureExtractor("surf")
+    with pytest.raises(ValueError, match="0 < contrast < 1.*, 0"):
+        FeatureExtractor(contrast=0)
     with pytest.raises(ValueError, match="-1"):
         FeatureCache(-1)
     with pytest.raises(ValueError, match="verify_top.*99"):
@@ -431,3 +493,33 @@ def test_search_calls_a_recoloured_drawing_similar_and_a_brighter_copy_a_duplica
         assert brighter["source"].endswith("red.png") and brighter["verdict"] == "duplicate"
     finally:
         engine.close()
+
+
+# a second look ---------------------------------------------------------------------------------------
+
+
+def test_a_second_look_only_replaces_a_first_that_failed_when_it_verifies_with_enough_inliers():
+    failed = Verification(5, 9, None, "only 5 consistent matches")
+    found = Geometry(False, 0.0, 1.0, None, (0.0, 0.0, 0.0, 0.1))
+    assert second_look(failed, Verification(RETRY_INLIERS, 30, found)).inliers == RETRY_INLIERS
+    assert second_look(failed, Verification(RETRY_INLIERS - 1, 30, found)) is failed
+    assert second_look(failed, Verification(40, 60, None, "no consistent transform")) is failed
+
+
+def test_search_verifies_a_captioned_flat_scene_by_a_second_look(tmp_path, embedder):
+    """A flat scene with a white caption bar added: its stretched levels differ from the stored
+    scene's and it keeps too few keypoints to verify at OpenCV's contrast threshold; the first
+    candidate's second look at a lower one verifies it with the caption bar as a border."""
+    scene = make_synthetic_image(0, 19)
+    captioned = apply_transforms(scene, ["caption:bottom:7"])
+    first = check(FeatureExtractor(), scene, captioned)
+    assert not first.verified
+    engine = engine_over(tmp_path, embedder, "scene.png", scene)
+    try:
+        top = engine.search_bytes(image_bytes(captioned), k=1)["results"][0]
+    finally:
+        engine.close()
+    verification = top["evidence"]["verification"]
+    assert top["source"].endswith("scene.png")
+    assert verification["verified"] and verification["inliers"] >= RETRY_INLIERS
+    assert verification["borders"]["bottom"] > 0.05
