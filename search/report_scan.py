@@ -181,7 +181,8 @@ class DuplicateScan:
         the verdict (a fit that turns scores as search scores the member, ``turned_score``)."""
         checked = None
         if self.verifier is not None and verification_matters(self.thresholds, score, distance, structure):
-            checked = self.verifier(original, member)
+            # the member as a query finds its original first: search would look at it again
+            checked = self.verifier.second_look(original, member)
             score = turned_score(
                 self.views, self.thresholds, self.vector(original), member, score, None, checked
             )
@@ -464,6 +465,9 @@ def judge_pairs(
     checked = dict.fromkeys(range(n))
     for i in tqdm(wanted, desc="verifying pairs", unit="pair", disable=not progress):
         checked[i] = verifier(int(pairs.a[i]), int(pairs.b[i]))
+    unverified = [i for i in wanted if checked[i] is not None and not checked[i].verified]
+    for i in best_pairs(pairs, unverified):
+        checked[i] = verifier.second_look(int(pairs.a[i]), int(pairs.b[i]))
     for i, verification in checked.items():
         if views is not None and verification is not None:
             stored = xb[np.searchsorted(ids, pairs.a[i])]
@@ -478,6 +482,18 @@ def judge_pairs(
         pairs.verified[i] = judgement.verified
         pairs.duplicate[i] = judgement.verdict == DUPLICATE
         pairs.weight[i] = thresholds.weights.weight(score, distance) + verification_weight(verification)
+
+
+def best_pairs(pairs: Pairs, among: list[int]) -> list[int]:
+    """Those of pairs ``among`` that are an image's highest-scoring pair: where search, queried
+    with one image, finds the other first and looks at it again (``PairVerifier.second_look``)."""
+    n = len(pairs)
+    images = np.r_[pairs.a, pairs.b]
+    index = np.r_[np.arange(n), np.arange(n)]
+    order = np.lexsort((-np.r_[pairs.score, pairs.score], images))  # by image, best score first
+    first = np.r_[True, images[order][1:] != images[order][:-1]] if len(order) else order.astype(bool)
+    firsts = set(index[order][first].tolist())
+    return [i for i in among if i in firsts]
 
 
 def pair_signals(pairs: Pairs, i: int) -> tuple[float, int | None, int | None]:

@@ -19,7 +19,16 @@ from PIL import Image
 from twice.imageio import ImageError, decode_image, read_file_bytes
 from twice.indexer import Catalog
 
-from .verify import MAX_SIDE, FeatureCache, FeatureExtractor, Features, Verification, verify
+from .verify import (
+    MAX_SIDE,
+    RETRY_CONTRAST,
+    FeatureCache,
+    FeatureExtractor,
+    Features,
+    Verification,
+    second_look,
+    verify,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -61,6 +70,8 @@ class PairVerifier:
         self.catalog = catalog
         self.extractor = FeatureExtractor()
         self.features = FeatureCache(capacity)
+        self.second_extractor = FeatureExtractor(contrast=RETRY_CONTRAST)
+        self.second_features = FeatureCache(max(1, capacity // 4))
         self.results: dict[tuple[int, int], Verification | None] = {}
         self._paths: dict[int, str] = {}
         self._unreadable: set[int] = set()
@@ -76,6 +87,20 @@ class PairVerifier:
                 checked = verify(got_query[0], got_stored[0], got_query[1])
             self.results[key] = checked
         return self.results[key]
+
+    def second_look(self, stored: int, query: int) -> Verification | None:
+        """The pair verified again at search's lower contrast threshold where the first look did
+        not verify (``search.verify.second_look``), as search looks again at its first candidate;
+        kept as the pair's result."""
+        first = self(stored, query)
+        if first is None or first.verified:
+            return first
+        got_stored, got_query = self.image_features(stored, True), self.image_features(query, True)
+        if got_stored is not None and got_query is not None:
+            self.results[(stored, query)] = second_look(
+                first, verify(got_query[0], got_stored[0], got_query[1])
+            )
+        return self.results[(stored, query)]
 
     def ran(self, a: int, b: int) -> Verification | None:
         """The pair's verification where it ran this run, either way round (None: it did not)."""
@@ -136,16 +161,20 @@ class PairVerifier:
     def runs(self) -> int:
         return sum(checked is not None for checked in self.results.values())
 
-    def image_features(self, image_id: int) -> tuple[Features, Features] | None:
-        """(features, mirror image's features) of a stored image; None when it cannot be read."""
+    def image_features(self, image_id: int, second: bool = False) -> tuple[Features, Features] | None:
+        """(features, mirror image's features) of a stored image, at the second look's contrast
+        where ``second``; None when it cannot be read."""
         if image_id in self._unreadable:
             return None
-        got = self.features.get(image_id, lambda: self._compute(image_id))
+        cache, extractor = (
+            (self.second_features, self.second_extractor) if second else (self.features, self.extractor)
+        )
+        got = cache.get(image_id, lambda: self._compute(image_id, extractor))
         if got is None:
             self._unreadable.add(image_id)
         return got
 
-    def _compute(self, image_id: int) -> tuple[Features, Features] | None:
+    def _compute(self, image_id: int, extractor: FeatureExtractor) -> tuple[Features, Features] | None:
         path = self.path(image_id)
         if path is None:
             LOG.warning("cannot verify against #%d: no catalog row", image_id)
@@ -158,4 +187,4 @@ class PairVerifier:
         except (OSError, ImageError) as exc:
             LOG.warning("cannot verify against #%d (%s): %s", image_id, path, exc)
             return None
-        return self.extractor.both(image.image, (image.width, image.height))
+        return extractor.both(image.image, (image.width, image.height))

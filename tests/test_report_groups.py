@@ -31,6 +31,7 @@ from twice.search.report_render import report_csv
 from twice.search.report_scan import scan_duplicates
 from twice.search.report_verify import is_enlargement
 from twice.search.verdicts import Thresholds
+from twice.search.verify import RETRY_INLIERS
 
 DIM = 64
 MODEL = "test-model-v1"
@@ -374,3 +375,31 @@ def test_a_recoloured_drawing_whose_hash_matches_is_no_duplicate_in_the_report_o
     finally:
         engine.close()
         catalog.close()
+
+
+def test_the_report_looks_again_at_a_pair_as_search_looks_at_its_first_candidate(tmp_path):
+    """A flat scene and its captioned copy: too few keypoints to verify at OpenCV's contrast
+    threshold, verified by search's second look at its first candidate; the report looks again
+    at each image's best pair, so it groups them as search calls them (tests/test_verify.py)."""
+    from conftest import make_options
+
+    options = make_options(tmp_path / "data")
+    indexer = Indexer(options, MODEL, DIM)
+    rng = np.random.default_rng(4)
+    scene = make_synthetic_image(0, 19)
+    base = unit(rng.standard_normal(DIM).astype(np.float32))
+    ids = {}
+    planted = {"scene": (scene, base), "captioned": (apply_transform(scene, "caption:bottom:7"), None)}
+    planted["other"] = (make_synthetic_image(5, 2), unit(rng.standard_normal(DIM).astype(np.float32)))
+    for name, (image, vector) in planted.items():
+        row = indexer.add_bytes(image_bytes(image), f"/folder/{name}.png").row
+        vector = at_score(base, 0.8, rng) if vector is None else vector  # the uncertain band
+        indexer.add_vectors(np.array([row.id]), vector[None, :])
+        ids[name] = row.id
+    indexer.save()
+    indexer.close()
+    report = build_report(options)
+    (group,) = report["groups"]
+    assert {m["id"] for m in group["members"]} == {ids["scene"], ids["captioned"]}
+    verification = group["members"][1]["evidence"]["verification"]  # against the group's original
+    assert verification["verified"] and verification["inliers"] >= RETRY_INLIERS
