@@ -98,13 +98,6 @@ IN_PLACE_FACTOR = 3
 # while crops and screenshots the CNN scores 0.23-0.53 keep 11-55 (docs/verification.md).
 REFRAMED_INLIERS = 12
 REFRAMED_FLOOR = 0.2
-# A stored image too plain to verify against (under 12 keypoints: a flag, a LED, a button) is
-# a duplicate on the CNN alone from this score: plain shapes of one kind score 0.80-0.97 alike
-# (a letter L and the Hungarian flag 0.97; hue-shifted ones are caught by the colour check), a
-# bordered or stretched flag 0.99-1.00. Replayed on 999 never-indexed drawings, 398 copies of
-# indexed drawings and 1,080 photo-like copies: the same 109 wrong answers, 3 + 4 more copies
-# found (docs/verification.md).
-PLAIN_CNN_DUPLICATE = 0.98
 VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no geometric match
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
@@ -377,11 +370,11 @@ class Thresholds:
             # set (the letters S and s, N and Ñ). A fit in place with fewer inliers than a
             # verified duplicate needs still backs the CNN's duplicate.
             verdict, demoted = SIMILAR, True
-        elif verdict == DUPLICATE and plain and hashed != DUPLICATE and score < PLAIN_CNN_DUPLICATE:
+        elif verdict == DUPLICATE and plain and hashed != DUPLICATE:
             # The stored image is too plain to verify anything against (a LED, a flag, an arrow:
             # under 12 keypoints) and only the CNN says duplicate: it calls plain shapes of one
-            # kind alike (a red and an orange LED at 0.80). A hash match or a CNN score from
-            # ``PLAIN_CNN_DUPLICATE`` still makes it.
+            # kind alike (a red and an orange LED at 0.80, the flags of Yemen and Poland at
+            # 1.000). A hash match still makes it.
             verdict, demoted = SIMILAR, True
         if demoted and warped and cnn == DUPLICATE:
             # The similarity fit found too little, but a stretched or perspective fit verified
