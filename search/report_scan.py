@@ -465,8 +465,7 @@ def judge_pairs(
     checked = dict.fromkeys(range(n))
     for i in tqdm(wanted, desc="verifying pairs", unit="pair", disable=not progress):
         checked[i] = verifier(int(pairs.a[i]), int(pairs.b[i]))
-    unverified = [i for i in wanted if checked[i] is not None and not checked[i].verified]
-    for i in best_pairs(pairs, unverified):
+    for i in wanted:  # where the first look did not verify, as search looks at its first candidate
         checked[i] = verifier.second_look(int(pairs.a[i]), int(pairs.b[i]))
     for i, verification in checked.items():
         if views is not None and verification is not None:
@@ -482,18 +481,6 @@ def judge_pairs(
         pairs.verified[i] = judgement.verified
         pairs.duplicate[i] = judgement.verdict == DUPLICATE
         pairs.weight[i] = thresholds.weights.weight(score, distance) + verification_weight(verification)
-
-
-def best_pairs(pairs: Pairs, among: list[int]) -> list[int]:
-    """Those of pairs ``among`` that are an image's highest-scoring pair: where search, queried
-    with one image, finds the other first and looks at it again (``PairVerifier.second_look``)."""
-    n = len(pairs)
-    images = np.r_[pairs.a, pairs.b]
-    index = np.r_[np.arange(n), np.arange(n)]
-    order = np.lexsort((-np.r_[pairs.score, pairs.score], images))  # by image, best score first
-    first = np.r_[True, images[order][1:] != images[order][:-1]] if len(order) else order.astype(bool)
-    firsts = set(index[order][first].tolist())
-    return [i for i in among if i in firsts]
 
 
 def pair_signals(pairs: Pairs, i: int) -> tuple[float, int | None, int | None]:

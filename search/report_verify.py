@@ -90,8 +90,8 @@ class PairVerifier:
 
     def second_look(self, stored: int, query: int) -> Verification | None:
         """The pair verified again at search's lower contrast threshold where the first look did
-        not verify (``search.verify.second_look``), as search looks again at its first candidate;
-        kept as the pair's result."""
+        not verify (``search.verify.second_look``), as search looks again at its first candidate
+        (a pair's image, queried, finds the other first); kept as the pair's result."""
         first = self(stored, query)
         if first is None or first.verified:
             return first

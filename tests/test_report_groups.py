@@ -380,7 +380,8 @@ def test_a_recoloured_drawing_whose_hash_matches_is_no_duplicate_in_the_report_o
 def test_the_report_looks_again_at_a_pair_as_search_looks_at_its_first_candidate(tmp_path):
     """A flat scene and its captioned copy: too few keypoints to verify at OpenCV's contrast
     threshold, verified by search's second look at its first candidate; the report looks again
-    at each image's best pair, so it groups them as search calls them (tests/test_verify.py)."""
+    at a pair the first look did not verify, so it groups them as search calls them
+    (tests/test_verify.py)."""
     from conftest import make_options
 
     options = make_options(tmp_path / "data")
