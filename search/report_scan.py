@@ -464,8 +464,8 @@ def judge_pairs(
         verifier.prefetch(np.r_[pairs.a[wanted], pairs.b[wanted]].tolist())
     checked = dict.fromkeys(range(n))
     for i in tqdm(wanted, desc="verifying pairs", unit="pair", disable=not progress):
-        checked[i] = verifier(int(pairs.a[i]), int(pairs.b[i]))
-    for i in wanted:  # where the first look did not verify, as search looks at its first candidate
+        # the first look, and the second where it did not verify, as search looks again at its
+        # first candidate (``PairVerifier.second_look``)
         checked[i] = verifier.second_look(int(pairs.a[i]), int(pairs.b[i]))
     for i, verification in checked.items():
         if views is not None and verification is not None:
