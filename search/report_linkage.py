@@ -31,9 +31,9 @@ DEFAULT_LINKAGE = "original"
 ORIGINAL_RULE = (
     "most duplicates in the group that keep its frame (verified as the whole picture, not cropped,"
     " bordered, tilted or stretched); among those tied on that, not a smaller one's enlargement,"
-    " then most images of the group that are duplicates of it (each judged against it as search"
-    " would judge it), then most duplicates in the group, then largest resolution (width x"
-    " height), then earliest added_at, then smallest id"
+    " then (where that count is not 0) most images of the group that are duplicates of it (each"
+    " judged against it as search would judge it), then most duplicates in the group, then largest"
+    " resolution (width x height), then earliest added_at, then smallest id"
 )
 
 IsDuplicate = Callable[[int, int], bool]  # (original, member) -> whether a duplicate pair
@@ -76,17 +76,24 @@ def choose_original(
     top = framed.get(ordered[0].id, 0)
     tied = [row for row in ordered if framed.get(row.id, 0) == top]
     if enlarged is not None:
-        area = {row.id: row.width * row.height for row in tied}
-        tied = [
-            row
-            for row in tied
-            if not any(area[other.id] < area[row.id] and enlarged(row.id, other.id) for other in tied)
-        ] or tied
-    if kept is None or len(tied) == 1 or top == 0:
-        # no pair verified as the whole picture: nothing says which image the others copy
+        tied = not_enlargements(tied, enlarged)
+    if kept is None or top == 0 or len(tied) == 1:
+        # top 0: no pair verified as the whole picture, nothing tells which image the others copy
         return tied[0]
     counts = {row.id: kept(row.id) for row in tied}
     return min(tied, key=lambda row: -counts[row.id])  # min keeps the first of equals: the rule's
+
+
+def not_enlargements(rows: list, enlarged: Enlarged) -> list:
+    """``rows`` less each one ``enlarged`` says is an enlargement of a smaller one of them (all of
+    them where every one is)."""
+    area = {row.id: row.width * row.height for row in rows}
+    kept = [
+        row
+        for row in rows
+        if not any(area[other.id] < area[row.id] and enlarged(row.id, other.id) for other in rows)
+    ]
+    return kept or rows
 
 
 def partners_within(
