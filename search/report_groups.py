@@ -14,7 +14,7 @@ from twice.hashing import HASH_BITS
 from twice.indexer import Catalog, ImageRow
 
 from .pairs import chains_from
-from .report_linkage import Enlarged, Kept, choose_original, partners_within
+from .report_linkage import Enlarged, Kept, choose_original, leads_with_original, partners_within
 from .report_scan import DuplicateScan
 from .verdicts import RANK
 
@@ -196,11 +196,14 @@ def member_rank(member: dict) -> tuple:
 
 def describe_group(group, rows, parents, scan, options, include_variants: bool) -> dict:
     """One group: the original first, then the others in search's order against it."""
-    partners = partners_within(group, scan.graph)
-    framed = partners_within(group, scan.graph, scan.keeps_frame)
-    original = pick_original(
-        [rows[i] for i in group], partners, framed, scan.enlarged, scan.duplicates_of(group)
-    )
+    if leads_with_original(scan.linkage):
+        original = rows[group[0]]  # the one its members were judged against
+    else:
+        partners = partners_within(group, scan.graph)
+        framed = partners_within(group, scan.graph, scan.keeps_frame)
+        original = pick_original(
+            [rows[i] for i in group], partners, framed, scan.enlarged, scan.duplicates_of(group)
+        )
     expected = known_variants(group, parents) - {original.id}
     chains = chains_from(original.id, scan.graph)
     others = []

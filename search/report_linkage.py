@@ -122,7 +122,9 @@ def link_groups(
     is_duplicate: IsDuplicate,
     original_of: OriginalOf,
 ) -> list[list[int]]:
-    """Groups of the duplicate pairs (a[i], b[i]) by ``linkage``: sorted id lists, largest first.
+    """Groups of the duplicate pairs (a[i], b[i]) by ``linkage``, largest first: each the
+    original its members were judged against, then the others by id (``single``: sorted ids,
+    no original judged).
 
     ``weights[i]``: the evidence of pair i (``split`` drops the weakest first).
     """
@@ -134,7 +136,12 @@ def link_groups(
     else:
         weight = {(x, y): w for x, y, w in zip(list(a), list(b), list(weights), strict=True)}
         groups = split_weakest(components, weight, is_duplicate, original_of)
-    return sorted((sorted(g) for g in groups), key=lambda g: (-len(g), g[0]))
+    return sorted(([g[0], *sorted(g[1:])] for g in groups), key=lambda g: (-len(g), min(g)))
+
+
+def leads_with_original(linkage: str) -> bool:
+    """Whether ``link_groups`` puts each group's original first (every linkage but single)."""
+    return check_linkage(linkage) != "single"
 
 
 def around_originals(
@@ -166,8 +173,9 @@ def split_weakest(
     while todo:
         component = todo.pop()
         original = original_of(component)
-        if all(is_duplicate(original, i) for i in component if i != original):
-            groups.append(component)
+        others = [i for i in component if i != original]
+        if all(is_duplicate(original, i) for i in others):
+            groups.append([original, *others])
             continue
         members = set(component)
         edges = sorted(

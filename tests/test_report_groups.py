@@ -255,6 +255,9 @@ def test_complete_linkage_keeps_only_duplicates_of_the_original():
     assert link_groups(a, b, np.ones(3), "single", is_duplicate, min) == [[1, 2, 3, 4]]
     # Splitting at the weakest link drops 2-3 (the weakest) and keeps both pairs.
     assert link_groups(a, b, np.array([5.0, 1.0, 5.0]), "split", is_duplicate, min) == [[1, 2], [3, 4]]
+    # Each group leads with the original its members were judged against, for the report to show.
+    assert link_groups(a, b, np.ones(3), "original", is_duplicate, max) == [[2, 1], [4, 3]]
+    assert link_groups(a, b, np.array([5.0, 1.0, 5.0]), "split", is_duplicate, max) == [[2, 1], [4, 3]]
     with pytest.raises(ValueError, match="linkage must be one of .*'chain'"):
         link_groups(a, b, np.ones(3), "chain", is_duplicate, min)
 
