@@ -99,6 +99,15 @@ IN_PLACE_FACTOR = 3
 REFRAMED_INLIERS = 12
 REFRAMED_FLOOR = 0.2
 VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no geometric match
+# A fit that reframes the picture makes a duplicate only when the two images, aligned by it,
+# agree (``search.verify.agreement``: the correlation of their grey levels inside the overlap)
+# at least this well. Different drawings of one set (icons of one theme, pictograms, boats of
+# one series) fit a shared part reframed and differ around it: 9 of the 22 never-indexed
+# drawings that verification alone called duplicate agree 0.28-0.67, while no reframed copy
+# that verification alone made a duplicate agreed under 0.71 (clip-art copies of every edit
+# family, the quality bench's photo copies). A fit in place is not held to it: an overlay or a
+# sticker over a copy lowers its agreement to 0.24-0.58 (docs/verification.md).
+REFRAMED_AGREEMENT = 0.7
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
 # Default evidence weights, until calibration measures them: one bit of hash distance is one
@@ -319,6 +328,7 @@ class Thresholds:
         plain: bool = False,
         recoloured: bool = False,
         warped: bool = False,
+        agreement: float | None = None,
     ) -> Judgement:
         """The combined verdict: exact bytes, else the strongest of hash, CNN and verification.
 
@@ -329,7 +339,9 @@ class Thresholds:
         itself had; ``recoloured`` whether both are in colour in different hues
         (``search.verify.verdict_signals`` gives the last six from a verification); ``warped``
         whether a fallback fit (an affine transform or a homography: a stretch, a keystone)
-        verified the pair where the similarity fit did not.
+        verified the pair where the similarity fit did not; ``agreement`` how well the two
+        images agree once aligned by the fit (None: not measured), which a reframing fit needs
+        (``REFRAMED_AGREEMENT``) to make a duplicate.
         """
         cnn, hashed = self.verdict(score, margin), self.hash_verdict(distance)
         low = self.is_low_structure(structure)
@@ -342,6 +354,7 @@ class Thresholds:
             and inliers >= needed
             and score >= self.verify_floor(inliers, reframed)
             and not recoloured
+            and not (reframed and agreement is not None and agreement < REFRAMED_AGREEMENT)
         )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False

@@ -26,6 +26,7 @@ from twice.search.verdicts import (
     DIFFERENT,
     DUPLICATE,
     IN_PLACE_FACTOR,
+    REFRAMED_AGREEMENT,
     Thresholds,
 )
 from twice.search.verify import (
@@ -523,3 +524,63 @@ def test_search_verifies_a_captioned_flat_scene_by_a_second_look(tmp_path, embed
     assert top["source"].endswith("scene.png")
     assert verification["verified"] and verification["inliers"] >= RETRY_INLIERS
     assert verification["borders"]["bottom"] > 0.05
+
+
+# aligned agreement -------------------------------------------------------------------------------
+
+
+def pasted(left: Image.Image, right: Image.Image, split: int) -> Image.Image:
+    """``left``'s columns up to ``split`` beside ``right``'s from there on: two pictures sharing a part."""
+    out = right.copy()
+    out.paste(left.crop((0, 0, split, left.height)), (0, 0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_photo() -> Image.Image:
+    return Image.fromarray(skimage.data.chelsea()).resize((320, 320), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda im: im.crop((60, 0, 320, 320)),
+        lambda im: tilted(im, 10, (255, 255, 255)).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        lambda im: apply_transforms(im, ["caption:bottom:0"]),
+    ],
+)
+def test_a_copy_agrees_with_its_original_once_aligned(photo, extract, edit):
+    checked = check(extract, photo, edit(photo))
+    assert checked.verified and checked.agreement is not None and checked.agreement > 0.9
+
+
+def test_a_picture_sharing_only_a_part_disagrees_once_aligned(photo, other_photo, extract):
+    # the astronaut's columns 60-200 moved to the left edge, another photo beside them
+    shared = pasted(photo.crop((60, 0, 320, 320)), other_photo, 140)
+    checked = check(extract, photo, shared)
+    assert checked.verified and checked.reframed
+    assert checked.inliers >= 2 * DEFAULT_VERIFY_INLIERS  # enough for a duplicate at any CNN score
+    assert checked.agreement is not None and checked.agreement < REFRAMED_AGREEMENT
+
+
+def test_a_reframed_fit_makes_a_duplicate_only_where_the_aligned_images_agree(photo, other_photo, extract):
+    """At a CNN score far below the duplicate cut, only verification can say duplicate: the crop
+    does, the photo that shares a part with the original does not."""
+    thresholds, score = Thresholds(), 0.4
+    crop = check(extract, photo, photo.crop((60, 0, 320, 320)))
+    shared = check(extract, photo, pasted(photo.crop((60, 0, 320, 320)), other_photo, 140))
+    assert thresholds.judge(score, **verdict_signals(crop)).verdict == DUPLICATE
+    judged = thresholds.judge(score, **verdict_signals(shared))
+    assert judged.verdict != DUPLICATE and not judged.verified
+    # the same fit without its agreement measured: verification alone would make it a duplicate
+    unmeasured = verdict_signals(replace(shared, agreement=None))
+    assert thresholds.judge(score, **unmeasured).verdict == DUPLICATE
+
+
+def test_a_fit_in_place_is_not_held_to_agreement(photo, extract):
+    """A sticker or a text overlay over a copy lowers its agreement; a fit that leaves the picture
+    in place keeps its say (IN_PLACE_FACTOR inliers needed already)."""
+    checked = check(extract, photo, photo)
+    low = replace(checked, agreement=0.1)
+    assert not low.reframed
+    assert Thresholds().judge(0.4, **verdict_signals(low)).verdict == DUPLICATE
