@@ -103,10 +103,11 @@ VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no ge
 # agree (``search.verify.agreement``: the correlation of their grey levels inside the overlap)
 # at least this well. Different drawings of one set (icons of one theme, pictograms, boats of
 # one series) fit a shared part reframed and differ around it: 9 of the 22 never-indexed
-# drawings that verification alone called duplicate agree 0.28-0.67, while no reframed copy
-# that verification alone made a duplicate agreed under 0.71 (clip-art copies of every edit
-# family, the quality bench's photo copies). A fit in place is not held to it: an overlay or a
-# sticker over a copy lowers its agreement to 0.24-0.58 (docs/verification.md).
+# drawings that verification alone called duplicate agree 0.28-0.67; the 28 reframed clip-art
+# copies it made duplicates agree from 0.71, 5 of 182 reframed photo copies under the CNN cut
+# 0.35-0.61 (a perspective or stretch that the similarity fit only approximates). A fit in
+# place is not held to it: an overlay or a sticker over a copy lowers its agreement to 0.24-0.58
+# (docs/verification.md).
 REFRAMED_AGREEMENT = 0.7
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
