@@ -113,6 +113,7 @@ class ReindexSummary:
     vectors: int = 0
     model_version: str = ""
     seconds: float = 0.0
+    model_seconds: float = 0.0  # of ``seconds``, building the network (first use only)
     hashed: int = 0  # older rows given a perceptual hash
     workers: int = 0
     stages: StageTimes = field(default_factory=StageTimes)
@@ -120,7 +121,8 @@ class ReindexSummary:
     @property
     def images_per_s(self) -> float:
         embedded = self.added + self.embedded_pending
-        return embedded / self.seconds if self.seconds else 0.0
+        working = self.seconds - self.model_seconds
+        return embedded / working if working > 0 else 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -141,7 +143,9 @@ class ReindexSummary:
             + (" (new model version: full re-embed)" if self.rebuilt else ""),
             f"index: {self.vectors} vectors, model {self.model_version}",
             *([f"computed perceptual hashes of {self.hashed} older catalog images"] if self.hashed else []),
-            f"took {self.seconds:.1f}s ({self.images_per_s:.1f} images/s)",
+            f"took {self.seconds:.1f}s ({self.images_per_s:.1f} images/s"
+            + (f"; {self.model_seconds:.1f}s of it building the model" if self.model_seconds >= 0.1 else "")
+            + ")",
             *([self.stages.line(self.workers)] if embedded else []),
         ]
 
@@ -351,6 +355,7 @@ def reindex(
 ) -> ReindexSummary:
     """Bring the index up to date with the catalog and the given files and folders."""
     started = time.monotonic()
+    built_before = getattr(embedder, "loaded", True)  # a DeferredEmbedder builds on first use
     files = scan_files(paths)
     indexer = Indexer(options, embedder.version, embedder.dim)
     summary = ReindexSummary(rebuilt=indexer.rebuilding, model_version=embedder.version)
@@ -366,6 +371,8 @@ def reindex(
     finally:
         indexer.close()
     summary.seconds = time.monotonic() - started
+    if not built_before:
+        summary.model_seconds = getattr(embedder, "load_seconds", 0.0)
     return summary
 
 
@@ -417,11 +424,17 @@ def _add_new_files(indexer, embedder, options, files, summary, checkpointer, pro
                 pending.result()  # one batch in flight: errors surface, memory stays bounded
             pending = writer.submit(_write_batch, indexer, batch, new, xb, summary)
             bar.update(len(batch))
-            bar.set_postfix(added=summary.added, skipped=sum(summary.skipped.values()))
+            _show_counts(bar, summary)
             checkpointer.maybe_save()
         if pending is not None:
             pending.result()
+    _show_counts(bar, summary)  # the last batch's counts: written after the loop
     bar.close()
+
+
+def _show_counts(bar: tqdm, summary: ReindexSummary) -> None:
+    """The counts of the batches written so far (one batch is written beside the next)."""
+    bar.set_postfix(added=summary.added, skipped=sum(summary.skipped.values()))
 
 
 def _write_batch(indexer: Indexer, batch: list[dict], new: list[dict], xb, summary: ReindexSummary) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ class DeferredEmbedder:
         self._load = load
         self._lock = threading.Lock()
         self._loaded: Any = None
+        self.load_seconds = 0.0  # how long building it took (the int8 network's first build included)
 
     @property
     def loaded(self) -> bool:
@@ -33,7 +35,9 @@ class DeferredEmbedder:
         """The embedder itself, built now if it was not yet."""
         with self._lock:
             if self._loaded is None:
+                started = time.perf_counter()
                 built = self._load()
+                self.load_seconds = time.perf_counter() - started
                 if built.version != self.version:
                     raise RuntimeError(
                         f"the checkpoint's header says model {self.version}, the network built"

@@ -221,6 +221,9 @@ class OrtNet:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: reindex's decode worker shares these cores,
+        # and spinning threads starve it (reindex 79.5 -> 85.3 images/s, bare rate unchanged).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

@@ -53,6 +53,7 @@ from twice.indexer.batches import iter_batches
 from .report_hashes import StoredViews
 from .verdicts import (
     CLEAR_OFF,
+    DEFAULT_LOW_STRUCTURE,
     HASH_DISTANCES,
     HASH_OFF,
     MAX_WEIGHT,
@@ -310,18 +311,27 @@ def fit_thresholds(
     similar_precision: float = DEFAULT_SIMILAR_PRECISION,
     gap: np.ndarray | None = None,
     margin: np.ndarray | None = None,
+    structure: np.ndarray | None = None,
 ) -> Fit:
     """Fit the duplicate rule for ``precision`` (with the clear-match rule when pairs come with
-    their ``margin``), then the similar rule around it, and the weights."""
+    their ``margin``), then the similar rule around it, and the weights.
+
+    With each pair's query ``structure``, a hash match on a low-structure query counts for the
+    duplicate rule as search counts it: not at all (``Thresholds.judge`` makes it similar at
+    most). Otherwise the low-structure drawings whose hashes match (stars of one series, plain
+    icons) would be charged to the hash rule, and the fit would drop the hash altogether, along
+    with the blurred, rescaled and re-encoded copies only the hash calls duplicates.
+    """
     precision = check_precision(precision)
     similar_precision = check_precision(similar_precision, "similar precision")
     if similar_precision > precision:
         raise ValueError(
             f"similar precision {similar_precision} must not exceed duplicate precision {precision}"
         )
-    duplicate = fit_rule(labels, cnn, dist, precision)
+    strong = strong_distances(dist, structure)
+    duplicate = fit_rule(labels, cnn, strong, precision)
     if margin is not None:
-        duplicate = add_clear_rule(duplicate, labels, cnn, dist, margin)
+        duplicate = add_clear_rule(duplicate, labels, cnn, strong, margin)
     similar = fit_rule(
         labels, cnn, dist, similar_precision, hash_floor=duplicate.hash_max, ceiling=duplicate.cnn_min
     )
@@ -335,20 +345,40 @@ def fit_thresholds(
 def fit_pairs(pairs: Pairs, precision: float, similar_precision: float = DEFAULT_SIMILAR_PRECISION) -> Fit:
     """``fit_thresholds`` on scored pairs, with every signal they carry."""
     return fit_thresholds(
-        pairs.labels, pairs.cnn, pairs.dist, precision, similar_precision, pairs.gap, pairs.margin
+        pairs.labels,
+        pairs.cnn,
+        pairs.dist,
+        precision,
+        similar_precision,
+        pairs.gap,
+        pairs.margin,
+        pairs.structure,
     )
+
+
+def strong_distances(dist: np.ndarray, structure: np.ndarray | None) -> np.ndarray:
+    """Hash distances as the duplicate rule counts them: a match on a low-structure query
+    (``Thresholds.is_low_structure``) is none, since search makes it similar at most."""
+    if structure is None:
+        return dist
+    return np.where(np.asarray(structure) < DEFAULT_LOW_STRUCTURE, NO_HASH, dist)
 
 
 def rule_scores(thresholds: Thresholds, pairs: Pairs) -> dict:
     """Duplicate precision and recall of ``thresholds`` (``Thresholds.judge``) on scored pairs."""
-    margins = pairs.margin if pairs.margin is not None else [None] * len(pairs.labels)
+    unknown = [None] * len(pairs.labels)
+    margins = pairs.margin if pairs.margin is not None else unknown
+    structures = pairs.structure if pairs.structure is not None else unknown
     said = np.array(
         [
             thresholds.judge(
-                float(c), None if d >= NO_HASH else int(d), margin=None if m is None else float(m)
+                float(c),
+                None if d >= NO_HASH else int(d),
+                margin=None if m is None else float(m),
+                structure=None if st is None else int(st),
             ).verdict
             == "duplicate"
-            for c, d, m in zip(pairs.cnn, pairs.dist, margins, strict=True)
+            for c, d, m, st in zip(pairs.cnn, pairs.dist, margins, structures, strict=True)
         ],
         bool,
     )
@@ -451,6 +481,7 @@ class Pairs:
     gap: np.ndarray | None = None  # the query's best CNN score over other images, minus this one
     # This score minus the query's best over a third family (neither side's): the clear margin.
     margin: np.ndarray | None = None
+    structure: np.ndarray | None = None  # the query's hash structure, as search judges with it
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -541,7 +572,8 @@ def collect_pairs(
                 result.skipped[item["error"].reason] += 1
                 LOG.warning("skipped query image %d: %s", item["id"], item["error"])
         if good:
-            result.add_batch([g["id"] for g in good], np.stack([g["hashes"] for g in good]))
+            ids = [g["id"] for g in good]
+            result.add_batch(ids, np.stack([g["hashes"] for g in good]), [g["structure"] for g in good])
         bar.update(len(batch))
     bar.close()
     return result.pairs()
@@ -556,6 +588,7 @@ class _PairCollector:
         self.right: list[int] = []
         self.labels: list[bool] = []
         self.query_hashes: dict[int, np.ndarray] = {}
+        self.query_structure: dict[int, int] = {}
         self.best_other: dict[int, float] = {}
         self.context: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}  # query -> roots, scores, floor
         self.skipped: Counter = Counter()
@@ -563,17 +596,18 @@ class _PairCollector:
         self.all_ids = self.all_ids[np.isin(self.all_ids, view.ids)]
         self.family_size = Counter(view.root(i) for i in view.stored)
 
-    def add_batch(self, ids: list[int], hashes: np.ndarray) -> None:
+    def add_batch(self, ids: list[int], hashes: np.ndarray, structures: list[int]) -> None:
         view = self.view
         xq = view.vector(np.asarray(ids, np.int64))
         # Deep enough that a third family shows up after the query's and another's.
         depth = min(len(view.ids), self.k + 2 * max(self.family_size.values()))
         D, I = view.vectors.search(xq, depth)
-        for row, (image_id, qh) in enumerate(zip(ids, hashes, strict=True)):
+        for row, (image_id, qh, structure) in enumerate(zip(ids, hashes, structures, strict=True)):
             if is_flat(qh[0]) or image_id in view.flat:
                 self.skipped["flat"] += 1
                 continue
             self.query_hashes[image_id] = qh
+            self.query_structure[image_id] = structure
             # What search compares each score with: the best one among the other images.
             others_found = (I[row] >= 0) & (I[row] != image_id)
             self.best_other[image_id] = float(D[row][others_found].max()) if others_found.any() else 1.0
@@ -616,9 +650,10 @@ class _PairCollector:
         pairs = zip(left.tolist(), right.tolist(), strict=True)
         third = np.array([self._third_family(a, b) for a, b in pairs], np.float64)
         margin = cnn - third if len(left) else np.zeros(0)
+        structure = np.array([self.query_structure[a] for a in left.tolist()], np.int64)
         return Pairs(
             np.asarray(self.labels, bool), cnn.astype(np.float64), dist, transforms, self.skipped,
-            len(self.query_hashes), gap, margin.astype(np.float64),
+            len(self.query_hashes), gap, margin.astype(np.float64), structure,
         )  # fmt: skip
 
     def _third_family(self, query: int, other: int) -> float:
@@ -640,7 +675,7 @@ def transform_name(spec: str | None) -> str:
 
 
 def recall_by_transform(pairs: Pairs, point: OperatingPoint) -> dict[str, float]:
-    fired = point.fires(pairs.cnn, pairs.dist, pairs.margin)
+    fired = point.fires(pairs.cnn, strong_distances(pairs.dist, pairs.structure), pairs.margin)
     totals, hits = Counter(), Counter()
     for label, spec, hit in zip(pairs.labels, pairs.transforms, fired, strict=True):
         if label:

@@ -646,3 +646,31 @@ def test_quality_cnn_only_runs_the_cnn_column_on_its_own_index(tmp_path):
     config = QualityConfig(search=False, random_init=False, phash=False)
     (cnn,) = make_methods(config, make_options(tmp_path / "data"))
     assert (cnn.name, cnn.mode, cnn.base) == ("CNN (random)", "cnn", None)
+
+
+def test_quality_tells_crop_recall_per_band_of_area_kept(tmp_path):
+    from bench.metrics import MethodScores, QueryOutcome
+    from bench.quality import crop_area, crop_by_area
+    from bench.sources import BenchSet, Query
+
+    assert crop_area(("cropbox:0.55:1.2:0.1:0.9",)) == 0.55
+    assert crop_area(("tilt:7:black", "cropbox:0.3:1:0:0")) == 0.3
+    assert crop_area(("tilt:7:black",)) is None
+    original = tmp_path / "a.jpg"
+    drawn = [
+        ("crop", "cropbox:0.35:1:0:0", 1),
+        ("crop", "cropbox:0.5:1:0:0", 2),
+        ("crop", "cropbox:0.59:1:0:0", 1),
+    ]
+    drawn += [("crop", "cropbox:0.6:1:1:1", 1), ("combo of 2", "cropbox:0.9:1:0:0", None)]
+    queries = [
+        Query(tmp_path / f"q{i}.jpg", original, edit, (spec,)) for i, (edit, spec, _) in enumerate(drawn)
+    ]
+    bench_set = BenchSet(tmp_path, [original], [], [], queries, [], {}, {})
+    scores = MethodScores("twice search", "")
+    scores.outcomes = [QueryOutcome(edit, rank, 0.9, rank == 1) for edit, _, rank in drawn]
+    bands = crop_by_area(bench_set, scores)
+    assert list(bands) == ["under 40 %", "40-60 %", "60 % or more"]  # the combo's crop is no crop row
+    assert [bands[b]["n"] for b in bands] == [1, 2, 1]
+    assert bands["40-60 %"]["recall@1"] == 0.5 and bands["40-60 %"]["recall@5"] == 1.0
+    assert bands["60 % or more"]["duplicate_recall"] == 1.0

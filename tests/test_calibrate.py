@@ -80,6 +80,25 @@ def test_random_weights_regime_the_hash_decides():
     assert thresholds.similar <= thresholds.duplicate == 1.0
 
 
+def test_low_structure_hash_matches_do_not_cost_the_hash_rule():
+    # Blurred copies of photos match their original's hash at 0 bits and the CNN is unsure of
+    # them; so are pairs of different plain drawings (low structure), which search never calls
+    # duplicates on the hash alone. Charged to the hash rule they would drop it.
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(300, bool), np.zeros(3000, bool)]
+    cnn = np.r_[rng.uniform(0.5, 0.7, 300), rng.uniform(0.4, 0.7, 3000)]
+    dist = np.r_[np.zeros(300, int), rng.integers(10, 31, 3000)]
+    dist[300:400] = 0  # 100 different drawings with one hash
+    structure = np.full(len(labels), 40)
+    structure[300:400] = 5
+    blind = fit_thresholds(labels, cnn, dist, 0.99, 0.9)
+    assert blind.duplicate.hash_max == -1  # 300 / 400 = 0.75 precision at hash 0
+    fit = fit_thresholds(labels, cnn, dist, 0.99, 0.9, structure=structure)
+    assert fit.duplicate.hash_max == 0
+    assert fit.duplicate.recall == 1.0
+    assert fit.similar.hash_max >= 0  # a weak match still says similar
+
+
 def test_hash_and_cnn_together_beat_either_alone():
     rng = np.random.default_rng(3)
     # Half the positives are hash-close (lossless turns), half only CNN-close (crops).
@@ -446,7 +465,7 @@ def test_pair_margins_are_measured_against_a_third_family(tmp_path, options, emb
     hashes = {
         i: dihedral_hashes(Image.open(options.images_dir / view.stored[i]).convert("RGB")) for i in queries
     }
-    collector.add_batch(queries, np.stack([hashes[i] for i in queries]))
+    collector.add_batch(queries, np.stack([hashes[i] for i in queries]), [40] * len(queries))
     pairs = collector.pairs()
     catalog.close()
     # Brute force: every vector against every other, by family.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 import torch
 
 from imagegen import image_bytes, make_image, write_images
@@ -59,8 +60,12 @@ def test_a_rerun_with_nothing_to_embed_does_not_build_the_network(tmp_path, opti
     write_images(tmp_path / "in", 5)
     first = reindex([tmp_path / "in"], options, DeferredEmbedder(model_facts(options), build), progress=False)
     assert (first.added, len(builds)) == (5, 1)
+    # Its images/s leave out the network's build, which the summary states apart.
+    assert 0 < first.model_seconds < first.seconds
+    assert first.images_per_s == pytest.approx(5 / (first.seconds - first.model_seconds))
     again = reindex([tmp_path / "in"], options, DeferredEmbedder(model_facts(options), build), progress=False)
     assert (again.unchanged, again.added, again.vectors, len(builds)) == (5, 0, 5, 1)
+    assert again.model_seconds == 0.0
     assert again.model_version == first.model_version
 
 
