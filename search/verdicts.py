@@ -109,6 +109,10 @@ VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no ge
 # place is not held to it: an overlay or a sticker over a copy lowers its agreement to 0.24-0.58
 # (docs/verification.md).
 REFRAMED_AGREEMENT = 0.7
+# ... up to this many inliers: more shared geometry than wrong pairs of one set reach (up to
+# 37 reframed) is a copy even where something covers part of it (a crop with a sticker or a
+# caption over it keeps 299-338 inliers and agrees 0.56-0.61).
+AGREEMENT_INLIERS = 64
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
 # Default evidence weights, until calibration measures them: one bit of hash distance is one
@@ -355,7 +359,7 @@ class Thresholds:
             and inliers >= needed
             and score >= self.verify_floor(inliers, reframed)
             and not recoloured
-            and not (reframed and agreement is not None and agreement < REFRAMED_AGREEMENT)
+            and not self._disagrees(inliers, reframed, agreement)
         )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False
@@ -413,6 +417,12 @@ class Thresholds:
         if reframed and inliers >= REFRAMED_INLIERS:
             return min(floor, REFRAMED_FLOOR)
         return floor
+
+    @staticmethod
+    def _disagrees(inliers: int, reframed: bool, agreement: float | None) -> bool:
+        """A reframing fit with few inliers whose aligned images do not agree (``REFRAMED_AGREEMENT``)."""
+        few = inliers < AGREEMENT_INLIERS
+        return reframed and few and agreement is not None and agreement < REFRAMED_AGREEMENT
 
     @staticmethod
     def _no_geometry(verdict: str, inliers: int | None) -> bool:

@@ -22,6 +22,7 @@ from twice.search.explain import explain, verification_json
 from twice.search.report_html import evidence_html
 from twice.search.report_render import evidence_columns
 from twice.search.verdicts import (
+    AGREEMENT_INLIERS,
     DEFAULT_VERIFY_INLIERS,
     DIFFERENT,
     DUPLICATE,
@@ -554,12 +555,16 @@ def test_a_copy_agrees_with_its_original_once_aligned(photo, extract, edit):
     assert checked.verified and checked.agreement is not None and checked.agreement > 0.9
 
 
+def sharing_a_part(photo: Image.Image, other_photo: Image.Image) -> Image.Image:
+    """The astronaut's columns 60-100 moved to the left edge, another photo beside them."""
+    return pasted(photo.crop((60, 0, 320, 320)), other_photo, 40)
+
+
 def test_a_picture_sharing_only_a_part_disagrees_once_aligned(photo, other_photo, extract):
-    # the astronaut's columns 60-200 moved to the left edge, another photo beside them
-    shared = pasted(photo.crop((60, 0, 320, 320)), other_photo, 140)
-    checked = check(extract, photo, shared)
+    checked = check(extract, photo, sharing_a_part(photo, other_photo))
     assert checked.verified and checked.reframed
-    assert checked.inliers >= 2 * DEFAULT_VERIFY_INLIERS  # enough for a duplicate at any CNN score
+    # enough inliers for a duplicate at any CNN score, fewer than a fit that needs no agreement
+    assert 2 * DEFAULT_VERIFY_INLIERS <= checked.inliers < AGREEMENT_INLIERS
     assert checked.agreement is not None and checked.agreement < REFRAMED_AGREEMENT
 
 
@@ -568,13 +573,21 @@ def test_a_reframed_fit_makes_a_duplicate_only_where_the_aligned_images_agree(ph
     does, the photo that shares a part with the original does not."""
     thresholds, score = Thresholds(), 0.4
     crop = check(extract, photo, photo.crop((60, 0, 320, 320)))
-    shared = check(extract, photo, pasted(photo.crop((60, 0, 320, 320)), other_photo, 140))
+    shared = check(extract, photo, sharing_a_part(photo, other_photo))
     assert thresholds.judge(score, **verdict_signals(crop)).verdict == DUPLICATE
     judged = thresholds.judge(score, **verdict_signals(shared))
     assert judged.verdict != DUPLICATE and not judged.verified
     # the same fit without its agreement measured: verification alone would make it a duplicate
     unmeasured = verdict_signals(replace(shared, agreement=None))
     assert thresholds.judge(score, **unmeasured).verdict == DUPLICATE
+
+
+def test_a_reframing_fit_with_many_inliers_is_not_held_to_agreement(photo, extract):
+    """A crop with a sticker or a caption over it keeps hundreds of inliers and agrees less."""
+    crop = check(extract, photo, photo.crop((60, 0, 320, 320)))
+    covered = replace(crop, agreement=0.1)
+    assert covered.reframed and covered.inliers >= AGREEMENT_INLIERS
+    assert Thresholds().judge(0.4, **verdict_signals(covered)).verdict == DUPLICATE
 
 
 def test_a_fit_in_place_is_not_held_to_agreement(photo, extract):
