@@ -104,10 +104,10 @@ VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no ge
 # at least this well. Different drawings of one set (icons of one theme, pictograms, boats of
 # one series) fit a shared part reframed and differ around it: 9 of the 22 never-indexed
 # drawings that verification alone called duplicate agree 0.28-0.67; the 28 reframed clip-art
-# copies it made duplicates agree from 0.71, 5 of 182 reframed photo copies under the CNN cut
-# 0.35-0.61 (a perspective or stretch that the similarity fit only approximates). A fit in
-# place is not held to it: an overlay or a sticker over a copy lowers its agreement to 0.24-0.58
-# (docs/verification.md).
+# copies it made duplicates agree from 0.71, and 1 of 182 reframed photo copies under the CNN
+# cut less (0.60: two edits at once; ``search.verify`` aligns a similarity fit that agrees less
+# than 0.9 by the fallback fit too). A fit in place is not held to it: an overlay or a sticker
+# over a copy lowers its agreement to 0.24-0.58 (docs/verification.md).
 REFRAMED_AGREEMENT = 0.7
 # ... up to this many inliers: more shared geometry than wrong pairs of one set reach (up to
 # 37 reframed) is a copy even where something covers part of it (a crop with a sticker or a
