@@ -14,7 +14,7 @@ from twice.hashing import HASH_BITS
 from twice.indexer import Catalog, ImageRow
 
 from .pairs import chains_from
-from .report_linkage import Enlarged, choose_original, partners_within
+from .report_linkage import Enlarged, Kept, choose_original, leads_with_original, partners_within
 from .report_scan import DuplicateScan
 from .verdicts import RANK
 
@@ -32,13 +32,15 @@ def pick_original(
     partners: dict[int, int] | None = None,
     framed: dict[int, int] | None = None,
     enlarged: Enlarged | None = None,
+    kept: Kept | None = None,
 ) -> ImageRow:
     """The original of a group by ``ORIGINAL_RULE``; ``partners``: each id's duplicates in the
     group, ``framed``: those of them that keep its frame (none known: resolution decides),
-    ``enlarged``: whether a larger image is a smaller one enlarged (``choose_original``)."""
+    ``enlarged``: whether a larger image is a smaller one enlarged, ``kept``: how many of the group
+    are duplicates of an image (``choose_original``)."""
     if not rows:
         raise ValueError("pick_original needs at least one row")
-    return choose_original(rows, partners or {}, framed or {}, enlarged)
+    return choose_original(rows, partners or {}, framed or {}, enlarged, kept)
 
 
 def variant_parents(catalog: Catalog) -> dict[int, tuple[int, str | None]]:
@@ -194,9 +196,14 @@ def member_rank(member: dict) -> tuple:
 
 def describe_group(group, rows, parents, scan, options, include_variants: bool) -> dict:
     """One group: the original first, then the others in search's order against it."""
-    partners = partners_within(group, scan.graph)
-    framed = partners_within(group, scan.graph, scan.keeps_frame)
-    original = pick_original([rows[i] for i in group], partners, framed, scan.enlarged)
+    if leads_with_original(scan.linkage):
+        original = rows[group[0]]  # the one its members were judged against
+    else:
+        partners = partners_within(group, scan.graph)
+        framed = partners_within(group, scan.graph, scan.keeps_frame)
+        original = pick_original(
+            [rows[i] for i in group], partners, framed, scan.enlarged, scan.duplicates_of(group)
+        )
     expected = known_variants(group, parents) - {original.id}
     chains = chains_from(original.id, scan.graph)
     others = []

@@ -30,15 +30,17 @@ LINKAGES = ("original", "split", "single")
 DEFAULT_LINKAGE = "original"
 ORIGINAL_RULE = (
     "most duplicates in the group that keep its frame (verified as the whole picture, not cropped,"
-    " bordered, tilted or stretched), then most duplicates in the group, then largest resolution"
-    " (width x height) unless it is a smaller one's enlargement, then earliest added_at, then"
-    " smallest id"
+    " bordered, tilted or stretched); among those tied on that, not a smaller one's enlargement,"
+    " then (where that count is not 0) most images of the group that are duplicates of it (each"
+    " judged against it as search would judge it), then most duplicates in the group, then largest"
+    " resolution (width x height), then earliest added_at, then smallest id"
 )
 
 IsDuplicate = Callable[[int, int], bool]  # (original, member) -> whether a duplicate pair
 OriginalOf = Callable[[list[int]], int]  # a component -> its original
 KeepsFrame = Callable[[int, int], bool]  # whether a duplicate pair's fitted edit keeps the frame
 Enlarged = Callable[[int, int], bool]  # (larger, smaller) -> whether the larger is the smaller enlarged
+Kept = Callable[[int], int]  # an image -> how many of its group are duplicates of it
 
 
 def original_key(row, partners: int = 0, framed: int = 0) -> tuple:
@@ -55,24 +57,43 @@ def original_key(row, partners: int = 0, framed: int = 0) -> tuple:
 
 
 def choose_original(
-    rows: list, partners: dict[int, int], framed: dict[int, int], enlarged: Enlarged | None = None
+    rows: list,
+    partners: dict[int, int],
+    framed: dict[int, int],
+    enlarged: Enlarged | None = None,
+    kept: Kept | None = None,
 ):
-    """The row of ``rows`` that ``ORIGINAL_RULE`` makes the original (``original_key``), passing
-    over one that ``enlarged`` says is an enlargement of a smaller one tied with it on the
-    duplicates (an upscaled copy keeps the frame and every pair its original has, and is larger)."""
+    """The row of ``rows`` that ``ORIGINAL_RULE`` makes the original (``original_key``).
+
+    Among the rows tied on the most duplicates that keep the frame, ``enlarged`` passes over one
+    that is an enlargement of a smaller one (an upscaled copy keeps the frame and every pair its
+    original has, and is larger), and ``kept`` prefers the one most of the group are duplicates
+    of: ``partners`` counts only the candidate pairs the scan judged (by CNN, hash and nearest
+    neighbours), so a copy can count more of them than its original, yet a copy that lost detail
+    (brightened towards white) is a duplicate of the original and not of a JPEG re-encode of it,
+    and complete linkage would leave it out of a group the re-encode heads."""
     ordered = sorted(rows, key=lambda row: original_key(row, partners.get(row.id, 0), framed.get(row.id, 0)))
-    if enlarged is None:
-        return ordered[0]
+    top = framed.get(ordered[0].id, 0)
+    tied = [row for row in ordered if framed.get(row.id, 0) == top]
+    if enlarged is not None:
+        tied = not_enlargements(tied, enlarged)
+    if kept is None or top == 0 or len(tied) == 1:
+        # top 0: no pair verified as the whole picture, nothing tells which image the others copy
+        return tied[0]
+    counts = {row.id: kept(row.id) for row in tied}
+    return min(tied, key=lambda row: -counts[row.id])  # min keeps the first of equals: the rule's
 
-    def tie(row) -> tuple[int, int]:
-        return framed.get(row.id, 0), partners.get(row.id, 0)
 
-    tied = [row for row in ordered if tie(row) == tie(ordered[0])]
-    for row in tied:
-        smaller = (other for other in tied if other.width * other.height < row.width * row.height)
-        if not any(enlarged(row.id, other.id) for other in smaller):
-            return row
-    return ordered[0]
+def not_enlargements(rows: list, enlarged: Enlarged) -> list:
+    """``rows`` less each one ``enlarged`` says is an enlargement of a smaller one of them (all of
+    them where every one is)."""
+    area = {row.id: row.width * row.height for row in rows}
+    kept = [
+        row
+        for row in rows
+        if not any(area[other.id] < area[row.id] and enlarged(row.id, other.id) for other in rows)
+    ]
+    return kept or rows
 
 
 def partners_within(
@@ -101,7 +122,9 @@ def link_groups(
     is_duplicate: IsDuplicate,
     original_of: OriginalOf,
 ) -> list[list[int]]:
-    """Groups of the duplicate pairs (a[i], b[i]) by ``linkage``: sorted id lists, largest first.
+    """Groups of the duplicate pairs (a[i], b[i]) by ``linkage``, largest first: each the
+    original its members were judged against, then the others by id (``single``: sorted ids,
+    no original judged).
 
     ``weights[i]``: the evidence of pair i (``split`` drops the weakest first).
     """
@@ -113,7 +136,12 @@ def link_groups(
     else:
         weight = {(x, y): w for x, y, w in zip(list(a), list(b), list(weights), strict=True)}
         groups = split_weakest(components, weight, is_duplicate, original_of)
-    return sorted((sorted(g) for g in groups), key=lambda g: (-len(g), g[0]))
+    return sorted(([g[0], *sorted(g[1:])] for g in groups), key=lambda g: (-len(g), min(g)))
+
+
+def leads_with_original(linkage: str) -> bool:
+    """Whether ``link_groups`` puts each group's original first (every linkage but single)."""
+    return check_linkage(linkage) != "single"
 
 
 def around_originals(
@@ -145,8 +173,9 @@ def split_weakest(
     while todo:
         component = todo.pop()
         original = original_of(component)
-        if all(is_duplicate(original, i) for i in component if i != original):
-            groups.append(component)
+        others = [i for i in component if i != original]
+        if all(is_duplicate(original, i) for i in others):
+            groups.append([original, *others])
             continue
         members = set(component)
         edges = sorted(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -191,6 +192,11 @@ class DuplicateScan:
 
     def is_duplicate(self, original: int, member: int) -> bool:
         return self.weigh(original, member)[1].verdict == DUPLICATE
+
+    def duplicates_of(self, group: list[int]) -> Callable[[int], int]:
+        """An image of ``group`` -> how many of the others are duplicates of it (``is_duplicate``,
+        it as the original), as ``choose_original``'s ``kept``."""
+        return lambda image: sum(self.is_duplicate(image, other) for other in group if other != image)
 
     def keeps_frame(self, a: int, b: int) -> bool:
         """Whether the pair's verification this run fitted the whole picture onto the whole
@@ -524,7 +530,7 @@ def originals(catalog: Catalog, pairs: Pairs, scan: DuplicateScan | None = None)
         if scan is None:
             return choose_original(known, partners, {}).id
         framed = partners_within(component, graph, scan.keeps_frame)
-        return choose_original(known, partners, framed, scan.enlarged).id
+        return choose_original(known, partners, framed, scan.enlarged, scan.duplicates_of(component)).id
 
     return original_of
 

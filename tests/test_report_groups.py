@@ -193,6 +193,44 @@ def test_the_original_is_the_picture_its_copies_keep_the_frame_of(tmp_path):
     assert group["members"][0]["id"] == ids["photo"]
 
 
+def test_the_original_is_the_picture_most_of_its_group_are_duplicates_of(tmp_path):
+    """A photo and its re-encode tie on the rule's counts (each pairs with a grey copy, each other
+    and one more copy) and the re-encode was added first; but the copy only the photo pairs with
+    is no duplicate of the re-encode (its vector far from it, its hash too: tilted), while the
+    copy the re-encode pairs with is one of the photo too (a pair the scan never judged: each
+    image's one nearest neighbour, ``verify_top`` 1, leaves it out). The photo heads the group,
+    and so the group holds every copy; heading it with the re-encode left the photo-only copy
+    out (bench report-quality seed 0: family 5, its brightened copy)."""
+    from conftest import make_options
+
+    options = make_options(tmp_path / "data", verify_top=1)
+    indexer = Indexer(options, MODEL, DIM)
+    axes = np.linalg.qr(np.random.default_rng(5).standard_normal((DIM, 4)))[0].T.astype(np.float32)
+    photo = make_synthetic_image(3, 0)
+    planted = {  # added in this order; each vector's cosines with the others by construction
+        "reencoded": ("jpeg:60", 0.6 * axes[0] + 0.8 * axes[2]),
+        "grey": ("gray", 0.95 * axes[0] + np.sqrt(1 - 0.95**2) * axes[1]),
+        "photo": (None, axes[0]),
+        # 0.85 with the re-encode, 0.5 with the photo: verified onto either, paired with the re-encode
+        "tilted": ("tilt:10", 0.5 * axes[0] + 0.6875 * axes[2] + np.sqrt(1 - 0.25 - 0.6875**2) * axes[3]),
+        # 0.85 with the photo, 0.09 with the re-encode: a duplicate of the photo alone
+        "turned": ("tilt:-12", 0.85 * axes[0] - np.sqrt(1 - 0.85**2) * axes[2]),
+    }
+    ids = {}
+    for name, (edit, vector) in planted.items():
+        image = photo if edit is None else apply_transform(photo, edit)
+        row = indexer.add_bytes(image_bytes(image), f"/folder/{name}.png").row
+        indexer.add_vectors(np.array([row.id]), unit(vector.astype(np.float32))[None, :])
+        ids[name] = row.id
+    indexer.save()
+    indexer.close()
+    report = build_report(options)
+    (group,) = report["groups"]
+    assert group["members"][0]["id"] == ids["photo"]
+    assert {m["id"] for m in group["members"]} == set(ids.values())
+    assert all(m["verdict"] == "duplicate" for m in group["members"][1:])
+
+
 def test_an_enlargement_is_told_from_a_reduction():
     photo = make_synthetic_image(3, 0).convert("L")
     larger, smaller = apply_transform(photo, "scale:1.3"), apply_transform(photo, "scale:0.7")
@@ -217,6 +255,9 @@ def test_complete_linkage_keeps_only_duplicates_of_the_original():
     assert link_groups(a, b, np.ones(3), "single", is_duplicate, min) == [[1, 2, 3, 4]]
     # Splitting at the weakest link drops 2-3 (the weakest) and keeps both pairs.
     assert link_groups(a, b, np.array([5.0, 1.0, 5.0]), "split", is_duplicate, min) == [[1, 2], [3, 4]]
+    # Each group leads with the original its members were judged against, for the report to show.
+    assert link_groups(a, b, np.ones(3), "original", is_duplicate, max) == [[2, 1], [4, 3]]
+    assert link_groups(a, b, np.array([5.0, 1.0, 5.0]), "split", is_duplicate, max) == [[2, 1], [4, 3]]
     with pytest.raises(ValueError, match="linkage must be one of .*'chain'"):
         link_groups(a, b, np.ones(3), "chain", is_duplicate, min)
 
