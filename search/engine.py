@@ -43,7 +43,16 @@ from twice.indexer.catalog import load_stored_hashes
 
 from .explain import verification_json
 from .parts import PART_VIEWS, part_tensors
-from .verdicts import DEFAULT_HASH_SIMILAR, DIFFERENT, DUPLICATE, RANK, Judgement, Thresholds, thresholds_for
+from .verdicts import (
+    DEFAULT_HASH_SIMILAR,
+    DIFFERENT,
+    DUPLICATE,
+    RANK,
+    REFRAMED_AGREEMENT,
+    Judgement,
+    Thresholds,
+    thresholds_for,
+)
 from .verify import (
     MAX_SIDE,
     MIN_KEYPOINTS,
@@ -592,6 +601,8 @@ def summarize(evidence: dict) -> str:
     # A fit that failed says little (small or flat images have few keypoints): the JSON has it.
     if (verification := evidence.get("verification")) is not None and verification["verified"]:
         parts.append(f"verified by {verification['inliers']} keypoints: {verification['explanation']}")
+        if (agreement := verification.get("agreement")) is not None and agreement < REFRAMED_AGREEMENT:
+            parts.append(f"aligned by that fit, the images agree only {agreement:.2f}")
     if verification is not None and verification["recoloured"]:
         parts.append("in other colours")
     decided = ", ".join(evidence["decided_by"]) or "nothing"

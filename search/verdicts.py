@@ -99,6 +99,20 @@ IN_PLACE_FACTOR = 3
 REFRAMED_INLIERS = 12
 REFRAMED_FLOOR = 0.2
 VERIFY_REJECT_INLIERS = 2  # at most this many inliers: verification found no geometric match
+# A fit that reframes the picture makes a duplicate only when the two images, aligned by it,
+# agree (``search.verify.agreement``: the correlation of their grey levels inside the overlap)
+# at least this well. Different drawings of one set (icons of one theme, pictograms, boats of
+# one series) fit a shared part reframed and differ around it: 9 of the 22 never-indexed
+# drawings that verification alone called duplicate agree 0.28-0.67; the 28 reframed clip-art
+# copies it made duplicates agree from 0.71, and 1 of 182 reframed photo copies under the CNN
+# cut less (0.60: two edits at once; ``search.verify`` aligns a similarity fit that agrees less
+# than 0.9 by the fallback fit too). A fit in place is not held to it: an overlay or a sticker
+# over a copy lowers its agreement to 0.24-0.58 (docs/verification.md).
+REFRAMED_AGREEMENT = 0.7
+# ... up to this many inliers: more shared geometry than wrong pairs of one set reach (up to
+# 37 reframed) is a copy even where something covers part of it (a crop with a sticker or a
+# caption over it keeps 299-338 inliers and agrees 0.56-0.61).
+AGREEMENT_INLIERS = 64
 THRESHOLD_SOURCES = ("default", "shipped", "calibrated", "manual")
 
 # Default evidence weights, until calibration measures them: one bit of hash distance is one
@@ -319,6 +333,7 @@ class Thresholds:
         plain: bool = False,
         recoloured: bool = False,
         warped: bool = False,
+        agreement: float | None = None,
     ) -> Judgement:
         """The combined verdict: exact bytes, else the strongest of hash, CNN and verification.
 
@@ -329,7 +344,9 @@ class Thresholds:
         itself had; ``recoloured`` whether both are in colour in different hues
         (``search.verify.verdict_signals`` gives the last six from a verification); ``warped``
         whether a fallback fit (an affine transform or a homography: a stretch, a keystone)
-        verified the pair where the similarity fit did not.
+        verified the pair where the similarity fit did not; ``agreement`` how well the two
+        images agree once aligned by the fit (None: not measured), which a reframing fit needs
+        (``REFRAMED_AGREEMENT``) to make a duplicate.
         """
         cnn, hashed = self.verdict(score, margin), self.hash_verdict(distance)
         low = self.is_low_structure(structure)
@@ -342,6 +359,7 @@ class Thresholds:
             and inliers >= needed
             and score >= self.verify_floor(inliers, reframed)
             and not recoloured
+            and not self._disagrees(inliers, reframed, agreement)
         )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False
@@ -399,6 +417,12 @@ class Thresholds:
         if reframed and inliers >= REFRAMED_INLIERS:
             return min(floor, REFRAMED_FLOOR)
         return floor
+
+    @staticmethod
+    def _disagrees(inliers: int, reframed: bool, agreement: float | None) -> bool:
+        """A reframing fit with few inliers whose aligned images do not agree (``REFRAMED_AGREEMENT``)."""
+        few = inliers < AGREEMENT_INLIERS
+        return reframed and few and agreement is not None and agreement < REFRAMED_AGREEMENT
 
     @staticmethod
     def _no_geometry(verdict: str, inliers: int | None) -> bool:

@@ -27,7 +27,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import cv2
@@ -110,6 +110,15 @@ HUE_SIDE = 96  # px: the long side the hues are read at
 COLOURFUL_CHROMA = 12.0  # a pixel with more CIELAB chroma than this is in colour
 COLOURFUL_SHARE = 0.03  # an image with fewer pixels in colour has no hues to compare
 RECOLOURED_AGREEMENT = 0.2  # hue histograms sharing less than this: recoloured, not a copy
+# Aligned agreement (``agreement``): once a fit verifies, the query is warped onto the stored
+# image by it and their grey levels compared inside the overlap, at this long side, blurred by
+# AGREEMENT_BLUR px (RANSAC's tolerance of a few pixels at MAX_SIDE), as a normalised
+# correlation. A copy agrees where it shows the picture; different drawings of one set that
+# share a part (icons of one theme, a/ä, flags) fit that part and differ around it.
+AGREEMENT_SIDE = 128
+AGREEMENT_BLUR = 0.75
+AGREEMENT_MIN_PIXELS = 256  # a smaller overlap says nothing
+REFIT_AGREEMENT = 0.9  # a similarity fit agreeing less is aligned by the fallback fit too
 
 
 @dataclass(frozen=True)
@@ -123,14 +132,15 @@ class Features:
     grey: bool  # the image has no colour
     detector: str = DEFAULT_DETECTOR
     hues: np.ndarray | None = None  # (HUE_BINS,) shares of chroma per hue; None: too little colour
+    thumb: np.ndarray | None = None  # the grey levels at AGREEMENT_SIDE, to compare once aligned
 
     def __len__(self) -> int:
         return len(self.points)
 
     @property
     def nbytes(self) -> int:
-        hues = 0 if self.hues is None else self.hues.nbytes
-        return self.points.nbytes + self.descriptors.nbytes + hues
+        extra = sum(a.nbytes for a in (self.hues, self.thumb) if a is not None)
+        return self.points.nbytes + self.descriptors.nbytes + extra
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,9 @@ class Verification:
     plain: bool = False  # the stored image has too little detail to verify anything against
     recoloured: bool = False  # both images in colour, in different hues (``hue_agreement``)
     similarity_inliers: int | None = None  # the similarity fit's, when a fallback fit was kept
+    # the kept fit, query -> stored feature pixels (3x3), when verified
+    to_stored: np.ndarray | None = field(default=None, compare=False, repr=False)
+    agreement: float | None = None  # of the two images aligned by the fit (``agreement``)
 
     @property
     def verified(self) -> bool:
@@ -245,18 +258,20 @@ class FeatureExtractor:
             return plain, None
         if self.detector == "sift":
             return plain, mirrored(plain)
-        return plain, self._features(cv2.flip(small, 1), size, full, grey, hues)
+        flipped = self._features(cv2.flip(small, 1), size, full, grey, hues)
+        return plain, replace(flipped, thumb=plain.thumb)  # fits map back to the plain frame
 
     def _features(self, small: np.ndarray, size, full, grey: bool, hues: np.ndarray | None) -> Features:
+        thumb = bounded(small, AGREEMENT_SIDE)
         keypoints, descriptors = self._cv_detector().detectAndCompute(small, None)
         if descriptors is None or not keypoints:
             width = 128 if self.detector == "sift" else 32
             points, descriptors = np.zeros((0, 2), np.float32), np.zeros((0, width), np.uint8)
-            return Features(points, descriptors, size, full, grey, self.detector, hues)
+            return Features(points, descriptors, size, full, grey, self.detector, hues, thumb)
         points = np.array([kp.pt for kp in keypoints], np.float32).reshape(-1, 2)
         # SIFT's float descriptors hold whole numbers 0..255: a byte each keeps them exactly
         descriptors = np.clip(descriptors, 0, 255).astype(np.uint8)
-        return Features(points, descriptors, size, full, grey, self.detector, hues)
+        return Features(points, descriptors, size, full, grey, self.detector, hues, thumb)
 
 
 def mirrored(features: Features) -> Features:
@@ -336,6 +351,29 @@ def recoloured(query: Features, stored: Features) -> bool:
     return hue_agreement(query.hues, stored.hues) < RECOLOURED_AGREEMENT
 
 
+def agreement(query: Features, stored: Features, to_stored: np.ndarray) -> float | None:
+    """How well the query, warped onto the stored image by a fitted query -> stored transform
+    (feature pixels), agrees with it inside their overlap: the normalised correlation of their
+    blurred grey levels, -1..1; None without thumbnails or with too small an overlap."""
+    if query.thumb is None or stored.thumb is None:
+        return None
+    to_thumb = np.diag([stored.thumb.shape[1] / stored.size[0], stored.thumb.shape[0] / stored.size[1], 1.0])
+    from_thumb = np.diag([query.size[0] / query.thumb.shape[1], query.size[1] / query.thumb.shape[0], 1.0])
+    transform = to_thumb @ to_stored @ from_thumb
+    target = (stored.thumb.shape[1], stored.thumb.shape[0])
+    warped = cv2.warpPerspective(query.thumb, transform, target, flags=cv2.INTER_LINEAR)
+    inside = np.full(query.thumb.shape, 255, np.uint8)
+    overlap = cv2.warpPerspective(inside, transform, target, flags=cv2.INTER_NEAREST)
+    overlap = cv2.erode(overlap, np.ones((3, 3), np.uint8)) > 0  # the warp's edge is interpolated
+    if overlap.sum() < AGREEMENT_MIN_PIXELS:
+        return None
+    a = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), AGREEMENT_BLUR)[overlap]
+    b = cv2.GaussianBlur(stored.thumb.astype(np.float32), (0, 0), AGREEMENT_BLUR)[overlap]
+    a, b = a - a.mean(), b - b.mean()
+    spread = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / spread) if spread > 0 else None
+
+
 # matching ---------------------------------------------------------------------------------------
 
 
@@ -413,10 +451,28 @@ def verify(
     tried = fallback and (not similar or WARPED_GAIN * best.inliers <= best.matches)
     warped = best_fallback(poses[kept]) if tried else None
     if similar and (warped is None or not _explains_better(warped, best)):
-        return Verification(best.inliers, best.matches, geometry(best.to_stored, query, stored), **hues)
+        found = geometry(best.to_stored, query, stored)
+        agreed = agreement(query, stored, best.to_stored)
+        if fallback and agreed is not None and agreed < REFIT_AGREEMENT:
+            # a perspective or stretched copy that the similarity only approximates: aligned by
+            # the fallback fit of the same matches, it agrees (0.35 -> 0.75, 0.60 -> 1.00)
+            refit = warped if tried else best_fallback(poses[kept])
+            if refit is not None and refit.to_stored is not None:
+                agreed = max(agreed, agreement(query, stored, refit.to_stored) or agreed)
+        return Verification(
+            best.inliers, best.matches, found, to_stored=best.to_stored, agreement=agreed, **hues
+        )
     if warped is not None and warped.inliers >= WARPED_INLIERS:
         found = geometry(warped.to_stored, query, stored, warped.model)
-        return Verification(warped.inliers, warped.matches, found, similarity_inliers=best.inliers, **hues)
+        return Verification(
+            warped.inliers,
+            warped.matches,
+            found,
+            similarity_inliers=best.inliers,
+            to_stored=warped.to_stored,
+            agreement=agreement(query, stored, warped.to_stored),
+            **hues,
+        )
     reason = best.reason or f"only {best.inliers} consistent matches"
     return Verification(best.inliers, best.matches, None, reason, **hues)
 
@@ -481,6 +537,7 @@ def verdict_signals(verification: Verification | None, query_featureless: bool =
         "plain": verification.plain,
         "recoloured": verification.recoloured,
         "warped": verification.warped,
+        "agreement": verification.agreement,
     }
 
 

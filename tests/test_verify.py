@@ -22,10 +22,12 @@ from twice.search.explain import explain, verification_json
 from twice.search.report_html import evidence_html
 from twice.search.report_render import evidence_columns
 from twice.search.verdicts import (
+    AGREEMENT_INLIERS,
     DEFAULT_VERIFY_INLIERS,
     DIFFERENT,
     DUPLICATE,
     IN_PLACE_FACTOR,
+    REFRAMED_AGREEMENT,
     Thresholds,
 )
 from twice.search.verify import (
@@ -523,3 +525,75 @@ def test_search_verifies_a_captioned_flat_scene_by_a_second_look(tmp_path, embed
     assert top["source"].endswith("scene.png")
     assert verification["verified"] and verification["inliers"] >= RETRY_INLIERS
     assert verification["borders"]["bottom"] > 0.05
+
+
+# aligned agreement -------------------------------------------------------------------------------
+
+
+def pasted(left: Image.Image, right: Image.Image, split: int) -> Image.Image:
+    """``left``'s columns up to ``split`` beside ``right``'s from there on: two pictures sharing a part."""
+    out = right.copy()
+    out.paste(left.crop((0, 0, split, left.height)), (0, 0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def other_photo() -> Image.Image:
+    return Image.fromarray(skimage.data.chelsea()).resize((320, 320), Image.Resampling.LANCZOS)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda im: im.crop((60, 0, 320, 320)),
+        lambda im: tilted(im, 10, (255, 255, 255)).transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+        lambda im: apply_transforms(im, ["caption:bottom:0"]),
+    ],
+)
+def test_a_copy_agrees_with_its_original_once_aligned(photo, extract, edit):
+    checked = check(extract, photo, edit(photo))
+    assert checked.verified and checked.agreement is not None and checked.agreement > 0.9
+
+
+def sharing_a_part(photo: Image.Image, other_photo: Image.Image) -> Image.Image:
+    """The astronaut's columns 60-100 moved to the left edge, another photo beside them."""
+    return pasted(photo.crop((60, 0, 320, 320)), other_photo, 40)
+
+
+def test_a_picture_sharing_only_a_part_disagrees_once_aligned(photo, other_photo, extract):
+    checked = check(extract, photo, sharing_a_part(photo, other_photo))
+    assert checked.verified and checked.reframed
+    # enough inliers for a duplicate at any CNN score, fewer than a fit that needs no agreement
+    assert 2 * DEFAULT_VERIFY_INLIERS <= checked.inliers < AGREEMENT_INLIERS
+    assert checked.agreement is not None and checked.agreement < REFRAMED_AGREEMENT
+
+
+def test_a_reframed_fit_makes_a_duplicate_only_where_the_aligned_images_agree(photo, other_photo, extract):
+    """At a CNN score far below the duplicate cut, only verification can say duplicate: the crop
+    does, the photo that shares a part with the original does not."""
+    thresholds, score = Thresholds(), 0.4
+    crop = check(extract, photo, photo.crop((60, 0, 320, 320)))
+    shared = check(extract, photo, sharing_a_part(photo, other_photo))
+    assert thresholds.judge(score, **verdict_signals(crop)).verdict == DUPLICATE
+    judged = thresholds.judge(score, **verdict_signals(shared))
+    assert judged.verdict != DUPLICATE and not judged.verified
+    # the same fit without its agreement measured: verification alone would make it a duplicate
+    unmeasured = verdict_signals(replace(shared, agreement=None))
+    assert thresholds.judge(score, **unmeasured).verdict == DUPLICATE
+
+
+def test_a_reframing_fit_with_many_inliers_is_not_held_to_agreement(photo, extract):
+    """A crop with a sticker or a caption over it keeps hundreds of inliers and agrees less."""
+    crop = check(extract, photo, photo.crop((60, 0, 320, 320)))
+    covered = replace(crop, agreement=0.1)
+    assert covered.reframed and covered.inliers >= AGREEMENT_INLIERS
+    assert Thresholds().judge(0.4, **verdict_signals(covered)).verdict == DUPLICATE
+
+
+def test_a_fit_in_place_is_not_held_to_agreement(photo, extract):
+    """A sticker or a text overlay over a copy lowers its agreement; a fit that leaves the picture
+    in place keeps its say (IN_PLACE_FACTOR inliers needed already)."""
+    checked = check(extract, photo, photo)
+    low = replace(checked, agreement=0.1)
+    assert not low.reframed
+    assert Thresholds().judge(0.4, **verdict_signals(low)).verdict == DUPLICATE
