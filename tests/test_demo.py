@@ -20,6 +20,7 @@ def test_demo_indexes_variants_and_checks_every_one(tmp_path, monkeypatch, capsy
     assert checks["all"].endswith("/16")
     assert "top result belongs to the query's original" in out
     assert "thresholds stored" in out  # step 4 calibrated them for this model
+    assert "default thresholds -> fitted" in out  # and said what judged before (random weights ship none)
 
 
 def test_demo_no_check_skips_step_6(tmp_path, monkeypatch, capsys):

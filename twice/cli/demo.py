@@ -59,7 +59,8 @@ def run_demo(args, options) -> int:
         indexer.close()
     print("\n".join(reindex([], options, embedder, progress).lines()))
     print("== 4. fit the verdict thresholds to this model on the known variant pairs (twice calibrate)")
-    print("\n".join(calibrate(options, progress=progress).lines()))
+    fitted = calibrate(options, progress=progress, shipped=embedder.shipped_thresholds)
+    print("\n".join(fitted.lines()))
     print("== 5. search with transformed, re-encoded copies (not byte-identical to anything stored)")
     picks = sorted({round(i * (len(originals) - 1) / max(1, args.queries - 1)) for i in range(args.queries)})
     found = total = 0
