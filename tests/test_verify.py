@@ -38,6 +38,7 @@ from twice.search.verify import (
     Features,
     Geometry,
     Verification,
+    distances,
     distinct,
     mirrored,
     second_look,
@@ -597,3 +598,16 @@ def test_a_fit_in_place_is_not_held_to_agreement(photo, extract):
     low = replace(checked, agreement=0.1)
     assert not low.reframed
     assert Thresholds().judge(0.4, **verdict_signals(low)).verdict == DUPLICATE
+
+
+def test_descriptor_distances_are_exact_squared_distances():
+    # SIFT descriptors are bytes: every sum stays a whole number float32 holds exactly, so the
+    # in-place arithmetic changes no match, not even a tie.
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (60, 128)).astype(np.uint8)
+    b = np.r_[a[:5], rng.integers(0, 256, (40, 128)).astype(np.uint8)]
+    b[0, :] = 255 - a[0]  # the farthest a byte descriptor can be
+    exact = ((a.astype(np.int64)[:, None, :] - b.astype(np.int64)[None, :, :]) ** 2).sum(-1)
+    found = distances(a, b, "sift")
+    assert found.dtype == np.float32 and np.array_equal(found, exact)
+    assert (np.diag(found[:5, :5])[1:] == 0).all()
