@@ -27,7 +27,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import cv2
@@ -168,8 +168,6 @@ class Verification:
     plain: bool = False  # the stored image has too little detail to verify anything against
     recoloured: bool = False  # both images in colour, in different hues (``hue_agreement``)
     similarity_inliers: int | None = None  # the similarity fit's, when a fallback fit was kept
-    # the kept fit, query -> stored feature pixels (3x3), when verified
-    to_stored: np.ndarray | None = field(default=None, compare=False, repr=False)
     agreement: float | None = None  # of the two images aligned by the fit (``agreement``)
 
     @property
@@ -465,9 +463,7 @@ def verify(
             refit = warped if tried else best_fallback(poses[kept])
             if refit is not None and refit.to_stored is not None:
                 agreed = max(agreed, agreement(query, stored, refit.to_stored) or agreed)
-        return Verification(
-            best.inliers, best.matches, found, to_stored=best.to_stored, agreement=agreed, **hues
-        )
+        return Verification(best.inliers, best.matches, found, agreement=agreed, **hues)
     if warped is not None and warped.inliers >= WARPED_INLIERS:
         found = geometry(warped.to_stored, query, stored, warped.model)
         return Verification(
@@ -475,7 +471,6 @@ def verify(
             warped.matches,
             found,
             similarity_inliers=best.inliers,
-            to_stored=warped.to_stored,
             agreement=agreement(query, stored, warped.to_stored),
             **hues,
         )
