@@ -5,6 +5,10 @@ Negatives are pairs of images from different families (a family is an original a
 variant made from it): for every sampled query image, the non-family images that search
 would actually put in front of it (its CNN top-k and its hash matches) plus a few random ones.
 Hard negatives make the fitted precision what a search user sees, not what random pairs see.
+A query counts each other family once (``one_per_family``): a wrong family is one wrong answer
+to that query however many of its variants the catalog holds, as the right one is one right
+answer. Counted per image, the ~15 variants of one look-alike family (the letters S and s of a
+stamp set) weighed 15 times each query and made the fit drop the hash rule for the whole catalog.
 
 Each pair has a CNN cosine score and a hash distance: the best of the query's 8 dihedral views
 against the other image's stored hashes, plain and photometric (``view_distances``), as search
@@ -635,6 +639,20 @@ class _PairCollector:
         self.labels.append(label)
 
     def pairs(self) -> Pairs:
+        """The scored pairs, a query's negatives merged per other family (``one_per_family``)."""
+        return one_per_family(self.scored(), self.family_keys())
+
+    def family_keys(self) -> np.ndarray:
+        """Per pair, which (query, other family) it belongs to: -1 for a known variant pair."""
+        keys = {}
+        out = np.full(len(self.left), -1, np.int64)
+        for n, (a, b, label) in enumerate(zip(self.left, self.right, self.labels, strict=True)):
+            if not label:
+                out[n] = keys.setdefault((a, self.view.root(b)), len(keys))
+        return out
+
+    def scored(self) -> Pairs:
+        """Every collected pair scored on its own, in collection order (``left``, ``right``)."""
         view = self.view
         left, right = np.asarray(self.left, np.int64), np.asarray(self.right, np.int64)
         cnn = np.einsum("ij,ij->i", view.vector(left), view.vector(right)) if len(left) else np.zeros(0)
@@ -662,6 +680,35 @@ class _PairCollector:
         roots, scores, floor = self.context[query]
         third = (roots != self.view.root(query)) & (roots != self.view.root(other))
         return float(scores[third].max()) if third.any() else floor
+
+
+def one_per_family(pairs: Pairs, keys: np.ndarray) -> Pairs:
+    """Known variant pairs as they are; the negatives of one key (a query and another family)
+    merged into one pair that fires whenever any of them would: the highest CNN score and
+    margin, the smallest hash distance and gap. Every rule ``twice calibrate`` fits is an "or"
+    of "score >= t" and "distance <= h" parts, so the merged pair is exact for it."""
+    keep = keys < 0
+    if keep.all():
+        return pairs
+    groups, first, inverse = np.unique(keys[~keep], return_index=True, return_inverse=True)
+    negatives = np.flatnonzero(~keep)
+
+    def merged(values: np.ndarray | None, ufunc) -> np.ndarray | None:
+        if values is None:
+            return None
+        out = values[negatives[first]].copy()
+        ufunc.at(out, inverse, values[negatives])
+        return np.concatenate([values[keep], out])
+
+    labels = np.concatenate([pairs.labels[keep], np.zeros(len(groups), bool)])
+    transforms = [t for t, k in zip(pairs.transforms, keep, strict=True) if k] + [None] * len(groups)
+    structure = None if pairs.structure is None else np.concatenate(
+        [pairs.structure[keep], pairs.structure[negatives[first]]]
+    )  # fmt: skip
+    return Pairs(
+        labels, merged(pairs.cnn, np.maximum), merged(pairs.dist, np.minimum), transforms, pairs.skipped,
+        pairs.queries, merged(pairs.gap, np.minimum), merged(pairs.margin, np.maximum), structure,
+    )  # fmt: skip
 
 
 # the command ----------------------------------------------------------------------------------

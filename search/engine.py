@@ -48,9 +48,9 @@ from .verdicts import (
     DIFFERENT,
     DUPLICATE,
     RANK,
-    REFRAMED_AGREEMENT,
     Judgement,
     Thresholds,
+    disagrees,
     thresholds_for,
 )
 from .verify import (
@@ -601,7 +601,8 @@ def summarize(evidence: dict) -> str:
     # A fit that failed says little (small or flat images have few keypoints): the JSON has it.
     if (verification := evidence.get("verification")) is not None and verification["verified"]:
         parts.append(f"verified by {verification['inliers']} keypoints: {verification['explanation']}")
-        if (agreement := verification.get("agreement")) is not None and agreement < REFRAMED_AGREEMENT:
+        agreement = verification.get("agreement")
+        if disagrees(verification["inliers"], verification.get("reframed", True), agreement):
             parts.append(f"aligned by that fit, the images agree only {agreement:.2f}")
     if verification is not None and verification["recoloured"]:
         parts.append("in other colours")

@@ -52,6 +52,7 @@ def verification_json(
         "reason": verification.reason,
         "recoloured": verification.recoloured,
         "plain": verification.plain,
+        "reframed": verification.reframed,
         "agreement": None if verification.agreement is None else round(verification.agreement, 3),
     }
     if geometry is not None:

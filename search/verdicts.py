@@ -188,12 +188,14 @@ class EvidenceWeights:
         return self.hash_weight(distance) + self.cnn_weight(score) + self.gap_weight(gap)
 
     def to_dict(self) -> dict:
+        cnn_knots, cnn = _rounded_curve(self.cnn_knots, self.cnn, 6)
+        gap_knots, gap = _rounded_curve(self.gap_knots, self.gap, 7)
         return {
             "hash": [round(w, 4) for w in self.hash],
-            "cnn_knots": [round(k, 6) for k in self.cnn_knots],
-            "cnn": [round(w, 4) for w in self.cnn],
-            "gap_knots": [round(k, 7) for k in self.gap_knots],
-            "gap": [round(w, 4) for w in self.gap],
+            "cnn_knots": cnn_knots,
+            "cnn": cnn,
+            "gap_knots": gap_knots,
+            "gap": gap,
             "source": self.source,
         }
 
@@ -207,6 +209,15 @@ class EvidenceWeights:
             tuple(float(k) for k in data.get("gap_knots", (0.0,))),
             tuple(float(w) for w in data.get("gap", (0.0,))),
         )
+
+
+def _rounded_curve(knots, weights, digits: int) -> tuple[list[float], list[float]]:
+    """A curve's knots rounded for storage, with the weight of the first of any knots that the
+    rounding makes equal (random weights score pairs 1e-8 apart), so it loads back."""
+    curve: dict[float, float] = {}
+    for knot, weight in zip(knots, weights, strict=True):
+        curve.setdefault(round(knot, digits), round(weight, 4))
+    return list(curve), list(curve.values())
 
 
 @dataclass(frozen=True)
@@ -359,7 +370,7 @@ class Thresholds:
             and inliers >= needed
             and score >= self.verify_floor(inliers, reframed)
             and not recoloured
-            and not self._disagrees(inliers, reframed, agreement)
+            and not disagrees(inliers, reframed, agreement)
         )
         verdict = min((cnn, hashed or DIFFERENT), key=RANK.__getitem__)
         demoted = False
@@ -419,12 +430,6 @@ class Thresholds:
         return floor
 
     @staticmethod
-    def _disagrees(inliers: int, reframed: bool, agreement: float | None) -> bool:
-        """A reframing fit with few inliers whose aligned images do not agree (``REFRAMED_AGREEMENT``)."""
-        few = inliers < AGREEMENT_INLIERS
-        return reframed and few and agreement is not None and agreement < REFRAMED_AGREEMENT
-
-    @staticmethod
     def _no_geometry(verdict: str, inliers: int | None) -> bool:
         """A duplicate that verification ran on and found (almost) nothing shared."""
         return verdict == DUPLICATE and inliers is not None and inliers <= VERIFY_REJECT_INLIERS
@@ -446,6 +451,13 @@ class Thresholds:
     def to_shipped(self) -> dict:
         """What a checkpoint keeps (``shipped_thresholds`` reads it): the rule and the curves."""
         return self.to_dict() | {"weights_curves": self.weights.to_dict()}
+
+
+def disagrees(inliers: int, reframed: bool, agreement: float | None) -> bool:
+    """A reframing fit with few inliers whose aligned images do not agree (``REFRAMED_AGREEMENT``):
+    it makes no duplicate."""
+    few = inliers < AGREEMENT_INLIERS
+    return reframed and few and agreement is not None and agreement < REFRAMED_AGREEMENT
 
 
 def rule_text(

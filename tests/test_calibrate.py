@@ -22,6 +22,7 @@ from twice.search.calibrate import (
     PSEUDO_COUNT,
     CatalogView,
     OperatingPoint,
+    Pairs,
     _PairCollector,
     add_clear_rule,
     collect_pairs,
@@ -30,6 +31,7 @@ from twice.search.calibrate import (
     fit_weights,
     keep_cnn_on,
     monotone,
+    one_per_family,
     transform_name,
 )
 from twice.search.report import build_report
@@ -466,7 +468,7 @@ def test_pair_margins_are_measured_against_a_third_family(tmp_path, options, emb
         i: dihedral_hashes(Image.open(options.images_dir / view.stored[i]).convert("RGB")) for i in queries
     }
     collector.add_batch(queries, np.stack([hashes[i] for i in queries]), [40] * len(queries))
-    pairs = collector.pairs()
+    pairs = collector.scored()
     catalog.close()
     # Brute force: every vector against every other, by family.
     S = view.xb @ view.xb.T
@@ -526,3 +528,64 @@ def test_exported_thresholds_ship_with_a_checkpoint_and_a_fresh_data_directory_u
     report = json.loads(capsys.readouterr().out)
     assert report["thresholds"]["source"] == "shipped"
     assert (report["threshold"], report["hash_threshold"]) == (rule.duplicate, rule.hash_duplicate)
+
+
+def test_a_query_counts_each_other_family_once(tmp_path, options, embedder):
+    build_collection(tmp_path, options, embedder, count=6)
+    catalog = Catalog(options.catalog_url)
+    vectors = load_vectors_for_search(options, embedder.version, embedder.dim)
+    view = CatalogView(catalog, vectors)
+    catalog.close()
+    collector = _PairCollector(view, 10, 5, np.random.default_rng(0))
+    queries = [i for i in view.stored if view.has_vector(i)]
+    hashes = [dihedral_hashes(Image.open(options.images_dir / view.stored[i]).convert("RGB")) for i in queries]
+    collector.add_batch(queries, np.stack(hashes), [40] * len(queries))
+    each, merged = collector.scored(), collector.pairs()
+    keys = collector.family_keys()
+    families = {(a, view.root(b)) for a, b, label in zip(collector.left, collector.right, each.labels) if not label}
+    # 6 families of 5 (an original, rotate, mirror, bright, dark): a query's top 10 holds
+    # several members of each other family it reaches.
+    assert (~merged.labels).sum() == len(families) < (~each.labels).sum()
+    assert merged.labels.sum() == each.labels.sum()
+    negatives = np.flatnonzero(~merged.labels)
+    for n, key in zip(negatives, np.unique(keys[keys >= 0]), strict=True):
+        members = keys == key
+        assert merged.cnn[n] == pytest.approx(each.cnn[members].max())
+        assert merged.dist[n] == each.dist[members].min()
+        assert merged.margin[n] == pytest.approx(each.margin[members].max())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_merged_negative_fires_exactly_when_one_of_its_pairs_would(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    labels = rng.random(n) < 0.3
+    keys = np.where(labels, -1, rng.integers(0, 20, n))
+    cnn = rng.uniform(0, 1, n)
+    third = rng.uniform(0, 0.6, 21)[keys]  # one third-family score per query and other family
+    pairs = Pairs(
+        labels, cnn, rng.integers(0, 30, n), [None] * n,
+        gap=rng.uniform(0, 0.5, n), margin=cnn - third, structure=np.full(n, 40),
+    )  # fmt: skip
+    merged = one_per_family(pairs, keys)
+    groups = np.unique(keys[~labels])
+    assert merged.labels.sum() == labels.sum() and (~merged.labels).sum() == len(groups)
+    for _ in range(20):
+        point = OperatingPoint(
+            int(rng.integers(-1, 15)), float(rng.uniform(0.3, 1)), 1.0, 1.0, 0, 0, 0.99, True,
+            clear_score=float(rng.uniform(0, 1)), clear_margin=float(rng.uniform(0, 0.5)),
+        )  # fmt: skip
+        fired = point.fires(pairs.cnn, pairs.dist, pairs.margin)
+        got = point.fires(merged.cnn, merged.dist, merged.margin)
+        assert got[~merged.labels].tolist() == [bool(fired[keys == k].any()) for k in groups]
+        assert (got[merged.labels] == fired[labels]).all()
+
+
+def test_weights_whose_knots_round_together_still_load_back():
+    weights = EvidenceWeights(
+        EvidenceWeights.default().hash, (0.5, 0.9, 0.9 + 1e-9), (-1.0, 0.5, 2.0),
+        gap_knots=(0.0, 1e-9, 0.1), gap=(1.0, 0.5, -1.0),
+    )  # fmt: skip
+    loaded = EvidenceWeights.from_dict(weights.to_dict())
+    assert loaded.cnn_knots == (0.5, 0.9) and loaded.cnn == (-1.0, 0.5)
+    assert loaded.gap_knots == (0.0, 0.1) and loaded.gap == (1.0, -1.0)

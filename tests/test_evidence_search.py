@@ -16,7 +16,7 @@ from twice.hashing import DIHEDRAL, dihedral_image
 from twice.indexer import Catalog, reindex
 from twice.model import Embedder
 from twice.search import SearchEngine, Thresholds, thresholds_for
-from twice.search.engine import dihedral_tensors, family_margins
+from twice.search.engine import dihedral_tensors, family_margins, summarize
 from twice.search.verdicts import DIFFERENT, DUPLICATE, MAX_WEIGHT, SIMILAR, EvidenceWeights
 from twice.web.service import SearchService
 
@@ -527,3 +527,18 @@ def test_a_stored_clear_match_rule_reaches_search_and_a_broken_one_falls_back(in
     catalog.set_thresholds(embedder.version, 0.8, 0.7, "calibrated", rule | {"clear_margin": -3})
     assert thresholds_for(catalog, embedder.version) == Thresholds(0.8, 0.7, "calibrated")
     catalog.close()
+
+
+@pytest.mark.parametrize(
+    ("inliers", "reframed", "says_it"),
+    [(20, True, True), (20, False, False), (80, True, False)],
+)
+def test_the_summary_names_a_low_agreement_only_where_the_rule_holds_the_fit_to_it(inliers, reframed, says_it):
+    verification = {
+        "verified": True, "inliers": inliers, "explanation": "cropped to the centre 60%",
+        "reframed": reframed, "agreement": 0.41, "recoloured": False,
+    }  # fmt: skip
+    evidence = {"exact": False, "hash": None, "cnn": {"score": 0.8}, "verification": verification, "decided_by": []}
+    line = summarize(evidence)
+    assert "verified by %d keypoints: cropped to the centre 60%%" % inliers in line
+    assert ("agree only 0.41" in line) == says_it

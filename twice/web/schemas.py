@@ -223,11 +223,12 @@ class Verification(BaseModel):
     reason: str | None = Field(description="why it did not verify (null when it did)")
     recoloured: bool = Field(description="both images in colour, in different hues: no copy edit does that")
     plain: bool = Field(description="the stored image has too little detail to verify anything against")
+    reframed: bool = Field(description="the fit moves the picture: a crop, borders or a tilt")
     agreement: float | None = Field(
         ge=-1.0,
         le=1.0,
         description="correlation of the two images' grey levels once aligned by the fit, -1..1 (null: not"
-        " measured); a fit that crops, borders or tilts needs 0.7 to make a duplicate",
+        " measured); a reframing fit with under 64 inliers needs 0.7 to make a duplicate",
     )
 
 
