@@ -29,7 +29,7 @@ from twice.search.calibrate import (
     fit_pairs,
     fit_rule,
 )
-from twice.search.verdicts import HASH_OFF
+from twice.search.verdicts import HASH_OFF, thresholds_for
 
 from .sources import CALIBRATION_STREAM, FIXED, SEEN, EditRow, row_rng
 
@@ -100,7 +100,8 @@ def calibrate_on_distractors(
     try:
         header = VectorIndex.read_header(Path(options.index_path))
         vectors = load_vectors_for_search(options, header["model_version"], header["dim"])
-        pairs = collect_pairs(catalog, vectors, options, seed=seed, progress=progress)
+        judged = thresholds_for(catalog, embedder.version, embedder.shipped_thresholds)
+        pairs = collect_pairs(catalog, vectors, options, seed=seed, progress=progress, thresholds=judged)
     finally:
         catalog.close()
     fit = fit_pairs(pairs, precision)

@@ -54,7 +54,9 @@ from twice.hashing import (
 from twice.indexer import Catalog, ImageRow, VectorIndex, load_vectors_for_search
 from twice.indexer.batches import iter_batches
 
+from .calibrate_verify import ALWAYS, NO_HASH, verification_counts, verified_evidence
 from .report_hashes import StoredViews
+from .report_verify import PairVerifier
 from .verdicts import (
     CLEAR_OFF,
     DEFAULT_LOW_STRUCTURE,
@@ -75,7 +77,6 @@ DEFAULT_SIMILAR_PRECISION = 0.90
 DEFAULT_PAIRS = 3000
 DEFAULT_K = 10
 DEFAULT_RANDOM = 5
-NO_HASH = 64 + 1  # distance of a pair where one side has no hash: never fires
 WEIGHT_BINS = 20  # CNN score bands of the weight curve (equal numbers of pairs)
 CLEAR_CUTS = 40  # candidate score floors (and as many duplicate cuts) tried for the clear-match rule
 PSEUDO_COUNT = 0.5  # added to every count, so an empty cell is not an infinite weight
@@ -316,6 +317,8 @@ def fit_thresholds(
     gap: np.ndarray | None = None,
     margin: np.ndarray | None = None,
     structure: np.ndarray | None = None,
+    rule: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None,
+    similar_floor: float = -1.0,
 ) -> Fit:
     """Fit the duplicate rule for ``precision`` (with the clear-match rule when pairs come with
     their ``margin``), then the similar rule around it, and the weights.
@@ -325,6 +328,15 @@ def fit_thresholds(
     most). Otherwise the low-structure drawings whose hashes match (stars of one series, plain
     icons) would be charged to the hash rule, and the fit would drop the hash altogether, along
     with the blurred, rescaled and re-encoded copies only the hash calls duplicates.
+
+    ``rule`` (CNN scores, hash distances, margins), when given, is what the duplicate rule is
+    fitted on instead: the evidence once verification has made or demoted duplicates. Pairs
+    verification makes duplicates whatever the cuts (``ALWAYS``) are left out of the fit, so the
+    rule reaches the target on the pairs it decides (verification wrongly verifies look-alike
+    drawings of one set, 52 of 39,281 on the bench's catalog: no cut can answer for those); the
+    point's figures then count them back in. The similar cut stays at ``similar_floor`` or above
+    (at most the duplicate cut): verification's floors hang from it, so a lower one would make
+    duplicates of pairs the fit saw verification refuse.
     """
     precision = check_precision(precision)
     similar_precision = check_precision(similar_precision, "similar precision")
@@ -332,22 +344,65 @@ def fit_thresholds(
         raise ValueError(
             f"similar precision {similar_precision} must not exceed duplicate precision {precision}"
         )
-    strong = strong_distances(dist, structure)
-    duplicate = fit_rule(labels, cnn, strong, precision)
-    if margin is not None:
-        duplicate = add_clear_rule(duplicate, labels, cnn, strong, margin)
+    labels = np.asarray(labels, bool)
+    rule_cnn, rule_dist, rule_margin = rule if rule is not None else (cnn, dist, margin)
+    rule_cnn = np.asarray(rule_cnn, np.float64)
+    rule_margin = None if rule_margin is None else np.asarray(rule_margin, np.float64)
+    strong = np.asarray(strong_distances(np.asarray(rule_dist, np.int64), structure))
+    open_ = rule_cnn < ALWAYS  # not made a duplicate by verification alone
+    if not (open_ & labels).any():
+        open_ = np.ones(len(labels), bool)  # nothing left to fit a rule on: fit it on them all
+    duplicate = fit_rule(labels[open_], rule_cnn[open_], strong[open_], precision)
+    if rule_margin is not None:
+        duplicate = add_clear_rule(
+            duplicate, labels[open_], rule_cnn[open_], strong[open_], rule_margin[open_]
+        )
+    duplicate = counted_in(duplicate, labels, ~open_)
     similar = fit_rule(
         labels, cnn, dist, similar_precision, hash_floor=duplicate.hash_max, ceiling=duplicate.cnn_min
     )
-    labels = np.asarray(labels, bool)
+    similar = raised_to(similar, min(similar_floor, duplicate.cnn_min), labels, cnn, dist)
     if labels.all():  # nothing to weigh the evidence against
         LOG.warning("no non-pairs to calibrate from: evidence weights stay the defaults")
         return Fit(duplicate, similar)
     return Fit(duplicate, similar, fit_weights(labels, cnn, dist, gap=gap))
 
 
+def raised_to(point: OperatingPoint, cut: float, labels, cnn, dist) -> OperatingPoint:
+    """``point`` with its CNN cut raised to ``cut`` where it is lower, and its figures again."""
+    if point.cnn_min >= cut:
+        return point
+    fired = (np.asarray(dist) <= point.hash_max) | (np.asarray(cnn) >= cut)
+    tp, fp = int(np.sum(fired & labels)), int(np.sum(fired & ~labels))
+    return replace(
+        point,
+        cnn_min=float(cut),
+        true_positives=tp,
+        false_positives=fp,
+        precision=tp / (tp + fp) if tp + fp else 1.0,
+        recall=tp / max(int(labels.sum()), 1),
+    )
+
+
+def counted_in(point: OperatingPoint, labels: np.ndarray, verified: np.ndarray) -> OperatingPoint:
+    """``point``'s figures over every pair: the ``verified`` ones (duplicates whatever the rule)
+    added to those it was fitted on."""
+    if not verified.any():
+        return point
+    tp = point.true_positives + int(np.sum(labels & verified))
+    fp = point.false_positives + int(np.sum(~labels & verified))
+    return replace(
+        point,
+        true_positives=tp,
+        false_positives=fp,
+        precision=tp / (tp + fp) if tp + fp else 1.0,
+        recall=tp / max(int(labels.sum()), 1),
+    )
+
+
 def fit_pairs(pairs: Pairs, precision: float, similar_precision: float = DEFAULT_SIMILAR_PRECISION) -> Fit:
-    """``fit_thresholds`` on scored pairs, with every signal they carry."""
+    """``fit_thresholds`` on scored pairs, with every signal they carry: the duplicate rule on
+    the evidence verification leaves (``Pairs.rule_evidence``), the rest on the plain scores."""
     return fit_thresholds(
         pairs.labels,
         pairs.cnn,
@@ -357,6 +412,8 @@ def fit_pairs(pairs: Pairs, precision: float, similar_precision: float = DEFAULT
         pairs.gap,
         pairs.margin,
         pairs.structure,
+        rule=pairs.rule_evidence() if pairs.rule_cnn is not None else None,
+        similar_floor=-1.0 if pairs.verified_with is None else pairs.verified_with,
     )
 
 
@@ -371,7 +428,8 @@ def strong_distances(dist: np.ndarray, structure: np.ndarray | None) -> np.ndarr
 def rule_scores(thresholds: Thresholds, pairs: Pairs) -> dict:
     """Duplicate precision and recall of ``thresholds`` (``Thresholds.judge``) on scored pairs."""
     unknown = [None] * len(pairs.labels)
-    margins = pairs.margin if pairs.margin is not None else unknown
+    scores, distances, margins = pairs.rule_evidence()
+    margins = margins if margins is not None else unknown
     structures = pairs.structure if pairs.structure is not None else unknown
     said = np.array(
         [
@@ -382,7 +440,7 @@ def rule_scores(thresholds: Thresholds, pairs: Pairs) -> dict:
                 structure=None if st is None else int(st),
             ).verdict
             == "duplicate"
-            for c, d, m, st in zip(pairs.cnn, pairs.dist, margins, structures, strict=True)
+            for c, d, m, st in zip(scores, distances, margins, structures, strict=True)
         ],
         bool,
     )
@@ -486,9 +544,21 @@ class Pairs:
     # This score minus the query's best over a third family (neither side's): the clear margin.
     margin: np.ndarray | None = None
     structure: np.ndarray | None = None  # the query's hash structure, as search judges with it
+    # The evidence as the duplicate rule sees it once verification has had its say
+    # (``calibrate_verify.verified_evidence``); None: the plain scores above.
+    rule_cnn: np.ndarray | None = None
+    rule_dist: np.ndarray | None = None
+    rule_margin: np.ndarray | None = None
+    verified_with: float | None = None  # the similar cut verification judged with (its floors)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def rule_evidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(CNN scores, hash distances, margins) the duplicate rule is fitted on."""
+        if self.rule_cnn is None:
+            return self.cnn, self.dist, self.margin
+        return self.rule_cnn, self.rule_dist, self.rule_margin
 
 
 class CatalogView:
@@ -547,8 +617,10 @@ def collect_pairs(
     randoms: int = DEFAULT_RANDOM,
     seed: int = 0,
     progress: bool = True,
+    thresholds: Thresholds | None = None,
 ) -> Pairs:
-    """Score sampled known variant pairs and hard + random non-pairs of the catalog."""
+    """Score sampled known variant pairs and hard + random non-pairs of the catalog; with the
+    ``thresholds`` judging it until now, verify them as search would (``verified_evidence``)."""
 
     view = CatalogView(catalog, vectors)
     rng = np.random.default_rng(seed)
@@ -580,7 +652,12 @@ def collect_pairs(
             result.add_batch(ids, np.stack([g["hashes"] for g in good]), [g["structure"] for g in good])
         bar.update(len(batch))
     bar.close()
-    return result.pairs()
+    scored = result.scored()
+    if thresholds is not None and len(scored):
+        verifier = PairVerifier(options, catalog)
+        left, right = np.asarray(result.left, np.int64), np.asarray(result.right, np.int64)
+        scored = verified_evidence(scored, left, right, verifier, thresholds, progress)
+    return one_per_family(scored, result.family_keys())
 
 
 class _PairCollector:
@@ -708,6 +785,8 @@ def one_per_family(pairs: Pairs, keys: np.ndarray) -> Pairs:
     return Pairs(
         labels, merged(pairs.cnn, np.maximum), merged(pairs.dist, np.minimum), transforms, pairs.skipped,
         pairs.queries, merged(pairs.gap, np.minimum), merged(pairs.margin, np.maximum), structure,
+        merged(pairs.rule_cnn, np.maximum), merged(pairs.rule_dist, np.minimum),
+        merged(pairs.rule_margin, np.maximum), pairs.verified_with,
     )  # fmt: skip
 
 
@@ -722,7 +801,8 @@ def transform_name(spec: str | None) -> str:
 
 
 def recall_by_transform(pairs: Pairs, point: OperatingPoint) -> dict[str, float]:
-    fired = point.fires(pairs.cnn, strong_distances(pairs.dist, pairs.structure), pairs.margin)
+    cnn, dist, margin = pairs.rule_evidence()
+    fired = point.fires(cnn, strong_distances(dist, pairs.structure), margin)
     totals, hits = Counter(), Counter()
     for label, spec, hit in zip(pairs.labels, pairs.transforms, fired, strict=True):
         if label:
@@ -801,6 +881,7 @@ class Calibration:
             "queries": self.pairs.queries,
             "skipped": dict(self.pairs.skipped),
             "recall_by_transform": recall_by_transform(self.pairs, self.fit.duplicate),
+            "verification": verification_counts(self.pairs),
             "weights": self.fit.weights.to_dict(),
             "plot": str(self.plot) if self.plot else None,
             "calibrated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -818,6 +899,13 @@ class Calibration:
             "duplicate recall by transform: "
             + ", ".join(f"{k} {v:.2f}" for k, v in recall_by_transform(self.pairs, d).items()),
         ]
+        if (counts := verification_counts(self.pairs)) is not None:
+            out.append(
+                f"verified as search verifies: {counts['verified_pairs']} known pairs and"
+                f" {counts['verified_non_pairs']} non-pairs are duplicates whatever the cuts (left"
+                f" out of the fit, counted in its figures); CNN matches demoted:"
+                f" {counts['cnn_demoted_non_pairs']} non-pairs, {counts['cnn_demoted_pairs']} known pairs"
+            )
         if self.plot:
             out.append(f"precision/recall curves: {self.plot}")
         change = self.change()
@@ -844,11 +932,13 @@ def calibrate(
     store: bool = True,
     progress: bool = True,
     shipped: dict | None = None,
+    verify: bool = True,
 ) -> Calibration:
     """Fit and (unless ``store`` is False) store the thresholds of the indexed model version.
 
     ``shipped`` is the rule the model's checkpoint ships with: with the stored one, what the
-    result compares the fit against."""
+    result compares the fit against. ``verify`` False fits on the CNN and the hash alone, as if
+    search did not verify (faster; the fit then charges search's demoted look-alikes to the CNN)."""
     precision = check_precision(precision)
     similar_precision = check_precision(similar_precision, "similar precision")
     if pairs < 1 or k < 1 or randoms < 0:
@@ -861,11 +951,12 @@ def calibrate(
     vectors = load_vectors_for_search(options, version, header["dim"])
     catalog = Catalog(options.catalog_url)
     try:
-        scored = collect_pairs(catalog, vectors, options, pairs, k, randoms, seed, progress)
+        before = thresholds_for(catalog, version, shipped)
+        judged = before if verify else None
+        scored = collect_pairs(catalog, vectors, options, pairs, k, randoms, seed, progress, judged)
         fit = fit_pairs(scored, precision, similar_precision)
         plot = plot or Path(options.reports_dir) / f"calibration-{version}.png"
         plot_curves(scored, fit, plot, f"twice calibrate: {version}")
-        before = thresholds_for(catalog, version, shipped)
         result = Calibration(version, fit, scored, plot, store, before)
         if store:
             t = fit.thresholds()

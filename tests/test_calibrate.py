@@ -538,11 +538,17 @@ def test_a_query_counts_each_other_family_once(tmp_path, options, embedder):
     catalog.close()
     collector = _PairCollector(view, 10, 5, np.random.default_rng(0))
     queries = [i for i in view.stored if view.has_vector(i)]
-    hashes = [dihedral_hashes(Image.open(options.images_dir / view.stored[i]).convert("RGB")) for i in queries]
+    hashes = [
+        dihedral_hashes(Image.open(options.images_dir / view.stored[i]).convert("RGB")) for i in queries
+    ]
     collector.add_batch(queries, np.stack(hashes), [40] * len(queries))
     each, merged = collector.scored(), collector.pairs()
     keys = collector.family_keys()
-    families = {(a, view.root(b)) for a, b, label in zip(collector.left, collector.right, each.labels) if not label}
+    families = {
+        (a, view.root(b))
+        for a, b, label in zip(collector.left, collector.right, each.labels, strict=True)
+        if not label
+    }
     # 6 families of 5 (an original, rotate, mirror, bright, dark): a query's top 10 holds
     # several members of each other family it reaches.
     assert (~merged.labels).sum() == len(families) < (~each.labels).sum()

@@ -533,12 +533,20 @@ def test_a_stored_clear_match_rule_reaches_search_and_a_broken_one_falls_back(in
     ("inliers", "reframed", "says_it"),
     [(20, True, True), (20, False, False), (80, True, False)],
 )
-def test_the_summary_names_a_low_agreement_only_where_the_rule_holds_the_fit_to_it(inliers, reframed, says_it):
+def test_the_summary_names_a_low_agreement_only_where_the_rule_holds_the_fit_to_it(
+    inliers, reframed, says_it
+):
     verification = {
         "verified": True, "inliers": inliers, "explanation": "cropped to the centre 60%",
         "reframed": reframed, "agreement": 0.41, "recoloured": False,
     }  # fmt: skip
-    evidence = {"exact": False, "hash": None, "cnn": {"score": 0.8}, "verification": verification, "decided_by": []}
+    evidence = {
+        "exact": False,
+        "hash": None,
+        "cnn": {"score": 0.8},
+        "verification": verification,
+        "decided_by": [],
+    }
     line = summarize(evidence)
-    assert "verified by %d keypoints: cropped to the centre 60%%" % inliers in line
+    assert f"verified by {inliers} keypoints: cropped to the centre 60%" in line
     assert ("agree only 0.41" in line) == says_it

@@ -24,9 +24,10 @@ def register(subparsers) -> None:
         help=help_for("calibrate"),
         description="Score the catalog's known variant pairs (rows made by `twice augment`) and"
         " non-pairs (the other images search shows next to them, plus random ones) by CNN"
-        " cosine and perceptual-hash distance; fit 'hash <= h or CNN >= t' for the duplicate"
-        " verdict at the target precision and for the similar verdict at a lower one; store"
-        " them with the model version and write the precision/recall curves as a PNG.",
+        " cosine and perceptual-hash distance, and verify them by local features as search"
+        " does; fit 'hash <= h or CNN >= t' for the duplicate verdict at the target precision"
+        " and for the similar verdict at a lower one; store them with the model version and"
+        " write the precision/recall curves as a PNG.",
     )
     p.add_argument("--precision", type=float, default=DEFAULT_PRECISION, help="duplicate target (0.99)")
     p.add_argument(
@@ -38,6 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--plot", metavar="PNG", help="where to write the curves (default DATA_DIR/reports/)")
     p.add_argument("--dry-run", action="store_true", help="fit and report, but do not store")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="fit on CNN score and hash alone, without verifying the pairs by local features as"
+        " search does (faster, but look-alikes search would demote then raise the CNN cut)",
+    )
     p.add_argument("--json", action="store_true", help="print the details as JSON")
     p.add_argument(
         "--export-shipped",
@@ -66,6 +74,7 @@ def run_calibrate(args, options) -> int:
         store=not args.dry_run,
         progress=not args.quiet,
         shipped=read_shipped_thresholds(checkpoint) if checkpoint else None,
+        verify=args.verify,
     )
     if args.export_shipped:
         written = write_shipped_thresholds(
