@@ -112,7 +112,7 @@ def search_copies(library: Library, copies: list[dict]) -> list[dict]:
     whether called duplicate."""
     outcomes = []
     for copy in copies:
-        top = library.search_json(copy["path"], 1)["results"][:1]
+        top = library.search_json(copy["path"])["results"][:1]  # the default k, as users ask
         match = Path(top[0]["source"]).resolve() if top else None
         first = match is not None and (
             match == copy["original"] or match.read_bytes() == copy["original"].read_bytes()
@@ -170,7 +170,8 @@ def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False,
         started = time.perf_counter()
         for _, path in files[indexed : indexed + queries]:
             try:
-                top = library.search_json(path, 1)["results"][:1]
+                # The default k, as users ask: more candidates can put another look-alike first.
+                top = library.search_json(path)["results"][:1]
             except ImageError:
                 skipped += 1  # too many pixels, unreadable: refused as a user's query would be
                 continue

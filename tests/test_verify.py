@@ -611,3 +611,31 @@ def test_descriptor_distances_are_exact_squared_distances():
     found = distances(a, b, "sift")
     assert found.dtype == np.float32 and np.array_equal(found, exact)
     assert (np.diag(found[:5, :5])[1:] == 0).all()
+
+
+def test_no_result_is_a_duplicate_that_verification_never_looked_at(tmp_path, embedder):
+    """Random weights score different photographs alike (CNN 0.99): verification demotes the
+    first candidate, and each unverified duplicate that rises into the top in its place is
+    verified in turn, however many results are asked for."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "hubble_deep_field"):
+        image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        image.resize((256, 192), Image.Resampling.LANCZOS).save(folder / f"{name}.png")
+    options = make_options(tmp_path / "data", verify_top=1)
+    reindex([folder], options, embedder, progress=False)
+    query = Image.fromarray(skimage.data.coins()).convert("RGB").resize((256, 192), Image.Resampling.LANCZOS)
+    app = api.create_app(options, embedder=embedder)
+    try:
+        response = app.test_client().post(
+            "/search", data={"image": (io.BytesIO(image_bytes(query)), "q.png"), "k": "6"}
+        )
+        results = response.get_json()["results"]
+        assert len(results) == 6
+        scores = [r["evidence"]["cnn"]["score"] for r in results]
+        assert min(scores) >= Thresholds().duplicate  # the CNN alone calls every one a duplicate
+        assert [r["verdict"] for r in results[:1]] != ["duplicate"]
+        for r in results:
+            assert r["verdict"] != "duplicate" or r["evidence"]["verification"] is not None
+    finally:
+        api.service_of(app).close()
