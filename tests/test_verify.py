@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from conftest import make_options
 from imagegen import image_bytes, make_image
@@ -639,3 +639,18 @@ def test_no_result_is_a_duplicate_that_verification_never_looked_at(tmp_path, em
             assert r["verdict"] != "duplicate" or r["evidence"]["verification"] is not None
     finally:
         api.service_of(app).close()
+
+
+def test_borders_a_copy_added_are_no_part_of_its_agreement(photo, extract):
+    """A crop framed in a pale border: the border covers the original's picture once aligned,
+    and counted, it pulled the agreement of a true copy under ``REFRAMED_AGREEMENT``."""
+    crop = photo.crop((40, 60, 300, 200))
+    framed = ImageOps.expand(crop, border=(30, 0, 24, 18), fill=(158, 181, 237))
+    checked = check(extract, photo, framed)
+    assert checked.reframed and checked.agreement is not None
+    assert checked.agreement >= 0.9
+    query, mirror = extract.both(framed)
+    assert query.content == pytest.approx((30 / 314, 0.0, 290 / 314, 140 / 158), abs=0.01)
+    everything = (0.0, 0.0, 1.0, 1.0)
+    counted = verify(replace(query, content=everything), extract(photo), replace(mirror, content=everything))
+    assert counted.agreement < checked.agreement - 0.1
