@@ -373,15 +373,8 @@ def raised_to(point: OperatingPoint, cut: float, labels, cnn, dist) -> Operating
     if point.cnn_min >= cut:
         return point
     fired = (np.asarray(dist) <= point.hash_max) | (np.asarray(cnn) >= cut)
-    tp, fp = int(np.sum(fired & labels)), int(np.sum(fired & ~labels))
-    return replace(
-        point,
-        cnn_min=float(cut),
-        true_positives=tp,
-        false_positives=fp,
-        precision=tp / (tp + fp) if tp + fp else 1.0,
-        recall=tp / max(int(labels.sum()), 1),
-    )
+    counted = _counted(point, int(np.sum(fired & labels)), int(np.sum(fired & ~labels)), labels)
+    return replace(counted, cnn_min=float(cut))
 
 
 def counted_in(point: OperatingPoint, labels: np.ndarray, verified: np.ndarray) -> OperatingPoint:
@@ -391,6 +384,11 @@ def counted_in(point: OperatingPoint, labels: np.ndarray, verified: np.ndarray) 
         return point
     tp = point.true_positives + int(np.sum(labels & verified))
     fp = point.false_positives + int(np.sum(~labels & verified))
+    return _counted(point, tp, fp, labels)
+
+
+def _counted(point: OperatingPoint, tp: int, fp: int, labels: np.ndarray) -> OperatingPoint:
+    """``point`` with ``tp`` and ``fp`` fired pairs of ``labels``, its precision and recall."""
     return replace(
         point,
         true_positives=tp,
