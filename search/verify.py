@@ -374,9 +374,11 @@ def content_mask(shape: tuple[int, ...], content: tuple[float, float, float, flo
 def agreement(query: Features, stored: Features, to_stored: np.ndarray) -> float | None:
     """How well the query, warped onto the stored image by a fitted query -> stored transform
     (feature pixels), agrees with it inside their overlap: the normalised correlation of their
-    blurred grey levels, -1..1; None without thumbnails or with too small an overlap. Uniform
-    borders of either image are no part of the overlap (a copy cropped to 49 % with a border added
-    agreed 0.60 with its original when the border counted, under ``REFRAMED_AGREEMENT``)."""
+    blurred grey levels, -1..1; None without thumbnails or with too small an overlap. The query's
+    uniform borders are no part of the overlap (a copy cropped to 49 % with a border added agreed
+    0.60 with its original when the border counted, under ``REFRAMED_AGREEMENT``); the stored
+    image's margins stay in (a drawing's white ground is part of the picture: leaving it out lets
+    icons of one theme that share a part agree, 3 more never-indexed drawings called duplicate)."""
     if query.thumb is None or stored.thumb is None:
         return None
     to_thumb = np.diag([stored.thumb.shape[1] / stored.size[0], stored.thumb.shape[0] / stored.size[1], 1.0])
@@ -387,7 +389,6 @@ def agreement(query: Features, stored: Features, to_stored: np.ndarray) -> float
     inside = content_mask(query.thumb.shape, query.content)
     overlap = cv2.warpPerspective(inside, transform, target, flags=cv2.INTER_NEAREST)
     overlap = cv2.erode(overlap, np.ones((3, 3), np.uint8)) > 0  # the warp's edge is interpolated
-    overlap &= content_mask(stored.thumb.shape, stored.content) > 0
     if overlap.sum() < AGREEMENT_MIN_PIXELS:
         return None
     a = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), AGREEMENT_BLUR)[overlap]
