@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.metadata
 import logging
 import os
 import platform
@@ -44,6 +45,7 @@ def gpu_name() -> str | None:
 
 def machine_facts() -> dict:
     """CPU, cores, memory, GPU, library versions and the time: the stamp on every result."""
+    import cv2
     import faiss
     import torch
 
@@ -61,9 +63,21 @@ def machine_facts() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "faiss": getattr(faiss, "__version__", "?"),
+        # Verification's keypoints and fits differ between OpenCV versions: a report bench
+        # family came out whole under one and not the other, with the same code.
+        "opencv": cv2.__version__,
+        "onnxruntime": _version("onnxruntime"),
         "platform": platform.platform(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version (None: not installed)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _status_kib(field: str) -> int | None:

@@ -58,7 +58,8 @@ def stamp_lines(payload: dict) -> list[str]:
     lines = [
         f"- machine: {m['cpu']}{_cpu_kind(m)}, {m['cores']} cores, {m.get('memory_gib')} GiB{gpu};"
         f" load average at start {m.get('load_average')}",
-        f"- date: {m['date']}; torch {m['torch']}, faiss {m['faiss']}",
+        f"- date: {m['date']}; torch {m['torch']}, faiss {m['faiss']}, opencv {m.get('opencv', '?')},"
+        f" onnxruntime {m.get('onnxruntime') or 'none'}",
     ]
     if payload.get("model"):
         lines.append(f"- model: `{payload['model']}`")

@@ -7,13 +7,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
 from bench.calibration import calibrate_on_distractors, calibration_transforms
-from bench.machine import MemoryProbe
+from bench.machine import MemoryProbe, machine_facts
 from bench.methods import EmbeddingMethod, dihedral_variants, hash_bits, random_embedder
 from bench.metrics import (
     Hit,
@@ -24,7 +25,7 @@ from bench.metrics import (
     summarise,
     wilson,
 )
-from bench.results import markdown_table, write_results
+from bench.results import markdown_table, stamp_lines, write_results
 from bench.sources import (
     Candidate,
     Edit,
@@ -674,3 +675,12 @@ def test_quality_tells_crop_recall_per_band_of_area_kept(tmp_path):
     assert [bands[b]["n"] for b in bands] == [1, 2, 1]
     assert bands["40-60 %"]["recall@1"] == 0.5 and bands["40-60 %"]["recall@5"] == 1.0
     assert bands["60 % or more"]["duplicate_recall"] == 1.0
+
+
+def test_every_result_names_the_libraries_its_figures_depend_on():
+    """Verification's keypoints differ between OpenCV versions, int8 between ONNX Runtime ones:
+    a figure without them cannot be compared with another machine's."""
+    facts = machine_facts()
+    assert facts["opencv"] == cv2.__version__
+    date_line = stamp_lines({"machine": facts, "command": "twice bench quality"})[1]
+    assert f"opencv {cv2.__version__}" in date_line and "onnxruntime " in date_line
