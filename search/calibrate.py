@@ -54,8 +54,8 @@ from twice.hashing import (
 from twice.indexer import Catalog, ImageRow, VectorIndex, load_vectors_for_search
 from twice.indexer.batches import iter_batches
 
-from .calibrate_verify import ALWAYS, NO_HASH, verification_counts, verified_evidence
-from .report_hashes import StoredViews
+from .calibrate_verify import ALWAYS, verification_counts, verified_evidence
+from .report_hashes import NO_HASH, StoredViews
 from .report_verify import PairVerifier
 from .verdicts import (
     CLEAR_OFF,
@@ -227,14 +227,7 @@ def keep_cnn_on(
     hits, misses = int(np.sum(fired & labels)), int(np.sum(fired & ~labels))
     if hits < point.target * (hits + misses):
         return point
-    return replace(
-        point,
-        cnn_min=float(thresholds[i]),
-        precision=hits / (hits + misses),
-        recall=hits / int(labels.sum()),
-        true_positives=hits,
-        false_positives=misses,
-    )
+    return replace(_counted(point, hits, misses, labels), cnn_min=float(thresholds[i]))
 
 
 def add_clear_rule(
@@ -372,9 +365,9 @@ def raised_to(point: OperatingPoint, cut: float, labels, cnn, dist) -> Operating
     """``point`` with its CNN cut raised to ``cut`` where it is lower, and its figures again."""
     if point.cnn_min >= cut:
         return point
-    fired = (np.asarray(dist) <= point.hash_max) | (np.asarray(cnn) >= cut)
-    counted = _counted(point, int(np.sum(fired & labels)), int(np.sum(fired & ~labels)), labels)
-    return replace(counted, cnn_min=float(cut))
+    raised = replace(point, cnn_min=float(cut))
+    fired = raised.fires(np.asarray(cnn), np.asarray(dist))
+    return _counted(raised, int(np.sum(fired & labels)), int(np.sum(fired & ~labels)), labels)
 
 
 def counted_in(point: OperatingPoint, labels: np.ndarray, verified: np.ndarray) -> OperatingPoint:

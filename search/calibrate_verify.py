@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from twice.hashing import MAX_RADIUS
 
+from .report_hashes import NO_HASH
 from .verdicts import CLEAR_OFF, DUPLICATE, Thresholds
 from .verify import verdict_signals
 
 ALWAYS = 2.0  # a CNN score (and margin) no cut stays above: the pair fires whatever the rule
 NEVER = -2.0  # a CNN score (and margin) no cut reaches
-NO_HASH = 64 + 1  # a hash distance no radius reaches
 
 
 def in_band(labels, cnn, dist, margin, thresholds: Thresholds) -> np.ndarray:
