@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from twice.augment.families import FAMILIES, draw_combo, draw_edit
 from twice.augment.sources import APT_SOURCES
@@ -78,10 +79,37 @@ def training_files() -> set[Path]:
     return {Path(path) for paths in drawn.values() for path in paths}
 
 
-def kind_of(query: str, decided_by: list[str]) -> str:
+SAME_PICTURE_SIDE = 64  # px: pictures compared at this size, each of the query's 8 turns and mirrors
+SAME_PICTURE_LEVELS = 1.0  # mean |difference| in grey levels (of 255) under which they are one picture
+
+
+def kind_of(query: str, match: str, decided_by: list[str]) -> str:
     if "exact" in decided_by:
         return "identical bytes"
+    if same_picture(Path(query), Path(match)):
+        return SAME_PICTURE
     return next((kind for kind, pattern in KINDS if re.search(pattern, query)), "other")
+
+
+SAME_PICTURE = "the same picture turned or mirrored (one drawing under two names)"
+
+
+def same_picture(query: Path, match: Path) -> bool:
+    """Whether the query is, pixel for pixel, the match turned or mirrored (openclipart files
+    some drawings twice: an arrow pointing left and the same file mirrored, pointing right). Such
+    an answer is right by twice's own rules, where every turn and mirror is a copy."""
+    a, b = _small_picture(query), _small_picture(match)
+    views = (np.rot90(a, k)[:, ::flip] for k in range(4) for flip in (1, -1))
+    return min(float(np.abs(view - b).mean()) for view in views) <= SAME_PICTURE_LEVELS
+
+
+def _small_picture(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        rgba = image.convert("RGBA")
+    flat = Image.new("RGBA", rgba.size, "white")
+    flat.alpha_composite(rgba)  # transparent drawings as they show on a page
+    side = (SAME_PICTURE_SIDE, SAME_PICTURE_SIDE)
+    return np.asarray(flat.convert("RGB").resize(side, Image.Resampling.BILINEAR), np.float32)
 
 
 def write_copies(originals: list[Path], count: int, seed: int, folder: Path) -> list[dict]:
@@ -184,7 +212,7 @@ def run(indexed: int, queries: int, seed: int, work: Path, unseen: bool = False,
                         "score": top[0]["score"],
                         "decided_by": evidence["decided_by"],
                         "summary": evidence["summary"],
-                        "kind": kind_of(str(path), evidence["decided_by"]),
+                        "kind": kind_of(str(path), top[0]["source"], evidence["decided_by"]),
                     }
                 )
         query_seconds = time.perf_counter() - started
@@ -217,7 +245,8 @@ def markdown(result: dict, command: str, machine: dict) -> str:
         f"{result['searched']} never-indexed files searched against {result['indexed']} indexed ones"
         f" (seed {result['seed']}; {result['skipped']} refused, e.g. over the pixel limit"
         f"{'; none of them drawn by `twice train`' if result.get('unseen') else ''}):"
-        f" **{result['duplicates']} called duplicate**. By kind:",
+        f" **{result['duplicates']} called duplicate**, {others(result)} of them neither identical bytes"
+        " nor one picture turned or mirrored. By kind:",
         "",
         "| kind | called duplicate |",
         "| --- | ---: |",
@@ -230,6 +259,13 @@ def markdown(result: dict, command: str, machine: dict) -> str:
     if result.get("copies"):
         lines += ["", *copies_markdown(result["copies"], result["copy_outcomes"])]
     return "\n".join(lines) + "\n"
+
+
+def others(result: dict) -> int:
+    """The answers that are wrong unless a person judges the two drawings one: all but identical
+    bytes and one picture turned or mirrored."""
+    right = result["by_kind"].get("identical bytes", 0) + result["by_kind"].get(SAME_PICTURE, 0)
+    return result["duplicates"] - right
 
 
 def copies_markdown(figures: dict, outcomes: list[dict]) -> list[str]:
@@ -297,7 +333,10 @@ def main(argv=None) -> int:
     payload = {"command": command, "machine": machine, **result}
     (args.results_dir / f"{name}.json").write_text(json.dumps(payload, indent=1))
     (args.results_dir / f"{name}.md").write_text(markdown(result, command, machine))
-    print(f"{result['duplicates']} of {result['searched']} called duplicate: {result['by_kind']}")
+    print(
+        f"{result['duplicates']} of {result['searched']} called duplicate, {others(result)} neither"
+        f" identical bytes nor one picture turned or mirrored: {result['by_kind']}"
+    )
     if result["copies"]:
         total = result["copies"]["all"]
         print(f"copies of indexed drawings called duplicate: {total['duplicate']} of {total['copies']}")

@@ -112,6 +112,16 @@ HUE_SIDE = 96  # px: the long side the hues are read at
 COLOURFUL_CHROMA = 12.0  # a pixel with more CIELAB chroma than this is in colour
 COLOURFUL_SHARE = 0.03  # an image with fewer pixels in colour has no hues to compare
 RECOLOURED_AGREEMENT = 0.2  # hue histograms sharing less than this: recoloured, not a copy
+# Aligned hues (``hue_shift``): once a fit aligns the pair, the pixels in colour in both are
+# compared hue by hue. A copy keeps each pixel's hue (a brighter, darker, re-encoded or blurred
+# copy moves it little, a grey copy has none); a drawing of one set in other colours (a green
+# and a teal arrow, whose hue histograms overlap) moves them all. Measured on the bench's pairs
+# (docs/verification.md): 1,076 verified copies moved at most 0.26 of such pixels by over 45°,
+# drawings of one set in other colours 0.60-1.00.
+HUE_CHROMA = 20.0  # CIELAB chroma a pixel needs in both images for its hue to be compared
+HUE_TURN = 45.0  # degrees: a hue moved more than this is another colour
+RECOLOURED_SHARE = 0.5  # more of the compared pixels moved than this: recoloured
+HUE_MIN_PIXELS = 100  # at AGREEMENT_SIDE: fewer compared pixels say nothing
 # Aligned agreement (``agreement``): once a fit verifies, the query is warped onto the stored
 # image by it and their grey levels compared inside the overlap, at this long side, blurred by
 # AGREEMENT_BLUR px (RANSAC's tolerance of a few pixels at MAX_SIDE), as a normalised
@@ -138,13 +148,14 @@ class Features:
     # The picture inside uniform borders (``twice.borders.content_box``), as shares of each side
     # (left, top, right, bottom): borders are not content, so agreement leaves them out.
     content: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    chroma: np.ndarray | None = None  # (2, h, w) int8: CIELAB a*, b* at the thumb's size; None: grey
 
     def __len__(self) -> int:
         return len(self.points)
 
     @property
     def nbytes(self) -> int:
-        extra = sum(a.nbytes for a in (self.hues, self.thumb) if a is not None)
+        extra = sum(a.nbytes for a in (self.hues, self.thumb, self.chroma) if a is not None)
         return self.points.nbytes + self.descriptors.nbytes + extra
 
 
@@ -256,14 +267,16 @@ class FeatureExtractor:
         size = (small.shape[1], small.shape[0])
         full = tuple(full_size) if full_size else (rgb.shape[1], rgb.shape[0])
         hues = None if grey else hue_histogram(rgb)
-        plain = replace(self._features(small, size, full, grey, hues), content=content_shares(rgb))
+        plain = self._features(small, size, full, grey, hues)
+        chroma = None if grey or plain.thumb is None else chroma_thumb(rgb, plain.thumb.shape)
+        plain = replace(plain, content=content_shares(rgb), chroma=chroma)
         if not mirror:
             return plain, None
         if self.detector == "sift":
             return plain, mirrored(plain)
         flipped = self._features(cv2.flip(small, 1), size, full, grey, hues)
         # fits map back to the plain frame
-        return plain, replace(flipped, thumb=plain.thumb, content=plain.content)
+        return plain, replace(flipped, thumb=plain.thumb, content=plain.content, chroma=plain.chroma)
 
     def _features(self, small: np.ndarray, size, full, grey: bool, hues: np.ndarray | None) -> Features:
         thumb = bounded(small, AGREEMENT_SIDE)
@@ -338,6 +351,13 @@ def hue_histogram(rgb: np.ndarray) -> np.ndarray | None:
     return (histogram / histogram.sum()).astype(np.float32)
 
 
+def chroma_thumb(rgb: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """CIELAB a*, b* of an RGB image resized to ``shape`` (height, width), as int8 (2, h, w)."""
+    small = cv2.resize(np.ascontiguousarray(rgb), (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    lab = cv2.cvtColor(small, cv2.COLOR_RGB2LAB)
+    return (lab[..., 1:].astype(np.int16) - 128).astype(np.int8).transpose(2, 0, 1).copy()
+
+
 def hue_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """How much of two hue histograms coincide, 0..1; a neighbouring bin counts half (a darker
     or brighter copy's hues drift a little where channels clip)."""
@@ -349,7 +369,8 @@ def hue_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def recoloured(query: Features, stored: Features) -> bool:
-    """Both images in colour, and their hues barely coincide."""
+    """Both images in colour, and their hue histograms barely coincide (no alignment needed;
+    once a fit aligns them, ``hue_shift`` compares hues pixel by pixel)."""
     if query.hues is None or stored.hues is None:
         return False
     return hue_agreement(query.hues, stored.hues) < RECOLOURED_AGREEMENT
@@ -371,6 +392,43 @@ def content_mask(shape: tuple[int, ...], content: tuple[float, float, float, flo
     return mask
 
 
+def hue_shift(query: Features, stored: Features, to_stored: np.ndarray) -> float | None:
+    """Of the pixels in colour in both images once the query is warped onto the stored image by
+    a fitted query -> stored transform (feature pixels), the share whose hue moved more than
+    ``HUE_TURN``; None when either is grey or under ``HUE_MIN_PIXELS`` are compared."""
+    if query.chroma is None or stored.chroma is None:
+        return None
+    aligned = _aligned(query, stored, to_stored)
+    if aligned is None:
+        return None
+    transform, target, overlap = aligned
+    a, b = (cv2.warpPerspective(c.astype(np.float32), transform, target) for c in query.chroma)
+    sa, sb = stored.chroma.astype(np.float32)
+    compared = overlap & (np.hypot(a, b) > HUE_CHROMA) & (np.hypot(sa, sb) > HUE_CHROMA)
+    if compared.sum() < HUE_MIN_PIXELS:
+        return None
+    turn = np.abs(np.angle(np.exp(1j * (np.arctan2(b, a) - np.arctan2(sb, sa)))[compared]))
+    return float((turn > np.radians(HUE_TURN)).mean())
+
+
+def _aligned(query: Features, stored: Features, to_stored: np.ndarray):
+    """The query thumb -> stored thumb transform, the stored thumb's (width, height), and the
+    overlap (a boolean mask on the stored thumb) where the query's content lands; None without
+    thumbnails or with an overlap under ``AGREEMENT_MIN_PIXELS``."""
+    if query.thumb is None or stored.thumb is None:
+        return None
+    to_thumb = np.diag([stored.thumb.shape[1] / stored.size[0], stored.thumb.shape[0] / stored.size[1], 1.0])
+    from_thumb = np.diag([query.size[0] / query.thumb.shape[1], query.size[1] / query.thumb.shape[0], 1.0])
+    transform = to_thumb @ to_stored @ from_thumb
+    target = (stored.thumb.shape[1], stored.thumb.shape[0])
+    inside = content_mask(query.thumb.shape, query.content)
+    overlap = cv2.warpPerspective(inside, transform, target, flags=cv2.INTER_NEAREST)
+    overlap = cv2.erode(overlap, np.ones((3, 3), np.uint8)) > 0  # the warp's edge is interpolated
+    if overlap.sum() < AGREEMENT_MIN_PIXELS:
+        return None
+    return transform, target, overlap
+
+
 def agreement(query: Features, stored: Features, to_stored: np.ndarray) -> float | None:
     """How well the query, warped onto the stored image by a fitted query -> stored transform
     (feature pixels), agrees with it inside their overlap: the normalised correlation of their
@@ -379,18 +437,11 @@ def agreement(query: Features, stored: Features, to_stored: np.ndarray) -> float
     0.60 with its original when the border counted, under ``REFRAMED_AGREEMENT``); the stored
     image's margins stay in (a drawing's white ground is part of the picture: leaving it out lets
     icons of one theme that share a part agree, 3 more never-indexed drawings called duplicate)."""
-    if query.thumb is None or stored.thumb is None:
+    aligned = _aligned(query, stored, to_stored)
+    if aligned is None:
         return None
-    to_thumb = np.diag([stored.thumb.shape[1] / stored.size[0], stored.thumb.shape[0] / stored.size[1], 1.0])
-    from_thumb = np.diag([query.size[0] / query.thumb.shape[1], query.size[1] / query.thumb.shape[0], 1.0])
-    transform = to_thumb @ to_stored @ from_thumb
-    target = (stored.thumb.shape[1], stored.thumb.shape[0])
+    transform, target, overlap = aligned
     warped = cv2.warpPerspective(query.thumb, transform, target, flags=cv2.INTER_LINEAR)
-    inside = content_mask(query.thumb.shape, query.content)
-    overlap = cv2.warpPerspective(inside, transform, target, flags=cv2.INTER_NEAREST)
-    overlap = cv2.erode(overlap, np.ones((3, 3), np.uint8)) > 0  # the warp's edge is interpolated
-    if overlap.sum() < AGREEMENT_MIN_PIXELS:
-        return None
     a = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), AGREEMENT_BLUR)[overlap]
     b = cv2.GaussianBlur(stored.thumb.astype(np.float32), (0, 0), AGREEMENT_BLUR)[overlap]
     a, b = a - a.mean(), b - b.mean()
@@ -464,11 +515,12 @@ def verify(
     A similarity first; when it does not verify, or verifies leaving most matches out, the
     fallback fits (``FITS``; ``fallback``), kept over a verified similarity only with
     ``WARPED_GAIN`` times its inliers."""
-    hues = {"recoloured": recoloured(query, stored)}
+    other_hues = recoloured(query, stored)
     if len(query) < MIN_KEYPOINTS or len(stored) < MIN_KEYPOINTS:
         few = min(len(query), len(stored))
         reason = f"too few keypoints ({few}): an image with little detail"
-        return Verification(0, 0, None, reason, False, plain=len(stored) < MIN_KEYPOINTS, **hues)
+        plain = len(stored) < MIN_KEYPOINTS
+        return Verification(0, 0, None, reason, False, plain=plain, recoloured=other_hues)
     if query.detector != stored.detector:
         raise ValueError(f"features of different detectors: {query.detector} and {stored.detector}")
     poses = poses_of(query, stored, mirror)
@@ -489,7 +541,8 @@ def verify(
             refit = warped if tried else best_fallback(poses[kept])
             if refit is not None and refit.to_stored is not None:
                 agreed = max(agreed, agreement(query, stored, refit.to_stored) or agreed)
-        return Verification(best.inliers, best.matches, found, agreement=agreed, **hues)
+        other_hues = other_hues or _hues_moved(query, stored, best.to_stored)
+        return Verification(best.inliers, best.matches, found, agreement=agreed, recoloured=other_hues)
     if warped is not None and warped.inliers >= WARPED_INLIERS:
         found = geometry(warped.to_stored, query, stored, warped.model)
         return Verification(
@@ -498,10 +551,15 @@ def verify(
             found,
             similarity_inliers=best.inliers,
             agreement=agreement(query, stored, warped.to_stored),
-            **hues,
+            recoloured=other_hues or _hues_moved(query, stored, warped.to_stored),
         )
     reason = best.reason or f"only {best.inliers} consistent matches"
-    return Verification(best.inliers, best.matches, None, reason, **hues)
+    return Verification(best.inliers, best.matches, None, reason, recoloured=other_hues)
+
+
+def _hues_moved(query: Features, stored: Features, to_stored: np.ndarray) -> bool:
+    shift = hue_shift(query, stored, to_stored)
+    return shift is not None and shift > RECOLOURED_SHARE
 
 
 def second_look(first: Verification, second: Verification) -> Verification:

@@ -40,6 +40,8 @@ from twice.search.verify import (
     Verification,
     distances,
     distinct,
+    hue_agreement,
+    hue_shift,
     mirrored,
     second_look,
     stretched,
@@ -446,12 +448,16 @@ def test_a_featureless_look_alike_is_similar_and_its_own_bytes_a_duplicate(tmp_p
 
 def shapes(colour: tuple[int, int, int]) -> Image.Image:
     """A drawing: coloured shapes with corners on white, rich enough in keypoints to verify."""
+    return two_colours(colour, colour)
+
+
+def two_colours(triangles: tuple[int, int, int], boxes: tuple[int, int, int]) -> Image.Image:
     image = Image.new("RGB", (240, 240), "white")
     draw = ImageDraw.Draw(image)
     for i in range(6):
         x, y = 20 + 35 * i, 30 + (i % 3) * 60
-        draw.polygon([(x, y), (x + 30, y + 10), (x + 12, y + 45)], fill=colour, outline="black")
-        draw.rectangle((x, y + 100, x + 20 + 3 * i, y + 130), fill=colour, outline="black")
+        draw.polygon([(x, y), (x + 30, y + 10), (x + 12, y + 45)], fill=triangles, outline="black")
+        draw.rectangle((x, y + 100, x + 20 + 3 * i, y + 130), fill=boxes, outline="black")
     return image
 
 
@@ -476,6 +482,27 @@ def test_a_recoloured_drawing_is_told_from_copies_that_keep_its_hues(extract, qu
     assert result.verified, result.reason  # the same shapes fit either way: colour tells them apart
     assert result.recoloured is recoloured
     assert verification_json(result)["recoloured"] is recoloured
+
+
+def test_parts_that_swap_colours_are_recoloured_though_the_hues_overall_are_the_same(extract):
+    red, blue = (200, 40, 40), (40, 60, 200)
+    stored, swapped = two_colours(red, blue), two_colours(blue, red)
+    result = check(extract, stored, swapped)
+    assert result.verified, result.reason
+    query, original = extract(swapped), extract(stored)
+    assert hue_agreement(query.hues, original.hues) > 0.9  # one histogram: only aligned hues tell
+    assert result.recoloured
+    copy = check(extract, stored, shifted(stored, 60).rotate(90, expand=True))
+    assert copy.verified and not copy.recoloured
+
+
+def test_hues_are_compared_only_where_both_images_have_colour(extract):
+    stored = extract(shapes((200, 40, 40)))
+    grey = extract(shapes((200, 40, 40)).convert("L").convert("RGB"))
+    same_place = np.eye(3)
+    assert grey.chroma is None and hue_shift(grey, stored, same_place) is None
+    assert hue_shift(stored, stored, same_place) == 0.0
+    assert hue_shift(extract(shapes((40, 60, 200))), stored, same_place) == 1.0
 
 
 def test_a_stored_image_without_detail_is_plain(photo, extract):
