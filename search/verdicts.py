@@ -405,13 +405,6 @@ class Thresholds:
             # kind alike (a red and an orange LED at 0.80, the flags of Yemen and Poland at
             # 1.000). A hash match still makes it.
             verdict, demoted = SIMILAR, True
-        elif verdict == DUPLICATE and hashed != DUPLICATE and margin is not None and margin < 0:
-            # The CNN alone says duplicate of an image it scores below another family: its own
-            # favourite was refuted (verification demoted it, so this one ranks first) and the
-            # runner-up has no evidence of its own. Cards of one deck, flags: 5 of 999
-            # never-indexed drawings, 2 copies matched to the wrong drawing; it costs 1 of 400
-            # drawing copies and none of 1,140 photo copies (docs/verification.md).
-            verdict, demoted = SIMILAR, True
         if demoted and warped and cnn == DUPLICATE:
             # The similarity fit found too little, but a stretched or perspective fit verified
             # (a keystone or a stretch with a tilt or crop is no similarity): it backs the CNN's

@@ -113,18 +113,6 @@ def test_too_little_geometry_vetoes_a_duplicate_of_the_cnn_alone():
     assert rule.judge(0.95, None, structure=40, inliers=8).verdict == DUPLICATE  # verified
 
 
-def test_the_cnn_alone_makes_no_duplicate_of_a_runner_up():
-    """The two of hearts from two decks: the CNN scores another family higher (its favourite,
-    refuted by verification, ranks below), a fit in place backs the runner-up a little."""
-    rule = Thresholds()
-    runner_up = rule.judge(0.95, None, margin=-0.05, structure=40, inliers=9, reframed=False)
-    assert (runner_up.verdict, runner_up.demoted, runner_up.cnn) == (SIMILAR, True, DUPLICATE)
-    assert rule.judge(0.95, None, margin=0.05, structure=40, inliers=9, reframed=False).verdict == DUPLICATE
-    assert rule.judge(0.95, None, structure=40, inliers=9, reframed=False).verdict == DUPLICATE  # no margin
-    assert rule.judge(0.95, 4, margin=-0.05, structure=40).verdict == DUPLICATE  # the hash backs it
-    assert rule.judge(0.95, None, margin=-0.05, structure=40, inliers=40).verdict == DUPLICATE  # verified
-
-
 def test_no_geometry_demotes_a_hash_duplicate_the_cnn_disowns():
     """Two different drawings 4 bits apart with plenty of structure: the hash alone says
     duplicate, the CNN says different, verification finds nothing shared."""
