@@ -404,10 +404,12 @@ def hue_shift(query: Features, stored: Features, to_stored: np.ndarray) -> float
     transform, target, overlap = aligned
     a, b = (cv2.warpPerspective(c.astype(np.float32), transform, target) for c in query.chroma)
     sa, sb = stored.chroma.astype(np.float32)
-    compared = overlap & (np.hypot(a, b) > HUE_CHROMA) & (np.hypot(sa, sb) > HUE_CHROMA)
+    compared = overlap & (a * a + b * b > HUE_CHROMA**2) & (sa * sa + sb * sb > HUE_CHROMA**2)
     if compared.sum() < HUE_MIN_PIXELS:
         return None
-    turn = np.abs(np.angle(np.exp(1j * (np.arctan2(b, a) - np.arctan2(sb, sa)))[compared]))
+    a, b, sa, sb = a[compared], b[compared], sa[compared], sb[compared]
+    # the angle between the two a*b* vectors, from their dot and cross products
+    turn = np.abs(np.arctan2(a * sb - b * sa, a * sa + b * sb))
     return float((turn > np.radians(HUE_TURN)).mean())
 
 
