@@ -147,6 +147,8 @@ class SearchEngine:
         self.stored_features = FeatureCache(FEATURE_CACHE)
         self.second_features = FeatureExtractor(contrast=RETRY_CONTRAST)
         self.second_stored = FeatureCache(FEATURE_CACHE // 4)  # first candidates only
+        # The query's keypoints are found beside its embedding and lookups, not after them.
+        self._keypoints = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="twice-keypoints")
 
     @classmethod
     def open(cls, options, embedder, tta: str | None = None) -> SearchEngine:
@@ -164,6 +166,7 @@ class SearchEngine:
         )
 
     def close(self) -> None:
+        self._keypoints.shutdown(wait=False, cancel_futures=True)
         self.catalog.close()
 
     def search_file(self, path: str | Path, k: int = 10, tta: str | None = None) -> dict:
@@ -190,9 +193,10 @@ class SearchEngine:
         tta = check_tta(self.tta if tta is None else tta)
         started = time.perf_counter()
         thresholds = self.thresholds  # one consistent set even if the service swaps it now
+        found = self.find_keypoints(decoded)
         xq, views = self.embed_views(decoded.image, tta)
         query_hashes = dihedral_hashes(decoded.image)
-        results = self.rank(decoded, xq, views, query_hashes, k, thresholds)
+        results = self.rank(decoded, xq, views, query_hashes, k, thresholds, found)
         return {
             "query": {
                 "source": source,
@@ -218,8 +222,10 @@ class SearchEngine:
         query_hashes: np.ndarray,
         k: int,
         thresholds: Thresholds | None = None,
+        found: dict | None = None,
     ) -> list[dict]:
-        """The top-k results, with evidence, of a query already embedded (``embed_views``) and hashed.
+        """The top-k results, with evidence, of a query already embedded (``embed_views``) and hashed;
+        ``found``: its keypoints, when already on their way (``find_keypoints``).
 
         Candidates: the FAISS top-k of every view, the hash matches within the lookup radius, the
         row with the same bytes, and the originals of any of those that are known variants; each
@@ -236,6 +242,7 @@ class SearchEngine:
             flat,
             hash_structure(decoded.image),  # a low-structure query's hash match is weak evidence
             [] if flat else self.hash_matches(query_hashes, lookup_radius(thresholds))[: k + 1],
+            {} if found is None else found,
         )
         D, I = self.vectors.search(xq, depth)
         results = self._ranked(decoded, xq, views, D, I, query_hashes, k, thresholds, query)
@@ -365,6 +372,15 @@ class SearchEngine:
         return self._result(candidate.row, score, judgement, evidence)
 
     # verification ---------------------------------------------------------------------------
+
+    def find_keypoints(self, decoded: DecodedImage) -> dict:
+        """The query's keypoints (and its mirror image's), started in the background now, for
+        ``verify_candidates`` to take; empty when verification is off. They take ~50 ms of one
+        core, which the embedding and the lookups leave partly idle."""
+        if not self.verify_top:
+            return {}
+        size = (decoded.width, decoded.height)
+        return {"query": self._keypoints.submit(self.features.both, decoded.image, size)}
 
     def verify_candidates(
         self,
