@@ -16,6 +16,7 @@ from imagegen import image_bytes, make_image
 from twice.augment.synthetic import make_synthetic_image
 from twice.augment.transforms import apply_transforms, bright, dark
 from twice.cli import main
+from twice.imageio import decode_image
 from twice.indexer import reindex
 from twice.search.engine import SearchEngine, check_verify_top
 from twice.search.explain import explain, verification_json
@@ -428,6 +429,18 @@ def engine_over(tmp_path, embedder, name: str, image: Image.Image) -> SearchEngi
     engine = SearchEngine.open(options, embedder)
     engine.thresholds = replace(engine.thresholds, duplicate=0.5, similar=0.3)
     return engine
+
+
+def test_the_query_keypoints_start_with_the_search_and_only_when_verification_is_on(tmp_path, embedder):
+    engine = engine_over(tmp_path, embedder, "shapes.png", shapes((200, 40, 40)))
+    try:
+        decoded = decode_image(image_bytes(shapes((200, 40, 40))), "q.png")
+        query, mirror = engine.find_keypoints(decoded)["query"].result(timeout=60)
+        assert len(query) >= VERIFIED_INLIERS and len(mirror) == len(query)
+        engine.verify_top = 0
+        assert engine.find_keypoints(decoded) == {}
+    finally:
+        engine.close()
 
 
 def test_a_featureless_look_alike_is_similar_and_its_own_bytes_a_duplicate(tmp_path, embedder):
