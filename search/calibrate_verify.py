@@ -61,7 +61,7 @@ def verified_evidence(pairs, left, right, verifier, thresholds: Thresholds, prog
         distance = None if pairs.dist[i] >= NO_HASH else int(pairs.dist[i])
         structure = None if structures[i] is None else int(structures[i])
         effect = _effect(thresholds, score, distance, structure, signals)
-        if effect == "verified":
+        if "verified" in effect:
             cnn[i], margin[i] = ALWAYS, ALWAYS
         else:
             if "cnn" in effect:
@@ -71,10 +71,10 @@ def verified_evidence(pairs, left, right, verifier, thresholds: Thresholds, prog
     return replace(pairs, rule_cnn=cnn, rule_dist=dist, rule_margin=margin, verified_with=thresholds.similar)
 
 
-def _effect(thresholds: Thresholds, score, distance, structure, signals: dict) -> str | set[str]:
-    """ "verified", or which of the rule's parts verification would demote ({"cnn", "hash"})."""
+def _effect(thresholds: Thresholds, score, distance, structure, signals: dict) -> set[str]:
+    """{"verified"}, or which of the rule's parts verification would demote ("cnn", "hash")."""
     if thresholds.judge(score, None, structure=structure, **signals).verified:
-        return "verified"
+        return {"verified"}
     demoted = set()
     cut = min(max(score, -1.0), 1.0)  # float32 scores stray past 1
     by_cnn = replace(thresholds, duplicate=cut, similar=min(thresholds.similar, cut))
