@@ -498,8 +498,9 @@ class Library:
         engine = self._engine
         if engine is None:  # the first image of an empty data directory
             return self._embedder.embed_images([decoded.image]), None
+        found = engine.find_keypoints(decoded)
         xq, views = engine.embed_views(decoded.image, engine.tta)
-        results = engine.rank(decoded, xq, views, dihedral_hashes(decoded.image), k=1)
+        results = engine.rank(decoded, xq, views, dihedral_hashes(decoded.image), k=1, found=found)
         duplicate_of = None
         if results and results[0]["verdict"] == DUPLICATE:
             top = results[0]
