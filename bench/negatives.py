@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from twice.augment.families import FAMILIES, draw_combo, draw_edit
-from twice.augment.sources import APT_SOURCES
+from twice.augment.sources import APT_SOURCES, flatten_rgb
 from twice.augment.transforms import apply_transforms
 from twice.imageio import ImageError, iter_image_files, load_image
 from twice.library import Library
@@ -105,11 +105,9 @@ def same_picture(query: Path, match: Path) -> bool:
 
 def _small_picture(path: Path) -> np.ndarray:
     with Image.open(path) as image:
-        rgba = image.convert("RGBA")
-    flat = Image.new("RGBA", rgba.size, "white")
-    flat.alpha_composite(rgba)  # transparent drawings as they show on a page
+        flat = flatten_rgb(image)  # transparent drawings as they show on a page
     side = (SAME_PICTURE_SIDE, SAME_PICTURE_SIDE)
-    return np.asarray(flat.convert("RGB").resize(side, Image.Resampling.BILINEAR), np.float32)
+    return np.asarray(flat.resize(side, Image.Resampling.BILINEAR), np.float32)
 
 
 def write_copies(originals: list[Path], count: int, seed: int, folder: Path) -> list[dict]:
